@@ -1,0 +1,197 @@
+"""Audio I/O (soundfile), resampling (torchaudio), and the energy detector every stage shares.
+
+Times returned here are seconds in the file's own time. Frames (50 Hz) belong to the algorithms, not here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+SAMPLE_RATE = 16_000
+FRAME_HZ = 50  # frames per second of every encoder in this project (20 ms hop)
+AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus")
+
+
+class AudioError(RuntimeError):
+    """A file that cannot be used as speech; the message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = str(path)
+        self.problem = problem
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioInfo:
+    num_samples: int  # at the file's own rate
+    sample_rate: int
+    channels: int
+
+    @property
+    def seconds(self) -> float:
+        return self.num_samples / self.sample_rate
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Header information without decoding the audio; raises :class:`AudioError` when unreadable."""
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # soundfile raises LibsndfileError/RuntimeError/TypeError depending on the damage
+        raise AudioError(path, f"unreadable audio ({e})") from e
+    if info.samplerate <= 0 or info.channels <= 0:
+        raise AudioError(path, "header reports no channels or no sample rate")
+    return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels))
+
+
+def read_audio(
+    path: str | os.PathLike,
+    sample_rate: int = SAMPLE_RATE,
+    *,
+    offset: float = 0.0,
+    duration: float | None = None,
+) -> torch.Tensor:
+    """Read ``[offset, offset + duration)`` seconds as a mono float32 tensor ``(T,)`` at ``sample_rate``.
+
+    Multi-channel audio is averaged to mono; other rates are resampled with torchaudio's windowed sinc.
+    Only the requested region is decoded, so long LibriLight chapters can be read chunk by chunk.
+    """
+    try:
+        with sf.SoundFile(str(path)) as f:
+            sr = f.samplerate
+            start = int(round(offset * sr))
+            if start:
+                f.seek(min(start, f.frames))
+            frames = -1 if duration is None else int(round(duration * sr))
+            data = f.read(frames, dtype="float32", always_2d=True)  # (T, C)
+    except Exception as e:
+        raise AudioError(path, f"unreadable audio ({e})") from e
+    wave = torch.from_numpy(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0])
+    if sr != sample_rate:
+        wave = AF.resample(wave, sr, sample_rate)
+    return wave.contiguous()
+
+
+def write_audio(path: str | os.PathLike, wave: np.ndarray | torch.Tensor, sample_rate: int) -> None:
+    """Write mono audio atomically; the format follows the extension (FLAC 16-bit for ``.flac``)."""
+    from .fileio import atomic_write
+
+    path = Path(path)
+    data = wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
+    fmt = path.suffix.lstrip(".").upper() or "WAV"
+    with atomic_write(path, "wb") as f:
+        sf.write(f, data, sample_rate, format=fmt, subtype="PCM_16")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Energy detector
+# ----------------------------------------------------------------------------------------------------------
+def frame_levels_db(wave: np.ndarray | torch.Tensor, sample_rate: int, *, hop_s: float = 0.005,
+                    win_s: float = 0.02) -> np.ndarray:
+    """Mean-square level in dB of windows of ``win_s`` every ``hop_s`` seconds; frame ``k`` covers samples
+    ``[k*hop, k*hop + win)``. Memory is O(T / hop): squares are summed per hop block, then per window."""
+    x = wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
+    hop = max(1, int(round(hop_s * sample_rate)))
+    per_win = max(1, int(round(win_s / hop_s)))
+    n_blocks = len(x) // hop
+    if n_blocks < per_win:
+        return np.zeros(0)
+    blocks = np.square(x[: n_blocks * hop].astype(np.float64)).reshape(n_blocks, hop).sum(1)
+    window = np.convolve(blocks, np.ones(per_win), mode="valid") / (per_win * hop)
+    return 10.0 * np.log10(window + 1e-10)
+
+
+def speech_regions(
+    wave: np.ndarray | torch.Tensor,
+    sample_rate: int,
+    *,
+    rel_db: float = 35.0,
+    min_silence: float = 0.08,
+    min_speech: float = 0.04,
+    hop_s: float = 0.005,
+    win_s: float = 0.02,
+) -> np.ndarray:
+    """Speech regions as an ``(n, 2)`` array of ``[start, end]`` seconds (sorted, non-overlapping).
+
+    Threshold: ``rel_db`` below the loud (99th-percentile) level, but never closer than a quarter of the
+    dynamic range to the noise floor (10th percentile) so stationary noise is not called speech. Silences
+    shorter than ``min_silence`` (stop closures) are bridged; speech shorter than ``min_speech`` is dropped.
+    Edges sit at window centres, so they are accurate to about half a window.
+    """
+    levels = frame_levels_db(wave, sample_rate, hop_s=hop_s, win_s=win_s)
+    if len(levels) == 0:
+        return np.zeros((0, 2))
+    loud, floor = np.percentile(levels, 99), np.percentile(levels, 10)
+    threshold = max(loud - rel_db, floor + 0.25 * (loud - floor))
+    active = levels > threshold
+    runs = _runs(active)
+    # bridge short silences between speech runs, then drop short speech runs
+    merged: list[list[int]] = []
+    for s, e in runs:
+        if merged and (s - merged[-1][1]) * hop_s < min_silence:
+            merged[-1][1] = e
+        else:
+            merged.append([s, e])
+    centre = win_s / 2
+    out = [(s * hop_s + centre, (e - 1) * hop_s + centre) for s, e in merged if (e - s) * hop_s >= min_speech]
+    duration = len(wave) / sample_rate
+    return np.clip(np.asarray(out, dtype=np.float64).reshape(-1, 2), 0.0, duration)
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, stop)`` index pairs of the True runs of a boolean vector."""
+    padded = np.concatenate([[False], mask, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
+
+
+def speech_span(wave: np.ndarray | torch.Tensor, sample_rate: int, *, pad: float = 0.05,
+                **kwargs) -> tuple[float, float]:
+    """``(start, end)`` seconds from the first speech onset to the last offset, padded; the whole file when
+    nothing is detected (a silent file is the caller's problem, not a crash)."""
+    duration = len(wave) / sample_rate
+    regions = speech_regions(wave, sample_rate, **kwargs)
+    if len(regions) == 0:
+        return 0.0, duration
+    return max(0.0, float(regions[0, 0]) - pad), min(duration, float(regions[-1, 1]) + pad)
+
+
+def pause_chunks(
+    wave: np.ndarray | torch.Tensor,
+    sample_rate: int,
+    *,
+    max_seconds: float = 30.0,
+    **kwargs,
+) -> list[tuple[float, float]]:
+    """Cut a long recording into contiguous chunks of at most ``max_seconds``, at energy-detected pauses.
+
+    Chunks cover the whole file (``[0, duration)``) and meet in the middle of pauses. A speech stretch longer
+    than ``max_seconds`` with no pause is cut at its quietest 5 ms in the last quarter of the allowed span.
+    """
+    duration = len(wave) / sample_rate
+    if duration <= max_seconds:
+        return [(0.0, duration)]
+    regions = speech_regions(wave, sample_rate, **kwargs)
+    cuts = [(a + b) / 2 for a, b in zip(regions[:-1, 1], regions[1:, 0])]  # pause midpoints
+    levels = frame_levels_db(wave, sample_rate, hop_s=0.005, win_s=0.02)
+    chunks, start, i = [], 0.0, 0
+    while duration - start > max_seconds:
+        limit = start + max_seconds
+        while i < len(cuts) and cuts[i] <= start:
+            i += 1
+        best = None
+        while i < len(cuts) and cuts[i] <= limit:
+            best = cuts[i]
+            i += 1
+        if best is None or best - start < 0.25 * max_seconds:
+            lo, hi = int((start + 0.75 * max_seconds) / 0.005), int(limit / 0.005) - 4
+            best = (lo + int(np.argmin(levels[lo:hi]))) * 0.005 + 0.01 if hi > lo else limit
+        chunks.append((start, best))
+        start = best
+    chunks.append((start, duration))
+    return chunks
