@@ -1,0 +1,130 @@
+"""The map-style dataset behind every stage: items are whole utterances or chunks of long files.
+
+An item is ``(entry, offset, duration)`` in seconds of the original file. ``dataset[(epoch, [i, j, ...])]``
+returns a whole padded batch (the samplers yield batches, see :mod:`datamodules.samplers`)::
+
+    {"ids": [str] * B, "waves": (B, T) float32, "attention_mask": (B, T) long, "lengths": (B,) long,
+     "offsets": (B,) float64 seconds where each wave starts in its file, "durations": (B,) file seconds,
+     "segments": [(n, 2) float64 seconds, file time, clipped to the wave] or None per item,
+     "alignments": [{tier: ((n, 2) seconds, labels)}, clipped] or None per item}
+
+Stored times stay in file time; a model converts with ``frame = round((t - offset) / 0.02)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from syllablelm.audio import AudioError, read_audio
+
+from .manifest import Entry
+
+log = logging.getLogger(__name__)
+CropMode = Literal["first", "random"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    entry: int  # index into the manifest entries
+    offset: float  # seconds into the file
+    duration: float  # seconds
+
+
+def clip_segments(segments: np.ndarray, start: float, end: float) -> tuple[np.ndarray, np.ndarray]:
+    """Segments overlapping ``[start, end)``, clipped to it; also returns the kept row indices."""
+    keep = np.flatnonzero((segments[:, 1] > start) & (segments[:, 0] < end))
+    return np.clip(segments[keep], start, end), keep
+
+
+class SpeechDataset(Dataset):
+    def __init__(
+        self,
+        entries: Sequence[Entry],
+        items: Sequence[Item],
+        *,
+        sample_rate: int = 16_000,
+        crop_seconds: float | None = None,
+        crop_mode: CropMode = "first",
+        seed: int = 0,
+        boundaries: Mapping[str, np.ndarray] | None = None,
+        alignments: Mapping[str, dict] | None = None,
+    ):
+        self.entries = list(entries)
+        self.items = list(items)
+        self.sample_rate = sample_rate
+        self.crop_seconds = crop_seconds
+        self.crop_mode = crop_mode
+        self.seed = seed
+        self.boundaries = boundaries
+        self.alignments = alignments
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def seconds(self) -> np.ndarray:
+        """Per-item seconds after cropping (what the samplers batch by)."""
+        d = np.array([it.duration for it in self.items], dtype=np.float64)
+        return np.minimum(d, self.crop_seconds) if self.crop_seconds else d
+
+    def window(self, index: int, epoch: int = 0) -> tuple[float, float]:
+        """``(offset, duration)`` actually read for item ``index`` in ``epoch``. Random crops start on a 20 ms
+        grid of the file (frames stay aligned with file time) and depend only on (seed, epoch, index)."""
+        item = self.items[index]
+        if not self.crop_seconds or item.duration <= self.crop_seconds:
+            return item.offset, item.duration
+        if self.crop_mode == "first":
+            return item.offset, self.crop_seconds
+        rng = np.random.default_rng([self.seed, epoch, index])
+        slack_frames = int((item.duration - self.crop_seconds) / 0.02)
+        return item.offset + 0.02 * int(rng.integers(0, slack_frames + 1)), self.crop_seconds
+
+    def load(self, index: int, epoch: int = 0) -> dict:
+        entry = self.entries[self.items[index].entry]
+        offset, duration = self.window(index, epoch)
+        wave = read_audio(entry.path, self.sample_rate, offset=offset, duration=duration)
+        out = {"id": entry.id, "wave": wave, "offset": offset, "duration": entry.seconds,
+               "segments": None, "alignment": None}
+        end = offset + len(wave) / self.sample_rate
+        if self.boundaries is not None and entry.id in self.boundaries:
+            out["segments"] = clip_segments(self.boundaries[entry.id], offset, end)[0]
+        if self.alignments is not None and entry.id in self.alignments:
+            clipped = {}
+            for tier, (times, labels) in self.alignments[entry.id].items():
+                t, keep = clip_segments(times, offset, end)
+                clipped[tier] = (t, [labels[k] for k in keep])
+            out["alignment"] = clipped
+        return out
+
+    def __getitem__(self, request: tuple[int, list[int]] | int) -> dict | None:
+        epoch, indices = (0, [request]) if isinstance(request, (int, np.integer)) else request
+        loaded = []
+        for i in indices:
+            try:
+                loaded.append(self.load(i, epoch))
+            except AudioError as e:  # checked at manifest time; a file that broke since is skipped, not fatal
+                log.warning("skipping %s", e)
+        return collate(loaded) if loaded else None
+
+
+def collate(items: list[dict]) -> dict:
+    lengths = torch.tensor([len(it["wave"]) for it in items], dtype=torch.long)
+    waves = torch.zeros(len(items), int(lengths.max()))
+    for b, it in enumerate(items):
+        waves[b, : len(it["wave"])] = it["wave"]
+    mask = (torch.arange(waves.shape[1])[None, :] < lengths[:, None]).long()  # (B, T)
+    return {
+        "ids": [it["id"] for it in items],
+        "waves": waves,
+        "attention_mask": mask,
+        "lengths": lengths,
+        "offsets": torch.tensor([it["offset"] for it in items], dtype=torch.float64),
+        "durations": torch.tensor([it["duration"] for it in items], dtype=torch.float64),
+        "segments": [it["segments"] for it in items],
+        "alignments": [it["alignment"] for it in items],
+    }

@@ -1,0 +1,237 @@
+"""The one speech DataModule shared by every stage (LibriSpeech / LibriLight / any audio folder).
+
+Example (tiny synthetic corpus made by ``syllablelm synth --out data/synth``)::
+
+    dm = SpeechDataModule(train_dirs=["data/synth/train"], val_dirs=["data/synth/dev"],
+                          alignment_dir="data/synth/alignments", crop_seconds=8.0, batch_size=8)
+
+Under DDP, training batches are sharded by rank (equal counts per rank); validation, test, predict and the
+offline passes of later stages (:meth:`offline_dataloader`) read an unrepeated contiguous shard per rank, so
+every utterance is seen exactly once and metrics are exact. Long files are cut at pauses into chunks of at most
+``chunk_seconds`` for offline passes; each chunk's ``offset`` maps results back to file time.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from syllablelm.alignments import SegmentError, index_alignments, load_alignment
+from syllablelm.audio import SAMPLE_RATE, pause_chunks, read_audio
+from syllablelm.fileio import shard_range
+
+from .boundary_store import BoundaryStore
+from .dataset import CropMode, Item, SpeechDataset
+from .manifest import Entry, Manifest, Verify, build_manifest
+from .samplers import EvalBatchSampler, TrainBatchSampler
+
+log = logging.getLogger(__name__)
+Split = Literal["train", "val", "test", "predict"]
+
+
+class SpeechDataModule(pl.LightningDataModule):
+    """Audio (+ optional alignments, + optional boundary-store version) for every stage.
+
+    Args:
+        train_dirs, val_dirs, test_dirs, predict_dirs: audio folders (any depth) or files per split;
+            ``predict_dirs`` defaults to ``train_dirs`` (LossPred and unit extraction label the training set).
+        alignment_dir: folder of ``<id>.json`` alignment files (searched recursively).
+        boundary_dir, boundary_version: a boundary store and the version to read (``"latest"`` = the newest
+            complete one, resolved on rank 0 and broadcast). ``require_boundaries`` drops (and counts)
+            utterances that the version does not cover.
+        crop_seconds, crop_mode: training crops (SylBoost: the first 8 s); ``eval_crop_seconds`` for the rest.
+        chunk_seconds: cut files longer than this at pauses for non-training passes (LibriLight).
+        train_hours: a seeded random subset of the training set of about this many hours.
+        max_utterances: at most this many utterances per split (seeded random subset; quick runs).
+        verify: ``"decode"`` decodes every file once at manifest time (catches truncation); ``"header"`` only
+            reads headers (for huge corpora).
+    """
+
+    def __init__(
+        self,
+        *,
+        train_dirs: list[str] | None = None,
+        val_dirs: list[str] | None = None,
+        test_dirs: list[str] | None = None,
+        predict_dirs: list[str] | None = None,
+        alignment_dir: str | None = None,
+        boundary_dir: str | None = None,
+        boundary_version: int | Literal["latest"] | None = None,
+        require_boundaries: bool = False,
+        sample_rate: int = SAMPLE_RATE,
+        batch_size: int = 8,
+        max_batch_seconds: float | None = None,
+        crop_seconds: float | None = None,
+        crop_mode: CropMode = "first",
+        eval_crop_seconds: float | None = None,
+        chunk_seconds: float | None = None,
+        min_seconds: float = 0.5,
+        train_hours: float | None = None,
+        max_utterances: int | None = None,
+        verify: Verify = "decode",
+        manifest_cache: str | None = None,
+        num_workers: int = 2,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.dirs: dict[str, list[str] | None] = {
+            "train": train_dirs, "val": val_dirs, "test": test_dirs, "predict": predict_dirs or train_dirs}
+        self.manifests: dict[str, Manifest] = {}
+        self.boundaries: dict[str, np.ndarray] | None = None
+        self.version: int | None = None
+        self._alignments: dict[str, dict] = {}
+        self._scans: dict[tuple[str, ...], Manifest] = {}  # one scan (and one skip report) per folder list
+
+    # ---- rank helpers ---------------------------------------------------------------------------------
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _broadcast(self, obj):
+        if self.trainer is not None:
+            return self.trainer.strategy.broadcast(obj, src=0)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            box = [obj]
+            torch.distributed.broadcast_object_list(box, src=0)
+            return box[0]
+        return obj
+
+    # ---- setup ----------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        # rank 0 of each node builds (and caches) the manifests once; setup() then reads the cache
+        for split, dirs in self.dirs.items():
+            if dirs:
+                self._manifest(split)
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        for split, dirs in self.dirs.items():
+            if dirs and split not in self.manifests:
+                self.manifests[split] = self._manifest(split)
+        if hp.boundary_dir is not None and hp.boundary_version is not None and self.version is None:
+            version = hp.boundary_version
+            if version == "latest":
+                latest = BoundaryStore(hp.boundary_dir).latest_version() if self._rank_world()[0] == 0 else None
+                version = self._broadcast(latest)
+                if version is None:
+                    raise FileNotFoundError(f"{hp.boundary_dir}: no complete boundary version to read")
+            self.set_boundary_version(int(version))
+
+    def _manifest(self, split: str) -> Manifest:
+        if split in self.manifests:
+            return self.manifests[split]
+        hp = self.hparams
+        key = tuple(self.dirs[split])
+        if key not in self._scans:
+            self._scans[key] = build_manifest(key, verify=hp.verify, min_seconds=hp.min_seconds,
+                                              cache_dir=hp.manifest_cache, num_workers=max(1, hp.num_workers))
+        manifest = self._scans[key]
+        entries = manifest.entries
+        rng = np.random.default_rng([hp.seed, ["train", "val", "test", "predict"].index(split)])
+        if split == "train" and hp.train_hours is not None:
+            order = rng.permutation(len(entries))
+            cum = np.cumsum([entries[i].seconds for i in order]) / 3600.0
+            entries = [entries[i] for i in sorted(order[: int(np.searchsorted(cum, hp.train_hours)) + 1])]
+        if hp.max_utterances is not None and len(entries) > hp.max_utterances:
+            entries = [entries[i] for i in sorted(rng.permutation(len(entries))[: hp.max_utterances])]
+        self.manifests[split] = Manifest(entries, manifest.skipped)
+        return self.manifests[split]
+
+    def set_boundary_version(self, version: int) -> None:
+        """Load a complete boundary version for every split (the regeneration callback calls this on every
+        rank after the version's manifest exists). Dataloaders built afterwards use it."""
+        durations = {e.id: e.seconds for m in self.manifests.values() for e in m.entries}
+        self.boundaries = BoundaryStore(self.hparams.boundary_dir).load(version, durations)
+        self.version = version
+        log.info("boundary version %d: %d utterances", version, len(self.boundaries))
+
+    def alignments(self, split: str) -> dict[str, dict]:
+        """``{id: {tier: (times, labels)}}`` for one split (loaded once, validated, errors name the file)."""
+        if self.hparams.alignment_dir is None:
+            return {}
+        if split not in self._alignments:
+            index = index_alignments(self.hparams.alignment_dir)
+            entries = self._manifest(split).entries
+            found = {}
+            for e in tqdm(entries, desc=f"alignments {split}", disable=len(entries) < 2000):
+                if e.id in index:
+                    found[e.id] = load_alignment(index[e.id], duration=e.seconds)
+            if len(found) < len(entries):
+                log.warning("%s: %d of %d utterances have no alignment", split, len(entries) - len(found),
+                            len(entries))
+            self._alignments[split] = found
+        return self._alignments[split]
+
+    # ---- datasets -------------------------------------------------------------------------------------
+    def _entries(self, split: str) -> list[Entry]:
+        entries = self._manifest(split).entries
+        if self.hparams.require_boundaries and self.boundaries is not None:
+            kept = [e for e in entries if e.id in self.boundaries]
+            if len(kept) < len(entries):
+                log.warning("%s: %d of %d utterances have no boundaries in version %s and are skipped", split,
+                            len(entries) - len(kept), len(entries), self.version)
+            if not kept:
+                raise SegmentError(f"boundary version {self.version} covers no utterance of split {split!r}")
+            entries = kept
+        return entries
+
+    def dataset(self, split: str, *, rank: int = 0, world_size: int = 1, crop_seconds: float | None = None,
+                crop_mode: CropMode = "first", chunk_seconds: float | None = None) -> SpeechDataset:
+        """This rank's unrepeated contiguous shard of ``split`` (all of it for ``world_size == 1``); files
+        longer than ``chunk_seconds`` are cut at pauses into several items."""
+        entries = self._entries(split)
+        lo, hi = shard_range(len(entries), rank, world_size)
+        items = []
+        for k in range(lo, hi):
+            e = entries[k]
+            if chunk_seconds and e.seconds > chunk_seconds:
+                wave = read_audio(e.path, self.hparams.sample_rate)
+                items += [Item(k, a, b - a) for a, b in
+                          pause_chunks(wave, self.hparams.sample_rate, max_seconds=chunk_seconds)]
+            else:
+                items.append(Item(k, 0.0, e.seconds))
+        return SpeechDataset(entries, items, sample_rate=self.hparams.sample_rate, crop_seconds=crop_seconds,
+                             crop_mode=crop_mode, seed=self.hparams.seed, boundaries=self.boundaries,
+                             alignments=self.alignments(split) if self.hparams.alignment_dir else None)
+
+    def _loader(self, dataset: SpeechDataset, sampler) -> DataLoader:
+        n = self.hparams.num_workers
+        return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=n,
+                          persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                          prefetch_factor=2 if n > 0 else None)
+
+    def offline_dataloader(self, split: str = "predict", *, crop_seconds: float | None = None,
+                           chunk_seconds: float | None = None) -> DataLoader:
+        """Every utterance of ``split`` exactly once across ranks (this rank's contiguous shard), batched
+        longest first. Used by validate/test/predict and by the offline passes of later stages."""
+        rank, world = self._rank_world()
+        ds = self.dataset(split, rank=rank, world_size=world, crop_seconds=crop_seconds,
+                          chunk_seconds=chunk_seconds if chunk_seconds is not None else self.hparams.chunk_seconds)
+        return self._loader(ds, EvalBatchSampler(ds.seconds, batch_size=self.hparams.batch_size,
+                                                 max_batch_seconds=self.hparams.max_batch_seconds))
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        rank, world = self._rank_world()
+        ds = self.dataset("train", crop_seconds=hp.crop_seconds, crop_mode=hp.crop_mode)
+        sampler = TrainBatchSampler(ds.seconds, batch_size=hp.batch_size, max_batch_seconds=hp.max_batch_seconds,
+                                    rank=rank, world_size=world, seed=hp.seed)
+        return self._loader(ds, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.offline_dataloader("val", crop_seconds=self.hparams.eval_crop_seconds)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.offline_dataloader("test", crop_seconds=self.hparams.eval_crop_seconds)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.offline_dataloader("predict", crop_seconds=self.hparams.eval_crop_seconds)

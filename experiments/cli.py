@@ -1,0 +1,68 @@
+"""The ``syllablelm`` console script: LightningCLI stages plus plain offline commands, one entry point.
+
+    syllablelm fit --config experiments/configs/tiny/teacher.yaml      # LightningCLI (subclass mode)
+    syllablelm synth --out data/synth --num-utterances 200             # a plain command
+
+``fit|validate|test|predict`` go to LightningCLI; the config's ``model.class_path`` picks the stage's
+LightningModule and ``data.class_path`` its DataModule. Every other subcommand is a plain function
+``main(argv)`` registered in :data:`COMMANDS`; ``syllablelm <command> --help`` documents each one.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+# name -> ("module:function", one-line help). Later stages add their commands here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("syllablelm.synth.corpus:main", "synthesise a LibriSpeech-layout corpus with alignments (eSpeak NG)"),
+}
+
+
+def lightning_cli(args: list[str], **kwargs):
+    """LightningCLI with the project's defaults: subclass mode for model and data (the config's class_path
+    picks the stage), a fixed default seed, and a saved config that a repeated run may overwrite."""
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    kwargs.setdefault("subclass_mode_model", True)
+    kwargs.setdefault("subclass_mode_data", True)
+    kwargs.setdefault("seed_everything_default", 0)
+    kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+    return LightningCLI(LightningModule, LightningDataModule, args=args, **kwargs)
+
+
+def _usage() -> str:
+    lines = ["usage: syllablelm <command> [options]", "", "training stages (LightningCLI; --config FILE):"]
+    lines += [f"  {c}" for c in LIGHTNING_COMMANDS]
+    lines += ["", "offline commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "syllablelm <command> --help shows a command's options."]
+    return "\n".join(lines)
+
+
+def run_command(name: str, argv: list[str]):
+    """Import and run a plain command (imports are lazy so ``syllablelm synth`` never loads Lightning)."""
+    target, _ = COMMANDS[name]
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)(argv)
+
+
+def main(argv: list[str] | None = None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] in COMMANDS:
+        return run_command(argv[0], argv[1:])
+    if argv[0] in LIGHTNING_COMMANDS or argv[0].startswith("-"):
+        lightning_cli(argv)
+        return 0
+    print(f"syllablelm: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

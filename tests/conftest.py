@@ -1,0 +1,58 @@
+"""Shared fixtures: small corpora made at test time (never downloaded)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def burst_wave(rng: np.random.Generator, seconds: float, sr: int = 16_000) -> tuple[np.ndarray, list[list[float]]]:
+    """Noise bursts (0.2-0.6 s) separated by silences (0.15-0.4 s): a crude stand-in for speech whose
+    speech regions are known exactly. Returns the wave and the ``[start, end]`` seconds of the bursts."""
+    wave = np.zeros(int(seconds * sr), dtype=np.float32)
+    t, regions = float(rng.uniform(0.1, 0.3)), []
+    while t < seconds - 0.3:
+        length = min(float(rng.uniform(0.2, 0.6)), seconds - 0.1 - t)
+        a, b = int(t * sr), int((t + length) * sr)
+        wave[a:b] = rng.standard_normal(b - a).astype(np.float32) * 0.1
+        regions.append([a / sr, b / sr])
+        t += length + float(rng.uniform(0.15, 0.4))
+    return wave, regions
+
+
+def make_librispeech(root: Path, speakers: int = 2, chapters: int = 1, utts: int = 4, seed: int = 0,
+                     seconds: tuple[float, float] = (1.0, 3.0), sr: int = 16_000) -> list[str]:
+    """A LibriSpeech-layout folder of burst waves; returns the utterance ids."""
+    rng = np.random.default_rng(seed)
+    ids = []
+    for spk in range(1, speakers + 1):
+        for ch in range(1, chapters + 1):
+            folder = root / str(spk) / str(100 + ch)
+            folder.mkdir(parents=True, exist_ok=True)
+            for u in range(utts):
+                uid = f"{spk}-{100 + ch}-{u:04d}"
+                wave, _ = burst_wave(rng, float(rng.uniform(*seconds)), sr)
+                sf.write(folder / f"{uid}.flac", wave, sr)
+                ids.append(uid)
+    return ids
+
+
+@pytest.fixture
+def cache_dir(tmp_path) -> str:
+    return str(tmp_path / "cache")
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory) -> Path:
+    """A small eSpeak corpus (train/dev/test + alignments), made once per test session."""
+    from syllablelm.synth.corpus import synthesize_corpus
+
+    out = tmp_path_factory.mktemp("synth")
+    synthesize_corpus(out, num_utterances=36, seed=3, speakers=6)
+    return out

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from datamodules.boundary_store import BoundaryStore, IncompleteVersionError
+from syllablelm.alignments import SegmentError
+
+SEGS = {"a": np.array([[0.1, 0.3], [0.3, 0.5], [0.8, 1.0]]), "b": np.array([[0.0, 0.2]]), "c": np.zeros((0, 2))}
+
+
+def _write_two_ranks(store, version):
+    store.write_shard(version, 0, 2, {"a": SEGS["a"]})
+    store.write_shard(version, 1, 2, {"b": SEGS["b"], "c": SEGS["c"]})
+
+
+def test_round_trip_and_versions(tmp_path):
+    store = BoundaryStore(tmp_path)
+    _write_two_ranks(store, 0)
+    assert store.versions() == [] and not store.is_complete(0)
+    manifest = store.finalize(0, 2, meta={"source": "test"})
+    assert manifest["num_utterances"] == 3 and store.versions() == [0] and store.latest_version() == 0
+    loaded = store.load(0, durations={"a": 1.0, "b": 0.5, "c": 1.0})
+    assert set(loaded) == {"a", "b", "c"}
+    for k, v in SEGS.items():
+        np.testing.assert_array_equal(loaded[k], v)
+
+
+def test_half_written_version_is_never_read(tmp_path):
+    store = BoundaryStore(tmp_path)
+    _write_two_ranks(store, 0)
+    store.finalize(0, 2)
+    store.write_shard(1, 0, 2, {"a": SEGS["a"]})  # rank 1 never finished
+    assert store.latest_version() == 0
+    with pytest.raises(IncompleteVersionError, match="iter_1.*incomplete"):
+        store.load(1)
+    with pytest.raises(IncompleteVersionError, match=r"ranks \[1\]"):
+        store.finalize(1, 2)
+    # a crashed writer leaves only its temp file behind: not a shard, not a version
+    (store.version_dir(2)).mkdir()
+    (store.version_dir(2) / ".shard-00000-of-00001.npz.abc.tmp").write_bytes(b"partial")
+    assert store.versions() == [0] and store.missing_shards(2, 1) == [0]
+    # invalidating a version (before a rewrite) makes it incomplete again
+    store.invalidate(0)
+    assert store.latest_version() is None
+
+
+def test_manifest_lists_shards_of_one_world_size_only(tmp_path):
+    store = BoundaryStore(tmp_path)
+    store.write_shard(0, 0, 1, {"stale": SEGS["b"]})  # an earlier single-process attempt
+    _write_two_ranks(store, 0)
+    store.finalize(0, 2)
+    assert set(store.load(0)) == {"a", "b", "c"}
+    assert not store.shard_path(0, 0, 1).exists()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.array([[0.3, 0.2]]), "end <= start"),
+    (np.array([[0.0, 0.4], [0.3, 0.5]]), "overlap or are unsorted"),
+    (np.array([[0.0, np.nan]]), "non-finite"),
+    (np.array([0.0, 0.4, 0.5]), r"\(n, 2\)"),
+])
+def test_invalid_segments_are_refused_before_writing(tmp_path, bad, message):
+    store = BoundaryStore(tmp_path)
+    with pytest.raises(SegmentError, match=message):
+        store.write_shard(0, 0, 1, {"x": bad})
+    assert not store.shard_path(0, 0, 1).exists()
+
+
+def test_load_checks_entries_against_durations_and_names_the_file(tmp_path):
+    store = BoundaryStore(tmp_path)
+    _write_two_ranks(store, 3)
+    store.finalize(3, 2)
+    with pytest.raises(SegmentError, match=r"shard-00000-of-00002\.npz \[utterance a\].*after the end"):
+        store.load(3, durations={"a": 0.9})
+
+
+def test_duplicate_utterances_across_shards_are_an_error(tmp_path):
+    store = BoundaryStore(tmp_path)
+    store.write_shard(0, 0, 2, {"a": SEGS["a"]})
+    store.write_shard(0, 1, 2, {"a": SEGS["a"]})
+    store.finalize(0, 2)
+    with pytest.raises(SegmentError, match="more than one shard"):
+        store.load(0)
