@@ -6,7 +6,8 @@ returns a whole padded batch (the samplers yield batches, see :mod:`datamodules.
     {"ids": [str] * B, "waves": (B, T) float32, "attention_mask": (B, T) long, "lengths": (B,) long,
      "offsets": (B,) float64 seconds where each wave starts in its file, "durations": (B,) file seconds,
      "segments": [(n, 2) float64 seconds, file time, clipped to the wave] or None per item,
-     "alignments": [{tier: ((n, 2) seconds, labels)}, clipped] or None per item}
+     "alignments": [{tier: ((n, 2) seconds, labels)}, clipped] or None per item,
+     "labels": (B, F) long frame labels of each wave (-100 = none/padding) when a label version is loaded}
 
 Stored times stay in file time; a model converts with ``frame = round((t - offset) / 0.02)``.
 """
@@ -22,6 +23,7 @@ from torch.utils.data import Dataset
 
 from syllablelm.audio import AudioError, read_audio
 
+from .label_store import num_frames
 from .manifest import Entry
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class SpeechDataset(Dataset):
         seed: int = 0,
         boundaries: Mapping[str, np.ndarray] | None = None,
         alignments: Mapping[str, dict] | None = None,
+        labels: Mapping[str, np.ndarray] | None = None,
     ):
         self.entries = list(entries)
         self.items = list(items)
@@ -62,6 +65,7 @@ class SpeechDataset(Dataset):
         self.seed = seed
         self.boundaries = boundaries
         self.alignments = alignments
+        self.labels = labels
 
     def __len__(self) -> int:
         return len(self.items)
@@ -89,7 +93,7 @@ class SpeechDataset(Dataset):
         offset, duration = self.window(index, epoch)
         wave = read_audio(entry.path, self.sample_rate, offset=offset, duration=duration)
         out = {"id": entry.id, "wave": wave, "offset": offset, "duration": entry.seconds,
-               "segments": None, "alignment": None}
+               "segments": None, "alignment": None, "labels": None}
         end = offset + len(wave) / self.sample_rate
         if self.boundaries is not None and entry.id in self.boundaries:
             out["segments"] = clip_segments(self.boundaries[entry.id], offset, end)[0]
@@ -99,6 +103,9 @@ class SpeechDataset(Dataset):
                 t, keep = clip_segments(times, offset, end)
                 clipped[tier] = (t, [labels[k] for k in keep])
             out["alignment"] = clipped
+        if self.labels is not None and entry.id in self.labels:
+            first = int(round(offset / 0.02))  # windows start on the 20 ms grid (crops, chunks, VAD trims)
+            out["labels"] = self.labels[entry.id][first:first + num_frames(len(wave))]
         return out
 
     def __getitem__(self, request: tuple[int, list[int]] | int) -> dict | None:
@@ -118,6 +125,12 @@ def collate(items: list[dict]) -> dict:
     for b, it in enumerate(items):
         waves[b, : len(it["wave"])] = it["wave"]
     mask = (torch.arange(waves.shape[1])[None, :] < lengths[:, None]).long()  # (B, T)
+    labels = None
+    if any(it["labels"] is not None for it in items):
+        labels = torch.full((len(items), num_frames(waves.shape[1])), -100, dtype=torch.long)  # (B, F)
+        for b, it in enumerate(items):
+            if it["labels"] is not None:
+                labels[b, : len(it["labels"])] = torch.from_numpy(it["labels"].astype(np.int64))
     return {
         "ids": [it["id"] for it in items],
         "waves": waves,
@@ -127,4 +140,5 @@ def collate(items: list[dict]) -> dict:
         "durations": torch.tensor([it["duration"] for it in items], dtype=torch.float64),
         "segments": [it["segments"] for it in items],
         "alignments": [it["alignment"] for it in items],
+        "labels": labels,
     }

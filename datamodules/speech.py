@@ -26,6 +26,7 @@ from syllablelm.audio import SAMPLE_RATE, pause_chunks, read_audio
 from syllablelm.fileio import shard_range
 
 from .boundary_store import BoundaryStore
+from .label_store import LabelStore
 from .dataset import CropMode, Item, SpeechDataset
 from .manifest import Entry, Manifest, Verify, build_manifest
 from .samplers import EvalBatchSampler, TrainBatchSampler
@@ -44,6 +45,8 @@ class SpeechDataModule(pl.LightningDataModule):
         boundary_dir, boundary_version: a boundary store and the version to read (``"latest"`` = the newest
             complete one, resolved on rank 0 and broadcast). ``require_boundaries`` drops (and counts)
             utterances that the version does not cover.
+        label_dir, label_version: a frame-label store (the output of ``syllablelm labels``) whose labels come
+            with each batch as ``labels (B, F)`` (masked-prediction targets).
         crop_seconds, crop_mode: training crops (SylBoost: the first 8 s); ``eval_crop_seconds`` for the rest.
         chunk_seconds: cut files longer than this at pauses for non-training passes (LibriLight).
         train_hours: a seeded random subset of the training set of about this many hours.
@@ -63,6 +66,8 @@ class SpeechDataModule(pl.LightningDataModule):
         boundary_dir: str | None = None,
         boundary_version: int | Literal["latest"] | None = None,
         require_boundaries: bool = False,
+        label_dir: str | None = None,
+        label_version: int | Literal["latest"] | None = None,
         sample_rate: int = SAMPLE_RATE,
         batch_size: int = 8,
         max_batch_seconds: float | None = None,
@@ -85,6 +90,8 @@ class SpeechDataModule(pl.LightningDataModule):
         self.manifests: dict[str, Manifest] = {}
         self.boundaries: dict[str, np.ndarray] | None = None
         self.version: int | None = None
+        self.labels: dict[str, np.ndarray] | None = None
+        self.label_version: int | None = None
         self._alignments: dict[str, dict] = {}
         self._scans: dict[tuple[str, ...], Manifest] = {}  # one scan (and one skip report) per folder list
 
@@ -118,13 +125,24 @@ class SpeechDataModule(pl.LightningDataModule):
             if dirs and split not in self.manifests:
                 self.manifests[split] = self._manifest(split)
         if hp.boundary_dir is not None and hp.boundary_version is not None and self.version is None:
-            version = hp.boundary_version
-            if version == "latest":
-                latest = BoundaryStore(hp.boundary_dir).latest_version() if self._rank_world()[0] == 0 else None
-                version = self._broadcast(latest)
-                if version is None:
-                    raise FileNotFoundError(f"{hp.boundary_dir}: no complete boundary version to read")
-            self.set_boundary_version(int(version))
+            self.set_boundary_version(self._resolve(BoundaryStore(hp.boundary_dir), hp.boundary_version))
+        if hp.label_dir is not None and self.labels is None:
+            store = LabelStore(hp.label_dir)
+            self.label_version = self._resolve(store, "latest" if hp.label_version is None else hp.label_version)
+            num_samples = {e.id: e.num_samples * SAMPLE_RATE // e.sample_rate
+                           for m in self.manifests.values() for e in m.entries}
+            self.labels = store.load(self.label_version, num_samples)
+
+    def _resolve(self, store, version) -> int:
+        """A version number; ``"latest"`` is resolved on rank 0 and broadcast, so every rank reads the same
+        version even when their views of a shared filesystem lag."""
+        if version != "latest":
+            return int(version)
+        latest = store.latest_version() if self._rank_world()[0] == 0 else None
+        latest = self._broadcast(latest)
+        if latest is None:
+            raise FileNotFoundError(f"{store.root}: no complete {store.kind} version to read")
+        return int(latest)
 
     def _manifest(self, split: str) -> Manifest:
         if split in self.manifests:
@@ -201,7 +219,8 @@ class SpeechDataModule(pl.LightningDataModule):
                 items.append(Item(k, 0.0, e.seconds))
         return SpeechDataset(entries, items, sample_rate=self.hparams.sample_rate, crop_seconds=crop_seconds,
                              crop_mode=crop_mode, seed=self.hparams.seed, boundaries=self.boundaries,
-                             alignments=self.alignments(split) if self.hparams.alignment_dir else None)
+                             alignments=self.alignments(split) if self.hparams.alignment_dir else None,
+                             labels=self.labels)
 
     def _loader(self, dataset: SpeechDataset, sampler) -> DataLoader:
         n = self.hparams.num_workers

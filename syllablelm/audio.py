@@ -172,6 +172,7 @@ def pause_chunks(
 
     Chunks cover the whole file (``[0, duration)``) and meet in the middle of pauses. A speech stretch longer
     than ``max_seconds`` with no pause is cut at its quietest 5 ms in the last quarter of the allowed span.
+    Cuts lie on the 20 ms frame grid, so frame-level data of the whole file (labels) slices directly.
     """
     duration = len(wave) / sample_rate
     if duration <= max_seconds:
@@ -191,6 +192,7 @@ def pause_chunks(
         if best is None or best - start < 0.25 * max_seconds:
             lo, hi = int((start + 0.75 * max_seconds) / 0.005), int(limit / 0.005) - 4
             best = (lo + int(np.argmin(levels[lo:hi]))) * 0.005 + 0.01 if hi > lo else limit
+        best = max(start + 0.02, np.floor(best / 0.02) * 0.02)  # on the frame grid, still inside the span
         chunks.append((start, best))
         start = best
     chunks.append((start, duration))

@@ -80,3 +80,19 @@ def test_duplicate_utterances_across_shards_are_an_error(tmp_path):
     store.finalize(0, 2)
     with pytest.raises(SegmentError, match="more than one shard"):
         store.load(0)
+
+
+def test_label_store_checks_labels_and_frame_counts(tmp_path):
+    from datamodules.label_store import LabelStore, num_frames
+
+    store = LabelStore(tmp_path)
+    assert num_frames(16000) == 49 and num_frames(399) == 0
+    store.write_shard(0, 0, 1, {"a": np.arange(49) % 7, "b": np.zeros(10, dtype=np.int64)})
+    store.finalize(0, 1, meta={"num_labels": 7})
+    loaded = store.load(0, {"a": 16000})
+    assert loaded["a"].dtype == np.int32 and loaded["a"].tolist() == (np.arange(49) % 7).tolist()
+    assert store.num_labels(0) == 7
+    with pytest.raises(SegmentError, match=r"10 labels for 49 frames"):
+        store.load(0, {"b": 16000})
+    with pytest.raises(SegmentError, match="non-negative integer"):
+        store.write_shard(1, 0, 1, {"x": np.array([0.5, 1.5])})

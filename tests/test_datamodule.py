@@ -150,3 +150,26 @@ def test_latest_without_complete_version_is_a_clear_error(tmp_path, cache_dir):
     dm = _dm(tmp_path, cache_dir, boundary_dir=str(tmp_path / "store"), boundary_version="latest")
     with pytest.raises(FileNotFoundError, match="no complete boundary version"):
         dm.setup("fit")
+
+
+def test_frame_labels_follow_the_crop(tmp_path, cache_dir):
+    from datamodules.label_store import LabelStore, num_frames
+
+    dm = _dm(tmp_path, cache_dir)
+    dm.setup("fit")
+    entries = dm.manifests["train"].entries
+    store = LabelStore(tmp_path / "labels")
+    # label = frame index, so a slice shows exactly where the crop started
+    store.write_shard(0, 0, 1, {e.id: np.arange(num_frames(e.num_samples)) for e in entries})
+    store.finalize(0, 1, meta={"num_labels": 1000})
+    dm = _dm(tmp_path, cache_dir, label_dir=str(tmp_path / "labels"), crop_seconds=0.6, crop_mode="random",
+             batch_size=3)
+    dm.setup("fit")
+    ds = dm.dataset("train", crop_seconds=0.6, crop_mode="random")
+    for i in range(len(ds)):
+        item = ds.load(i, epoch=1)
+        first = round(item["offset"] / 0.02)
+        assert item["labels"].tolist() == list(range(first, first + num_frames(len(item["wave"]))))
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["labels"].shape == (len(batch["ids"]), num_frames(batch["waves"].shape[1]))
+    assert (batch["labels"] >= 0).all()  # crops of equal length: no padding

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import torch
+
+from syllablelm.losspred import (GAP, HALF, group_span_mask, loss_matrices, mask_groups, num_segments,
+                                 similarity, span_positions)
+
+
+def pattern_run(features, frame_mask, span):
+    """A fake teacher: the loss of frame c depends on c and on exactly which frames are masked, so every entry
+    of C reveals the forward it came from."""
+    N, T = span.shape
+    weights = torch.arange(1, T + 1, dtype=torch.float64)
+    key = (span.double() * weights).sum(1, keepdim=True)  # (N, 1) identifies the mask pattern
+    return (key * 1000 + torch.arange(T)[None, :]).float() * frame_mask
+
+
+@pytest.mark.parametrize("T, exact", [(30, True), (30, False), (160, False), (420, False), (97, True)])
+def test_every_band_entry_is_filled_once_from_the_right_span(T, exact):
+    C = loss_matrices(pattern_run, torch.zeros(1, T, 4), [T], exact=exact)[0]
+    groups = mask_groups(T, exact=exact)
+    group_of = {int(m): g for g, mids in enumerate(groups) for m in mids}
+    assert sorted(group_of) == list(span_positions(T)) and len(group_of) == T + 50
+    weights = torch.arange(1, T + 1, dtype=torch.float64)
+    for r in range(T):
+        for c in range(T):
+            if c > r and c - r <= HALF:
+                mid = r + HALF + 1  # span just right of r
+            elif c < r and r - c <= HALF + 1:
+                mid = r - HALF - 1  # span just left of r
+            else:
+                assert torch.isnan(C[r, c]), (r, c)
+                continue
+            mask = group_span_mask(T, groups[group_of[mid]])
+            assert mask[c] and not mask[r]  # the loss is read on a masked frame, the row is visible
+            expected = float(((mask.double() * weights).sum() * 1000 + c))
+            assert C[r, c] == pytest.approx(expected, rel=1e-6), (r, c)
+
+
+def test_gap_path_costs_150_forwards_whatever_the_length():
+    assert [len(mask_groups(T)) for T in (50, 100, 400, 2000)] == [100, 150, 150, 150]
+    assert len(mask_groups(400, exact=True)) == 450
+    for mids in mask_groups(700):
+        assert np.all(np.diff(mids) == GAP)
+    with pytest.raises(ValueError, match="larger than the span"):
+        mask_groups(100, gap=40)
+
+
+def test_batched_utterances_equal_one_at_a_time():
+    torch.manual_seed(0)
+    lengths = [80, 37, 160]
+    feats = torch.randn(3, 160, 5)
+
+    def run(f, fm, span):  # per-frame, so padding cannot leak into a row's result
+        return (f.sum(-1) * (1 + span.float()) + span.float().cumsum(1)) * fm
+
+    together = loss_matrices(run, feats, lengths, forward_batch=7)
+    for b, t in enumerate(lengths):
+        alone = loss_matrices(run, feats[b:b + 1, :t], [t], forward_batch=64)[0]
+        torch.testing.assert_close(together[b], alone, equal_nan=True)
+
+
+def test_similarity_band_and_floor():
+    T = 60
+    C = loss_matrices(pattern_run, torch.zeros(1, T, 2), [T], exact=True)[0] / 1e6
+    S = similarity(C)
+    idx = torch.arange(T)
+    dist = (idx[:, None] - idx[None, :]).abs()
+    floor = torch.tensor(np.exp(-100.0), dtype=torch.float64)
+    assert torch.all(S[dist > HALF] == floor) and torch.all(S.diagonal() == floor)
+    inside = (dist <= HALF) & (dist > 0)
+    torch.testing.assert_close(S[inside], torch.exp(-C.double())[inside])
+    assert S.dtype == torch.float64
+
+
+def test_segment_count_is_6_25_per_second():
+    assert num_segments(400) == 50 and num_segments(7) == 1 and num_segments(500, rate_hz=5.0) == 50
