@@ -1,0 +1,48 @@
+import numpy as np
+
+from syllablelm.baselines import envelope_segments, mincut_segments, tune_envelope, uniform_segments
+from syllablelm.metrics import boundary_scores
+
+SR = 16000
+
+
+def modulated(seconds=2.0, rate=4.0, seed=0):
+    """Noise whose amplitude dips to zero every 1/rate s, inside one region [0.2, 0.2 + seconds]."""
+    rng = np.random.default_rng(seed)
+    wave = np.zeros(int((seconds + 0.4) * SR))
+    t = np.arange(int(seconds * SR)) / SR
+    wave[int(0.2 * SR):int(0.2 * SR) + len(t)] = rng.standard_normal(len(t)) * np.sin(np.pi * rate * t) ** 2 * 0.3
+    dips = 0.2 + np.arange(1, int(seconds * rate)) / rate
+    return wave, dips
+
+
+def test_uniform_cuts_each_region_evenly():
+    regions = np.array([[0.0, 1.0], [1.5, 1.7]])
+    segs = uniform_segments(np.zeros(SR * 2), SR, rate_hz=4.0, regions=regions)
+    np.testing.assert_allclose(segs, [[0, .25], [.25, .5], [.5, .75], [.75, 1.0], [1.5, 1.7]])
+
+
+def test_envelope_minima_sit_on_the_amplitude_dips():
+    wave, dips = modulated()
+    segs = envelope_segments(wave, SR, cutoff_hz=10.0, prominence=0.2)
+    inner = segs[1:, 0]
+    assert len(inner) == len(dips)
+    assert np.abs(inner - dips).max() < 0.03
+    assert abs(segs[0, 0] - 0.2) < 0.03 and abs(segs[-1, 1] - 2.2) < 0.03  # region edges are boundaries
+
+
+def test_tuning_picks_parameters_that_beat_a_bad_setting():
+    wave, dips = modulated(seed=1)
+    ref = np.stack([np.r_[0.2, dips], np.r_[dips, 2.2]], 1)
+    params, scores = tune_envelope([wave], SR, [ref], cutoffs=(2.0, 10.0), prominences=(0.2, 0.9))
+    bad = boundary_scores([envelope_segments(wave, SR, cutoff_hz=2.0, prominence=0.9)], [ref])
+    assert params == {"cutoff_hz": 10.0, "prominence": 0.2}
+    assert scores["r_value"] > bad["r_value"] and scores["f1"] > 0.9
+
+
+def test_mincut_baseline_stays_inside_speech_at_the_asked_rate():
+    wave, _ = modulated(seconds=4.0)
+    segs = mincut_segments(wave, SR, rate_hz=5.0)
+    assert segs[0, 0] >= 0.15 and segs[-1, 1] <= 4.25
+    assert np.all(segs[1:, 0] >= segs[:-1, 1] - 1e-9)
+    assert abs(len(segs) / 4.0 - 5.0) < 1.0
