@@ -1,0 +1,373 @@
+"""Imports: fairseq HuBERT checkpoints (with the pretraining head), k-means models, HF encoder directories.
+
+fairseq ``.pt`` files are pickles of ``{"cfg" | "args", "model", "task_state", ...}`` whose config and dictionary
+objects name fairseq classes. ``load_fairseq_hubert`` unpickles them WITHOUT fairseq: every ``fairseq.*`` class
+becomes an inert stub that only stores its pickled state. Unpickling still executes whatever the file asks for
+outside fairseq (that is what a pickle is), so load trusted files only — the official release or your own.
+
+The fairseq -> ``HubertTeacher`` key mapping is the table ``_KEY_MAP`` below; ``CheckpointError`` lists every
+missing, unexpected or mis-shaped key instead of skipping it.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import functools
+import pickle
+import re
+import sys
+import types
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from syllablelm.nn.hubert import HubertTeacher, TeacherConfig
+
+# (fairseq key, HubertTeacher key); {i} layer index, {p} weight|bias, {n} q|k|v|out.
+_CONV_NORM_GROUP = ("feature_extractor.conv_layers.{i}.2.{p}",  # GroupNorm, extractor_mode "default" (block 0)
+                    "encoder.feature_extractor.conv_layers.{i}.layer_norm.{p}")
+_CONV_NORM_LAYER = ("feature_extractor.conv_layers.{i}.2.1.{p}",  # (TransposeLast, LayerNorm, ...), "layer_norm"
+                    "encoder.feature_extractor.conv_layers.{i}.layer_norm.{p}")
+_POS = "encoder.encoder.pos_conv_embed.conv."  # weight_norm(dim=2) as a torch parametrization in transformers 5
+_LAYER = "encoder.encoder.layers.{i}."
+_KEY_MAP = [
+    ("feature_extractor.conv_layers.{i}.0.{p}", "encoder.feature_extractor.conv_layers.{i}.conv.{p}"),
+    _CONV_NORM_GROUP, _CONV_NORM_LAYER,
+    ("layer_norm.{p}", "encoder.feature_projection.layer_norm.{p}"),  # LN on the CNN output
+    ("post_extract_proj.{p}", "encoder.feature_projection.projection.{p}"),  # absent if CNN dim == embed dim
+    ("mask_emb", "encoder.masked_spec_embed"),
+    ("encoder.pos_conv.0.weight_g", _POS + "parametrizations.weight.original0"),
+    ("encoder.pos_conv.0.weight_v", _POS + "parametrizations.weight.original1"),
+    ("encoder.pos_conv.0.bias", _POS + "bias"),
+    ("encoder.layers.{i}.self_attn.{n}_proj.{p}", _LAYER + "attention.{n}_proj.{p}"),
+    ("encoder.layers.{i}.self_attn_layer_norm.{p}", _LAYER + "layer_norm.{p}"),
+    ("encoder.layers.{i}.fc1.{p}", _LAYER + "feed_forward.intermediate_dense.{p}"),
+    ("encoder.layers.{i}.fc2.{p}", _LAYER + "feed_forward.output_dense.{p}"),
+    ("encoder.layers.{i}.final_layer_norm.{p}", _LAYER + "final_layer_norm.{p}"),
+    ("encoder.layer_norm.{p}", "encoder.encoder.layer_norm.{p}"),
+    ("final_proj.{p}", "final_proj.{p}"),  # untie_final_proj: the chosen label set's chunk
+    ("label_embs_concat", "label_embs"),  # the chosen label set's rows, reordered so label k is row k + 4
+]
+_SLOTS = {"i": r"(?P<i>\d+)", "p": r"(?P<p>weight|bias)", "n": r"(?P<n>q|k|v|out)"}
+# fairseq HubertConfig / HubertPretrainingConfig defaults, for keys an old checkpoint does not store.
+_FAIRSEQ_DEFAULTS = dict(
+    encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072, encoder_attention_heads=12,
+    activation_fn="gelu", extractor_mode="default",
+    conv_feature_layers="[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2", conv_bias=False, final_dim=0,
+    layer_norm_first=False, conv_pos=128, conv_pos_groups=16, logit_temp=0.1,
+    dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, dropout_input=0.0, encoder_layerdrop=0.0,
+    feature_grad_mult=1.0, untie_final_proj=False, target_glu=False, label_rate=50, normalize=False)
+_ACTIVATIONS = {"gelu": "gelu", "gelu_accurate": "gelu_new", "relu": "relu", "tanh": "tanh", "linear": "linear"}
+NUM_SPECIAL = 4  # fairseq Dictionary: <s>, <pad>, </s>, <unk>
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file does not fit the model it should build (names the file and the offending keys)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _pattern(template: str) -> re.Pattern:
+    return re.compile(re.escape(template).replace(r"\{", "{").replace(r"\}", "}").format(**_SLOTS))
+
+
+# ---------------------------------------------------------------- unpickling without fairseq
+class _Stub:
+    """Stand-in for any ``fairseq.*`` class: accepts any construction and keeps the pickled state."""
+
+    def __init__(self, *args, **kwargs):
+        self._args = args
+
+    def __setstate__(self, state):
+        self.__dict__.update(state if isinstance(state, dict) else {"_state": state})
+
+
+_STUBS: dict[tuple[str, str], type] = {}
+
+
+class _StubUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if module == "fairseq" or module.startswith("fairseq."):
+            return _STUBS.setdefault((module, name), type(name, (_Stub,), {"__module__": module}))
+        return super().find_class(module, name)
+
+
+# torch.load wants a *module* exposing Unpickler/load (it subclasses Unpickler for its tensor storages).
+_stub_pickle = types.ModuleType("syllablelm_stub_pickle")
+_stub_pickle.Unpickler = _StubUnpickler
+_stub_pickle.load = lambda f, **kw: _StubUnpickler(f, **kw).load()
+_stub_pickle.__dict__.update(dumps=pickle.dumps, dump=pickle.dump, Pickler=pickle.Pickler)
+
+
+def _plain(obj):
+    """DictConfig / Namespace / stub / enum -> plain python containers and scalars."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
+        if isinstance(obj, (DictConfig, ListConfig)):
+            try:
+                obj = OmegaConf.to_container(obj, resolve=True)
+            except OmegaConfBaseException:  # an interpolation that cannot resolve offline: keep it unresolved
+                obj = OmegaConf.to_container(obj, resolve=False)
+    except ImportError:
+        pass
+    if isinstance(obj, argparse.Namespace):
+        obj = vars(obj)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, _Stub):  # e.g. a fairseq ChoiceEnum member pickled as cls(value)
+        return _plain(obj._args[0]) if len(obj._args) == 1 else {k: _plain(v) for k, v in vars(obj).items()}
+    return getattr(obj, "value", obj) if hasattr(obj, "_value_") else obj
+
+
+def _parse_conv_layers(spec: str) -> list[tuple[int, int, int]]:
+    """fairseq's ``conv_feature_layers`` string (a python expression of list literals, ``+`` and ``*``), evaluated
+    without ``eval``."""
+    def ev(node):
+        if isinstance(node, (ast.List, ast.Tuple)):
+            return [ev(e) for e in node.elts]
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            a, b = ev(node.left), ev(node.right)
+            return a + b if isinstance(node.op, ast.Add) else a * b
+        raise ValueError(f"unsupported conv_feature_layers expression: {spec!r}")
+    return [tuple(layer) for layer in ev(ast.parse(spec, mode="eval").body)]
+
+
+def _read_config(state: dict, path) -> dict:
+    """Flat dict of model + task settings from ``cfg`` (fairseq >= 0.10, DictConfig/dict) or ``args`` (Namespace)."""
+    if state.get("cfg") is not None:
+        cfg = _plain(state["cfg"])
+        flat = {**(cfg.get("model") or {}), **(cfg.get("task") or {})}  # `normalize` and `label_rate` are task's
+    elif state.get("args") is not None:
+        flat = _plain(state["args"])
+    else:
+        raise CheckpointError(f"{path}: neither 'cfg' nor 'args' in the checkpoint (keys: {sorted(state)})")
+    return {k: default if flat.get(k) is None else flat[k] for k, default in _FAIRSEQ_DEFAULTS.items()}
+
+
+def _label_rows(state: dict, rows: int, label_set: int, path) -> tuple[slice, list[int] | None, int]:
+    """Where the chosen label set lives in ``label_embs_concat`` and the row of each k-means label k."""
+    dicts = (state.get("task_state") or {}).get("dictionaries")
+    if not dicts:
+        warnings.warn(f"{path}: no dictionary in task_state; assuming one label set with {NUM_SPECIAL} special "
+                      f"symbols first (label k = row k + {NUM_SPECIAL})", stacklevel=3)
+        return slice(0, rows), None, 1
+    sizes = [len(d.symbols) for d in dicts]
+    if not 0 <= label_set < len(dicts):
+        raise CheckpointError(f"{path}: label_set={label_set} but the checkpoint has {len(dicts)} label set(s)")
+    if sum(sizes) != rows:
+        raise CheckpointError(f"{path}: label_embs_concat has {rows} rows, dictionaries hold {sizes}")
+    d, start = dicts[label_set], sum(sizes[:label_set])
+    nspecial = getattr(d, "nspecial", NUM_SPECIAL)
+    if nspecial != NUM_SPECIAL:
+        raise CheckpointError(f"{path}: dictionary has {nspecial} special symbols, expected {NUM_SPECIAL}")
+    K = len(d.symbols) - nspecial
+    try:
+        order = [d.indices[str(k)] for k in range(K)]  # a dictionary may list the labels in any order
+    except KeyError as e:
+        raise CheckpointError(f"{path}: dictionary symbols are not the k-means ids 0..{K - 1} ({e})") from None
+    return slice(start, start + len(d.symbols)), order, len(dicts)
+
+
+def load_fairseq_hubert(path: str | Path, *, map_location="cpu", label_set: int = 0) -> HubertTeacher:
+    """A fairseq HuBERT pretraining checkpoint -> ``HubertTeacher`` with its head (``label_offset=4``).
+    fairseq need not be installed. Trusted files only: unpickling runs code (see the module docstring)."""
+    state = torch.load(str(path), map_location=map_location, weights_only=False, pickle_module=_stub_pickle)
+    c = _read_config(state, path)
+    if c["target_glu"]:
+        raise CheckpointError(f"{path}: target_glu=True checkpoints are not supported")
+    if c["activation_fn"] not in _ACTIVATIONS:
+        raise CheckpointError(f"{path}: unsupported activation_fn {c['activation_fn']!r}")
+    if float(c["label_rate"]) != 50:
+        warnings.warn(f"{path}: label_rate={c['label_rate']} but frames are 50 Hz; labels must be resampled",
+                      stacklevel=2)
+    sd = dict(state.get("model") or {})
+    for key in ("final_proj.weight", "label_embs_concat"):
+        if key not in sd:
+            raise CheckpointError(f"{path}: no '{key}': not a HuBERT pretraining checkpoint with its head "
+                                  "(fine-tuned checkpoints drop it; fairseq keys found: "
+                                  f"{sorted(sd)[:8]}...)")
+    rows, order, n_sets = _label_rows(state, sd["label_embs_concat"].shape[0], label_set, path)
+    embs = sd.pop("label_embs_concat")[rows]  # (K + 4, F)
+    if order is not None:  # specials first, then label k at row k + 4
+        embs = torch.cat([embs[:NUM_SPECIAL], embs[order]])
+    if c["untie_final_proj"] and n_sets > 1:  # one projection chunk per label set
+        sd["final_proj.weight"] = sd["final_proj.weight"].chunk(n_sets, 0)[label_set]
+        sd["final_proj.bias"] = sd["final_proj.bias"].chunk(n_sets, 0)[label_set]
+    layers = _parse_conv_layers(c["conv_feature_layers"])
+    embed = int(c["encoder_embed_dim"])
+    cfg = TeacherConfig(
+        hidden_size=embed, num_hidden_layers=int(c["encoder_layers"]),
+        num_attention_heads=int(c["encoder_attention_heads"]), intermediate_size=int(c["encoder_ffn_embed_dim"]),
+        hidden_act=_ACTIVATIONS[c["activation_fn"]], conv_dim=[d for d, _, _ in layers],
+        conv_kernel=[k for _, k, _ in layers], conv_stride=[s for _, _, s in layers], conv_bias=bool(c["conv_bias"]),
+        feat_extract_norm="layer" if c["extractor_mode"] == "layer_norm" else "group",
+        do_stable_layer_norm=bool(c["layer_norm_first"]), num_conv_pos_embeddings=int(c["conv_pos"]),
+        num_conv_pos_embedding_groups=int(c["conv_pos_groups"]), hidden_dropout=float(c["dropout"]),
+        attention_dropout=float(c["attention_dropout"]), activation_dropout=float(c["activation_dropout"]),
+        feat_proj_dropout=float(c["dropout_input"]), layerdrop=float(c["encoder_layerdrop"]),
+        num_labels=embs.shape[0] - NUM_SPECIAL, final_dim=int(c["final_dim"]) or embed,
+        logit_temp=float(c["logit_temp"]), label_offset=NUM_SPECIAL, normalize_waveform=bool(c["normalize"]),
+        feature_grad_mult=float(c["feature_grad_mult"]))
+    teacher = HubertTeacher(cfg)
+    if "post_extract_proj.weight" not in sd and layers[-1][0] == embed:  # fairseq skips an identity projection
+        sd["post_extract_proj.weight"], sd["post_extract_proj.bias"] = torch.eye(embed), torch.zeros(embed)
+    mapped, unexpected = {"label_embs": embs}, []
+    for key, value in sd.items():
+        target = _map_key(key, _KEY_MAP, 0, 1)
+        if target is None:
+            unexpected.append(key)
+        else:
+            mapped[target] = value  # fp16 tensors are cast by load_state_dict
+    _check_and_load(teacher, mapped, unexpected, path)
+    return teacher
+
+
+def _map_key(key: str, table, src: int, dst: int) -> str | None:
+    for entry in table:
+        m = _pattern(entry[src]).fullmatch(key)
+        if m:
+            return entry[dst].format(**m.groupdict())
+    return None
+
+
+def _check_and_load(module: nn.Module, mapped: dict, unexpected: list[str], path) -> None:
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(mapped))
+    unexpected = sorted(unexpected + [k for k in mapped if k not in expected])
+    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}" for k, v in mapped.items()
+           if k in expected and v.shape != expected[k].shape]
+    problems = [f"{name} ({len(keys)}): {keys[:20]}" for name, keys in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", bad)) if keys]
+    if problems:
+        raise CheckpointError(f"{path}: checkpoint does not match the model it describes; " + "; ".join(problems))
+    module.load_state_dict(mapped, strict=True)
+
+
+# ---------------------------------------------------------------- writing fairseq-style files (tests, round trips)
+@contextlib.contextmanager
+def _fake_fairseq_dictionary_module():
+    """``fairseq.data.dictionary.Dictionary`` importable just long enough to pickle a Dictionary-shaped object."""
+    names = ("fairseq", "fairseq.data", "fairseq.data.dictionary")
+    saved = {n: sys.modules.get(n) for n in names}
+    mods = {n: types.ModuleType(n) for n in names}
+    mods["fairseq.data.dictionary"].Dictionary = type("Dictionary", (), {"__module__": "fairseq.data.dictionary"})
+    sys.modules.update(mods)
+    try:
+        yield mods["fairseq.data.dictionary"].Dictionary
+    finally:
+        for n, m in saved.items():
+            sys.modules.pop(n) if m is None else sys.modules.__setitem__(n, m)
+
+
+def save_fairseq_style_checkpoint(teacher: HubertTeacher, path: str | Path, *, style: str = "cfg",
+                                  label_rate: int = 50) -> None:
+    """Write ``teacher`` with fairseq HuBERT's key names, shapes, config layout (``style``: "cfg" = DictConfig
+    with model/task groups, "args" = old argparse Namespace) and a pickled ``fairseq.data.dictionary.Dictionary``
+    in ``task_state`` (labels "0".."K-1" after the 4 specials). A teacher without the offset gets 4 random
+    special rows prepended, as fairseq's table has them."""
+    from omegaconf import OmegaConf
+
+    c = teacher.config
+    if c.label_offset not in (0, NUM_SPECIAL):
+        raise ValueError(f"label_offset must be 0 or {NUM_SPECIAL}, got {c.label_offset}")
+    table = [e for e in _KEY_MAP if e is not (_CONV_NORM_GROUP if c.feat_extract_norm == "layer" else _CONV_NORM_LAYER)]
+    sd = {}
+    for key, value in teacher.state_dict().items():
+        target = _map_key(key, table, 1, 0)
+        if target is None:
+            raise ValueError(f"no fairseq name for {key}")
+        sd[target] = value.detach().clone()
+    if c.label_offset == 0:
+        specials = torch.rand(NUM_SPECIAL, c.final_dim, generator=torch.Generator().manual_seed(0))
+        sd["label_embs_concat"] = torch.cat([specials, sd["label_embs_concat"]])
+    inv_act = {v: k for k, v in _ACTIVATIONS.items()}
+    model = dict(
+        _name="hubert", label_rate=label_rate,
+        extractor_mode="layer_norm" if c.feat_extract_norm == "layer" else "default",
+        encoder_layers=c.num_hidden_layers, encoder_embed_dim=c.hidden_size, encoder_ffn_embed_dim=c.intermediate_size,
+        encoder_attention_heads=c.num_attention_heads, activation_fn=inv_act[c.hidden_act],
+        dropout=c.hidden_dropout, attention_dropout=c.attention_dropout, activation_dropout=c.activation_dropout,
+        encoder_layerdrop=c.layerdrop, dropout_input=c.feat_proj_dropout, final_dim=c.final_dim,
+        untie_final_proj=False, layer_norm_first=c.do_stable_layer_norm, conv_bias=c.conv_bias,
+        conv_feature_layers="[" + ", ".join(f"({d}, {k}, {s})" for d, k, s in
+                                            zip(c.conv_dim, c.conv_kernel, c.conv_stride)) + "]",
+        logit_temp=c.logit_temp, target_glu=False, feature_grad_mult=c.feature_grad_mult, mask_prob=0.8,
+        mask_length=10, conv_pos=c.num_conv_pos_embeddings, conv_pos_groups=c.num_conv_pos_embedding_groups)
+    task = dict(_name="hubert_pretraining", data="", labels=["km"], label_rate=label_rate, sample_rate=16000,
+                normalize=c.normalize_waveform)
+    symbols = ["<s>", "<pad>", "</s>", "<unk>"] + [str(k) for k in range(c.num_labels)]
+    ckpt = {"model": sd, "optimizer_history": [], "extra_state": {}, "last_optimizer_state": None}
+    if style == "cfg":
+        ckpt.update(args=None, cfg=OmegaConf.create({"_name": None, "common": {"seed": 1337}, "model": model,
+                                                     "task": task}))
+    elif style == "args":
+        ckpt["args"] = argparse.Namespace(arch="hubert", task="hubert_pretraining",
+                                          **{k: v for k, v in {**task, **model}.items() if k != "_name"})
+    else:
+        raise ValueError(f"style must be 'cfg' or 'args', got {style!r}")
+    with _fake_fairseq_dictionary_module() as Dictionary:
+        d = Dictionary()
+        d.__dict__.update(bos_word="<s>", unk_word="<unk>", pad_word="<pad>", eos_word="</s>", symbols=symbols,
+                          count=[1] * len(symbols), indices={s: i for i, s in enumerate(symbols)}, bos_index=0,
+                          pad_index=1, eos_index=2, unk_index=3, nspecial=NUM_SPECIAL)
+        ckpt["task_state"] = {"dictionaries": [d]}
+        torch.save(ckpt, str(path))
+
+
+# ---------------------------------------------------------------- k-means and HF encoders
+def load_kmeans_centroids(path: str | Path) -> np.ndarray:  # (K, D) float32
+    """Centroids from a ``.npy`` array or from fairseq ``learn_kmeans.py`` output (a joblib-pickled sklearn
+    (MiniBatch)KMeans; only ``cluster_centers_`` is read, so sklearn version-mismatch warnings are silenced).
+    joblib files are pickles too: trusted files only."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        centers = np.load(path, allow_pickle=False)
+    else:
+        import joblib
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*(version|Trying to unpickle).*")
+            model = joblib.load(path)
+        if not hasattr(model, "cluster_centers_"):
+            raise ValueError(f"{path}: {type(model).__name__} has no cluster_centers_")
+        centers = model.cluster_centers_
+    centers = np.asarray(centers, dtype=np.float32)
+    if centers.ndim != 2:
+        raise ValueError(f"{path}: centroids must be (K, D), got shape {centers.shape}")
+    return centers
+
+
+class KMeansLabeler(nn.Module):
+    """Nearest centroid in squared Euclidean distance (fairseq's ApplyKmeans), in chunks of ``chunk`` rows."""
+
+    def __init__(self, centroids: np.ndarray | torch.Tensor, chunk: int = 8192):
+        super().__init__()
+        c = torch.as_tensor(np.asarray(centroids), dtype=torch.float32)  # (K, D)
+        self.register_buffer("centroids", c)
+        self.register_buffer("sq_norms", (c ** 2).sum(-1))  # (K,)
+        self.chunk = chunk
+
+    @classmethod
+    def from_file(cls, path: str | Path, **kw) -> "KMeansLabeler":
+        return cls(load_kmeans_centroids(path), **kw)
+
+    @torch.no_grad()
+    def forward(self, features: torch.Tensor) -> torch.Tensor:  # (N, D) -> (N,) long
+        x = torch.as_tensor(features).to(self.centroids.device, torch.float32)
+        out = [(self.sq_norms - 2 * part @ self.centroids.T).argmin(-1)  # ||x||^2 is constant per row
+               for part in x.split(self.chunk)]
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
+
+
+def load_hf_encoder(path: str | Path) -> nn.Module:
+    """An HF speech encoder directory (HuBERT, WavLM, Wav2Vec2, Data2VecAudio, ...) via ``AutoModel``, offline."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(str(path), local_files_only=True)
