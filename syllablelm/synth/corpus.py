@@ -1,0 +1,375 @@
+"""A LibriSpeech-layout corpus with word/syllable/phone alignments, synthesised offline with eSpeak NG.
+
+    syllablelm synth --out data/synth --hours 1 --seed 0
+    python -m syllablelm.synth.corpus --out /tmp/synth --num-utterances 10
+
+Layout (LibriSpeech's, plus alignments)::
+
+    OUT/SPEAKERS.TXT                                   ;-comments, then ID | SEX | SUBSET | MINUTES | NAME
+    OUT/synth.json                                     the arguments (a rerun must match them) and totals
+    OUT/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac    16 kHz mono
+    OUT/<split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt     "ID WORDS IN UPPER CASE" lines
+    OUT/alignments/<split>/<speaker>/<chapter>/<id>.json  {"words", "syllables", "phones"}: [start, end, label]
+
+Times are seconds (4 decimals); pauses are gaps. Word labels are lower-case ("of the" when eSpeak speaks a fixed
+phrase as one word); syllable labels are their eSpeak phoneme names joined by spaces, stress marks kept
+("s t 'a n"); phone labels are eSpeak names. Splits have disjoint speakers and disjoint sentences. The plan
+(speakers, texts, parameters) is drawn from ``seed`` before anything is synthesised, so the same arguments give
+the same bytes, and a rerun skips utterances whose FLAC and JSON already exist.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import functools
+import json
+import logging
+import multiprocessing
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torchaudio
+
+from ..audio import SAMPLE_RATE, audio_info, write_audio
+from ..fileio import write_json, write_text
+from .espeak import ESpeak, align, words_of
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SPLITS: tuple[tuple[str, float], ...] = (("train", 0.8), ("dev", 0.1), ("test", 0.1))
+# Variants whose pause edges were measured within ~10 ms of the energy detector, without echo, whisper or
+# robot effects; the "klatt 6" variants (adam, david, benjamin) pass too but synthesise 2-3x slower.
+MALE_VARIANTS = ("m1", "m3", "m4", "m5", "m6", "m7", "m8", "max", "norbert", "john", "rob", "Alex", "Mike",
+                 "edward", "victor", "Storm", "Diogo", "Denis", "quincy", "travis", "Andy", "boris", "gustave",
+                 "pedro", "sandro")
+FEMALE_VARIANTS = ("f1", "aunty", "grandma", "shelby")
+LANGUAGES = ("en-us", "en")
+RATE_WPM, PITCH, RANGE = (135, 185), (35, 65), (35, 75)  # inclusive ranges of the per-speaker parameters
+RATE_JITTER = 6  # per-utterance rate jitter (+-wpm), clipped to RATE_WPM
+SECONDS = (3.0, 15.0)  # utterance length the sentence packing aims for
+EDGE_SILENCE = (0.15, 0.35)  # leading/trailing silence (s): real corpora have it, and the detector's floor needs it
+UTTS_PER_CHAPTER = 25
+
+
+@dataclasses.dataclass(frozen=True)
+class Speaker:
+    id: int
+    sex: str  # "M" | "F"
+    split: str
+    voice: str  # eSpeak voice name, e.g. "en-us+m3"
+    rate: int  # words per minute
+    pitch: int  # 0-100
+    range_: int  # 0-100
+
+    @property
+    def name(self) -> str:
+        return f"{self.voice} rate {self.rate} pitch {self.pitch} range {self.range_}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Utterance:
+    id: str  # "<speaker>-<chapter>-<nnnn>"
+    split: str
+    speaker: Speaker
+    chapter: int
+    text: str
+    rate: int
+    lead: float  # seconds of silence before and after the speech
+    trail: float
+
+    def paths(self, out: Path) -> tuple[Path, Path]:
+        """(flac, alignment json) under ``out``."""
+        rel = Path(self.split, str(self.speaker.id), str(self.chapter))
+        return out / rel / f"{self.id}.flac", out / "alignments" / rel / f"{self.id}.json"
+
+
+def load_sentences(path: str | Path | None = None) -> list[str]:
+    """The shipped sentence list (``synth/data/sentences.txt``, see its README) or a text file, one a line."""
+    if path is None:
+        text = resources.files("syllablelm.synth").joinpath("data/sentences.txt").read_text(encoding="utf-8")
+    else:
+        text = Path(path).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if words_of(line)]
+
+
+def estimate_seconds(text: str, rate: int) -> float:
+    """Speech duration eSpeak will produce (fit on 300 utterances, residual sd 0.3 s), without the edges."""
+    letters = sum(c.isalpha() for c in text)
+    pauses = sum(text.count(c) for c in ",.!?") - 1
+    return 0.891 * letters / 5 / rate * 60 + 0.277 * max(pauses, 0) + 0.09
+
+
+def _largest_remainder(total: int, fractions: Sequence[float], minimum: int = 0) -> list[int]:
+    """Integer counts summing to ``total`` proportional to ``fractions``, each at least ``minimum``."""
+    f = np.asarray(fractions, dtype=np.float64) / sum(fractions)
+    counts = np.maximum(np.floor(f * total).astype(int), minimum)
+    order = np.argsort(-(f * total - np.floor(f * total)), kind="stable")
+    i = 0
+    while counts.sum() < total:
+        counts[order[i % len(order)]] += 1
+        i += 1
+    while counts.sum() > total:  # the minimum overshot: take from the largest
+        counts[int(np.argmax(counts))] -= 1
+    return counts.tolist()
+
+
+def plan_corpus(*, num_utterances: int | None = None, hours: float | None = None, seed: int = 0,
+                speakers: int | None = None, splits: Sequence[tuple[str, float]] = DEFAULT_SPLITS,
+                sentences: Sequence[str] | None = None) -> tuple[list[Speaker], list[Utterance]]:
+    """Draw speakers, texts and parameters for every utterance (no synthesis). Exactly one of
+    ``num_utterances`` and ``hours`` (estimated from the text, see :func:`estimate_seconds`)."""
+    if (num_utterances is None) == (hours is None):
+        raise ValueError("give exactly one of num_utterances and hours")
+    splits = [(name, float(frac)) for name, frac in splits if float(frac) > 0]
+    if not splits or len({n for n, _ in splits}) != len(splits):
+        raise ValueError(f"splits must be distinct names with positive fractions, got {splits}")
+    rng = np.random.default_rng(seed)
+    pool = list(sentences) if sentences is not None else load_sentences()
+    if len(pool) < 2 * len(splits):
+        raise ValueError(f"{len(pool)} sentences are too few for {len(splits)} splits")
+    fractions = [f for _, f in splits]
+    if num_utterances is not None:
+        per_split = _largest_remainder(int(num_utterances), fractions, minimum=int(num_utterances >= len(splits)))
+        n_guess = int(num_utterances)
+    else:
+        n_guess = int(hours * 3600 / 7.0) + 1  # ~7 s per utterance with its edge silence
+    if speakers is None:
+        speakers = max(len(splits), min(200, round(n_guess / 25)))
+    if speakers < len(splits):
+        raise ValueError(f"{speakers} speakers cannot give {len(splits)} splits disjoint speakers")
+
+    # disjoint speakers and sentences: both are partitioned once, in proportion to the split fractions
+    spk_ids = sorted(rng.choice(np.arange(100, 10_000), size=speakers, replace=False).tolist())
+    chapter_ids = _distinct_ints(rng, 10_000, 400_000)
+    spk_counts = _largest_remainder(speakers, fractions, minimum=1)
+    order = rng.permutation(len(pool))
+    sent_counts = _largest_remainder(len(pool), fractions, minimum=1)
+    # variants are dealt from shuffled decks so that speakers share a variant only when the deck runs out
+    decks = {sex: [str(v) for _ in range(-(-speakers // len(deck))) for v in rng.permutation(deck)]
+             for sex, deck in (("M", MALE_VARIANTS), ("F", FEMALE_VARIANTS))}
+    all_speakers, utterances, s0, p0 = [], [], 0, 0
+    for k, (split, frac) in enumerate(splits):
+        split_speakers = []
+        for spk_id in rng.permutation(spk_ids[s0:s0 + spk_counts[k]]).tolist():
+            female = len(all_speakers) % 2 == 1  # alternate, as LibriSpeech balances sexes
+            variant = decks["F" if female else "M"].pop()
+            spk = Speaker(int(spk_id), "F" if female else "M", split, f"{rng.choice(LANGUAGES)}+{variant}",
+                          int(rng.integers(RATE_WPM[0], RATE_WPM[1] + 1)), int(rng.integers(PITCH[0], PITCH[1] + 1)),
+                          int(rng.integers(RANGE[0], RANGE[1] + 1)))
+            split_speakers.append(spk)
+            all_speakers.append(spk)
+        s0 += spk_counts[k]
+        texts = [pool[i] for i in order[p0:p0 + sent_counts[k]]]
+        p0 += sent_counts[k]
+        target = per_split[k] if num_utterances is not None else None
+        budget = hours * 3600 * frac / sum(fractions) if hours is not None else None
+        utterances += _plan_split(rng, split, split_speakers, texts, target, budget, chapter_ids)
+    return sorted(all_speakers, key=lambda s: s.id), utterances
+
+
+def _distinct_ints(rng: np.random.Generator, low: int, high: int):
+    """Endless stream of distinct random integers in ``[low, high)`` (chapter ids)."""
+    seen: set[int] = set()
+    while len(seen) < high - low:
+        x = int(rng.integers(low, high))
+        if x not in seen:
+            seen.add(x)
+            yield x
+
+
+def _plan_split(rng, split, speakers, texts, count, budget, chapter_ids) -> list[Utterance]:
+    """Utterances of one split: 1-3 consecutive sentences of a shuffled cycle over ``texts``, speakers in turn."""
+    cursor, perm, planned, seconds = 0, rng.permutation(len(texts)), [], 0.0
+
+    def next_sentence() -> str:
+        nonlocal cursor, perm
+        if cursor == len(perm):  # the split's sentences are used up: start another shuffled pass
+            cursor, perm = 0, rng.permutation(len(texts))
+        cursor += 1
+        return texts[perm[cursor - 1]]
+
+    while (count is not None and len(planned) < count) or (budget is not None and seconds < budget):
+        spk = speakers[len(planned) % len(speakers)]
+        rate = int(np.clip(spk.rate + rng.integers(-RATE_JITTER, RATE_JITTER + 1), *RATE_WPM))
+        want, parts = int(rng.integers(1, 4)), [next_sentence()]
+        while len(parts) < 3:
+            candidate = parts + [next_sentence()]
+            est = estimate_seconds(" ".join(candidate), rate)
+            if est > SECONDS[1] or (len(parts) >= want and estimate_seconds(" ".join(parts), rate) >= SECONDS[0]):
+                cursor -= 1  # give the sentence back
+                break
+            parts = candidate
+        lead, trail = (round(float(x), 3) for x in rng.uniform(*EDGE_SILENCE, size=2))
+        planned.append((spk, " ".join(parts), rate, lead, trail))
+        seconds += estimate_seconds(planned[-1][1], rate) + lead + trail
+    # chapters: each speaker's utterances in order, UTTS_PER_CHAPTER to a chapter
+    out, counts, chapter = [], {}, {}
+    for spk, text, rate, lead, trail in planned:
+        n = counts[spk.id] = counts.get(spk.id, -1) + 1
+        if n % UTTS_PER_CHAPTER == 0:
+            chapter[spk.id] = next(chapter_ids)
+        uid = f"{spk.id}-{chapter[spk.id]}-{n % UTTS_PER_CHAPTER:04d}"
+        out.append(Utterance(uid, split, spk, chapter[spk.id], text, rate, lead, trail))
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _resampler(orig_rate: int) -> torchaudio.transforms.Resample:
+    """torchaudio's windowed-sinc resampler (what ``torchaudio.functional.resample`` computes), with its kernel
+    built once instead of per utterance."""
+    return torchaudio.transforms.Resample(orig_rate, SAMPLE_RATE)
+
+
+def resample_to_16k(wave: torch.Tensor, orig_rate: int) -> torch.Tensor:
+    """``torchaudio.functional.resample(wave, orig_rate, 16000)``, 2x faster on a stream of odd lengths.
+
+    The input is zero-padded to a whole second and the output cut back to its exact length (torchaudio pads
+    with zeros itself, so the samples agree to float rounding, ~1e-5). With few distinct lengths, the
+    convolution's per-shape set-up is reused instead of redone for every utterance.
+    """
+    n = wave.shape[-1]
+    padded = torch.nn.functional.pad(wave, (0, -n % orig_rate))
+    return _resampler(orig_rate)(padded)[..., : -(-n * SAMPLE_RATE // orig_rate)]
+
+
+def synthesize_utterance(utt: Utterance) -> tuple[np.ndarray, dict]:
+    """16 kHz float32 audio ``(T,)`` and the alignment-JSON dict of one planned utterance."""
+    syn = ESpeak().synth(utt.text, voice=utt.speaker.voice, rate=utt.rate, pitch=utt.speaker.pitch,
+                         range_=utt.speaker.range_)
+    tiers = align(syn, utt.text, utt.rate).seconds(digits=6)
+    wave = torch.from_numpy(syn.audio.astype(np.float32) / 32768.0)
+    wave = resample_to_16k(wave, syn.sample_rate).numpy()  # (T,)
+    lead, trail = int(round(utt.lead * SAMPLE_RATE)), int(round(utt.trail * SAMPLE_RATE))
+    wave = np.concatenate([np.zeros(lead, np.float32), wave, np.zeros(trail, np.float32)])
+    duration = len(wave) / SAMPLE_RATE
+    shifted = {tier: [[round(min(a + utt.lead, duration), 4), round(min(b + utt.lead, duration), 4), lab]
+                      for a, b, lab in rows] for tier, rows in tiers.items()}
+    return wave, shifted
+
+
+def _synthesize_batch(out: Path, batch: list[Utterance]) -> list[float]:
+    """Write FLAC + JSON for each utterance of ``batch`` that is missing; returns every utterance's seconds."""
+    seconds = []
+    for utt in batch:
+        flac, js = utt.paths(out)
+        if flac.exists() and js.exists():
+            seconds.append(audio_info(flac).seconds)
+            continue
+        wave, tiers = synthesize_utterance(utt)
+        write_audio(flac, wave, SAMPLE_RATE)
+        write_json(js, tiers)
+        seconds.append(len(wave) / SAMPLE_RATE)
+    return seconds
+
+
+def synthesize_corpus(out_dir: str | Path, *, num_utterances: int | None = None, hours: float | None = None,
+                      seed: int = 0, speakers: int | None = None,
+                      splits: Sequence[tuple[str, float]] = DEFAULT_SPLITS, sentences: str | Path | None = None,
+                      workers: int = 1, progress: bool = True) -> dict:
+    """Plan and synthesise a corpus under ``out_dir`` (see the module docstring); returns a summary dict
+    ``{"out", "seed", "utterances", "hours", "synthesized", "skipped", "wall_seconds", "splits": {name:
+    {"utterances", "speakers", "hours"}}}``. ``speakers=None`` picks about one speaker per 25 utterances."""
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    args = {"num_utterances": num_utterances, "hours": hours, "seed": seed, "speakers": speakers,
+            "splits": [[n, float(f)] for n, f in splits], "sentences": None if sentences is None else str(sentences)}
+    manifest = out / "synth.json"
+    if manifest.exists() and json.loads(manifest.read_text()).get("args") != args:
+        raise FileExistsError(f"{out} holds a corpus made with other arguments ({manifest}); use another --out")
+    pool = load_sentences(sentences) if sentences is not None else None
+    spk_list, utts = plan_corpus(num_utterances=num_utterances, hours=hours, seed=seed, speakers=speakers,
+                                 splits=splits, sentences=pool)
+    if not manifest.exists():  # claim the folder first, so an interrupted run cannot be resumed with other args
+        write_json(manifest, {"args": args}, indent=1)
+    existing = sum(all(p.exists() for p in u.paths(out)) for u in utts)
+    t0 = time.perf_counter()
+    batches = [utts[i:i + 16] for i in range(0, len(utts), 16)]
+    seconds: list[float] = []
+    bar = tqdm(total=len(utts), desc="synth", unit="utt", disable=not progress)
+    if workers <= 1:
+        for batch in batches:
+            seconds += _synthesize_batch(out, batch)
+            bar.update(len(batch))
+    else:  # spawn: a forked child would share eSpeak's global state and torch's thread pool with its parent
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool_ex:
+            for batch, secs in zip(batches, pool_ex.map(_synthesize_batch, [out] * len(batches), batches)):
+                seconds += secs
+                bar.update(len(batch))
+    bar.close()
+    wall = time.perf_counter() - t0
+    _write_index(out, spk_list, utts, seconds, seed)
+    totals = {"utterances": len(utts), "hours": sum(seconds) / 3600, "splits": {}}
+    for name, _ in splits:
+        idx = [i for i, u in enumerate(utts) if u.split == name]
+        totals["splits"][name] = {"utterances": len(idx), "hours": sum(seconds[i] for i in idx) / 3600,
+                                  "speakers": sum(s.split == name for s in spk_list)}
+    write_json(manifest, {"args": args, **totals}, indent=1)
+    # run facts stay out of synth.json, so that the same arguments give the same bytes in any folder and run
+    summary = {"out": str(out), "seed": seed, **totals, "synthesized": len(utts) - existing, "skipped": existing,
+               "wall_seconds": wall}
+    log.info("synthesised %d utterances (%d already there), %.3f h of audio in %.1f s wall -> %s",
+             len(utts) - existing, existing, summary["hours"], wall, out)
+    return summary
+
+
+def _write_index(out: Path, speakers: list[Speaker], utts: list[Utterance], seconds: list[float], seed: int):
+    """trans.txt per chapter and SPEAKERS.TXT (LibriSpeech formats)."""
+    chapters: dict[tuple, list[Utterance]] = {}
+    for u in utts:
+        chapters.setdefault((u.split, u.speaker.id, u.chapter), []).append(u)
+    for (split, spk, chapter), group in chapters.items():
+        lines = "".join(f"{u.id} {' '.join(words_of(u.text)).upper()}\n" for u in group)
+        write_text(out / split / str(spk) / str(chapter) / f"{spk}-{chapter}.trans.txt", lines)
+    minutes: dict[int, float] = {}
+    for u, s in zip(utts, seconds):
+        minutes[u.speaker.id] = minutes.get(u.speaker.id, 0.0) + s / 60
+    rows = [f"; Synthetic speakers made with eSpeak NG by `syllablelm synth` (seed {seed}).\n",
+            "; NAME is the eSpeak voice, its rate (words per minute), pitch and pitch range (0-100).\n",
+            ";ID  |SEX| SUBSET           |MINUTES| NAME\n"]
+    rows += [f"{s.id:<5}| {s.sex} | {s.split:<17}| {minutes.get(s.id, 0.0):5.2f} | {s.name}\n" for s in speakers]
+    write_text(out / "SPEAKERS.TXT", "".join(rows))
+
+
+def _parse_splits(text: str) -> list[tuple[str, float]]:
+    try:
+        return [(name.strip(), float(frac)) for name, frac in (item.split("=") for item in text.split(",") if item)]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected name=fraction,... (e.g. train=0.8,dev=0.1,test=0.1): {e}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``syllablelm synth``: the command-line entry point."""
+    p = argparse.ArgumentParser(prog="syllablelm synth", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, type=Path, help="output folder (created; reruns resume)")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--num-utterances", type=int, help="number of utterances over all splits")
+    size.add_argument("--hours", type=float, help="hours of audio over all splits (planned from the text)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--speakers", type=int, default=None, help="number of speakers (default: ~1 per 25 utterances)")
+    p.add_argument("--splits", type=_parse_splits, default=list(DEFAULT_SPLITS),
+                   help="split names and fractions, default train=0.8,dev=0.1,test=0.1")
+    p.add_argument("--sentences", type=Path, default=None, help="text file, one sentence a line (default: shipped)")
+    p.add_argument("--workers", type=int, default=1, help="processes (each synthesises on one core)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    summary = synthesize_corpus(a.out, num_utterances=a.num_utterances, hours=a.hours, seed=a.seed,
+                                speakers=a.speakers, splits=a.splits, sentences=a.sentences, workers=a.workers,
+                                progress=not a.no_progress)
+    splits = ", ".join(f"{k} {v['utterances']} utt / {v['speakers']} spk / {v['hours']:.3f} h"
+                       for k, v in summary["splits"].items())
+    print(f"{summary['out']}: {summary['utterances']} utterances, {summary['hours']:.3f} h ({splits}); "
+          f"{summary['synthesized']} synthesised, {summary['skipped']} kept, {summary['wall_seconds']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
