@@ -101,6 +101,20 @@ def _check(path: Path, verify: Verify) -> tuple[tuple[int, int, int] | None, str
         return None, e.problem
 
 
+def librilight_voice_activity(path: str | os.PathLike) -> np.ndarray | None:
+    """LibriLight's per-file JSON (``<file>.json`` beside ``<file>.flac``) ``voice_activity`` as an ``(n, 2)``
+    array of seconds, or None when there is no such file or field (any other layout)."""
+    meta = Path(path).with_suffix(".json")
+    if not meta.is_file():
+        return None
+    try:
+        va = json.loads(meta.read_text()).get("voice_activity")
+        return None if not va else np.asarray(va, dtype=np.float64).reshape(-1, 2)
+    except (OSError, ValueError, AttributeError) as e:
+        log.warning("%s: unreadable LibriLight metadata (%s); pauses are detected from the audio", meta, e)
+        return None
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("SYLLABLELM_CACHE", Path.home() / ".cache" / "syllablelm")) / "manifests"
 

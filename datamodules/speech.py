@@ -22,13 +22,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from syllablelm.alignments import SegmentError, index_alignments, load_alignment
-from syllablelm.audio import SAMPLE_RATE, pause_chunks, read_audio
+from syllablelm.audio import SAMPLE_RATE, chunk_at_pauses, pause_chunks, read_audio
 from syllablelm.fileio import shard_range
 
 from .boundary_store import BoundaryStore
 from .label_store import LabelStore
 from .dataset import CropMode, Item, SpeechDataset
-from .manifest import Entry, Manifest, Verify, build_manifest
+from .manifest import Entry, Manifest, Verify, build_manifest, librilight_voice_activity
 from .samplers import EvalBatchSampler, TrainBatchSampler
 
 log = logging.getLogger(__name__)
@@ -117,13 +117,13 @@ class SpeechDataModule(pl.LightningDataModule):
         # rank 0 of each node builds (and caches) the manifests once; setup() then reads the cache
         for split, dirs in self.dirs.items():
             if dirs:
-                self._manifest(split)
+                self.manifest(split)
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         for split, dirs in self.dirs.items():
             if dirs and split not in self.manifests:
-                self.manifests[split] = self._manifest(split)
+                self.manifests[split] = self.manifest(split)
         if hp.boundary_dir is not None and hp.boundary_version is not None and self.version is None:
             self.set_boundary_version(self._resolve(BoundaryStore(hp.boundary_dir), hp.boundary_version))
         if hp.label_dir is not None and self.labels is None:
@@ -144,7 +144,7 @@ class SpeechDataModule(pl.LightningDataModule):
             raise FileNotFoundError(f"{store.root}: no complete {store.kind} version to read")
         return int(latest)
 
-    def _manifest(self, split: str) -> Manifest:
+    def manifest(self, split: str) -> Manifest:
         if split in self.manifests:
             return self.manifests[split]
         hp = self.hparams
@@ -178,7 +178,7 @@ class SpeechDataModule(pl.LightningDataModule):
             return {}
         if split not in self._alignments:
             index = index_alignments(self.hparams.alignment_dir)
-            entries = self._manifest(split).entries
+            entries = self.manifest(split).entries
             found = {}
             for e in tqdm(entries, desc=f"alignments {split}", disable=len(entries) < 2000):
                 if e.id in index:
@@ -191,7 +191,7 @@ class SpeechDataModule(pl.LightningDataModule):
 
     # ---- datasets -------------------------------------------------------------------------------------
     def _entries(self, split: str) -> list[Entry]:
-        entries = self._manifest(split).entries
+        entries = self.manifest(split).entries
         if self.hparams.require_boundaries and self.boundaries is not None:
             kept = [e for e in entries if e.id in self.boundaries]
             if len(kept) < len(entries):
@@ -212,9 +212,13 @@ class SpeechDataModule(pl.LightningDataModule):
         for k in range(lo, hi):
             e = entries[k]
             if chunk_seconds and e.seconds > chunk_seconds:
-                wave = read_audio(e.path, self.hparams.sample_rate)
-                items += [Item(k, a, b - a) for a, b in
-                          pause_chunks(wave, self.hparams.sample_rate, max_seconds=chunk_seconds)]
+                # LibriLight ships voice activity per file: its pauses spare a pass over the audio
+                vad = librilight_voice_activity(e.path)
+                plan = None if vad is None else chunk_at_pauses(e.seconds, vad, max_seconds=chunk_seconds)
+                if plan is None:
+                    wave = read_audio(e.path, self.hparams.sample_rate)
+                    plan = pause_chunks(wave, self.hparams.sample_rate, max_seconds=chunk_seconds)
+                items += [Item(k, a, b - a) for a, b in plan]
             else:
                 items.append(Item(k, 0.0, e.seconds))
         return SpeechDataset(entries, items, sample_rate=self.hparams.sample_rate, crop_seconds=crop_seconds,

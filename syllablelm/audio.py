@@ -166,20 +166,40 @@ def pause_chunks(
     sample_rate: int,
     *,
     max_seconds: float = 30.0,
+    regions: np.ndarray | None = None,
     **kwargs,
 ) -> list[tuple[float, float]]:
-    """Cut a long recording into contiguous chunks of at most ``max_seconds``, at energy-detected pauses.
+    """Cut a long recording into contiguous chunks of at most ``max_seconds``, at energy-detected pauses
+    (or at the pauses between given speech ``regions``, e.g. LibriLight's voice activity).
 
     Chunks cover the whole file (``[0, duration)``) and meet in the middle of pauses. A speech stretch longer
     than ``max_seconds`` with no pause is cut at its quietest 5 ms in the last quarter of the allowed span.
     Cuts lie on the 20 ms frame grid, so frame-level data of the whole file (labels) slices directly.
     """
     duration = len(wave) / sample_rate
+    if regions is None and duration > max_seconds:
+        regions = speech_regions(wave, sample_rate, **kwargs)
+    levels = None
+
+    def quietest(lo_s: float, hi_s: float) -> float:
+        nonlocal levels
+        if levels is None:
+            levels = frame_levels_db(wave, sample_rate, hop_s=0.005, win_s=0.02)
+        lo, hi = int(lo_s / 0.005), int(hi_s / 0.005) - 4
+        return (lo + int(np.argmin(levels[lo:hi]))) * 0.005 + 0.01 if hi > lo else hi_s
+
+    return chunk_at_pauses(duration, regions, max_seconds=max_seconds, quietest=quietest)
+
+
+def chunk_at_pauses(duration: float, regions: np.ndarray | None, *, max_seconds: float,
+                    quietest=None) -> list[tuple[float, float]] | None:
+    """The chunk plan of :func:`pause_chunks` from speech ``regions`` alone. ``quietest(lo, hi)`` picks a cut in a
+    stretch without pauses; without it such a stretch makes this return ``None`` (the caller then reads the
+    audio and calls :func:`pause_chunks`)."""
     if duration <= max_seconds:
         return [(0.0, duration)]
-    regions = speech_regions(wave, sample_rate, **kwargs)
+    regions = np.asarray(regions, dtype=np.float64).reshape(-1, 2)
     cuts = [(a + b) / 2 for a, b in zip(regions[:-1, 1], regions[1:, 0])]  # pause midpoints
-    levels = frame_levels_db(wave, sample_rate, hop_s=0.005, win_s=0.02)
     chunks, start, i = [], 0.0, 0
     while duration - start > max_seconds:
         limit = start + max_seconds
@@ -190,8 +210,9 @@ def pause_chunks(
             best = cuts[i]
             i += 1
         if best is None or best - start < 0.25 * max_seconds:
-            lo, hi = int((start + 0.75 * max_seconds) / 0.005), int(limit / 0.005) - 4
-            best = (lo + int(np.argmin(levels[lo:hi]))) * 0.005 + 0.01 if hi > lo else limit
+            if quietest is None:
+                return None
+            best = quietest(start + 0.75 * max_seconds, limit)
         best = max(start + 0.02, np.floor(best / 0.02) * 0.02)  # on the frame grid, still inside the span
         chunks.append((start, best))
         start = best

@@ -173,3 +173,27 @@ def test_frame_labels_follow_the_crop(tmp_path, cache_dir):
     batch = next(iter(dm.train_dataloader()))
     assert batch["labels"].shape == (len(batch["ids"]), num_frames(batch["waves"].shape[1]))
     assert (batch["labels"] >= 0).all()  # crops of equal length: no padding
+
+
+def test_librilight_voice_activity_drives_chunking(tmp_path, cache_dir, monkeypatch):
+    import json
+
+    import datamodules.speech as speech
+
+    rng = np.random.default_rng(4)
+    wave, regions = burst_wave(rng, 30.0)
+    book = tmp_path / "ll" / "12" / "some_book"
+    book.mkdir(parents=True)
+    sf.write(book / "01_chapter.flac", wave, 16000)
+    (book / "01_chapter.json").write_text(json.dumps({"speaker": "12", "voice_activity": regions}))
+    reads = []
+    real = speech.read_audio
+    monkeypatch.setattr(speech, "read_audio", lambda *a, **k: reads.append(a) or real(*a, **k))
+    dm = SpeechDataModule(predict_dirs=[str(tmp_path / "ll")], chunk_seconds=4.0, num_workers=0,
+                          manifest_cache=cache_dir)
+    dm.setup("predict")
+    ds = dm.dataset("predict", chunk_seconds=4.0)
+    assert reads == []  # the plan came from the JSON, not from decoding the file
+    assert len(ds) > 7 and all(it.duration <= 4.0 + 1e-9 for it in ds.items)
+    for it in ds.items[1:]:  # every cut lies in a pause of the given voice activity
+        assert not any(s < it.offset < e for s, e in regions)
