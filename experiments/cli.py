@@ -17,10 +17,11 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 # name -> ("module:function", one-line help). Later stages add their commands here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("syllablelm.synth.corpus:main", "synthesise a LibriSpeech-layout corpus with alignments (eSpeak NG)"),
+    "labels": ("experiments.labels:main", "k-means frame labels (MFCC or a teacher layer) into a label store"),
 }
 
 
-def lightning_cli(args: list[str], **kwargs):
+def lightning_cli(args: list[str] | None, **kwargs):
     """LightningCLI with the project's defaults: subclass mode for model and data (the config's class_path
     picks the stage), a fixed default seed, and a saved config that a repeated run may overwrite."""
     from lightning.pytorch import LightningDataModule, LightningModule
@@ -49,16 +50,32 @@ def run_command(name: str, argv: list[str]):
     return getattr(importlib.import_module(module), func)(argv)
 
 
+PROJECT_LOGGERS = ("syllablelm", "datamodules", "lightning_modules", "callbacks", "experiments")
+
+
+def _setup_logging() -> None:
+    """INFO logs of the project's own packages on stderr (Lightning configures its own loggers)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for name in PROJECT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+
+
 def main(argv: list[str] | None = None):
+    from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging()
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
     if argv[0] in COMMANDS:
         return run_command(argv[0], argv[1:])
     if argv[0] in LIGHTNING_COMMANDS or argv[0].startswith("-"):
-        lightning_cli(argv)
+        lightning_cli(None if from_sys else argv)  # LightningCLI reads sys.argv itself when run as a script
         return 0
     print(f"syllablelm: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
     return 2

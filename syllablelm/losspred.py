@@ -10,8 +10,9 @@ Spans ``gap`` frames apart share one forward (150 in the official run: every utt
 whatever its length). That is an approximation — attention sees the other masked spans — so the exact path, one
 span per forward (``T + 50`` forwards), is available with ``exact=True``.
 
-The teacher is a callable ``run(features (N, T, H), frame_mask (N, T), span_mask (N, T)) -> losses (N, T)``, so
-this module knows nothing about models; the CNN front end runs once per utterance outside it.
+The teacher is a callable ``run(rows (N,), span_mask (N, T)) -> losses (N, T)`` that runs the transformer on
+utterances ``rows`` of its batch with ``span_mask`` replaced by the mask embedding; this module knows nothing
+about models, and the CNN front end runs once per utterance outside it.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ SPAN = 2 * HALF + 1
 GAP = 150
 FLOOR = -100.0  # log-similarity outside the band and on the diagonal: S = exp(-100)
 
-RunLosses = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+RunLosses = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def span_positions(T: int) -> np.ndarray:
@@ -67,8 +68,7 @@ def scatter_group(C: torch.Tensor, losses: torch.Tensor, mids: Sequence[int]) ->
 
 def loss_matrices(
     run: RunLosses,
-    features: torch.Tensor,  # (B, T, H) front-end output, computed once per utterance
-    lengths: Sequence[int],  # frames per utterance
+    lengths: Sequence[int],  # frames per utterance of the batch (padded to max(lengths) inside ``run``)
     *,
     gap: int = GAP,
     exact: bool = False,
@@ -77,17 +77,15 @@ def loss_matrices(
     """LossPred matrices ``C`` (each ``(T_b, T_b)`` float32, NaN where no span writes) for a batch of
     utterances. Mask patterns of all utterances are packed into forwards of ``forward_batch`` rows; each row is
     one utterance (padded to the batch) with one group of spans masked."""
-    B, T_max, _ = features.shape
+    T_max = max(int(t) for t in lengths)
     mats = [torch.full((int(t), int(t)), float("nan")) for t in lengths]
-    jobs = [(b, mids) for b in range(B) for mids in mask_groups(int(lengths[b]), gap=gap, exact=exact)]
-    frame_mask = torch.arange(T_max, device=features.device)[None, :] < torch.as_tensor(
-        list(lengths), device=features.device)[:, None]  # (B, T)
+    jobs = [(b, mids) for b in range(len(lengths)) for mids in mask_groups(int(lengths[b]), gap=gap, exact=exact)]
+    frame_mask = torch.arange(T_max)[None, :] < torch.as_tensor([int(t) for t in lengths])[:, None]  # (B, T)
     for start in range(0, len(jobs), forward_batch):
         chunk = jobs[start:start + forward_batch]
-        rows = torch.tensor([b for b, _ in chunk], device=features.device)
-        span = torch.stack([group_span_mask(T_max, mids) for _, mids in chunk]).to(features.device)
-        span &= frame_mask[rows]
-        losses = run(features[rows], frame_mask[rows], span).float().cpu()  # (N, T)
+        rows = torch.tensor([b for b, _ in chunk])
+        span = torch.stack([group_span_mask(T_max, mids) for _, mids in chunk]) & frame_mask[rows]  # (N, T)
+        losses = run(rows, span).float().cpu()  # (N, T)
         for (b, mids), row in zip(chunk, losses):
             scatter_group(mats[b], row[: int(lengths[b])], mids)
     return mats

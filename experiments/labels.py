@@ -1,0 +1,157 @@
+"""``syllablelm labels``: k-means frame labels for masked-prediction training and LossPred (a label-store version).
+
+    # first iteration: MFCC k-means (fits 100 clusters on a 1 h sample, then labels everything)
+    syllablelm labels --data data/synth/train data/synth/dev --out runs/labels --features mfcc --num-clusters 100
+    # the paper's targets: HuBERT-Base layer 9 + its released 500-cluster k-means model
+    syllablelm labels --data LibriSpeech/train-clean-100 --out runs/labels --version 1 \
+        --features teacher --checkpoint hubert_base_ls960.pt --layer 9 --kmeans hubert_base_ls960_L9_km500.bin
+
+Sharded like fairseq's label steps: ``--rank/--world-size`` (default: torchrun's RANK/WORLD_SIZE) pick a
+contiguous shard of the files; a finished shard is not redone (rerun one shard by giving its rank). Ranks meet
+through the filesystem: rank 0 fits k-means first (others wait for ``kmeans.npy``), every rank writes its shard
+atomically, and rank 0 writes the manifest once all shards exist.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from datamodules.label_store import LabelStore, num_frames
+from datamodules.speech import SpeechDataModule
+from syllablelm.audio import SAMPLE_RATE, read_audio
+from syllablelm.checkpoints import KMeansLabeler, load_kmeans_centroids
+from syllablelm.fileio import atomic_write
+from syllablelm.labels import HiddenFeatures, mfcc_features
+from syllablelm.units import kmeans
+
+log = logging.getLogger(__name__)
+
+
+def load_teacher(path: str):
+    """A HuBERT-style teacher from a fairseq ``.pt``, a HF model directory or this project's ``.ckpt``."""
+    from syllablelm.checkpoints import load_fairseq_hubert
+    from syllablelm.nn.hubert import HubertTeacher
+
+    p = Path(path)
+    if p.is_dir():
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # only the encoder is used here; the head's warning is noise
+            return HubertTeacher.from_hf_dir(p, num_labels=1, final_dim=1)
+    if p.suffix == ".ckpt":
+        from lightning_modules.teacher import TeacherModule
+
+        return TeacherModule.load_from_checkpoint(p, map_location="cpu").teacher
+    return load_fairseq_hubert(p)
+
+
+def _features_fn(args):
+    if args.features == "mfcc":
+        return mfcc_features
+    if not args.checkpoint or args.layer is None:
+        raise SystemExit("--features teacher needs --checkpoint and --layer")
+    return HiddenFeatures(load_teacher(args.checkpoint), args.layer, args.device)
+
+
+def _file_features(fn, entry, chunks: list[tuple[float, float]]) -> torch.Tensor:
+    """Features of a whole file on its 50 Hz grid, computed chunk by chunk (chunks start on the 20 ms grid;
+    each chunk yields one frame fewer than it spans, filled by repeating its last frame)."""
+    parts = []
+    for offset, duration in chunks:
+        wave = read_audio(entry.path, SAMPLE_RATE, offset=offset, duration=duration)
+        feats = fn(wave)
+        want = int(round(duration / 0.02))
+        if len(feats) < want and len(feats):
+            feats = torch.cat([feats, feats[-1:].expand(want - len(feats), -1)])
+        parts.append(feats[:want])
+    feats = torch.cat(parts)
+    n = num_frames(entry.num_samples * SAMPLE_RATE // entry.sample_rate)
+    return feats[:n]
+
+
+def _wait_for(path: Path, what: str, timeout: float) -> None:
+    start = time.time()
+    while not path.exists():
+        if time.time() - start > timeout:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what} ({path})")
+        time.sleep(2.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="syllablelm labels", description=__doc__.split("\n")[0])
+    p.add_argument("--data", nargs="+", required=True, help="audio folders (LibriSpeech/LibriLight layout)")
+    p.add_argument("--out", required=True, help="label store root")
+    p.add_argument("--version", type=int, default=0)
+    p.add_argument("--features", choices=["mfcc", "teacher"], default="mfcc")
+    p.add_argument("--checkpoint", help="teacher: fairseq .pt, HF model dir or this project's .ckpt")
+    p.add_argument("--layer", type=int, help="teacher layer (HF convention; the paper: HuBERT-Base 9)")
+    p.add_argument("--kmeans", help="existing centroids (.npy or fairseq/joblib k-means model)")
+    p.add_argument("--num-clusters", type=int, default=100, help="clusters to fit when --kmeans is not given")
+    p.add_argument("--fit-hours", type=float, default=1.0, help="audio sampled for fitting k-means")
+    p.add_argument("--chunk-seconds", type=float, default=30.0, help="cut longer files at pauses")
+    p.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
+    p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--manifest-cache", help="manifest cache folder (default $SYLLABLELM_CACHE)")
+    p.add_argument("--wait-timeout", type=float, default=6 * 3600.0)
+    args = p.parse_args(argv)
+
+    store = LabelStore(args.out)
+    vdir = store.version_dir(args.version)
+    dm = SpeechDataModule(predict_dirs=args.data, manifest_cache=args.manifest_cache, seed=args.seed,
+                          chunk_seconds=args.chunk_seconds, num_workers=2)
+    entries = dm.manifest("predict").entries
+    fn = _features_fn(args)
+
+    centroids_path = vdir / "kmeans.npy"
+    if args.kmeans:
+        centroids = load_kmeans_centroids(args.kmeans)
+    else:
+        if args.rank == 0 and not centroids_path.exists():
+            rng = np.random.default_rng(args.seed)
+            sample, hours = [], 0.0
+            for i in tqdm(rng.permutation(len(entries)), desc="k-means sample", unit="file"):
+                if hours >= args.fit_hours:
+                    break
+                e = entries[i]
+                sample.append(_file_features(fn, e, [(0.0, e.seconds)]).numpy())
+                hours += e.seconds / 3600
+            vectors = np.concatenate(sample)
+            log.info("fitting k-means: %d clusters on %d frames (%.2f h)", args.num_clusters, len(vectors), hours)
+            centroids = kmeans(vectors, args.num_clusters, seed=args.seed)
+            with atomic_write(centroids_path, "wb") as f:
+                np.save(f, centroids)
+        _wait_for(centroids_path, "rank 0's k-means centroids", args.wait_timeout)
+        centroids = np.load(centroids_path)
+    labeler = KMeansLabeler(centroids)
+
+    shard = store.shard_path(args.version, args.rank, args.world_size)
+    if shard.exists():
+        log.info("%s exists: shard %d of %d already done", shard, args.rank, args.world_size)
+    else:
+        ds = dm.dataset("predict", rank=args.rank, world_size=args.world_size, chunk_seconds=args.chunk_seconds)
+        chunks: dict[int, list[tuple[float, float]]] = {}
+        for item in ds.items:
+            chunks.setdefault(item.entry, []).append((item.offset, item.duration))
+        out = {}
+        with torch.inference_mode():
+            for k, spans in tqdm(chunks.items(), desc=f"labels rank {args.rank}", unit="file"):
+                out[ds.entries[k].id] = labeler(_file_features(fn, ds.entries[k], spans)).numpy()
+        store.write_shard(args.version, args.rank, args.world_size, out)
+    if args.rank == 0:
+        for r in range(args.world_size):
+            _wait_for(store.shard_path(args.version, r, args.world_size), f"the shard of rank {r}", args.wait_timeout)
+        store.finalize(args.version, args.world_size, meta={
+            "num_labels": int(len(centroids)), "features": args.features, "checkpoint": args.checkpoint,
+            "layer": args.layer, "kmeans": args.kmeans or str(centroids_path)})
+        log.info("label version %d complete: %s", args.version, vdir)
+    return 0
