@@ -40,7 +40,8 @@ class SpeechDataModule(pl.LightningDataModule):
 
     Args:
         train_dirs, val_dirs, test_dirs, predict_dirs: audio folders (any depth) or files per split;
-            ``predict_dirs`` defaults to ``train_dirs`` (LossPred and unit extraction label the training set).
+            without ``predict_dirs`` predict reads the training set as fit sees it (``train_hours`` subset
+            included): LossPred and unit extraction label exactly what SylBoost trains on.
         alignment_dir: folder of ``<id>.json`` alignment files (searched recursively).
         boundary_dir, boundary_version: a boundary store and the version to read (``"latest"`` = the newest
             complete one, resolved on rank 0 and broadcast). ``require_boundaries`` drops (and counts)
@@ -86,7 +87,7 @@ class SpeechDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.dirs: dict[str, list[str] | None] = {
-            "train": train_dirs, "val": val_dirs, "test": test_dirs, "predict": predict_dirs or train_dirs}
+            "train": train_dirs, "val": val_dirs, "test": test_dirs, "predict": predict_dirs}
         self.manifests: dict[str, Manifest] = {}
         self.boundaries: dict[str, np.ndarray] | None = None
         self.version: int | None = None
@@ -115,15 +116,13 @@ class SpeechDataModule(pl.LightningDataModule):
     # ---- setup ----------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         # rank 0 of each node builds (and caches) the manifests once; setup() then reads the cache
-        for split, dirs in self.dirs.items():
-            if dirs:
-                self.manifest(split)
+        for split in self.dirs:
+            self._maybe_manifest(split)
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
-        for split, dirs in self.dirs.items():
-            if dirs and split not in self.manifests:
-                self.manifests[split] = self.manifest(split)
+        for split in self.dirs:
+            self._maybe_manifest(split)
         if hp.boundary_dir is not None and hp.boundary_version is not None and self.version is None:
             self.set_boundary_version(self._resolve(BoundaryStore(hp.boundary_dir), hp.boundary_version))
         if hp.label_dir is not None and self.labels is None:
@@ -144,8 +143,16 @@ class SpeechDataModule(pl.LightningDataModule):
             raise FileNotFoundError(f"{store.root}: no complete {store.kind} version to read")
         return int(latest)
 
+    def _maybe_manifest(self, split: str) -> None:
+        if self.dirs[split] or (split == "predict" and self.dirs["train"]):
+            self.manifest(split)
+
     def manifest(self, split: str) -> Manifest:
         if split in self.manifests:
+            return self.manifests[split]
+        if split == "predict" and self.dirs["predict"] is None and self.dirs["train"]:
+            # predict defaults to the training set exactly as fit sees it (same train_hours subset)
+            self.manifests[split] = self.manifest("train")
             return self.manifests[split]
         hp = self.hparams
         key = tuple(self.dirs[split])

@@ -18,6 +18,7 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("syllablelm.synth.corpus:main", "synthesise a LibriSpeech-layout corpus with alignments (eSpeak NG)"),
     "labels": ("experiments.labels:main", "k-means frame labels (MFCC or a teacher layer) into a label store"),
+    "baselines": ("experiments.baselines:main", "score the uniform / envelope / log-mel min-cut baselines"),
 }
 
 

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-seconds", type=float, default=30.0, help="cut longer files at pauses")
     p.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
     p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu",
+                   help="default: this process's GPU under torchrun (LOCAL_RANK), else the CPU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--manifest-cache", help="manifest cache folder (default $SYLLABLELM_CACHE)")
     p.add_argument("--wait-timeout", type=float, default=6 * 3600.0)

@@ -1,0 +1,97 @@
+"""``syllablelm baselines``: the feature-free segmenters of REFERENCE.md scored on a corpus with alignments.
+
+    syllablelm baselines --data data/synth/test --tune-data data/synth/dev \
+        --alignments data/synth/alignments --rate 6.25 --out runs/baselines.json
+
+Uniform (4.5 Hz and ``--rate``), envelope minima (its cut-off and prominence tuned on ``--tune-data`` by
+R-value) and the log-mel SSE min-cut at ``--rate``. Every score is reported for both protocols at shift 0 and
+with the shift tuned on ``--tune-data`` (the protocol's grid, by R-value) and applied to ``--data``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from datamodules.manifest import build_manifest
+from syllablelm.alignments import index_alignments, load_alignment
+from syllablelm.audio import SAMPLE_RATE, read_audio, speech_regions
+from syllablelm.baselines import envelope_segments, mincut_segments, tune_envelope, uniform_segments
+from syllablelm.fileio import write_json
+from syllablelm.metrics import boundary_scores, tune_shift
+
+log = logging.getLogger(__name__)
+PROTOCOLS = ("syllablelm", "sdhubert")
+
+
+def load_split(folders: list[str], alignment_dir: str, limit: int | None = None, cache: str | None = None):
+    """(waves, reference syllables, ids) of every utterance with an alignment."""
+    index = index_alignments(alignment_dir)
+    entries = [e for e in build_manifest(folders, cache_dir=cache, progress=False).entries if e.id in index]
+    entries = entries[:limit] if limit else entries
+    waves = [read_audio(e.path).numpy() for e in tqdm(entries, desc="audio", disable=len(entries) < 50)]
+    refs = [load_alignment(index[e.id], duration=e.seconds)["syllables"][0] for e in entries]
+    return waves, refs, [e.id for e in entries]
+
+
+def score(pred_test, ref_test, pred_dev, ref_dev) -> dict:
+    """Both protocols at shift 0 and at the shift tuned on dev."""
+    out = {}
+    for protocol in PROTOCOLS:
+        shift, _ = tune_shift(pred_dev, ref_dev, protocol=protocol)
+        out[protocol] = boundary_scores(pred_test, ref_test, protocol=protocol)
+        out[f"{protocol}_tuned"] = {**boundary_scores(pred_test, ref_test, protocol=protocol, shift=shift),
+                                    "shift": shift}
+    return out
+
+
+def run_baselines(test, dev, rate_hz: float = 6.25) -> dict:
+    """``test``/``dev`` are ``(waves, refs)``; returns ``{name: scores}`` (see :func:`score`)."""
+    (wt, rt), (wd, rd) = test, dev
+    regions_t = [speech_regions(w, SAMPLE_RATE) for w in wt]
+    regions_d = [speech_regions(w, SAMPLE_RATE) for w in wd]
+    results = {}
+
+    def add(name, fn):
+        pt = [fn(w, r) for w, r in zip(wt, regions_t)]
+        pd = [fn(w, r) for w, r in zip(wd, regions_d)]
+        seconds = sum(len(w) for w in wt) / SAMPLE_RATE
+        results[name] = {**score(pt, rt, pd, rd), "rate_hz": sum(len(p) for p in pt) / seconds}
+
+    add("uniform_4.5hz", lambda w, r: uniform_segments(w, SAMPLE_RATE, rate_hz=4.5, regions=r))
+    if abs(rate_hz - 4.5) > 1e-9:
+        add(f"uniform_{rate_hz:g}hz", lambda w, r: uniform_segments(w, SAMPLE_RATE, rate_hz=rate_hz, regions=r))
+    params, _ = tune_envelope(wd, SAMPLE_RATE, rd)
+    add("envelope", lambda w, r: envelope_segments(w, SAMPLE_RATE, regions=r, **params))
+    results["envelope"]["params"] = params
+    add(f"mincut_logmel_{rate_hz:g}hz", lambda w, r: mincut_segments(w, SAMPLE_RATE, rate_hz=rate_hz, regions=r))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="syllablelm baselines", description=__doc__.split("\n")[0])
+    p.add_argument("--data", nargs="+", required=True, help="evaluation audio folders (e.g. the test split)")
+    p.add_argument("--tune-data", nargs="+", required=True, help="folders for tuning shifts and envelope (dev)")
+    p.add_argument("--alignments", required=True, help="alignment JSON folder (searched recursively)")
+    p.add_argument("--rate", type=float, default=6.25, help="the project's rate for uniform and min-cut (Hz)")
+    p.add_argument("--limit", type=int, help="at most this many utterances per split")
+    p.add_argument("--out", help="write the scores as JSON here")
+    p.add_argument("--manifest-cache")
+    args = p.parse_args(argv)
+    wt, rt, _ = load_split(args.data, args.alignments, args.limit, args.manifest_cache)
+    wd, rd, _ = load_split(args.tune_data, args.alignments, args.limit, args.manifest_cache)
+    results = run_baselines((wt, rt), (wd, rd), args.rate)
+    for name, res in results.items():
+        s, t = res["syllablelm"], res["syllablelm_tuned"]
+        print(f"{name:<22} rate {res['rate_hz']:5.2f} Hz   F1 {100 * s['f1']:5.1f}  R {100 * s['r_value']:5.1f}"
+              f"   (shift {1000 * t['shift']:+.0f} ms: F1 {100 * t['f1']:5.1f}  R {100 * t['r_value']:5.1f})")
+    if args.out:
+        write_json(args.out, results, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
