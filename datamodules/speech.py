@@ -173,9 +173,15 @@ class SpeechDataModule(pl.LightningDataModule):
 
     def set_boundary_version(self, version: int) -> None:
         """Load a complete boundary version for every split (the regeneration callback calls this on every
-        rank after the version's manifest exists). Dataloaders built afterwards use it."""
+        rank after the version's manifest exists). Existing datasets see it from their next iterator on
+        (workers are not persistent), so loaders need not be rebuilt."""
         durations = {e.id: e.seconds for m in self.manifests.values() for e in m.entries}
-        self.boundaries = BoundaryStore(self.hparams.boundary_dir).load(version, durations)
+        loaded = BoundaryStore(self.hparams.boundary_dir).load(version, durations)
+        if self.boundaries is None:
+            self.boundaries = loaded
+        else:  # in place: live datasets hold this dict, and each epoch's new iterator ships it to its workers
+            self.boundaries.clear()
+            self.boundaries.update(loaded)
         self.version = version
         log.info("boundary version %d: %d utterances", version, len(self.boundaries))
 

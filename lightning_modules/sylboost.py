@@ -1,0 +1,202 @@
+"""Stage 2: SylBoost — a student distilled from a frozen teacher's features pooled inside syllable-like segments.
+
+    syllablelm fit --config experiments/configs/tiny/sylboost.yaml
+
+Student and frozen teacher start from the same checkpoint (this project's teacher ``.ckpt``, a fairseq HuBERT
+``.pt`` or an HF HuBERT / WavLM / data2vec-audio directory), cut after ``feature_layer``. Target: the teacher's
+features mean-pooled over the middle third of each segment of the current boundary version (a pause between
+stored segments is a segment of its own; frames before the first boundary get zero); loss: MSE over non-padded
+frames. ``callbacks.boundary_regeneration.BoundaryRegeneration`` decides when boundaries are regenerated (every
+``epochs_per_iteration`` epochs) and calls :meth:`SylBoostModule.start_iteration`; this module decides how, with
+the pure :meth:`extract_boundaries`.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torchmetrics import MeanMetric
+
+from lightning_modules.teacher import linear_warmup_decay
+from syllablelm.nn.encoder import SpeechEncoder
+from syllablelm.segment import sse_segment_batch
+from syllablelm.units import segment_mean_targets
+
+
+@dataclass
+class SegmenterConfig:
+    """How student features become boundaries: the SSE min-cut at a fixed ``rate_hz`` (segments per second of
+    audio), or the official rate search with threshold ``delta``; with ``calibrate_to_hz`` the regeneration
+    callback finds the δ that gives that mean rate on a sample before each regeneration (δ values of the released
+    models are tied to their feature scales)."""
+    rate_hz: float | None = 6.25
+    delta: float | None = None
+    calibrate_to_hz: float | None = None
+    quantile: float = 0.75
+    min_len: int = 3
+    max_len: int = 50  # 35 for LibriLight in the paper
+    max_rate: float = 0.2
+
+
+class SylBoostModule(pl.LightningModule):
+    """SylBoost student + frozen teacher.
+
+    Args:
+        init_from: the checkpoint both start from (required for a new run; checkpoints of this module rebuild
+            from their own hyper-parameters).
+        feature_layer: ``hidden_states[feature_layer]`` (HF numbering) for student, target and units: 11 of 12
+            for data2vec 2.0, 10 for HuBERT-Base (REFERENCE.md).
+        normalize_waveform: per-utterance input normalisation; default = what the checkpoint was pretrained with
+            (the official SylBoost fed unnormalised audio to normalised checkpoints: set False to reproduce that).
+        freeze_cnn: keep the student's CNN feature extractor fixed (paper).
+        iterations, epochs_per_iteration: the schedule (paper: 2 x 5 epochs); ``trainer.max_epochs`` must equal
+            their product.
+        reinit_each_iteration: re-initialise the student from the start checkpoint and restart the optimizer and
+            LR schedule at every iteration (paper); False continues training across iterations.
+    """
+
+    def __init__(
+        self,
+        *,
+        init_from: str | None = None,
+        feature_layer: int = 11,
+        normalize_waveform: bool | None = None,
+        freeze_cnn: bool = True,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        warmup: float = 0.1,
+        iterations: int = 2,
+        epochs_per_iteration: int = 5,
+        reinit_each_iteration: bool = True,
+        segmenter: SegmenterConfig | None = None,
+        encoder: dict | None = None,
+    ):
+        super().__init__()
+        if encoder is not None:  # rebuilding from a checkpoint's hyper-parameters
+            self.teacher = SpeechEncoder.from_spec(encoder)
+        elif init_from:
+            self.teacher = SpeechEncoder.load(init_from, layer=feature_layer, normalize_waveform=normalize_waveform)
+        else:
+            raise ValueError("SylBoostModule needs init_from (a teacher .ckpt, a fairseq .pt or an HF model dir)")
+        self.student = copy.deepcopy(self.teacher)
+        self.teacher.requires_grad_(False).eval()
+        if freeze_cnn:
+            self.student.freeze_cnn()
+        seg = SegmenterConfig(**segmenter) if isinstance(segmenter, dict) else (segmenter or SegmenterConfig())
+        if (seg.rate_hz is None) == (seg.delta is None and seg.calibrate_to_hz is None):
+            raise ValueError("segmenter: give exactly one of rate_hz or delta / calibrate_to_hz")
+        self.segmenter = seg
+        self.optimizer = optimizer
+        self.iteration = 0  # training iteration in progress (0-based); the callback keeps it across resumes
+        self.val_loss = MeanMetric()
+        self.register_buffer("delta", torch.tensor(float("nan") if seg.delta is None else seg.delta,
+                                                   dtype=torch.float64))
+        self.save_hyperparameters({
+            "_class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_from": None,
+            "feature_layer": feature_layer, "normalize_waveform": self.teacher.normalize_waveform,
+            "freeze_cnn": freeze_cnn, "warmup": warmup, "iterations": iterations,
+            "epochs_per_iteration": epochs_per_iteration, "reinit_each_iteration": reinit_each_iteration,
+            "segmenter": dataclasses.asdict(seg), "encoder": self.teacher.spec()})
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # frozen: never dropout, whatever Lightning toggles
+        return self
+
+    # ---- distillation -----------------------------------------------------------------------------------
+    def _shared_step(self, batch) -> tuple[torch.Tensor, int]:  # (mean loss, number of averaged elements)
+        waves, mask = batch["waves"], batch["attention_mask"]
+        with torch.no_grad():
+            target_feats, frame_mask = self.teacher(waves, mask)  # (B, T, H)
+        feats, _ = self.student(waves, mask)
+        T = frame_mask.sum(1).tolist()
+        seg_frames = []
+        for b, segs in enumerate(batch["segments"]):
+            if segs is None:
+                raise ValueError(f"utterance {batch['ids'][b]} has no boundaries: set the DataModule's "
+                                 "boundary_dir/boundary_version (LossPred's store, version 0)")
+            seg_frames.append(np.rint((np.asarray(segs) - float(batch["offsets"][b])) / 0.02).astype(np.int64))
+        targets = segment_mean_targets(target_feats, seg_frames, T, mode="middle_third")  # (B, T, H)
+        valid = frame_mask[..., None].to(feats.dtype)
+        n = int(frame_mask.sum()) * feats.shape[-1]
+        loss = (((feats - targets) ** 2) * valid).sum() / max(1, n)
+        return loss, n
+
+    def training_step(self, batch, batch_idx):
+        """Mean squared error per real frame and dimension of this rank's batch (DDP averages gradients)."""
+        if batch is None:
+            return None
+        loss, _ = self._shared_step(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+        self.log("train/iteration", float(self.iteration), batch_size=len(batch["ids"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        if batch is None:
+            return None
+        out = {"ids": batch["ids"], "segments": self.extract_boundaries(batch)}
+        if all(s is not None for s in batch["segments"]):
+            loss, n = self._shared_step(batch)
+            self.val_loss.update(loss, weight=n)  # weighted sums: the exact per-element mean across ranks
+            self.log("val/loss", self.val_loss, batch_size=len(batch["ids"]))
+        return out
+
+    def test_step(self, batch, batch_idx):
+        return None if batch is None else {"ids": batch["ids"], "segments": self.extract_boundaries(batch)}
+
+    def predict_step(self, batch, batch_idx):
+        if batch is None:
+            return {"ids": [], "segments": []}
+        return {"ids": batch["ids"], "segments": self.extract_boundaries(batch)}
+
+    # ---- boundaries -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def features(self, batch) -> list[torch.Tensor]:
+        """Student features per utterance, each computed alone (unpadded), so they never depend on what else
+        is in the batch: 1-process and multi-process regeneration give identical boundaries."""
+        return [self.student(batch["waves"][b:b + 1, : int(batch["lengths"][b])])[0][0]
+                for b in range(len(batch["ids"]))]
+
+    @torch.no_grad()
+    def extract_boundaries(self, batch, features: list[torch.Tensor] | None = None) -> list[np.ndarray]:
+        """SSE min-cut segments of every item, ``(n, 2)`` seconds in file time (a pure function of the student's
+        weights and the audio; used by validation, regeneration and unit extraction)."""
+        seg = self.segmenter
+        feats = self.features(batch) if features is None else features
+        lengths = [len(f) for f in feats]
+        padded = torch.zeros(len(feats), max(lengths), feats[0].shape[-1], dtype=torch.float32, device=feats[0].device)
+        for b, f in enumerate(feats):
+            padded[b, : len(f)] = f.float()
+        kw = dict(quantile=seg.quantile, min_len=seg.min_len, max_len=seg.max_len, max_rate=seg.max_rate)
+        if seg.rate_hz is not None:
+            bounds = sse_segment_batch(padded, lengths, rate_hz=seg.rate_hz, **kw)
+        else:
+            if torch.isnan(self.delta):
+                raise RuntimeError("no delta yet: the regeneration callback calibrates it (calibrate_to_hz)")
+            bounds = sse_segment_batch(padded, lengths, delta=float(self.delta), **kw)
+        out = []
+        for b, bd in enumerate(bounds):
+            t = bd.numpy() * 0.02 + float(batch["offsets"][b])
+            out.append(np.stack([t[:-1], t[1:]], 1))
+        return out
+
+    # ---- iterations -------------------------------------------------------------------------------------
+    def start_iteration(self, iteration: int) -> None:
+        """Called by the regeneration callback on every rank once the new boundaries are in place: the student
+        starts again from the initial weights (the frozen teacher holds them) unless training continues."""
+        self.iteration = iteration
+        if self.hparams.reinit_each_iteration:
+            self.student.load_state_dict(self.teacher.state_dict())
+
+    def configure_optimizers(self):
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        opt = self.optimizer(params)
+        total = int(self.trainer.estimated_stepping_batches)
+        if self.hparams.reinit_each_iteration:  # each iteration has its own warm-up and decay
+            total = max(1, total // self.hparams.iterations)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_warmup_decay(int(self.hparams.warmup * total), total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

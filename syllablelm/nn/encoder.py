@@ -1,0 +1,109 @@
+"""A speech encoder cut after its feature layer: the SylBoost student, its frozen teacher and unit extraction.
+
+Wraps an HF model (HuBERT, WavLM, data2vec-audio — HF's is data2vec 1.0 —, wav2vec 2.0) whose transformer keeps
+only its first ``layer`` layers, so the output is ``hidden_states[layer]`` (HF numbering: 0 = input to layer 1,
+i = output of layer i) and no parameter is left unused (DDP requires that). The configuration travels as a plain
+dict (:meth:`spec`), so a LightningModule can rebuild the network from its hyper-parameters alone.
+
+    enc = SpeechEncoder.load("runs/tiny/teacher/checkpoints/last.ckpt", layer=11)
+    feats, frame_mask = enc(waves, attention_mask)   # (B, T, H), (B, T)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+
+
+def normalize_waves(waves: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Zero mean / unit variance per utterance over its real samples (HF's feature extractor, eps 1e-7)."""
+    valid = torch.ones_like(waves, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    n = valid.sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
+    mean = (waves * valid).sum(-1, keepdim=True) / n
+    var = (((waves - mean) * valid) ** 2).sum(-1, keepdim=True) / n
+    return ((waves - mean) / torch.sqrt(var + 1e-7)) * valid
+
+
+class SpeechEncoder(nn.Module):
+    def __init__(self, model: PreTrainedModel, *, layer: int, normalize_waveform: bool):
+        super().__init__()
+        total = len(model.encoder.layers)
+        if not 1 <= layer <= total:
+            raise ValueError(f"feature layer must be in [1, {total}] for this {model.config.model_type}, got {layer}")
+        model.encoder.layers = model.encoder.layers[:layer]
+        model.config.num_hidden_layers = layer
+        # SylBoost never masks its input: without this HF would apply SpecAugment in train mode, and its mask
+        # embedding would be a parameter DDP sees unused
+        model.config.apply_spec_augment = False
+        model.config.mask_time_prob = model.config.mask_feature_prob = 0.0
+        if getattr(model, "masked_spec_embed", None) is not None:
+            model.masked_spec_embed = None
+        if hasattr(model.config, "layerdrop"):
+            model.config.layerdrop = 0.0
+        self.model = model
+        self.layer = layer
+        self.normalize_waveform = normalize_waveform
+
+    # ---- construction -----------------------------------------------------------------------------------
+    def spec(self) -> dict:
+        """Plain-typed description that :meth:`from_spec` turns back into this (untrained) network."""
+        return {"model_type": self.model.config.model_type, "config": _plain(self.model.config.to_dict()),
+                "layer": self.layer, "normalize_waveform": self.normalize_waveform}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "SpeechEncoder":
+        config = AutoConfig.for_model(spec["model_type"], **{k: v for k, v in spec["config"].items()
+                                                            if k != "model_type"})
+        return cls(AutoModel.from_config(config), layer=spec["layer"], normalize_waveform=spec["normalize_waveform"])
+
+    @classmethod
+    def load(cls, path: str | Path, *, layer: int, normalize_waveform: bool | None = None) -> "SpeechEncoder":
+        """From this project's teacher ``.ckpt``, a fairseq HuBERT ``.pt`` or an HF model directory.
+        ``normalize_waveform`` defaults to what the checkpoint was pretrained with."""
+        p = Path(path)
+        if p.is_dir():
+            model = AutoModel.from_pretrained(str(p), local_files_only=True)
+            if normalize_waveform is None:
+                pre = p / "preprocessor_config.json"
+                normalize_waveform = (bool(json.loads(pre.read_text()).get("do_normalize", False)) if pre.exists()
+                                      else getattr(model.config, "feat_extract_norm", "group") == "layer")
+        else:
+            from experiments.labels import load_teacher  # .ckpt or fairseq .pt
+
+            teacher = load_teacher(str(p))
+            model = teacher.encoder
+            if normalize_waveform is None:
+                normalize_waveform = teacher.config.normalize_waveform
+        return cls(model, layer=layer, normalize_waveform=bool(normalize_waveform))
+
+    # ---- use ----------------------------------------------------------------------------------------------
+    def freeze_cnn(self) -> None:
+        for p in self.model.feature_extractor.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, waves: torch.Tensor, attention_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:  # (B, S) -> (B, T, H), (B, T) bool
+        if self.normalize_waveform:
+            waves = normalize_waves(waves, attention_mask)
+        out = self.model(waves, attention_mask=attention_mask, output_hidden_states=True)
+        hidden = out.hidden_states[self.layer]
+        T = hidden.shape[1]
+        if attention_mask is None:
+            frame_mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        else:
+            frame_mask = self.model._get_feature_vector_attention_mask(T, attention_mask).bool()
+        return hidden, frame_mask
+
+
+def _plain(obj):
+    """JSON-safe copy (HF configs may hold dtypes or tuples); keeps checkpoints loadable with weights_only."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)

@@ -1,0 +1,152 @@
+"""SylBoost: distillation step, boundary regeneration across iterations, DDP exactness, resume, CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from datamodules.boundary_store import BoundaryStore
+from lightning_modules.sylboost import SylBoostModule
+from tests import sylboost_helpers as H
+from tests.conftest import REPO
+from tests.test_datamodule_ddp import free_port
+
+
+@pytest.fixture
+def setup(synth_corpus, tmp_path):
+    cache = str(tmp_path / "cache")
+    teacher = H.save_teacher(tmp_path / "teacher.ckpt")
+    ids = H.write_v0(synth_corpus, tmp_path / "store", cache)
+    return synth_corpus, tmp_path, teacher, cache, ids
+
+
+def test_targets_loss_and_reinit(setup):
+    corpus, tmp, teacher, cache, _ = setup
+    model = H.module(teacher)
+    dm = H.datamodule(corpus, tmp / "store", cache)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    loss, n = model._shared_step(batch)
+    assert loss > 0 and n > 0
+    loss.backward()
+    assert all(p.grad is None for p in model.teacher.parameters())  # frozen teacher
+    assert all(p.grad is None for p in model.student.model.feature_extractor.parameters())  # frozen CNN
+    with torch.no_grad():
+        for p in model.student.parameters():
+            p.add_(0.01)
+    model.start_iteration(1)
+    for a, b in zip(model.student.state_dict().values(), model.teacher.state_dict().values()):
+        assert torch.equal(a, b)  # re-initialised from the start checkpoint
+    # the checkpoint rebuilds the network from its hyper-parameters alone
+    rebuilt = SylBoostModule(**{k: v for k, v in model.hparams.items() if not k.startswith("_")})
+    rebuilt.load_state_dict(model.state_dict())
+    segs = [rebuilt.extract_boundaries(batch), model.extract_boundaries(batch)]
+    assert all(np.array_equal(a, b) for a, b in zip(*segs))
+
+
+def test_two_iterations_write_versions_and_metrics(setup):
+    corpus, tmp, teacher, cache, ids = setup
+    dm = H.datamodule(corpus, tmp / "store", cache)
+    model = H.module(teacher)
+    trainer = H.trainer(tmp)
+    trainer.fit(model, dm)
+    store = BoundaryStore(tmp / "store")
+    assert store.versions() == [0, 1, 2] and dm.version == 2
+    for v in (1, 2):
+        meta = store.manifest(v)["meta"]
+        assert meta["stage"] == "SylBoostModule" and meta["version"] == v
+        assert 5.5 < meta["rate_hz"] < 7.0  # fixed 6.25 Hz, rounding per utterance
+        assert set(meta["metrics"]) == {"train", "val"} and 0 < meta["metrics"]["val"]["f1"] <= 1
+    assert set(store.load(2)) == set(ids)
+    # the final version is what the final weights give, utterance by utterance
+    final = H.offline_boundaries(model, corpus, cache)
+    assert all(np.array_equal(store.load(2)[u], final[u]) for u in ids)
+
+
+class Crash(pl.Callback):
+    """Stops the run at a chosen hook of epoch 0 (a node failure, a preemption)."""
+
+    def __init__(self, hook):
+        self.hook = hook
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.hook == "before_regeneration" and trainer.current_epoch == 0:
+            raise KeyboardInterrupt
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self.hook == "after_regeneration" and trainer.current_epoch == 1:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hook", ["before_regeneration", "after_regeneration"])
+def test_resume_neither_repeats_nor_skips_an_iteration(setup, hook):
+    corpus, tmp, teacher, cache, ids = setup
+    ref_store = tmp / "reference"
+    (ref_store / "iter_0").mkdir(parents=True)
+    for f in (tmp / "store" / "iter_0").iterdir():
+        (ref_store / "iter_0" / f.name).write_bytes(f.read_bytes())
+    pl.seed_everything(0)
+    uninterrupted = H.module(teacher)
+    H.trainer(tmp / "a").fit(uninterrupted, H.datamodule(corpus, ref_store, cache))
+
+    pl.seed_everything(0)
+    with pytest.raises(SystemExit):  # Lightning turns the interrupt into a graceful stop + exit
+        try:
+            H.trainer(tmp / "b", callbacks=[Crash(hook)]).fit(H.module(teacher), H.datamodule(corpus, tmp / "store", cache))
+        except KeyboardInterrupt:
+            raise SystemExit
+        else:
+            raise SystemExit  # Lightning may swallow the interrupt: the run stopped either way
+    store = BoundaryStore(tmp / "store")
+    assert store.versions() == ([0] if hook == "before_regeneration" else [0, 1])
+    resumed_model = H.module(teacher)
+    trainer = H.trainer(tmp / "b")
+    trainer.fit(resumed_model, H.datamodule(corpus, tmp / "store", cache), ckpt_path=str(tmp / "b/ckpt/last.ckpt"))
+    regen = [cb for cb in trainer.callbacks if type(cb).__name__ == "BoundaryRegeneration"][0]
+    assert regen.done == 2 and [h["version"] for h in regen.history] == [1, 2]
+    assert store.versions() == [0, 1, 2]
+    reference = BoundaryStore(ref_store)
+    for v in (1, 2):
+        got, want = store.load(v), reference.load(v)
+        assert set(got) == set(want) == set(ids)
+        assert all(np.allclose(got[u], want[u]) for u in ids), f"version {v} differs from the uninterrupted run"
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process_regeneration(setup):
+    corpus, tmp, teacher, cache, ids = setup
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), PYTHONPATH=str(REPO))
+    env.pop("LOCAL_RANK", None)
+    subprocess.run([sys.executable, str(REPO / "tests/ddp_scripts/sylboost_ddp.py"), "--corpus", str(corpus),
+                    "--root", str(tmp), "--teacher", str(teacher), "--cache", cache],
+                   check=True, env=env, cwd=tmp, timeout=600)
+    r0, r1 = (json.loads((tmp / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["version"] == r1["version"] == 2 and r0["manifest"] == r1["manifest"]
+    assert r0["digest"] == r1["digest"] and r0["history"] == r1["history"]
+    assert r0["manifest"]["world_size"] == 2 and r0["manifest"]["num_utterances"] == len(ids)
+    store = BoundaryStore(tmp / "store")
+    final = store.load(2)  # loading refuses an utterance that appears in two shards
+    assert sorted(final) == ids
+    model = SylBoostModule.load_from_checkpoint(tmp / "ckpt/last.ckpt")
+    offline = H.offline_boundaries(model, corpus, cache)
+    assert all(np.array_equal(final[u], offline[u]) for u in ids)
+
+
+def test_cli_fast_dev_run(setup):
+    from experiments.cli import main
+
+    corpus, tmp, teacher, cache, _ = setup
+    cfg = yaml.safe_load((REPO / "experiments/configs/tiny/sylboost.yaml").read_text())
+    text = yaml.safe_dump(cfg).replace("data/synth", str(corpus)).replace("runs/tiny", str(tmp / "runs"))
+    text = text.replace(str(tmp / "runs/teacher/checkpoints/last.ckpt"), str(teacher))
+    text = text.replace(str(tmp / "runs/boundaries"), str(tmp / "store"))
+    (tmp / "sylboost.yaml").write_text(text)
+    main(["fit", "--config", str(tmp / "sylboost.yaml"), "--trainer.fast_dev_run", "true",
+          "--model.init_args.feature_layer", "1", "--data.manifest_cache", cache, "--data.num_workers", "0"])
+    assert (tmp / "store" / "iter_0").is_dir()
