@@ -170,7 +170,7 @@ class BoundaryRegeneration(pl.Callback):
                   "delta": None if math.isnan(delta) else delta, "metrics": metrics}
         if trainer.is_global_zero:
             store.finalize(version, trainer.world_size, meta={"stage": type(pl_module).__name__, **record})
-            flat = {f"regen/rate_hz": rate, **{f"regen/{s}_{k}": v for s, m in metrics.items() for k, v in m.items()}}
+            flat = {"regen/rate_hz": rate, **{f"regen/{s}_{k}": v for s, m in metrics.items() for k, v in m.items()}}
             for logger in trainer.loggers:
                 logger.log_metrics(flat, step=trainer.global_step)
             log.info("boundary version %d: %.2f Hz, %s", version, rate, metrics)

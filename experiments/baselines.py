@@ -10,10 +10,8 @@ with the shift tuned on ``--tune-data`` (the protocol's grid, by R-value) and ap
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from datamodules.manifest import build_manifest

@@ -21,6 +21,19 @@ class SegmentError(ValueError):
     """Segments that break the contract; the message names the file (or utterance) and the problem."""
 
 
+def segments_array(x, where: str = "segments") -> np.ndarray:
+    """One utterance's segments (numpy or torch) as a float64 ``(n, 2)`` array; empty input -> ``(0, 2)``. Only
+    the shape is checked (metrics accept unsorted input); :func:`check_segments` checks the whole contract."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    seg = np.asarray(x, dtype=np.float64)
+    if seg.size == 0:
+        return seg.reshape(0, 2)
+    if seg.ndim != 2 or seg.shape[1] != 2:
+        raise ValueError(f"{where}: expected an (n, 2) array of [start, end] seconds, got shape {seg.shape}")
+    return seg
+
+
 def check_segments(segments: np.ndarray, *, duration: float | None = None, where: str = "segments",
                    tolerance: float = 1e-3) -> np.ndarray:
     """Validate an ``(n, 2)`` array of ``[start, end]`` seconds: finite, start < end, sorted,

@@ -32,6 +32,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import Tensor
+
+from syllablelm.alignments import segments_array as _segments
 from torchmetrics import Metric
 
 from syllablelm.metrics_cluster import (ClusterMetric, cluster_pairs, cluster_scores, label_id, match_segments,
@@ -55,17 +57,6 @@ TOLERANCE_SLACK = 1e-9  # seconds added to the tolerance against float round-off
 _TIME_DECIMALS = 6  # boundary times are de-duplicated at microsecond resolution
 _TIE = 1e-12  # R-values this close are a tie in tune_shift
 
-
-def _segments(x, where: str) -> np.ndarray:
-    """One utterance's segments as a float64 ``(n, 2)`` array (empty input -> ``(0, 2)``)."""
-    if isinstance(x, Tensor):
-        x = x.detach().cpu().numpy()
-    seg = np.asarray(x, dtype=np.float64)
-    if seg.size == 0:
-        return seg.reshape(0, 2)
-    if seg.ndim != 2 or seg.shape[1] != 2:
-        raise ValueError(f"{where}: expected an (n, 2) array of [start, end] seconds, got shape {seg.shape}")
-    return seg
 
 
 def _utterances(pred, ref) -> tuple[list[np.ndarray], list[np.ndarray]]:

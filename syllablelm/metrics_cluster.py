@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
+
+from syllablelm.alignments import segments_array as _segments
 from torchmetrics import Metric
 from torchmetrics.utilities.distributed import gather_all_tensors
 
@@ -51,16 +53,6 @@ def label_id(label: str) -> int:
     digest = hashlib.blake2b(strip_stress(label).encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True)
 
-
-def _segments(x, where: str) -> np.ndarray:
-    if isinstance(x, Tensor):
-        x = x.detach().cpu().numpy()
-    seg = np.asarray(x, dtype=np.float64)
-    if seg.size == 0:
-        return seg.reshape(0, 2)
-    if seg.ndim != 2 or seg.shape[1] != 2:
-        raise ValueError(f"{where}: expected an (n, 2) array of [start, end] seconds, got shape {seg.shape}")
-    return seg
 
 
 def match_segments(pred, ref) -> tuple[np.ndarray, np.ndarray]:

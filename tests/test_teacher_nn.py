@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from syllablelm.nn.common import normalize_waves
 from syllablelm.nn.hubert import HubertTeacher, TeacherConfig, compute_span_mask
 
 VARIANTS = {
@@ -60,7 +61,7 @@ def test_waveform_normalisation_over_real_samples_only():
     fe = Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
     hf = fe([w[: int(n)].numpy() for w, n in zip(waves, am.sum(-1))], sampling_rate=16000, padding=True,
             return_tensors="pt")
-    torch.testing.assert_close(teacher._normalize(waves, am), hf.input_values, rtol=0, atol=1e-4)
+    torch.testing.assert_close(normalize_waves(waves, am), hf.input_values, rtol=0, atol=1e-4)
     with torch.no_grad():
         feats, frame_mask = teacher.frontend(waves, am)
         alone, _ = teacher.frontend(waves[2:, :6400])  # the short utterance without padding

@@ -10,21 +10,13 @@ dict (:meth:`spec`), so a LightningModule can rebuild the network from its hyper
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
-
-def normalize_waves(waves: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """Zero mean / unit variance per utterance over its real samples (HF's feature extractor, eps 1e-7)."""
-    valid = torch.ones_like(waves, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    n = valid.sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
-    mean = (waves * valid).sum(-1, keepdim=True) / n
-    var = (((waves - mean) * valid) ** 2).sum(-1, keepdim=True) / n
-    return ((waves - mean) / torch.sqrt(var + 1e-7)) * valid
+from .common import normalize_waves, pretrained_normalization
 
 
 class SpeechEncoder(nn.Module):
@@ -67,9 +59,7 @@ class SpeechEncoder(nn.Module):
         if p.is_dir():
             model = AutoModel.from_pretrained(str(p), local_files_only=True)
             if normalize_waveform is None:
-                pre = p / "preprocessor_config.json"
-                normalize_waveform = (bool(json.loads(pre.read_text()).get("do_normalize", False)) if pre.exists()
-                                      else getattr(model.config, "feat_extract_norm", "group") == "layer")
+                normalize_waveform = pretrained_normalization(p, model.config)
         else:
             from experiments.labels import load_teacher  # .ckpt or fairseq .pt
 

@@ -16,7 +16,6 @@ take part as negatives; they are trained far away from every frame, so their sha
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import HubertConfig, HubertModel
 from transformers.masking_utils import create_bidirectional_mask
+
+from .common import normalize_waves, pretrained_normalization
 
 _KERNELS = [10, 3, 3, 3, 3, 2, 2]  # HuBERT's CNN: 400-sample receptive field, 320-sample hop -> 50 Hz frames
 _STRIDES = [5, 2, 2, 2, 2, 2, 2]
@@ -178,9 +179,7 @@ class HubertTeacher(nn.Module):
             hf.mask_time_prob = 0.05  # else HF builds no `masked_spec_embed` and drops the stored one
         encoder = HubertModel.from_pretrained(str(path), config=hf, local_files_only=True)
         if normalize_waveform is None:
-            pre = Path(path) / "preprocessor_config.json"
-            normalize_waveform = (bool(json.loads(pre.read_text()).get("do_normalize", False)) if pre.exists()
-                                  else encoder.config.feat_extract_norm == "layer")
+            normalize_waveform = pretrained_normalization(path, encoder.config)
         warnings.warn(f"{path}: HF HuBERT directories hold no pretraining head; final_proj/label_embs are freshly "
                       "initialised. LossPred needs a trained head: use a fairseq .pt (load_fairseq_hubert) or a "
                       "teacher trained by this project.", stacklevel=2)
@@ -199,7 +198,7 @@ class HubertTeacher(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:  # features (B, T, H), frame_mask (B, T) bool
         """CNN + feature projection: independent of any mask, so LossPred runs it once per utterance."""
         if self.config.normalize_waveform:
-            waves = self._normalize(waves, attention_mask)
+            waves = normalize_waves(waves, attention_mask)
         enc, mult = self.encoder, self.config.feature_grad_mult
         with torch.set_grad_enabled(torch.is_grad_enabled() and mult > 0):
             conv = enc.feature_extractor(waves).transpose(1, 2)  # (B, T, C)
@@ -211,16 +210,6 @@ class HubertTeacher(nn.Module):
         else:
             frame_mask = enc._get_feature_vector_attention_mask(T, attention_mask).bool()
         return enc.feature_projection(conv), frame_mask
-
-    @staticmethod
-    def _normalize(waves: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Zero mean / unit variance per utterance over its real samples (HF's Wav2Vec2FeatureExtractor: eps 1e-7);
-        padding stays 0."""
-        valid = torch.ones_like(waves, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        n = valid.sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
-        mean = (waves * valid).sum(-1, keepdim=True) / n
-        var = (((waves - mean) * valid) ** 2).sum(-1, keepdim=True) / n
-        return ((waves - mean) / torch.sqrt(var + 1e-7)) * valid
 
     def transformer(
         self,

@@ -1,0 +1,26 @@
+"""Pieces every speech encoder wrapper shares: waveform normalisation and what a checkpoint was trained with."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def normalize_waves(waves: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Zero mean / unit variance per utterance over its real samples (HF's Wav2Vec2FeatureExtractor: eps 1e-7);
+    padding stays 0."""
+    valid = torch.ones_like(waves, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    n = valid.sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
+    mean = (waves * valid).sum(-1, keepdim=True) / n
+    var = (((waves - mean) * valid) ** 2).sum(-1, keepdim=True) / n
+    return ((waves - mean) / torch.sqrt(var + 1e-7)) * valid
+
+
+def pretrained_normalization(path: str | Path, config) -> bool:
+    """Whether an HF model directory's checkpoint was pretrained on normalised audio: its
+    ``preprocessor_config.json`` ``do_normalize``, else HuBERT-Large-style layer-norm CNNs do and others don't."""
+    pre = Path(path) / "preprocessor_config.json"
+    if pre.exists():
+        return bool(json.loads(pre.read_text()).get("do_normalize", False))
+    return getattr(config, "feat_extract_norm", "group") == "layer"
