@@ -108,6 +108,7 @@ class BoundaryRegeneration(pl.Callback):
                 trainer.strategy.setup_optimizers(trainer)
 
     def _advance(self, trainer, pl_module, version: int) -> None:
+        version = int(trainer.strategy.broadcast(version, src=0))  # every rank follows rank 0's count
         store = BoundaryStore(trainer.datamodule.hparams.boundary_dir)
         meta = store.manifest(version)["meta"] if store.is_complete(version) else {}
         if meta.get("stage") == type(pl_module).__name__:  # written before a crash that predates the checkpoint

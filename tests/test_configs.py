@@ -10,7 +10,9 @@ import yaml
 
 from tests.conftest import REPO
 
-CONFIGS = sorted((REPO / "experiments" / "configs").glob("*/*.yaml"))
+ALL = sorted((REPO / "experiments" / "configs").glob("*/*.yaml"))
+OVERLAYS = [p for p in ALL if "_rate_" in p.name]  # partial configs given after a base config
+CONFIGS = [p for p in ALL if p not in OVERLAYS]
 
 
 def _class(path: str):
@@ -69,3 +71,19 @@ def test_paper_settings():
     assert d["batch_size"] * t["devices"] * t["num_nodes"] == 32 and d["crop_seconds"] == 8.0
     assert d["train_hours"] == 100 and d["train_dirs"] == losspred["data"]["init_args"]["train_dirs"]
     assert d["seed"] == losspred["data"]["init_args"]["seed"]  # LossPred labels exactly SylBoost's subset
+
+
+@pytest.mark.parametrize("path", OVERLAYS, ids=[p.name for p in OVERLAYS])
+def test_rate_overlays_apply_to_the_base_config(path):
+    base = yaml.safe_load((path.parent / "sylboost.yaml").read_text())
+    overlay = yaml.safe_load(path.read_text())
+    base["model"]["init_args"].update(overlay["model"]["init_args"])
+    base["data"]["init_args"].update(overlay["data"]["init_args"])
+    base["trainer"].update(overlay["trainer"])
+    _check(base["model"], path.name)
+    _check(base["data"], path.name)
+    for cb in base["trainer"]["callbacks"]:
+        _check(cb, path.name)
+    rate = float(path.stem.split("_rate_")[1].rstrip("hz"))
+    assert base["model"]["init_args"]["segmenter"]["rate_hz"] == rate
+    assert str(rate).rstrip("0").rstrip(".") in base["data"]["init_args"]["boundary_dir"]
