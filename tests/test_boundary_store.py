@@ -96,3 +96,18 @@ def test_label_store_checks_labels_and_frame_counts(tmp_path):
         store.load(0, {"b": 16000})
     with pytest.raises(SegmentError, match="non-negative integer"):
         store.write_shard(1, 0, 1, {"x": np.array([0.5, 1.5])})
+
+
+def test_unit_store_round_trip_and_checks(tmp_path):
+    from datamodules.unit_store import UnitStore
+
+    store = UnitStore(tmp_path)
+    entries = {"a": (np.array([[0.1, 0.3], [0.3, 0.8]]), np.array([5, 16383])), "b": (np.zeros((0, 2)), np.zeros(0, int))}
+    store.write_shard(0, 0, 1, entries)
+    store.finalize(0, 1, meta={"vocab_size": 16384})
+    loaded = store.load(0)
+    np.testing.assert_array_equal(loaded["a"][0], entries["a"][0])
+    assert loaded["a"][1].tolist() == [5, 16383] and loaded["a"][1].dtype == np.int64
+    assert len(loaded["b"][1]) == 0 and store.vocab_size(0) == 16384
+    with pytest.raises(SegmentError, match="one non-negative integer unit per segment"):
+        store.write_shard(1, 0, 1, {"x": (np.array([[0.0, 0.1]]), np.array([1, 2]))})
