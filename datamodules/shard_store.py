@@ -136,6 +136,18 @@ class ShardStore:
         write_json(vdir / MANIFEST, manifest, indent=1)
         return manifest
 
+    def finalize_when_complete(self, version: int, world_size: int, meta: Mapping | None = None, *,
+                               timeout: float = 6 * 3600.0, poll: float = 2.0) -> dict:
+        """Rank 0 of a step whose ranks share no process group (separate jobs, SLURM arrays): wait until every
+        rank's shard exists, then :meth:`finalize`. Raises ``TimeoutError`` naming the missing ranks."""
+        start = time.time()
+        while missing := self.missing_shards(version, world_size):
+            if time.time() - start > timeout:
+                raise TimeoutError(f"{self.version_dir(version)}: after {timeout:.0f} s the shards of ranks "
+                                   f"{missing} are still missing")
+            time.sleep(poll)
+        return self.finalize(version, world_size, meta)
+
     def invalidate(self, version: int) -> None:
         """Remove a version's manifest (making it incomplete) before it is rewritten."""
         (self.version_dir(version) / MANIFEST).unlink(missing_ok=True)

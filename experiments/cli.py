@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("syllablelm.synth.corpus:main", "synthesise a LibriSpeech-layout corpus with alignments (eSpeak NG)"),
     "labels": ("experiments.labels:main", "k-means frame labels (MFCC or a teacher layer) into a label store"),
     "baselines": ("experiments.baselines:main", "score the uniform / envelope / log-mel min-cut baselines"),
+    "quantize": ("experiments.units:quantize", "fit k-means + Ward on SylBoost features -> tokenizer checkpoint"),
+    "units": ("experiments.units:units", "write unit shards (segments + unit ids) for a dataset"),
+    "tokenize": ("experiments.units:tokenize", "tokenize an audio file or folder into JSON lines of units"),
+    "evaluate": ("experiments.evaluate:main", "boundary / clustering / bitrate (and LM pair) scores of a tokenizer"),
 }
 
 

@@ -149,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 out[ds.entries[k].id] = labeler(_file_features(fn, ds.entries[k], spans)).numpy()
         store.write_shard(args.version, args.rank, args.world_size, out)
     if args.rank == 0:
-        for r in range(args.world_size):
-            _wait_for(store.shard_path(args.version, r, args.world_size), f"the shard of rank {r}", args.wait_timeout)
-        store.finalize(args.version, args.world_size, meta={
+        store.finalize_when_complete(args.version, args.world_size, timeout=args.wait_timeout, meta={
             "num_labels": int(len(centroids)), "features": args.features, "checkpoint": args.checkpoint,
             "layer": args.layer, "kmeans": args.kmeans or str(centroids_path)})
         log.info("label version %d complete: %s", args.version, vdir)

@@ -24,7 +24,7 @@ from torchmetrics import MeanMetric
 
 from lightning_modules.teacher import linear_warmup_decay
 from syllablelm.nn.encoder import SpeechEncoder
-from syllablelm.segment import sse_segment_batch
+from syllablelm.tokenizer import segment_frames
 from syllablelm.units import segment_mean_targets
 
 
@@ -167,17 +167,10 @@ class SylBoostModule(pl.LightningModule):
         weights and the audio; used by validation, regeneration and unit extraction)."""
         seg = self.segmenter
         feats = self.features(batch) if features is None else features
-        lengths = [len(f) for f in feats]
-        padded = torch.zeros(len(feats), max(lengths), feats[0].shape[-1], dtype=torch.float32, device=feats[0].device)
-        for b, f in enumerate(feats):
-            padded[b, : len(f)] = f.float()
-        kw = dict(quantile=seg.quantile, min_len=seg.min_len, max_len=seg.max_len, max_rate=seg.max_rate)
-        if seg.rate_hz is not None:
-            bounds = sse_segment_batch(padded, lengths, rate_hz=seg.rate_hz, **kw)
-        else:
-            if torch.isnan(self.delta):
-                raise RuntimeError("no delta yet: the regeneration callback calibrates it (calibrate_to_hz)")
-            bounds = sse_segment_batch(padded, lengths, delta=float(self.delta), **kw)
+        if seg.rate_hz is None and torch.isnan(self.delta):
+            raise RuntimeError("no delta yet: the regeneration callback calibrates it (calibrate_to_hz)")
+        bounds = segment_frames(feats, rate_hz=seg.rate_hz, delta=float(self.delta), quantile=seg.quantile,
+                                min_len=seg.min_len, max_len=seg.max_len, max_rate=seg.max_rate)
         out = []
         for b, bd in enumerate(bounds):
             t = bd.numpy() * 0.02 + float(batch["offsets"][b])

@@ -1,0 +1,104 @@
+"""``syllablelm evaluate``: a tokenizer's boundaries, clustering and bitrates on sets with syllable alignments.
+
+    syllablelm evaluate --checkpoint runs/tiny/tokenizer.ckpt --data data/synth/test --tune-data data/synth/dev \
+        --alignments data/synth/alignments --baselines --out runs/tiny/eval.json
+
+- boundaries: P/R/F1/OS/R-value for both protocols at shift 0 and with the shift tuned on ``--tune-data``;
+- clustering: CPur/SPur/SNMI of the units (before dedup: one unit per segment) against the syllables;
+- tokens: token rate, nominal and entropy bitrate, before and after dedup;
+- ``--baselines``: uniform / envelope (tuned on ``--tune-data``) / log-mel min-cut on the same data;
+- ``--lm`` + ``--pairs``: sWUGGY / sBLIMP / tSC-style pair accuracy of a SpeechLM on a ZeroSpeech-layout folder.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+import numpy as np
+
+from experiments.baselines import load_split, run_baselines, score
+from syllablelm.audio import SAMPLE_RATE
+from syllablelm.fileio import write_json
+from syllablelm.metrics import cluster_scores, token_stats
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_tokenizer(tok, test, dev, *, batch_size: int = 8) -> dict:
+    """``test``/``dev``: ``(waves, refs, labels)``; returns boundary / clustering / token scores."""
+    def run(waves):
+        out = []
+        for s in range(0, len(waves), batch_size):
+            out += tok.batch(waves[s:s + batch_size], SAMPLE_RATE, deduplicate=False)
+        return out
+
+    test_out, dev_out = run(test[0]), run(dev[0])
+    pred_t, units_t = [s for s, _ in test_out], [u for _, u in test_out]
+    pred_d = [s for s, _ in dev_out]
+    durations = [len(w) / SAMPLE_RATE for w in test[0]]
+    return {
+        "boundaries": score(pred_t, test[1], pred_d, dev[1]),
+        "clustering": cluster_scores(pred_t, units_t, test[1], test[2]),
+        "tokens": token_stats(units_t, durations, vocab_size=tok.vocab_size),
+        "segments_hz": sum(len(p) for p in pred_t) / sum(durations),
+        "num_utterances": len(pred_t),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="syllablelm evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="a tokenizer checkpoint (syllablelm quantize)")
+    p.add_argument("--data", nargs="+", required=True, help="evaluation folders (e.g. test)")
+    p.add_argument("--tune-data", nargs="+", required=True, help="folders the shifts are tuned on (dev)")
+    p.add_argument("--alignments", required=True, help="alignment JSON folder (syllables tier)")
+    p.add_argument("--baselines", action="store_true", help="also score the feature-free baselines")
+    p.add_argument("--lm", help="a SpeechLM checkpoint: score --pairs with it")
+    p.add_argument("--pairs", help="a folder in the ZeroSpeech 2021 layout (lexical/, syntactic/, tsc/)")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="write the report as JSON here")
+    p.add_argument("--manifest-cache")
+    args = p.parse_args(argv)
+    from syllablelm.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_checkpoint(args.checkpoint, device=args.device)
+    test = _with_labels(args.data, args.alignments, args.limit, args.manifest_cache)
+    dev = _with_labels(args.tune_data, args.alignments, args.limit, args.manifest_cache)
+    report = {"tokenizer": evaluate_tokenizer(tok, test, dev)}
+    if args.baselines:
+        report["baselines"] = run_baselines(test[:2], dev[:2], rate_hz=report["tokenizer"]["segments_hz"])
+    if args.lm and args.pairs:
+        from experiments.lm_pairs import score_pairs
+
+        report["lm_pairs"] = score_pairs(args.lm, tok, args.pairs, device=args.device)
+    _print(report)
+    if args.out:
+        write_json(args.out, report, indent=1)
+    return 0
+
+
+def _with_labels(folders, alignments, limit, cache):
+    from syllablelm.alignments import index_alignments, load_alignment
+
+    waves, refs, ids = load_split(folders, alignments, limit, cache)
+    index = index_alignments(alignments)
+    labels = [load_alignment(index[i])["syllables"][1] for i in ids]
+    return waves, refs, labels
+
+
+def _print(report: dict) -> None:
+    t = report["tokenizer"]
+    for protocol in ("syllablelm", "sdhubert"):
+        s, u = t["boundaries"][protocol], t["boundaries"][f"{protocol}_tuned"]
+        print(f"{protocol:<10} F1 {100 * s['f1']:5.1f} R {100 * s['r_value']:5.1f} | tuned shift "
+              f"{1000 * u['shift']:+.0f} ms: P {100 * u['precision']:5.1f} R {100 * u['recall']:5.1f} "
+              f"F1 {100 * u['f1']:5.1f} R-value {100 * u['r_value']:5.1f}")
+    c, k = t["clustering"], t["tokens"]
+    print(f"clustering CPur {100 * c['cpur']:.1f} SPur {100 * c['spur']:.1f} SNMI {100 * c['snmi']:.1f} | "
+          f"{k['token_rate']:.2f} -> {k['dedup_token_rate']:.2f} tokens/s (dedup), "
+          f"{k['dedup_nominal_bps']:.0f} nominal / {k['dedup_entropy_bps']:.0f} entropy bps after dedup")
+    for name, res in report.get("baselines", {}).items():
+        u = res["syllablelm_tuned"]
+        print(f"baseline {name:<20} F1 {100 * u['f1']:5.1f} R-value {100 * u['r_value']:5.1f} ({res['rate_hz']:.2f} Hz)")
+    if "lm_pairs" in report:
+        print("LM pairs:", {k: v for k, v in report["lm_pairs"].items() if not isinstance(v, dict)})

@@ -1,0 +1,146 @@
+"""Stage 3 commands: train the unit quantizer, write unit shards, tokenize any audio folder.
+
+    syllablelm quantize --checkpoint runs/tiny/sylboost/checkpoints/last.ckpt --data data/synth/train \
+        --k 512 --k-merged 128 --out runs/tiny/tokenizer.ckpt
+    syllablelm units --checkpoint runs/tiny/tokenizer.ckpt --data data/synth/train --out runs/tiny/units
+    syllablelm tokenize --checkpoint runs/tiny/tokenizer.ckpt --input some/folder --output units.jsonl
+
+``quantize`` pools SylBoost features inside SylBoost segments (drop-edge-frames pooling, per-vector
+standardisation) on a seeded sample of the training set, fits k-means (K) and the Ward reduction (K'), and writes
+a *tokenizer checkpoint*: the SylBoost checkpoint with the quantizer inside, the one file ``tokenize`` needs.
+``units`` shards by ``--rank/--world-size`` like the label step (contiguous file shards, atomic shard files,
+rank 0 writes the manifest once every shard exists).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from datamodules.manifest import build_manifest, list_audio
+from datamodules.speech import SpeechDataModule
+from datamodules.unit_store import UnitStore
+from syllablelm.audio import AudioError
+from syllablelm.fileio import atomic_write
+from syllablelm.tokenizer import QUANTIZER_KEY, Tokenizer, quantizer_state
+from syllablelm.units import UnitQuantizer, pool_segments
+
+log = logging.getLogger(__name__)
+
+
+def _device(arg: str | None) -> str:
+    if arg:
+        return arg
+    return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+
+
+def quantize(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="syllablelm quantize", description="fit k-means + Ward on pooled SylBoost "
+                                "features and write a tokenizer checkpoint")
+    p.add_argument("--checkpoint", required=True, help="a SylBoost checkpoint")
+    p.add_argument("--data", nargs="+", required=True, help="training audio folders")
+    p.add_argument("--out", required=True, help="the tokenizer checkpoint to write (.ckpt)")
+    p.add_argument("--k", type=int, default=24576, help="k-means clusters (paper: 24576)")
+    p.add_argument("--k-merged", type=int, default=8192, help="units after Ward merging (paper: 2048..16384)")
+    p.add_argument("--hours", type=float, default=100.0, help="audio sampled for fitting")
+    p.add_argument("--backend", default="auto", choices=["auto", "sklearn", "faiss"])
+    p.add_argument("--device")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--manifest-cache")
+    args = p.parse_args(argv)
+    base = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    tok = Tokenizer.from_checkpoint(args.checkpoint, device=_device(args.device), require_quantizer=False)
+    entries = build_manifest(args.data, cache_dir=args.manifest_cache).entries
+    order = np.random.default_rng(args.seed).permutation(len(entries))
+    vectors, hours = [], 0.0
+    for i in tqdm(order, desc="pooled features", unit="file"):
+        if hours >= args.hours:
+            break
+        try:
+            wave = tok._load(entries[i].path, None)
+        except AudioError as e:
+            log.warning("skipping %s", e)
+            continue
+        feats = tok.features(wave)
+        bounds = tok.boundaries([feats])[0]
+        vectors.append(pool_segments(feats.float().cpu(), bounds, "drop_edge").numpy())
+        hours += entries[i].seconds / 3600
+    vectors = np.concatenate(vectors)
+    if len(vectors) < args.k:
+        raise SystemExit(f"only {len(vectors)} segments in the sample for k={args.k}: lower --k or raise --hours")
+    log.info("fitting k-means: k=%d on %d segments (%.2f h), then Ward to %d", args.k, len(vectors), hours,
+             args.k_merged)
+    q = UnitQuantizer.fit(vectors, args.k, args.k_merged, pooling="drop_edge", backend=args.backend,
+                          seed=args.seed, feature_layer=base["hyper_parameters"].get("feature_layer"))
+    base[QUANTIZER_KEY] = quantizer_state(q)
+    with atomic_write(args.out, "wb") as f:
+        torch.save(base, f)
+    log.info("tokenizer checkpoint %s: %d units", args.out, q.k_merged)
+    return 0
+
+
+def units(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="syllablelm units", description="write unit shards for a dataset")
+    p.add_argument("--checkpoint", required=True, help="a tokenizer checkpoint (syllablelm quantize)")
+    p.add_argument("--data", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="unit store root")
+    p.add_argument("--version", type=int, default=0)
+    p.add_argument("--chunk-seconds", type=float, default=60.0)
+    p.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
+    p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device")
+    p.add_argument("--manifest-cache")
+    p.add_argument("--wait-timeout", type=float, default=6 * 3600.0)
+    args = p.parse_args(argv)
+    tok = Tokenizer.from_checkpoint(args.checkpoint, device=_device(args.device), chunk_seconds=args.chunk_seconds)
+    store = UnitStore(args.out)
+    if store.shard_path(args.version, args.rank, args.world_size).exists():
+        log.info("shard %d of %d already written", args.rank, args.world_size)
+    else:
+        dm = SpeechDataModule(predict_dirs=args.data, manifest_cache=args.manifest_cache, num_workers=0)
+        ds = dm.dataset("predict", rank=args.rank, world_size=args.world_size)  # whole files, this rank's shard
+        out = {}
+        paths = [(ds.entries[it.entry].id, ds.entries[it.entry].path) for it in ds.items]
+        for start in tqdm(range(0, len(paths), args.batch_size), desc=f"units rank {args.rank}", unit="batch"):
+            chunk = paths[start:start + args.batch_size]
+            for (utt, _), result in zip(chunk, tok.batch([p for _, p in chunk])):
+                out[utt] = result
+        store.write_shard(args.version, args.rank, args.world_size, out)
+    if args.rank == 0:
+        store.finalize_when_complete(args.version, args.world_size, timeout=args.wait_timeout, meta={
+            "vocab_size": tok.vocab_size, "checkpoint": args.checkpoint, "data": args.data})
+        log.info("unit version %d complete: %s", args.version, store.version_dir(args.version))
+    return 0
+
+
+def tokenize(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="syllablelm tokenize", description="audio files -> JSON lines of units")
+    p.add_argument("--checkpoint", required=True, help="a tokenizer checkpoint (syllablelm quantize)")
+    p.add_argument("--input", required=True, help="an audio file or a folder (searched recursively)")
+    p.add_argument("--output", required=True, help="JSON lines: {path, segments: [[start_s, end_s]], units}")
+    p.add_argument("--device")
+    p.add_argument("--no-dedup", action="store_true", help="keep consecutive repeated units")
+    args = p.parse_args(argv)
+    tok = Tokenizer.from_checkpoint(args.checkpoint, device=_device(args.device))
+    files = list_audio(args.input)
+    failed = []
+    with atomic_write(args.output, "w") as f:  # nothing half-written: the file appears when complete
+        for path in tqdm(files, desc="tokenize", unit="file"):
+            try:
+                segments, ids = tok(str(path), deduplicate=not args.no_dedup)
+            except AudioError as e:
+                failed.append(str(e))
+                continue
+            f.write(json.dumps({"path": str(path), "segments": np.round(segments, 4).tolist(),
+                                "units": ids.tolist()}) + "\n")
+    for problem in failed:
+        log.warning("skipped %s", problem)
+    log.info("tokenized %d of %d files into %s (%d unreadable)", len(files) - len(failed), len(files),
+             args.output, len(failed))
+    return 0
