@@ -1,0 +1,107 @@
+"""Stage 3: quantize -> tokenizer checkpoint -> tokenize / units / evaluate, on a synthetic corpus."""
+import json
+import shutil
+
+import lightning
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from datamodules.unit_store import UnitStore
+from experiments.cli import main
+from syllablelm import Tokenizer
+from syllablelm.audio import read_audio
+from syllablelm.units import UnitQuantizer
+from tests import sylboost_helpers as H
+
+
+@pytest.fixture(scope="module")
+def tokenizer_ckpt(synth_corpus, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tok")
+    model = H.module(H.save_teacher(tmp / "teacher.ckpt"))
+    sylboost = tmp / "sylboost.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "pytorch-lightning_version": lightning.__version__}, sylboost)
+    out = tmp / "tokenizer.ckpt"
+    assert main(["quantize", "--checkpoint", str(sylboost), "--data", str(synth_corpus / "train"), "--k", "32",
+                 "--k-merged", "12", "--hours", "1", "--out", str(out), "--manifest-cache", str(tmp / "cache")]) == 0
+    return out
+
+
+def test_checkpoint_alone_rebuilds_the_tokenizer(tokenizer_ckpt, synth_corpus, tmp_path):
+    lone = tmp_path / "elsewhere" / "tok.ckpt"
+    lone.parent.mkdir()
+    shutil.copy(tokenizer_ckpt, lone)  # no other file travels with it
+    tok = Tokenizer.from_checkpoint(lone)
+    assert tok.vocab_size == 12 and tok.quantizer.k == 32
+    path = sorted((synth_corpus / "test").rglob("*.flac"))[0]
+    segments, units = tok(path)
+    wave = read_audio(path).numpy()
+    assert segments.shape == (len(units), 2) and units.dtype == np.int64
+    assert np.all(np.diff(segments[:, 0]) > 0) and segments[-1, 1] <= len(wave) / 16000 + 1e-6
+    assert np.all(units[1:] != units[:-1])  # deduplicated
+    raw_segments, raw_units = tok(wave, sample_rate=16000, deduplicate=False)
+    assert len(raw_units) >= len(units) and raw_segments[0, 0] == segments[0, 0]
+    # arrays at another rate give the same units as the file
+    resampled = tok(torch.from_numpy(np.interp(np.arange(0, len(wave), 16000 / 22050), np.arange(len(wave)),
+                                               wave)), sample_rate=22050)
+    assert abs(len(resampled[1]) - len(units)) <= max(2, len(units) // 10)
+
+
+def test_quantizer_beside_the_checkpoint(tokenizer_ckpt, tmp_path):
+    ckpt = torch.load(tokenizer_ckpt, weights_only=True)
+    state = ckpt.pop("quantizer")
+    torch.save(ckpt, tmp_path / "plain.ckpt")
+    with pytest.raises(FileNotFoundError, match="no quantizer"):
+        Tokenizer.from_checkpoint(tmp_path / "plain.ckpt")
+    UnitQuantizer(state["centroids"].numpy(), state["agglom"].numpy()).save(tmp_path / "plain.quantizer.npz")
+    assert Tokenizer.from_checkpoint(tmp_path / "plain.ckpt").vocab_size == 12
+
+
+def test_tokenize_command_any_folder_any_rate(tokenizer_ckpt, synth_corpus, tmp_path):
+    folder = tmp_path / "in" / "nested"
+    folder.mkdir(parents=True)
+    src = sorted((synth_corpus / "dev").rglob("*.flac"))[:2]
+    shutil.copy(src[0], folder / "a.flac")
+    wave = read_audio(src[1]).numpy()
+    sf.write(folder / "b.wav", np.stack([wave, wave], 1)[::2], 8000)  # stereo, 8 kHz
+    long = np.concatenate([read_audio(p).numpy() for p in sorted((synth_corpus / "train").rglob("*.flac"))[:12]])
+    sf.write(tmp_path / "in" / "long.flac", long, 16000)  # > 60 s: tokenized in chunks cut at pauses
+    (tmp_path / "in" / "broken.flac").write_bytes(b"not audio")
+    out = tmp_path / "units.jsonl"
+    assert main(["tokenize", "--checkpoint", str(tokenizer_ckpt), "--input", str(tmp_path / "in"),
+                 "--output", str(out)]) == 0
+    rows = {json.loads(line)["path"].rsplit("/", 1)[1]: json.loads(line) for line in out.read_text().splitlines()}
+    assert set(rows) == {"a.flac", "b.wav", "long.flac"}  # the unreadable file is skipped, the rest written
+    for name, row in rows.items():
+        assert set(row) == {"path", "segments", "units"} and len(row["segments"]) == len(row["units"]) > 0
+    segs = np.array(rows["long.flac"]["segments"])
+    assert len(long) / 16000 > 60 and segs[-1, 1] > 60 and np.all(np.diff(segs[:, 0]) > 0)
+
+
+def test_units_command_shards_cover_every_file_once(tokenizer_ckpt, synth_corpus, tmp_path):
+    common = ["units", "--checkpoint", str(tokenizer_ckpt), "--data", str(synth_corpus / "dev"),
+              str(synth_corpus / "test"), "--out", str(tmp_path / "units"), "--world-size", "2",
+              "--manifest-cache", str(tmp_path / "cache")]
+    assert main([*common, "--rank", "1"]) == 0  # rank 1 first: rank 0 then finds every shard and finalizes
+    store = UnitStore(tmp_path / "units")
+    assert store.versions() == []
+    assert main([*common, "--rank", "0"]) == 0
+    loaded = store.load(0)
+    ids = {p.stem for s in ("dev", "test") for p in (synth_corpus / s).rglob("*.flac")}
+    assert set(loaded) == ids and store.vocab_size(0) == 12
+    assert store.manifest(0)["world_size"] == 2 and all(len(u) > 0 for _, u in loaded.values())
+
+
+def test_evaluate_reports_boundaries_clustering_and_bitrates(tokenizer_ckpt, synth_corpus, tmp_path):
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(tokenizer_ckpt), "--data", str(synth_corpus / "test"),
+                 "--tune-data", str(synth_corpus / "dev"), "--alignments", str(synth_corpus / "alignments"),
+                 "--out", str(out), "--manifest-cache", str(tmp_path / "cache")]) == 0
+    report = json.loads(out.read_text())["tokenizer"]
+    for protocol in ("syllablelm", "sdhubert"):
+        assert 0 < report["boundaries"][protocol]["f1"] <= 1 and "shift" in report["boundaries"][f"{protocol}_tuned"]
+    assert 0 < report["clustering"]["snmi"] <= 1 and report["clustering"]["n_pairs"] > 0
+    tokens = report["tokens"]
+    assert tokens["dedup_token_rate"] <= tokens["token_rate"] and tokens["nominal_bps"] > tokens["entropy_bps"] > 0
