@@ -17,6 +17,7 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 # name -> ("module:function", one-line help). Later stages add their commands here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("syllablelm.synth.corpus:main", "synthesise a LibriSpeech-layout corpus with alignments (eSpeak NG)"),
+    "pairs": ("syllablelm.synth.pairs:main", "synthesise sWUGGY / sBLIMP / tSC-style mini-sets (ZeroSpeech layout)"),
     "labels": ("experiments.labels:main", "k-means frame labels (MFCC or a teacher layer) into a label store"),
     "baselines": ("experiments.baselines:main", "score the uniform / envelope / log-mel min-cut baselines"),
     "quantize": ("experiments.units:quantize", "fit k-means + Ward on SylBoost features -> tokenizer checkpoint"),

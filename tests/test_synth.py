@@ -226,3 +226,12 @@ def test_fixed_phrase_is_one_word_and_bad_positions_are_repaired():
     assert [w[2] for w in a.words] == ["out of", "the", "house", "such", "as", "this"]
     assert a.words[0][:2] == (0, 3000) and a.words[2][1] == 8000  # the pause is a gap
     assert [s[2] for s in a.syllables][:2] == ["aU", "t @ v"]  # maximal onset across the merged phrase
+
+
+def test_shipped_text_has_no_blocked_words():
+    import re
+
+    from syllablelm.synth.pairs import BLOCKED
+
+    text = (Path(__file__).resolve().parents[1] / "syllablelm/synth/data/sentences.txt").read_text()
+    assert not BLOCKED & {w.lower() for w in re.findall(r"[A-Za-z]+", text)}
