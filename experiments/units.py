@@ -27,7 +27,7 @@ from datamodules.speech import SpeechDataModule
 from datamodules.unit_store import UnitStore
 from syllablelm.audio import AudioError
 from syllablelm.fileio import atomic_write
-from syllablelm.tokenizer import QUANTIZER_KEY, Tokenizer, quantizer_state
+from syllablelm.tokenizer import QUANTIZER_KEY, SEGMENTER_KEY, Tokenizer, quantizer_state
 from syllablelm.units import UnitQuantizer, pool_segments
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,11 @@ def quantize(argv: list[str] | None = None) -> int:
     p.add_argument("--data", nargs="+", required=True, help="training audio folders")
     p.add_argument("--out", required=True, help="the tokenizer checkpoint to write (.ckpt)")
     p.add_argument("--k", type=int, default=24576, help="k-means clusters (paper: 24576)")
-    p.add_argument("--k-merged", type=int, default=8192, help="units after Ward merging (paper: 2048..16384)")
+    p.add_argument("--k-merged", type=int, default=8192, help="units after Ward merging (paper: 2048..16384; "
+                   "0 = no merging)")
     p.add_argument("--hours", type=float, default=100.0, help="audio sampled for fitting")
+    p.add_argument("--fixed-frames", type=int, help="baseline frame units: cut every N frames instead of the "
+                   "SylBoost min-cut (2 = 25 Hz units) and pool whole segments")
     p.add_argument("--backend", default="auto", choices=["auto", "sklearn", "faiss"])
     p.add_argument("--device")
     p.add_argument("--seed", type=int, default=0)
@@ -55,6 +58,10 @@ def quantize(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     base = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     tok = Tokenizer.from_checkpoint(args.checkpoint, device=_device(args.device), require_quantizer=False)
+    pooling = "drop_edge"
+    if args.fixed_frames:
+        tok.segmenter["fixed_frames"] = args.fixed_frames
+        pooling = "mean"  # 2-frame windows have no interior to keep
     entries = build_manifest(args.data, cache_dir=args.manifest_cache).entries
     order = np.random.default_rng(args.seed).permutation(len(entries))
     vectors, hours = [], 0.0
@@ -68,16 +75,18 @@ def quantize(argv: list[str] | None = None) -> int:
             continue
         feats = tok.features(wave)
         bounds = tok.boundaries([feats])[0]
-        vectors.append(pool_segments(feats.float().cpu(), bounds, "drop_edge").numpy())
+        vectors.append(pool_segments(feats.float().cpu(), bounds, pooling).numpy())
         hours += entries[i].seconds / 3600
     vectors = np.concatenate(vectors)
     if len(vectors) < args.k:
         raise SystemExit(f"only {len(vectors)} segments in the sample for k={args.k}: lower --k or raise --hours")
     log.info("fitting k-means: k=%d on %d segments (%.2f h), then Ward to %d", args.k, len(vectors), hours,
              args.k_merged)
-    q = UnitQuantizer.fit(vectors, args.k, args.k_merged, pooling="drop_edge", backend=args.backend,
+    q = UnitQuantizer.fit(vectors, args.k, args.k_merged or None, pooling=pooling, backend=args.backend,
                           seed=args.seed, feature_layer=base["hyper_parameters"].get("feature_layer"))
     base[QUANTIZER_KEY] = quantizer_state(q)
+    if args.fixed_frames:
+        base[SEGMENTER_KEY] = {"fixed_frames": args.fixed_frames}
     with atomic_write(args.out, "wb") as f:
         torch.save(base, f)
     log.info("tokenizer checkpoint %s: %d units", args.out, q.k_merged)
@@ -94,6 +103,7 @@ def units(argv: list[str] | None = None) -> int:
     p.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
     p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-dedup", action="store_true", help="keep repeated units (frame-unit baselines)")
     p.add_argument("--device")
     p.add_argument("--manifest-cache")
     p.add_argument("--wait-timeout", type=float, default=6 * 3600.0)
@@ -109,12 +119,13 @@ def units(argv: list[str] | None = None) -> int:
         paths = [(ds.entries[it.entry].id, ds.entries[it.entry].path) for it in ds.items]
         for start in tqdm(range(0, len(paths), args.batch_size), desc=f"units rank {args.rank}", unit="batch"):
             chunk = paths[start:start + args.batch_size]
-            for (utt, _), result in zip(chunk, tok.batch([p for _, p in chunk])):
+            for (utt, _), result in zip(chunk, tok.batch([p for _, p in chunk], deduplicate=not args.no_dedup)):
                 out[utt] = result
         store.write_shard(args.version, args.rank, args.world_size, out)
     if args.rank == 0:
         store.finalize_when_complete(args.version, args.world_size, timeout=args.wait_timeout, meta={
-            "vocab_size": tok.vocab_size, "checkpoint": args.checkpoint, "data": args.data})
+            "vocab_size": tok.vocab_size, "checkpoint": args.checkpoint, "data": args.data,
+            "deduplicated": not args.no_dedup})
         log.info("unit version %d complete: %s", args.version, store.version_dir(args.version))
     return 0
 

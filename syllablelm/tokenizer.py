@@ -24,14 +24,18 @@ from .segment import sse_segment_batch
 from .units import UnitQuantizer, dedup
 
 QUANTIZER_KEY = "quantizer"
+SEGMENTER_KEY = "tokenizer_segmenter"
 
 
 def segment_frames(features: Sequence[torch.Tensor], *, rate_hz: float | None = None, delta: float | None = None,
-                   quantile: float = 0.75, min_len: int = 3, max_len: int = 50,
-                   max_rate: float = 0.2) -> list[torch.Tensor]:
+                   quantile: float = 0.75, min_len: int = 3, max_len: int = 50, max_rate: float = 0.2,
+                   fixed_frames: int | None = None) -> list[torch.Tensor]:
     """SSE min-cut boundary frames ``[0, ..., T]`` of each utterance's features ``(T, D)`` (fixed ``rate_hz`` or
-    the official δ rate search), all utterances in one batched DP; padding never changes a result."""
+    the official δ rate search), all utterances in one batched DP; padding never changes a result.
+    ``fixed_frames=k`` instead cuts every k frames (k = 2: the 25 Hz frame-unit baseline)."""
     lengths = [len(f) for f in features]
+    if fixed_frames:
+        return [torch.cat([torch.arange(0, T, fixed_frames), torch.tensor([T])]).unique() for T in lengths]
     padded = torch.zeros(len(features), max(lengths), features[0].shape[-1], dtype=torch.float32,
                          device=features[0].device)
     for b, f in enumerate(features):
@@ -59,7 +63,8 @@ class Tokenizer:
                  delta: float | None = None, device: str | torch.device = "cpu", chunk_seconds: float = 60.0):
         self.encoder = encoder.eval().to(device)
         self.quantizer = quantizer
-        self.segmenter = {k: segmenter[k] for k in ("rate_hz", "quantile", "min_len", "max_len", "max_rate")}
+        keys = ("rate_hz", "quantile", "min_len", "max_len", "max_rate", "fixed_frames")
+        self.segmenter = {k: segmenter[k] for k in keys if k in segmenter}
         self.delta = delta
         self.device = torch.device(device)
         self.chunk_seconds = chunk_seconds
@@ -92,7 +97,8 @@ class Tokenizer:
                                     f"({path.with_suffix('.quantizer.npz').name}); run `syllablelm quantize`")
         delta = ckpt["state_dict"].get("delta")
         delta = None if delta is None or torch.isnan(delta) else float(delta)
-        return cls(encoder, q, hp["segmenter"], delta=delta, device=device, **kwargs)
+        segmenter = {**hp["segmenter"], **ckpt.get(SEGMENTER_KEY, {})}  # quantize may override (frame units)
+        return cls(encoder, q, segmenter, delta=delta, device=device, **kwargs)
 
     @property
     def vocab_size(self) -> int:
@@ -133,7 +139,7 @@ class Tokenizer:
             wave = self._load(audio, sample_rate)
             for start, end in pause_chunks(wave, SAMPLE_RATE, max_seconds=self.chunk_seconds):
                 part = wave[int(round(start * SAMPLE_RATE)):int(round(end * SAMPLE_RATE))]
-                if len(part) >= 400 + 320 * 2 * self.segmenter["min_len"]:  # enough frames for one segment
+                if len(part) >= 400 + 320 * 2 * self.segmenter.get("min_len", 3):  # enough frames for one segment
                     pieces.append(part)
                     owner.append(i)
                     offsets.append(start)

@@ -105,3 +105,19 @@ def test_evaluate_reports_boundaries_clustering_and_bitrates(tokenizer_ckpt, syn
     assert 0 < report["clustering"]["snmi"] <= 1 and report["clustering"]["n_pairs"] > 0
     tokens = report["tokens"]
     assert tokens["dedup_token_rate"] <= tokens["token_rate"] and tokens["nominal_bps"] > tokens["entropy_bps"] > 0
+
+
+def test_frame_unit_baseline_at_25hz(synth_corpus, tmp_path):
+    model = H.module(H.save_teacher(tmp_path / "teacher.ckpt"))
+    sylboost = tmp_path / "sylboost.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "pytorch-lightning_version": lightning.__version__}, sylboost)
+    assert main(["quantize", "--checkpoint", str(sylboost), "--data", str(synth_corpus / "dev"), "--k", "16",
+                 "--k-merged", "0", "--fixed-frames", "2", "--hours", "1", "--out", str(tmp_path / "frames.ckpt"),
+                 "--manifest-cache", str(tmp_path / "cache")]) == 0
+    tok = Tokenizer.from_checkpoint(tmp_path / "frames.ckpt")
+    path = sorted((synth_corpus / "test").rglob("*.flac"))[0]
+    segments, units = tok(path, deduplicate=False)
+    seconds = len(read_audio(path)) / 16000
+    assert tok.vocab_size == 16 and abs(len(units) / seconds - 25.0) < 1.0
+    assert np.allclose(segments[:-1, 1] - segments[:-1, 0], 0.04)
