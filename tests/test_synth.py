@@ -11,7 +11,7 @@ import soundfile as sf
 
 from syllablelm.audio import frame_levels_db, speech_regions
 from syllablelm.synth import corpus
-from syllablelm.synth.espeak import STOPS, Phone, Synthesis, Word, align
+from syllablelm.synth.espeak import PHONEME_SEP, STOPS, ESpeak, Phone, Synthesis, Word, align
 
 TIERS = ("words", "syllables", "phones")
 
@@ -226,6 +226,21 @@ def test_fixed_phrase_is_one_word_and_bad_positions_are_repaired():
     assert [w[2] for w in a.words] == ["out of", "the", "house", "such", "as", "this"]
     assert a.words[0][:2] == (0, 3000) and a.words[2][1] == 8000  # the pause is a gap
     assert [s[2] for s in a.syllables][:2] == ["aU", "t @ v"]  # maximal onset across the merged phrase
+
+
+def test_phoneme_input_and_text_to_phonemes():
+    eng = ESpeak()
+    assert eng.text_to_phonemes("cat", voice="en-us") == [("k", "'a", "t")]  # one str: its clauses
+    cat, hello = eng.text_to_phonemes(["cat", "Hello. World"], voice="en-us")  # a list: clauses per text
+    assert cat == [("k", "'a", "t")] and len(hello) == 2
+    args = {"voice": "en-us+m3", "rate": 160, "pitch": 40, "range_": 60}
+    syn = eng.synth(f"[[{PHONEME_SEP.join(cat[0])}]]", **args, phonemes=True)
+    assert [p.name for p in syn.phones if not p.name.startswith("_")] == ["k", "'a", "t"]
+    eng.synth("Something else first.", **args)
+    assert np.array_equal(eng.synth("[[k|'a|t]]", **args, phonemes=True).audio, syn.audio)  # history-free
+    assert len(eng.synth("[[k|'a|t]]", **args).phones) > 6  # without the flag the brackets are text
+    with pytest.raises(ValueError, match="voice"):
+        eng.text_to_phonemes(["cat"], voice="no-such-voice")
 
 
 def test_shipped_text_has_no_blocked_words():

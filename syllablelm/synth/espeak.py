@@ -4,11 +4,14 @@
     syn = ESpeak().synth("The team is a unit.", voice="en-us+m3", rate=160, pitch=50, range_=50)
     syn.audio, syn.sample_rate, syn.words, syn.phones    # int16 (T,) at 22050 Hz; raw events
     align(syn, "The team is a unit.", rate=160).seconds()  # {"words", "syllables", "phones"} in seconds
+    ESpeak().synth("[[k|'a|t]]", voice="en-us", rate=160, phonemes=True)  # phoneme input, "|"-separated
+    ESpeak().text_to_phonemes(["cat", "dog"], voice="en-us")  # [[("k", "'a", "t")], [("d", "'0", "g")]]
 
 Timing comes from the event ``sample`` field (an exact sample index); ``audio_position`` is truncated to
 milliseconds and drifts, so it is never used. The library is process-global state (one voice, one callback),
 so :func:`ESpeak` returns one shared, lock-protected engine per process, and every synthesis starts from a
-freshly loaded library so that its samples do not depend on what was synthesised before.
+freshly loaded library so that its samples do not depend on what was synthesised before (so does every
+:meth:`~_Engine.text_to_phonemes` call).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import ctypes
 import dataclasses
 import re
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -29,8 +33,11 @@ INITIALIZE_PHONEME_EVENTS = 0x0001
 INITIALIZE_DONT_EXIT = 0x8000
 POS_CHARACTER = 1
 CHARS_UTF8 = 1
+ESPEAK_PHONEMES = 0x100  # espeak_Synth flag: text inside [[...]] is phoneme mnemonics
+PHONEME_SEP = "|"  # phoneme separator in TextToPhonemes output and in [[...]] input ("t|S" is not "tS")
 EVENT_LIST_TERMINATED, EVENT_WORD, EVENT_SENTENCE, EVENT_END, EVENT_PHONEME = 0, 1, 2, 5, 7
 RATE, PITCH, RANGE = 1, 3, 4  # espeak_PARAMETER
+Clauses = list[tuple[str, ...]]  # text_to_phonemes: one tuple of phoneme mnemonics per clause
 
 
 class _EventId(ctypes.Union):
@@ -110,6 +117,8 @@ class _Engine:
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
                                      ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
         # 1000 ms callback buffers: fewer Python callbacks than the 60 ms default; phoneme events must be asked for
         rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 1000, self._data,
                                      INITIALIZE_PHONEME_EVENTS | INITIALIZE_DONT_EXIT)
@@ -134,26 +143,52 @@ class _Engine:
             i += 1
         return 0  # 0 = continue synthesis
 
-    def synth(self, text: str, *, voice: str, rate: int, pitch: int = 50, range_: int = 50) -> Synthesis:
+    def _reload(self, voice: str) -> ctypes.CDLL:
+        """Reload the library (see :meth:`_load`) and select ``voice``; the caller holds :attr:`lock`."""
+        self._load()
+        if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise ValueError(f"eSpeak rejected voice {voice!r}")
+        return self._lib
+
+    def synth(self, text: str, *, voice: str, rate: int, pitch: int = 50, range_: int = 50,
+              phonemes: bool = False) -> Synthesis:
         """Synthesise ``text`` with ``voice`` (e.g. ``"en-us+m3"``), ``rate`` (words per minute), base ``pitch``
-        and pitch ``range_`` (0-100); deterministic (see :meth:`_load`). Raises ``ValueError`` for a voice or
-        parameter eSpeak rejects."""
+        and pitch ``range_`` (0-100); deterministic (see :meth:`_load`). With ``phonemes``, text inside
+        ``[[...]]`` is eSpeak phoneme mnemonics separated by :data:`PHONEME_SEP` (``"[[k|'a|t]]"``; the
+        espeakPHONEMES flag). Raises ``ValueError`` for a voice or parameter eSpeak rejects."""
         with self.lock:
-            self._load()
-            if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise ValueError(f"eSpeak rejected voice {voice!r}")
+            self._reload(voice)
             for key, value in ((RATE, rate), (PITCH, pitch), (RANGE, range_)):
                 if self._lib.espeak_SetParameter(key, int(value), 0) != 0:
                     raise ValueError(f"eSpeak rejected parameter {key}={value}")
             self._chunks, self._words, self._phones = [], [], []
             raw = text.encode("utf-8") + b"\0"
             buf = ctypes.create_string_buffer(raw)
-            status = self._lib.espeak_Synth(buf, len(raw), 0, POS_CHARACTER, 0, CHARS_UTF8, None, None)
+            flags = CHARS_UTF8 | (ESPEAK_PHONEMES if phonemes else 0)
+            status = self._lib.espeak_Synth(buf, len(raw), 0, POS_CHARACTER, 0, flags, None, None)
             if status != 0:
                 raise RuntimeError(f"espeak_Synth failed with status {status} for {text[:60]!r}")
             self._lib.espeak_Synchronize()
             audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
             return Synthesis(audio, self.sample_rate, self._words, self._phones)
+
+    def text_to_phonemes(self, texts: str | Sequence[str], *, voice: str) -> Clauses | list[Clauses]:
+        """eSpeak's phonemes of ``texts`` in ``voice``'s dictionary (``espeak_TextToPhonemes``): per text, one
+        tuple of phoneme mnemonics (stress marks kept) per clause eSpeak splits it into; for a single ``str``,
+        just that text's list of clauses. The output is split at :data:`PHONEME_SEP` only, so a space between
+        words stays inside a piece (``"such as"`` -> ``"tS _"``). One library reload per call (as :meth:`synth`)."""
+        single = isinstance(texts, str)
+        out = []
+        with self.lock:
+            lib = self._reload(voice)
+            for text in [texts] if single else texts:
+                raw = text.encode()  # kept alive while eSpeak advances the pointer through it
+                ptr, clauses = ctypes.c_char_p(raw), []
+                while ptr.value:
+                    chunk = lib.espeak_TextToPhonemes(ctypes.byref(ptr), CHARS_UTF8, ord(PHONEME_SEP) << 8)
+                    clauses.append(tuple(p for p in chunk.decode().split(PHONEME_SEP) if p))
+                out.append(clauses)
+        return out[0] if single else out
 
 
 _ENGINE: _Engine | None = None

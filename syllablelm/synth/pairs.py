@@ -30,7 +30,6 @@ import argparse
 import collections
 import contextlib
 import csv
-import ctypes
 import functools
 import io
 import itertools
@@ -55,59 +54,12 @@ HELDOUT_MALE = ("Michael", "Gene", "michel", "Hugo", "Jacky", "Mario")  # no ech
 HELDOUT_FEMALE = ("steph", "steph2")
 LANGUAGE = "en-us"  # the dictionary giving the real words' phonemes must be the voices' own
 EDGE_S = 0.2
-SEP = "|"  # phoneme separator in TextToPhonemes output and in [[...]] input ("t|S" is not "tS")
-ESPEAK_PHONEMES = 0x100  # espeak_Synth flag: text inside [[...]] is phoneme mnemonics
 SETS = ("lexical", "syntactic", "tsc")
 # slurs and vulgar words are never spoken, nor a sentence with one (a few shipped sentences have one)
 BLOCKED = frozenset("nigger negro spic jap whore coon shit piss bastard retard queer".split())
 COLUMNS = {"lexical": ("id", "filename", "voice", "frequency", "word", "phones", "length", "correct"),
            "syntactic": ("id", "filename", "voice", "type", "subtype", "correct", "transcription"),
            "tsc": ("id", "filename", "voice", "correct", "transcription")}
-
-
-# --- eSpeak phoneme I/O. ESpeak.synth has no switch for phoneme input and the engine has no text-to-phoneme call,
-# so these two take its lock and reload the library first, exactly as ESpeak.synth does (same determinism).
-@contextlib.contextmanager
-def _fresh_engine(voice: str):
-    """The shared engine, locked, freshly reloaded (as ``ESpeak.synth`` does: same determinism), on ``voice``."""
-    eng = E.ESpeak()
-    with eng.lock:
-        eng._load()  # the next synthesis reloads again, so nothing done here reaches other audio
-        if eng._lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise ValueError(f"eSpeak rejected voice {voice!r}")
-        yield eng
-
-
-def text_to_phonemes(words: Sequence[str], language: str = LANGUAGE) -> dict[str, tuple[str, ...] | None]:
-    """eSpeak's phonemes of each word (mnemonics, stress marks on vowels); None unless it is one plain word."""
-    out = {}
-    with _fresh_engine(language) as eng:
-        fn = eng._lib.espeak_TextToPhonemes
-        fn.restype, fn.argtypes = ctypes.c_char_p, [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
-        for word in words:
-            raw = word.encode()  # kept alive while eSpeak advances the pointer through it
-            ptr, chunks = ctypes.c_char_p(raw), []
-            while ptr.value:
-                chunks.append(fn(ctypes.byref(ptr), E.CHARS_UTF8, ord(SEP) << 8).decode())
-            phones = tuple(p for p in chunks[0].split(SEP) if p) if len(chunks) == 1 else ()
-            out[word] = phones if phones and all(re.fullmatch(r"[',]?[^\s_',|]+", p) for p in phones) else None
-    return out
-
-
-def synth_phonemes(phones: Sequence[str], spk: Speaker) -> E.Synthesis:
-    """eSpeak speaking a phoneme sequence (espeakPHONEMES input ``[[a|b|c]]``); mirrors ``ESpeak.synth``."""
-    with _fresh_engine(spk.voice) as eng:
-        for key, value in ((E.RATE, spk.rate), (E.PITCH, spk.pitch), (E.RANGE, spk.range_)):
-            eng._lib.espeak_SetParameter(key, int(value), 0)
-        eng._chunks, eng._words, eng._phones = [], [], []
-        raw = f"[[{SEP.join(phones)}]]".encode() + b"\0"
-        status = eng._lib.espeak_Synth(ctypes.create_string_buffer(raw), len(raw), 0, E.POS_CHARACTER, 0,
-                                       E.CHARS_UTF8 | ESPEAK_PHONEMES, None, None)
-        if status != 0:
-            raise RuntimeError(f"espeak_Synth failed with status {status} for {raw[:60]!r}")
-        eng._lib.espeak_Synchronize()
-        audio = np.concatenate(eng._chunks) if eng._chunks else np.zeros(0, np.int16)
-        return E.Synthesis(audio, eng.sample_rate, eng._words, eng._phones)
 
 
 @functools.cache
@@ -121,6 +73,13 @@ def _key(phones: Sequence[str]) -> tuple[str, ...]:
 
 
 # --- Lexicon and nonwords
+def text_to_phonemes(words: Sequence[str], language: str = LANGUAGE) -> dict[str, tuple[str, ...] | None]:
+    """eSpeak's phonemes of each word (mnemonics, stress marks on vowels); None unless it is one plain word."""
+    words = list(words)
+    return {w: c[0] if len(c) == 1 and c[0] and all(re.fullmatch(r"[',]?[^\s_',|]+", p) for p in c[0]) else None
+            for w, c in zip(words, E.ESpeak().text_to_phonemes(words, voice=language))}
+
+
 @functools.lru_cache(maxsize=1)
 def lexicon() -> dict[str, tuple[str, ...]]:
     """Phonemes of every lexicon word: the shipped sentences' words plus ``data/words.txt``."""
@@ -277,8 +236,10 @@ def stories(pool: Sequence[str], n: int, rng: np.random.Generator) -> list[tuple
 
 # --- Rendering and the command
 def _speak_phonemes(phones: Sequence[str], spk: Speaker) -> np.ndarray | None:
-    """16 kHz audio ``(T,)`` with edge silence, or None when eSpeak's phones are not the intended ones."""
-    syn = synth_phonemes(phones, spk)
+    """16 kHz audio ``(T,)`` with edge silence, or None when eSpeak's phones (from its phoneme input
+    ``[[a|b|c]]``) are not the intended ones."""
+    syn = E.ESpeak().synth(f"[[{E.PHONEME_SEP.join(phones)}]]", voice=spk.voice, rate=spk.rate, pitch=spk.pitch,
+                           range_=spk.range_, phonemes=True)
     if _key([p.name for p in syn.phones if not p.name.startswith("_")]) != _key(phones):
         return None
     wave = resample_to_16k(torch.from_numpy(syn.audio.astype(np.float32) / 32768.0), syn.sample_rate).numpy()
@@ -326,11 +287,9 @@ def _lexical(rng, n: int, voices, oov_fraction: float, counts) -> Iterator[tuple
             if all(w is not None for w in waves):
                 break
         made.add(fake)
-        base = {"id": k + 1, "voice": spk.name}
-        yield (({**base, "frequency": counts[word], "word": word, "phones": " ".join(lex[word]),
-                 "length": len(lex[word])}, waves[0]),
-               ({**base, "frequency": "", "word": "".join(fake), "phones": " ".join(fake), "length": len(fake)},
-                waves[1]))
+        items = ((counts[word], word, lex[word], waves[0]), ("", "".join(fake), fake, waves[1]))
+        yield tuple(({"id": k + 1, "voice": spk.name, "frequency": freq, "word": w, "phones": " ".join(ph),
+                      "length": len(ph)}, wave) for freq, w, ph, wave in items)
 
 
 def _syntactic(rng, n: int, voices) -> Iterator[tuple]:
