@@ -1,0 +1,150 @@
+"""Stage 4: the SpeechLM, a GPT over syllable units (:mod:`syllablelm.nn.gpt`), trained on a unit store.
+
+    syllablelm units --checkpoint runs/tiny/tokenizer.ckpt --data data/synth/train --out runs/tiny/units
+    syllablelm fit --config experiments/configs/tiny/speechlm.yaml
+    syllablelm validate --config experiments/configs/tiny/speechlm.yaml \
+        --ckpt_path runs/tiny/speechlm/checkpoints/last.ckpt
+
+    lm = SpeechLMModule.load_from_checkpoint("last.ckpt")   # self-contained: the network config is in hparams
+    logprob, ntok = lm.log_likelihood([units_a, units_b])
+    sample = lm.generate(torch.tensor([[lm.bos]]), 200, temperature=0.8, top_k=50)
+
+Paper settings (REFERENCE.md): Adam (0.9, 0.98), eps 1e-6, weight decay 0.01, lr 2e-4; 16k warm-up, 84k hold,
+300k decay to 0.1x (400k updates); bf16 (``Trainer(precision="bf16-mixed")``, no autocast here).
+"""
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torchmetrics import SumMetric
+
+from syllablelm.nn.gpt import GPT, GPTConfig
+
+
+def warmup_hold_decay(warmup: int, hold: int, decay: int, final: float):
+    """LR multiplier in three stages (fairseq's ``tri_stage`` scheduler, whose stage names the paper's numbers
+    follow): linear 0 -> 1 over ``warmup`` steps, 1 for ``hold`` steps, then geometric decay to ``final`` over
+    ``decay`` steps, and ``final`` after that.
+
+    >>> f = warmup_hold_decay(10, 5, 20, 0.1)
+    >>> f(4), f(12), round(f(25), 4), f(35), f(99)
+    (0.5, 1.0, 0.3162, 0.1, 0.1)
+    """
+    if not 0.0 < final <= 1.0:
+        raise ValueError(f"final must be in (0, 1], got {final}")
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if step < warmup + hold:
+            return 1.0
+        # geometric, like tri_stage: halfway through the decay the multiplier is sqrt(final)
+        return final ** (min(step - warmup - hold, decay) / max(1, decay))
+    return f
+
+
+class SpeechLMModule(pl.LightningModule):
+    """Unit language model.
+
+    Args:
+        network: the decoder (:class:`GPTConfig`; presets ``tiny``/``base``/``large`` in code).
+            ``network.vocab_size`` must equal the unit store's (checked at setup against the DataModule).
+        optimizer: e.g. ``torch.optim.AdamW`` with the paper's arguments (fairseq's "adam" decays weights
+            decoupled, i.e. AdamW); weight decay applies to every parameter, as in fairseq.
+        warmup, hold, decay, final_lr_scale: the LR schedule in optimizer steps (:func:`warmup_hold_decay`).
+    """
+
+    def __init__(
+        self,
+        *,
+        network: GPTConfig | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        warmup: int = 16_000,
+        hold: int = 84_000,
+        decay: int = 300_000,
+        final_lr_scale: float = 0.1,
+    ):
+        super().__init__()
+        net = GPTConfig(**network) if isinstance(network, dict) else (network or GPTConfig.tiny())
+        self.net = GPT(net)
+        self.optimizer = optimizer
+        # plain types only, so the checkpoint loads with torch's weights_only=True and rebuilds the network;
+        # `_class_path` lets LightningCLI (--ckpt_path) re-apply these to the config, as its own hook would
+        self.save_hyperparameters({"_class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+                                   "network": net.to_dict(), "warmup": warmup, "hold": hold, "decay": decay,
+                                   "final_lr_scale": final_lr_scale})
+        # exact corpus perplexity: sums of token NLL and token counts, summed over ranks, divided once.
+        # float64: a float32 sum of ~1e8 token losses would lose the digits perplexities are compared on
+        self.val_nll = SumMetric().set_dtype(torch.float64)
+        self.val_tokens = SumMetric().set_dtype(torch.float64)
+
+    @property
+    def config(self) -> GPTConfig:
+        return self.net.config
+
+    @property
+    def bos(self) -> int:
+        return self.net.bos
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        vocab = getattr(dm, "vocab_size", None)
+        if vocab is not None and vocab != self.config.vocab_size:
+            raise ValueError(f"the unit store has vocab_size {vocab} but model.network.vocab_size is "
+                             f"{self.config.vocab_size}: set network.vocab_size to {vocab} in the config "
+                             "(the BOS/EOS id is vocab_size, so the two must agree exactly)")
+        context = getattr(dm, "context_length", None)
+        if context is not None and context > self.config.block_size:
+            raise ValueError(f"data.context_length {context} exceeds network.block_size {self.config.block_size}")
+
+    # ---- inference ----------------------------------------------------------------------------------------
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V + 1) of ids (B, T)."""
+        return self.net(idx)[0]
+
+    def log_likelihood(self, sequences, batch_size: int = 32, score_eos: bool = True):
+        """Per-sequence ``(summed log-prob, scored tokens)``; BOS prepended, EOS scored (:meth:`GPT.log_likelihood`)."""
+        return self.net.log_likelihood(sequences, batch_size=batch_size, score_eos=score_eos)
+
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+        """Continue ``prompt`` (start it with ``self.bos``); kwargs as :meth:`GPT.generate`."""
+        return self.net.generate(prompt, max_new_tokens, **kwargs)
+
+    # ---- training -----------------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        """Mean cross-entropy over this rank's target tokens (padding = -100 excluded). DDP averages gradients
+        over ranks, so the global loss is the mean of per-rank token means; with packed windows every rank
+        holds the same number of tokens per step (bar a padded last window), so that equals the token mean of
+        the global batch."""
+        _, loss = self.net(batch["input"], batch["target"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        logits, _ = self.net(batch["input"])
+        target = batch["target"]
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=-100, reduction="sum")
+        self.val_nll.update(nll.double())
+        self.val_tokens.update((target != -100).sum().double())
+
+    def on_validation_epoch_end(self) -> None:
+        # compute() sums the states over ranks (every rank calls it, whatever its batch count), then one ratio
+        tokens = self.val_tokens.compute()
+        if tokens > 0:
+            loss = self.val_nll.compute() / tokens
+            self.log("val/loss", loss.float(), prog_bar=True, sync_dist=False)  # identical on every rank
+            self.log("val/perplexity", torch.exp(loss).float(), sync_dist=False)
+            self.log("val/bits_per_token", (loss / math.log(2)).float(), sync_dist=False)
+        self.val_nll.reset()
+        self.val_tokens.reset()
+
+    def configure_optimizers(self):
+        opt = self.optimizer(self.parameters())
+        hp = self.hparams
+        schedule = warmup_hold_decay(hp.warmup, hp.hold, hp.decay, hp.final_lr_scale)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

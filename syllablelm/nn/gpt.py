@@ -1,0 +1,282 @@
+"""The SpeechLM decoder (SyllableLM stage 4): a GPT over unit ids, framework-free (torch only).
+
+    model = GPT(GPTConfig.base(vocab_size=8192))
+    logits, loss = model(idx, targets)                          # (B, T, V + 1), token-mean CE over targets != -100
+    logprob, ntok = model.log_likelihood([units_a, units_b])     # per sequence: BOS u1..un -> u1..un EOS
+    out = model.generate(torch.tensor([[model.bos]]), 100, temperature=0.8, top_k=50)
+
+Architecture (REFERENCE.md, Stage 4): pre-LayerNorm blocks, causal attention with qkv projections **without**
+bias, GELU MLP x4, dropout 0.1, learned absolute positions (3000 slots), input and output embeddings tied and
+**no final LayerNorm** (the last block's residual stream goes straight to the tied output projection, as in
+fairseq's ``transformer_lm``). BOS and EOS share one id, ``vocab_size``: units are ``0 .. vocab_size - 1`` and
+the embedding table has ``vocab_size + 1`` rows. One such token therefore both ends an utterance and starts
+the next, so a packed stream reads ``S u1 .. un S v1 .. vm S``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class GPTConfig:
+    """Everything needed to rebuild the decoder (plain fields: YAML and ``save_hyperparameters`` friendly)."""
+
+    vocab_size: int = 8192  # units; the table has one more row: BOS = EOS = vocab_size
+    block_size: int = 3000  # learned position slots = the longest sequence (BOS included) the model can see
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.1  # embeddings, attention weights, residual branches
+    bias: bool = False  # qkv projections only; the output projection, MLP and LayerNorms keep their biases
+
+    @classmethod
+    def tiny(cls, **overrides) -> GPTConfig:
+        """Trains on a laptop CPU in minutes (about 0.9M parameters at vocab 128)."""
+        kw = {"vocab_size": 128, "block_size": 512, "n_layer": 4, "n_head": 4, "n_embd": 128}
+        return cls(**{**kw, **overrides})
+
+    @classmethod
+    def base(cls, **overrides) -> GPTConfig:
+        """SyllableLM-90M: 12 layers, 12 heads, width 768 (93.6M parameters at vocab 8192, see
+        :meth:`GPT.num_parameters`)."""
+        return cls(**overrides)
+
+    @classmethod
+    def large(cls, **overrides) -> GPTConfig:
+        """The paper's ~300M model. Its shape is not in the released code: this is an OPT-350M-like 24 layers,
+        16 heads, width 1024 (313.7M parameters at vocab 8192), this project's choice."""
+        return cls(**{"n_layer": 24, "n_head": 16, "n_embd": 1024, **overrides})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _inference(method):
+    """No gradients and no dropout (the module's train/eval mode is restored afterwards): scores and samples
+    taken in the middle of training must not depend on dropout."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                return method(self, *args, **kwargs)
+        finally:
+            self.train(was_training)
+    return wrapper
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated to ``max_len`` positions and written in place (``torch.cat``
+    per step would copy the whole cache for every new token). ``length`` = positions already filled; the next
+    forward's tokens take positions ``length, length + 1, ...``."""
+
+    def __init__(self, config: GPTConfig, batch: int, max_len: int, device, dtype):
+        shape = (config.n_layer, batch, config.n_head, max_len, config.n_embd // config.n_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, H, max_len, hd)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``k, v`` (B, H, T, hd) after the filled positions; return all keys/values so far."""
+        end = self.length + k.shape[2]
+        if end > self.k.shape[3]:
+            raise ValueError(f"KV cache holds {self.k.shape[3]} positions, {end} needed")
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, H, end, hd)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if config.n_embd % config.n_head:
+            raise ValueError(f"n_embd {config.n_embd} is not a multiple of n_head {config.n_head}")
+        self.n_head, self.dropout = config.n_head, config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        past = 0 if cache is None else cache.length
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, H, past + T, hd)
+        dropout = self.dropout if self.training else 0.0
+        if past == 0:  # plain causal: SDPA's fused kernels handle the mask themselves
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        elif T == 1:  # one new token sees every cached position: no mask at all
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        else:  # several new tokens after a cache: is_causal would align the mask top-left, so build it shifted
+            mask = torch.arange(past + T, device=x.device)[None] <= past + torch.arange(T, device=x.device)[:, None]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, H, T, hd)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LN: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1, self.attn = nn.LayerNorm(config.n_embd), CausalSelfAttention(config)
+        self.ln_2, self.mlp = nn.LayerNorm(config.n_embd), MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.bos = self.eos = config.vocab_size  # one id for both
+        self.transformer = nn.ModuleDict({
+            "wte": nn.Embedding(config.vocab_size + 1, config.n_embd),
+            "wpe": nn.Embedding(config.block_size, config.n_embd),
+            "drop": nn.Dropout(config.dropout),
+            "h": nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+        })  # no ln_f: REFERENCE.md, the residual stream is projected as it is
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size + 1, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied: one Parameter object
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Every parameter once (the tied table counts once, position embeddings included); ``non_embedding``
+        leaves out the token and position tables."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``idx`` (B, T) ids -> ``(logits (B, T, V + 1), loss)``; ``loss`` is the token-mean cross-entropy over
+        ``targets != -100`` (None without targets). With ``cache`` the tokens continue after its filled
+        positions, and the cache grows by T."""
+        T = idx.shape[1]
+        past = 0 if cache is None else cache.length
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of {past + T} positions, the model has {self.config.block_size}")
+        pos = torch.arange(past, past + T, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.length += T
+        logits = self.lm_head(x)  # (B, T, V + 1)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return logits, loss
+
+    @_inference
+    def log_likelihood(self, sequences: Sequence[torch.Tensor], batch_size: int = 32, score_eos: bool = True
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probability (nats) and scored-token count of each unit sequence: ``(logprob (N,) float64,
+        tokens (N,) int64)``.
+
+        Each sequence is read as in training, ``BOS u1 .. un``, and scores ``u1 .. un`` and then ``EOS``
+        (``n + 1`` tokens): with the EOS the score is the probability of the *whole* utterance, not of every
+        continuation that starts with it. ``score_eos=False`` scores ``u1 .. un`` only. Sequences are batched
+        longest first and right-padded; causal attention keeps padding out of the real positions.
+        """
+        lengths = [len(s) for s in sequences]
+        if max(lengths, default=0) + 1 > self.config.block_size:
+            raise ValueError(f"a sequence of {max(lengths)} units needs {max(lengths) + 1} positions, the model "
+                             f"has {self.config.block_size}")
+        device = self.lm_head.weight.device
+        logprob = torch.zeros(len(sequences), dtype=torch.float64)
+        tokens = torch.tensor([n + int(score_eos) for n in lengths], dtype=torch.int64)
+        order = sorted(range(len(sequences)), key=lambda i: -lengths[i])
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            T = lengths[rows[0]] + 1
+            idx = torch.full((len(rows), T), self.bos, dtype=torch.long, device=device)
+            tgt = torch.full((len(rows), T), -100, dtype=torch.long, device=device)
+            for b, i in enumerate(rows):
+                u = torch.as_tensor(sequences[i], dtype=torch.long, device=device)
+                idx[b, 1:len(u) + 1] = u
+                tgt[b, :len(u)] = u
+                if score_eos:
+                    tgt[b, len(u)] = self.eos
+            logits, _ = self(idx)  # (b, T, V + 1)
+            nll = F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), ignore_index=-100, reduction="none")
+            logprob[rows] = -nll.view(len(rows), T).sum(1).double().cpu()  # ignored positions add 0
+        return logprob, tokens
+
+    @_inference
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 use_cache: bool = True, generator: torch.Generator | None = None, stop_at_eos: bool = False
+                 ) -> torch.Tensor:
+        """Continue ``prompt`` (T,) or (B, T) ids by ``max_new_tokens``: returns (B, T + new) (prompt included).
+
+        The prompt is used as given: start it with ``self.bos`` to match training (an unconditional sample is
+        ``prompt=[[bos]]``). ``temperature=0`` is greedy; otherwise sampling from the softmax at ``temperature``,
+        restricted to the ``top_k`` most likely ids when given, drawing from ``generator``. With ``use_cache`` the
+        prompt runs once and every later step runs one token against the KV cache (same logits as a full
+        forward, up to float rounding). ``stop_at_eos``: finished rows are filled with EOS and the loop ends
+        when every row has produced one.
+        """
+        idx = prompt[None] if prompt.dim() == 1 else prompt
+        idx = idx.to(self.lm_head.weight.device, torch.long)
+        B, T = idx.shape
+        if T + max_new_tokens > self.config.block_size:
+            raise ValueError(f"{T} + {max_new_tokens} tokens exceed the model's {self.config.block_size} positions")
+        dtype = self.lm_head.weight.dtype
+        cache = KVCache(self.config, B, T + max_new_tokens, idx.device, dtype) if use_cache else None
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        step_input = idx
+        for _ in range(max_new_tokens):
+            logits, _ = self(step_input if use_cache else idx, cache=cache)
+            logits = logits[:, -1].float()  # (B, V + 1)
+            if temperature == 0:
+                nxt = logits.argmax(-1, keepdim=True)  # (B, 1)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, -float("inf"))
+                nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)  # (B, 1)
+            if stop_at_eos:
+                nxt = nxt.masked_fill(done[:, None], self.eos)
+                done |= nxt[:, 0] == self.eos
+            idx = torch.cat([idx, nxt], 1)
+            step_input = nxt
+            if stop_at_eos and bool(done.all()):
+                break
+        return idx
