@@ -48,12 +48,14 @@ def evaluate_tokenizer(tok, test, dev, *, batch_size: int = 8) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="syllablelm evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="a tokenizer checkpoint (syllablelm quantize)")
-    p.add_argument("--data", nargs="+", required=True, help="evaluation folders (e.g. test)")
-    p.add_argument("--tune-data", nargs="+", required=True, help="folders the shifts are tuned on (dev)")
-    p.add_argument("--alignments", required=True, help="alignment JSON folder (syllables tier)")
+    p.add_argument("--data", nargs="+", help="evaluation folders with alignments (e.g. test)")
+    p.add_argument("--tune-data", nargs="+", help="folders the shifts are tuned on (dev)")
+    p.add_argument("--alignments", help="alignment JSON folder (syllables tier)")
     p.add_argument("--baselines", action="store_true", help="also score the feature-free baselines")
     p.add_argument("--lm", help="a SpeechLM checkpoint: score --pairs with it")
     p.add_argument("--pairs", help="a folder in the ZeroSpeech 2021 layout (lexical/, syntactic/, tsc/)")
+    p.add_argument("--split", default="dev", help="the pair sets' split folder")
+    p.add_argument("--no-dedup", action="store_true", help="score undeduplicated units (frame-unit baselines)")
     p.add_argument("--limit", type=int)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="write the report as JSON here")
@@ -61,16 +63,23 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from syllablelm.tokenizer import Tokenizer
 
+    if bool(args.data) != bool(args.alignments) or bool(args.data) != bool(args.tune_data):
+        p.error("--data, --tune-data and --alignments go together")
+    if not args.data and not (args.lm and args.pairs):
+        p.error("nothing to evaluate: give --data/--tune-data/--alignments and/or --lm with --pairs")
     tok = Tokenizer.from_checkpoint(args.checkpoint, device=args.device)
-    test = _with_labels(args.data, args.alignments, args.limit, args.manifest_cache)
-    dev = _with_labels(args.tune_data, args.alignments, args.limit, args.manifest_cache)
-    report = {"tokenizer": evaluate_tokenizer(tok, test, dev)}
-    if args.baselines:
-        report["baselines"] = run_baselines(test[:2], dev[:2], rate_hz=report["tokenizer"]["segments_hz"])
+    report = {}
+    if args.data:
+        test = _with_labels(args.data, args.alignments, args.limit, args.manifest_cache)
+        dev = _with_labels(args.tune_data, args.alignments, args.limit, args.manifest_cache)
+        report["tokenizer"] = evaluate_tokenizer(tok, test, dev)
+        if args.baselines:
+            report["baselines"] = run_baselines(test[:2], dev[:2], rate_hz=report["tokenizer"]["segments_hz"])
     if args.lm and args.pairs:
         from experiments.lm_pairs import score_pairs
 
-        report["lm_pairs"] = score_pairs(args.lm, tok, args.pairs, device=args.device)
+        report["lm_pairs"] = score_pairs(args.lm, tok, args.pairs, device=args.device, split=args.split,
+                                         deduplicate=not args.no_dedup)
     _print(report)
     if args.out:
         write_json(args.out, report, indent=1)
@@ -87,6 +96,12 @@ def _with_labels(folders, alignments, limit, cache):
 
 
 def _print(report: dict) -> None:
+    if "lm_pairs" in report:
+        for name, res in report["lm_pairs"].items():
+            print(f"LM {name:<10} {res['num_pairs']} pairs: summed {100 * res['summed']['all']['accuracy']:.1f} %, "
+                  f"length-normalised {100 * res['normalised']['all']['accuracy']:.1f} % (chance 50 %)")
+    if "tokenizer" not in report:
+        return
     t = report["tokenizer"]
     for protocol in ("syllablelm", "sdhubert"):
         s, u = t["boundaries"][protocol], t["boundaries"][f"{protocol}_tuned"]
@@ -100,5 +115,3 @@ def _print(report: dict) -> None:
     for name, res in report.get("baselines", {}).items():
         u = res["syllablelm_tuned"]
         print(f"baseline {name:<20} F1 {100 * u['f1']:5.1f} R-value {100 * u['r_value']:5.1f} ({res['rate_hz']:.2f} Hz)")
-    if "lm_pairs" in report:
-        print("LM pairs:", {k: v for k, v in report["lm_pairs"].items() if not isinstance(v, dict)})
