@@ -121,3 +121,28 @@ def test_frame_unit_baseline_at_25hz(synth_corpus, tmp_path):
     seconds = len(read_audio(path)) / 16000
     assert tok.vocab_size == 16 and abs(len(units) / seconds - 25.0) < 1.0
     assert np.allclose(segments[:-1, 1] - segments[:-1, 0], 0.04)
+
+
+def test_pair_scoring_with_a_tiny_lm(tokenizer_ckpt, tmp_path):
+    from experiments.lm_pairs import score_pairs
+    from lightning_modules.speechlm import SpeechLMModule
+    from syllablelm.nn.gpt import GPTConfig
+    from syllablelm.synth.pairs import main as make_pairs
+
+    assert make_pairs(["--out", str(tmp_path / "pairs"), "--num-pairs", "4", "--seed", "1",
+                       "--sets", "lexical,syntactic"]) == 0
+    torch.manual_seed(0)
+    lm = SpeechLMModule(network=GPTConfig.tiny(vocab_size=12, block_size=256))
+    torch.save({"state_dict": lm.state_dict(), "hyper_parameters": dict(lm.hparams),
+                "pytorch-lightning_version": lightning.__version__}, tmp_path / "lm.ckpt")
+    result = score_pairs(str(tmp_path / "lm.ckpt"), Tokenizer.from_checkpoint(tokenizer_ckpt), str(tmp_path / "pairs"))
+    assert set(result) == {"lexical", "syntactic"}
+    for name, res in result.items():
+        assert res["num_pairs"] == 4
+        for mode in ("summed", "normalised"):
+            assert 0.0 <= res[mode]["all"]["accuracy"] <= 1.0 and res[mode]["chance"] == 0.5
+    wrong = SpeechLMModule(network=GPTConfig.tiny(vocab_size=13, block_size=256))
+    torch.save({"state_dict": wrong.state_dict(), "hyper_parameters": dict(wrong.hparams),
+                "pytorch-lightning_version": lightning.__version__}, tmp_path / "wrong.ckpt")
+    with pytest.raises(ValueError, match="vocabulary"):
+        score_pairs(str(tmp_path / "wrong.ckpt"), Tokenizer.from_checkpoint(tokenizer_ckpt), str(tmp_path / "pairs"))
