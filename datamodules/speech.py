@@ -26,6 +26,7 @@ from syllablelm.audio import SAMPLE_RATE, chunk_at_pauses, pause_chunks, read_au
 from syllablelm.fileio import shard_range
 
 from .boundary_store import BoundaryStore
+from .distributed import rank_world, resolve_version
 from .label_store import LabelStore
 from .dataset import CropMode, Item, SpeechDataset
 from .manifest import Entry, Manifest, Verify, build_manifest, librilight_voice_activity
@@ -98,20 +99,7 @@ class SpeechDataModule(pl.LightningDataModule):
 
     # ---- rank helpers ---------------------------------------------------------------------------------
     def _rank_world(self) -> tuple[int, int]:
-        if self.trainer is not None:
-            return self.trainer.global_rank, self.trainer.world_size
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-
-    def _broadcast(self, obj):
-        if self.trainer is not None:
-            return self.trainer.strategy.broadcast(obj, src=0)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            box = [obj]
-            torch.distributed.broadcast_object_list(box, src=0)
-            return box[0]
-        return obj
+        return rank_world(self.trainer)
 
     # ---- setup ----------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -133,15 +121,7 @@ class SpeechDataModule(pl.LightningDataModule):
             self.labels = store.load(self.label_version, num_samples)
 
     def _resolve(self, store, version) -> int:
-        """A version number; ``"latest"`` is resolved on rank 0 and broadcast, so every rank reads the same
-        version even when their views of a shared filesystem lag."""
-        if version != "latest":
-            return int(version)
-        latest = store.latest_version() if self._rank_world()[0] == 0 else None
-        latest = self._broadcast(latest)
-        if latest is None:
-            raise FileNotFoundError(f"{store.root}: no complete {store.kind} version to read")
-        return int(latest)
+        return resolve_version(store, version, self.trainer)
 
     def _maybe_manifest(self, split: str) -> None:
         if self.dirs[split] or (split == "predict" and self.dirs["train"]):

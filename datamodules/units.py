@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from syllablelm.fileio import shard_range
 
 from .samplers import EvalBatchSampler, TrainBatchSampler
+from .distributed import rank_world, resolve_version
 from .unit_store import UnitStore
 
 log = logging.getLogger(__name__)
@@ -140,22 +141,10 @@ class UnitsDataModule(pl.LightningDataModule):
 
     # ---- ranks and versions (as datamodules/speech.py) ----------------------------------------------------
     def _rank_world(self) -> tuple[int, int]:
-        if self.trainer is not None:
-            return self.trainer.global_rank, self.trainer.world_size
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
+        return rank_world(self.trainer)
 
     def _resolve(self, store: UnitStore, version) -> int:
-        """``"latest"`` is resolved on rank 0 and broadcast, so every rank reads the same version."""
-        if version != "latest":
-            return int(version)
-        latest = store.latest_version() if self._rank_world()[0] == 0 else None
-        if self.trainer is not None:
-            latest = self.trainer.strategy.broadcast(latest, src=0)
-        if latest is None:
-            raise FileNotFoundError(f"{store.root}: no complete unit version to read")
-        return int(latest)
+        return resolve_version(store, version, self.trainer)
 
     @property
     def vocab_size(self) -> int:

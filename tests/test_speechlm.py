@@ -264,15 +264,17 @@ def test_vocab_mismatch_is_a_clear_error(tmp_path):
 
 
 def test_cli_fast_dev_run_with_the_tiny_config(tmp_path):
-    from experiments.cli import main
+    from experiments.cli import lightning_cli
 
     write_store(tmp_path / "units", [6, 9, 4, 7, 5, 8, 3, 6, 5, 7])
     cfg = yaml.safe_load((REPO / "experiments/configs/tiny/speechlm.yaml").read_text())
     cfg["model"]["init_args"]["network"]["vocab_size"] = V
     text = yaml.safe_dump(cfg).replace("runs/tiny", str(tmp_path))
     (tmp_path / "lm.yaml").write_text(text)
-    main(["fit", "--config", str(tmp_path / "lm.yaml"), "--trainer.fast_dev_run", "true",
-          "--data.init_args.num_workers", "0"])
+    cli = lightning_cli(["fit", "--config", str(tmp_path / "lm.yaml"), "--trainer.fast_dev_run", "true",
+                         "--data.init_args.num_workers", "0"])
+    assert cli.trainer.state.finished and cli.trainer.global_step == 1
+    assert type(cli.model).__name__ == "SpeechLMModule" and cli.model.hparams.network["vocab_size"] == V
 
 
 def test_paper_configs():
