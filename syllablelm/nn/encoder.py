@@ -76,16 +76,28 @@ class SpeechEncoder(nn.Module):
 
     def forward(self, waves: torch.Tensor, attention_mask: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:  # (B, S) -> (B, T, H), (B, T) bool
+        """Features of ``hidden_states[layer]`` and the frame mask. Padding never changes a feature: a CNN with
+        GroupNorm over time (HuBERT/wav2vec 2.0/WavLM Base) normalises over the padding, and stacked positional
+        convolutions (data2vec-audio) carry it into real frames, so a padded batch runs one utterance at a time
+        (an unpadded one — equal crops — runs batched). Training then sees exactly the features that
+        per-utterance boundary extraction sees."""
         if self.normalize_waveform:
             waves = normalize_waves(waves, attention_mask)
-        out = self.model(waves, attention_mask=attention_mask, output_hidden_states=True)
-        hidden = out.hidden_states[self.layer]
+        lengths = None if attention_mask is None else attention_mask.sum(-1)
+        if lengths is not None and bool((lengths < waves.shape[1]).any()):
+            parts = [self._hidden(waves[b:b + 1, : int(n)], None)[0] for b, n in enumerate(lengths)]
+            hidden = torch.nn.utils.rnn.pad_sequence(parts, batch_first=True)  # (B, T, H)
+        else:
+            hidden = self._hidden(waves, attention_mask)
         T = hidden.shape[1]
         if attention_mask is None:
             frame_mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
         else:
             frame_mask = self.model._get_feature_vector_attention_mask(T, attention_mask).bool()
         return hidden, frame_mask
+
+    def _hidden(self, waves: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.model(waves, attention_mask=attention_mask, output_hidden_states=True).hidden_states[self.layer]
 
 
 def _plain(obj):
