@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quantize": ("experiments.units:quantize", "fit k-means + Ward on SylBoost features -> tokenizer checkpoint"),
     "units": ("experiments.units:units", "write unit shards (segments + unit ids) for a dataset"),
     "tokenize": ("experiments.units:tokenize", "tokenize an audio file or folder into JSON lines of units"),
+    "demo": ("experiments.demo:main", "the whole pipeline on a synthetic corpus -> DIR/report.json + report.md"),
     "evaluate": ("experiments.evaluate:main", "boundary / clustering / bitrate (and LM pair) scores of a tokenizer"),
 }
 

@@ -1,0 +1,165 @@
+"""``syllablelm demo --workdir DIR``: the whole pipeline on a corpus it synthesises, on a laptop CPU.
+
+    syllablelm demo --workdir runs/demo            # ~10 minutes on 2 cores
+    syllablelm demo --workdir runs/demo_tiny --tiny  # a few minutes: what CI runs
+
+synth -> labels -> teacher (the shipped tiny teacher, or ``--from-scratch``) -> LossPred -> SylBoost (2 iterations)
+-> quantize -> units -> SpeechLM -> evaluation (boundaries of every stage and the baselines on the held-out test
+split with the shift tuned on dev, clustering, bitrates, LM pair accuracy) -> ``DIR/report.json`` and
+``DIR/report.md`` with figures. Every stage runs as its own ``syllablelm`` process (its wall time and peak memory
+are measured) and is skipped when its output already exists, so an interrupted demo resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from syllablelm.fileio import write_json
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "experiments" / "configs" / "tiny"
+SHIPPED = REPO / "experiments" / "pretrained"  # the tiny teacher this project trained (see its README)
+
+
+@dataclass(frozen=True)
+class Size:
+    utterances: int
+    speakers: int
+    teacher_epochs: int  # --from-scratch only
+    sylboost_epochs: int  # per iteration
+    kmeans: int
+    units: int
+    lm_steps: int
+    pairs: int
+
+
+FULL = Size(utterances=200, speakers=12, teacher_epochs=30, sylboost_epochs=2, kmeans=256, units=64, lm_steps=300,
+            pairs=40)
+TINY = Size(utterances=24, speakers=6, teacher_epochs=2, sylboost_epochs=1, kmeans=32, units=16, lm_steps=20,
+            pairs=6)
+
+
+class Runner:
+    """Runs each stage as a ``syllablelm`` subprocess and records its wall time and peak memory."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.timings: dict[str, dict] = {}
+        self.env = dict(os.environ, HF_HUB_OFFLINE="1", SYLLABLELM_CACHE=str(workdir / "cache"),
+                        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+
+    def run(self, name: str, args: list[str], done: Path | None = None) -> None:
+        if done is not None and done.exists():
+            log.info("%s: already done (%s)", name, done)
+            self.timings.setdefault(name, {"skipped": True})
+            return
+        log.info("%s: syllablelm %s", name, " ".join(args))
+        logfile = self.workdir / "logs" / f"{name}.log"
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        with open(logfile, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=self.workdir,
+                                    env=self.env, stdout=out, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            tail = logfile.read_text()[-3000:]
+            raise RuntimeError(f"stage {name} failed (log: {logfile}):\n{tail}")
+        self.timings[name] = {"seconds": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def write_config(src: str, dst: Path, workdir: Path, edit) -> Path:
+    """A tiny config with the workdir's paths, edited by ``edit(cfg)``."""
+    text = (CONFIGS / src).read_text().replace("data/synth", str(workdir / "data/synth")).replace(
+        "runs/tiny", str(workdir / "runs"))
+    cfg = yaml.safe_load(text)
+    edit(cfg)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="syllablelm demo", description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", required=True, type=Path)
+    p.add_argument("--tiny", action="store_true", help="a few minutes: a minimal corpus and schedule (CI)")
+    p.add_argument("--from-scratch", action="store_true", help="train the teacher here instead of the shipped one")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    wd = args.workdir.resolve()
+    wd.mkdir(parents=True, exist_ok=True)
+    size = TINY if args.tiny else FULL
+    run = Runner(wd)
+    t0 = time.perf_counter()
+    data, runs = wd / "data" / "synth", wd / "runs"
+    splits = [str(data / s) for s in ("train", "dev", "test")]
+    cache = ["--manifest-cache", str(wd / "cache")]
+
+    run.run("synth", ["synth", "--out", str(data), "--num-utterances", str(size.utterances), "--speakers",
+                      str(size.speakers), "--seed", str(args.seed), "--no-progress"], done=data / "synth.json")
+    teacher_ckpt = runs / "teacher" / "checkpoints" / "last.ckpt"
+    shipped = not args.from_scratch and (SHIPPED / "teacher.ckpt").exists()
+    labels = ["labels", "--data", *splits, "--out", str(runs / "labels"), *cache]
+    labels += ["--kmeans", str(SHIPPED / "kmeans.npy")] if shipped else ["--num-clusters", "100", "--fit-hours", "0.3"]
+    run.run("labels", labels, done=runs / "labels" / "iter_0" / "manifest.json")
+    teacher_cfg = write_config("teacher.yaml", wd / "configs" / "teacher.yaml", wd, lambda c: (
+        c["trainer"].update(max_epochs=size.teacher_epochs, enable_progress_bar=False),
+        c["data"]["init_args"].update(test_dirs=[splits[2]], predict_dirs=splits, manifest_cache=str(wd / "cache"))))
+    if shipped:
+        teacher_ckpt.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SHIPPED / "teacher.ckpt", teacher_ckpt)
+    else:
+        run.run("teacher", ["fit", "--config", str(teacher_cfg)], done=teacher_ckpt)
+    run.run("losspred", ["predict", "--config", str(teacher_cfg), "--ckpt_path", str(teacher_ckpt)],
+            done=runs / "boundaries" / "iter_0" / "manifest.json")
+    sylboost_cfg = write_config("sylboost.yaml", wd / "configs" / "sylboost.yaml", wd, lambda c: (
+        c["trainer"].update(max_epochs=2 * size.sylboost_epochs, enable_progress_bar=False),
+        c["model"]["init_args"].update(epochs_per_iteration=size.sylboost_epochs),
+        c["data"]["init_args"].update(manifest_cache=str(wd / "cache")),
+        _regenerate_test_too(c)))
+    run.run("sylboost", ["fit", "--config", str(sylboost_cfg)], done=runs / "boundaries" / "iter_2" / "manifest.json")
+    tokenizer = runs / "tokenizer.ckpt"
+    run.run("quantize", ["quantize", "--checkpoint", str(runs / "sylboost" / "checkpoints" / "last.ckpt"), "--data",
+                         splits[0], "--k", str(size.kmeans), "--k-merged", str(size.units), "--hours", "1",
+                         "--out", str(tokenizer), *cache], done=tokenizer)
+    run.run("units", ["units", "--checkpoint", str(tokenizer), "--data", *splits[:2], "--out", str(runs / "units"),
+                      *cache], done=runs / "units" / "iter_0" / "manifest.json")
+    lm_cfg = write_config("speechlm.yaml", wd / "configs" / "speechlm.yaml", wd, lambda c: (
+        c["trainer"].update(max_steps=size.lm_steps, enable_progress_bar=False, check_val_every_n_epoch=1),
+        c["model"]["init_args"]["network"].update(vocab_size=size.units),
+        c["model"]["init_args"].update(warmup=size.lm_steps // 10, hold=size.lm_steps * 4 // 10,
+                                       decay=size.lm_steps // 2)))
+    lm = runs / "speechlm" / "checkpoints" / "last.ckpt"
+    run.run("speechlm", ["fit", "--config", str(lm_cfg)], done=lm)
+    run.run("pairs", ["pairs", "--out", str(wd / "data" / "pairs"), "--num-pairs", str(size.pairs), "--seed",
+                      str(args.seed), "--vocab-corpus", str(data)], done=wd / "data" / "pairs" / "pairs.json")
+    run.run("evaluate", ["evaluate", "--checkpoint", str(tokenizer), "--data", splits[2], "--tune-data", splits[1],
+                         "--alignments", str(data / "alignments"), "--baselines", "--lm", str(lm), "--pairs",
+                         str(wd / "data" / "pairs"), "--out", str(runs / "evaluate.json"), *cache],
+            done=runs / "evaluate.json")
+
+    from experiments.report import build_report
+
+    report = build_report(wd, teacher_ckpt=teacher_ckpt, tokenizer=tokenizer, timings=run.timings,
+                          seconds=time.perf_counter() - t0, tiny=args.tiny, shipped_teacher=shipped)
+    write_json(wd / "report.json", report, indent=1)
+    print(f"report: {wd / 'report.md'} ({report['total_seconds']:.0f} s)")
+    return 0
+
+
+def _regenerate_test_too(cfg: dict) -> None:
+    """The report scores every stage on the held-out test split, so SylBoost writes test boundaries too."""
+    for cb in cfg["trainer"]["callbacks"]:
+        if cb["class_path"].endswith("BoundaryRegeneration"):
+            cb["init_args"] = {"splits": ["train", "val", "test"]}

@@ -1,0 +1,156 @@
+"""The demo's report: every stage's boundaries beside the baselines, units, LM pairs, timings; JSON, Markdown, PNGs.
+
+Boundary scores are on the held-out test split, protocol "syllablelm" (and "sdhubert"), with the shift tuned on
+dev (REFERENCE.md): LossPred = boundary version 0, SylBoost after iteration k = version k.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from datamodules.boundary_store import BoundaryStore  # noqa: E402
+from datamodules.label_store import LabelStore  # noqa: E402
+from datamodules.manifest import build_manifest  # noqa: E402
+from experiments.baselines import score  # noqa: E402
+from syllablelm.alignments import index_alignments, load_alignment  # noqa: E402
+from syllablelm.audio import SAMPLE_RATE, read_audio  # noqa: E402
+from syllablelm.fileio import write_text  # noqa: E402
+from syllablelm.plots import boundary_figure, save_png  # noqa: E402
+
+STAGES = {0: "LossPred", 1: "SylBoost iteration 1", 2: "SylBoost iteration 2"}
+
+
+def _split(wd: Path, split: str, cache: Path):
+    entries = build_manifest(wd / "data/synth" / split, cache_dir=cache, progress=False).entries
+    index = index_alignments(wd / "data/synth/alignments")
+    refs = {e.id: load_alignment(index[e.id])["syllables"] for e in entries if e.id in index}
+    return [e for e in entries if e.id in refs], refs
+
+
+def stage_scores(wd: Path, cache: Path) -> dict:
+    store = BoundaryStore(wd / "runs/boundaries")
+    (test, ref_t), (dev, ref_d) = _split(wd, "test", cache), _split(wd, "dev", cache)
+    out = {}
+    for version, name in STAGES.items():
+        if not store.is_complete(version):
+            continue
+        segs = store.load(version)
+        t = [e for e in test if e.id in segs]
+        d = [e for e in dev if e.id in segs]
+        res = score([segs[e.id] for e in t], [ref_t[e.id][0] for e in t],
+                    [segs[e.id] for e in d], [ref_d[e.id][0] for e in d])
+        res["rate_hz"] = sum(len(segs[e.id]) for e in t) / max(1e-9, sum(e.seconds for e in t))
+        res["num_utterances"] = len(t)
+        out[name] = res
+    return out
+
+
+def _example_figure(wd: Path, teacher_ckpt: Path, store: BoundaryStore, cache: Path, path: Path) -> None:
+    """Spectrogram + reference syllables + final SylBoost boundaries, above the LossPred matrix."""
+    from lightning_modules.teacher import TeacherModule
+
+    test, refs = _split(wd, "test", cache)
+    entry = min(test, key=lambda e: abs(e.seconds - 6.0))  # a readable length
+    wave = read_audio(entry.path)
+    labels = LabelStore(wd / "runs/labels").load(LabelStore(wd / "runs/labels").latest_version())[entry.id]
+    teacher = TeacherModule.load_from_checkpoint(teacher_ckpt, map_location="cpu").eval()
+    batch = {"ids": [entry.id], "waves": wave[None], "lengths": torch.tensor([len(wave)]),
+             "offsets": torch.zeros(1, dtype=torch.float64), "labels": torch.from_numpy(labels.astype(np.int64))[None]}
+    with torch.no_grad():
+        out = teacher.losspred(batch, keep_matrices=1)
+    matrix, trim = out["matrices"][0]
+    final = store.load(max(v for v in STAGES if store.is_complete(v)))[entry.id]
+    fig = boundary_figure(wave.numpy(), SAMPLE_RATE, predicted=final, reference=refs[entry.id][0],
+                          reference_labels=refs[entry.id][1], matrix=matrix, matrix_offset=trim,
+                          title=f"{entry.id}: SylBoost boundaries (white) vs reference syllables (cyan)")
+    save_png(fig, path)
+
+
+def _bars(path: Path, groups: dict[str, tuple[float, float]], title: str, labels=("F1", "R-value"),
+          chance: float | None = None) -> None:
+    names = list(groups)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 3.6))
+    for k, label in enumerate(labels):
+        ax.bar(x + (k - 0.5) * 0.38, [100 * groups[n][k] for n in names], 0.38, label=label)
+    if chance is not None:
+        ax.axhline(100 * chance, color="gray", ls="--", lw=1, label="chance")
+    ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("%")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def build_report(wd: Path, *, teacher_ckpt: Path, tokenizer: Path, timings: dict, seconds: float, tiny: bool,
+                 shipped_teacher: bool) -> dict:
+    cache = wd / "cache"
+    evaluation = json.loads((wd / "runs/evaluate.json").read_text())
+    stages = stage_scores(wd, cache)
+    baselines = evaluation.get("baselines", {})
+    report = {
+        "tokenizer_checkpoint": str(tokenizer), "tiny": tiny, "teacher": "shipped" if shipped_teacher else "trained here",
+        "stages": stages, "baselines": baselines, "units": evaluation["tokenizer"], "lm_pairs": evaluation.get("lm_pairs"),
+        "timings": timings, "total_seconds": round(seconds, 1),
+        "peak_rss_mb": max((t.get("peak_rss_mb", 0) for t in timings.values()), default=0),
+    }
+    tuned = lambda res: res["syllablelm_tuned"]  # noqa: E731
+    if "LossPred" in stages and "SylBoost iteration 2" in stages:
+        uniform = next((v for k, v in baselines.items() if k.startswith("uniform") and not k.endswith("4.5hz")), None)
+        sb, lp = tuned(stages["SylBoost iteration 2"]), tuned(stages["LossPred"])
+        report["checks"] = {
+            "sylboost_beats_losspred": sb["f1"] > lp["f1"] and sb["r_value"] > lp["r_value"],
+            "losspred_beats_uniform": uniform is not None and lp["f1"] > tuned(uniform)["f1"]
+            and lp["r_value"] > tuned(uniform)["r_value"]}
+    figures = wd / "figures"
+    store = BoundaryStore(wd / "runs/boundaries")
+    _example_figure(wd, teacher_ckpt, store, cache, figures / "boundaries.png")
+    groups = {name: (tuned(r)["f1"], tuned(r)["r_value"]) for name, r in {**stages, **baselines}.items()}
+    _bars(figures / "f1_rvalue.png", groups, "boundaries on the test split (shift tuned on dev)")
+    if report["lm_pairs"]:
+        lm = {f"{s} ({m})": (r[m]["all"]["accuracy"],) for s, r in report["lm_pairs"].items()
+              for m in ("summed", "normalised")}
+        _bars(figures / "lm_pairs.png", lm, "SpeechLM pair accuracy", labels=("accuracy",), chance=0.5)
+    write_text(wd / "report.md", markdown(report))
+    return report
+
+
+def markdown(r: dict) -> str:
+    rows = ["| segmenter | rate (Hz) | P | R | F1 | R-value | shift (ms) |", "|---|---|---|---|---|---|---|"]
+    for name, res in {**r["stages"], **r["baselines"]}.items():
+        t = res["syllablelm_tuned"]
+        rows.append(f"| {name} | {res['rate_hz']:.2f} | {100 * t['precision']:.1f} | {100 * t['recall']:.1f} | "
+                    f"{100 * t['f1']:.1f} | {100 * t['r_value']:.1f} | {1000 * t['shift']:+.0f} |")
+    u = r["units"]
+    c, k = u["clustering"], u["tokens"]
+    lines = [
+        "# SyllableLM demo report", "",
+        f"Teacher: {r['teacher']}; {'tiny run' if r['tiny'] else 'full demo'}; total {r['total_seconds']:.0f} s, "
+        f"peak memory {r['peak_rss_mb']:.0f} MB. Tokenizer checkpoint: `{r['tokenizer_checkpoint']}`.", "",
+        "Synthetic eSpeak speech is far easier than LibriSpeech (the envelope baseline shows it): compare rows, "
+        "do not quote absolute numbers.", "",
+        "## Boundaries (held-out test split, protocol \"syllablelm\", 50 ms, shift tuned on dev)", "", *rows, "",
+        f"Checks: {r.get('checks', {})}", "", "![F1 and R-value](figures/f1_rvalue.png)", "",
+        "![boundaries over a spectrogram and the LossPred matrix](figures/boundaries.png)", "",
+        "## Units", "",
+        f"CPur {100 * c['cpur']:.1f} %, SPur {100 * c['spur']:.1f} %, SNMI {100 * c['snmi']:.1f} %; "
+        f"{k['token_rate']:.2f} tokens/s before dedup, {k['dedup_token_rate']:.2f} after; "
+        f"{k['dedup_nominal_bps']:.0f} bps nominal, {k['dedup_entropy_bps']:.0f} bps entropy (after dedup).", "",
+    ]
+    if r.get("lm_pairs"):
+        lines += ["## SpeechLM pair accuracy (chance 50 %)", "", "| set | pairs | summed | length-normalised |",
+                  "|---|---|---|---|"]
+        lines += [f"| {s} | {v['num_pairs']} | {100 * v['summed']['all']['accuracy']:.1f} | "
+                  f"{100 * v['normalised']['all']['accuracy']:.1f} |" for s, v in r["lm_pairs"].items()]
+        lines += ["", "![LM pairs](figures/lm_pairs.png)", ""]
+    lines += ["## Stages", "", "| stage | seconds | peak RSS (MB) |", "|---|---|---|"]
+    lines += [f"| {s} | {t.get('seconds', 'skipped')} | {t.get('peak_rss_mb', '')} |" for s, t in r["timings"].items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,36 @@
+"""`syllablelm demo --tiny`: the whole pipeline end to end (a functional test, not a timed one)."""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from experiments.cli import main
+from syllablelm import Tokenizer
+
+
+@pytest.mark.slow
+def test_tiny_demo_writes_a_report_and_a_working_tokenizer(tmp_path):
+    assert main(["demo", "--workdir", str(tmp_path / "demo"), "--tiny"]) == 0
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    for stage in ("LossPred", "SylBoost iteration 1", "SylBoost iteration 2"):
+        scores = report["stages"][stage]
+        assert scores["num_utterances"] > 0 and 0 <= scores["syllablelm_tuned"]["f1"] <= 1
+        assert "sdhubert_tuned" in scores and scores["rate_hz"] > 0
+    assert {"uniform_4.5hz", "envelope"} <= set(report["baselines"])
+    assert {"cpur", "spur", "snmi"} <= set(report["units"]["clustering"])
+    assert {"token_rate", "dedup_token_rate", "nominal_bps", "dedup_entropy_bps"} <= set(report["units"]["tokens"])
+    assert set(report["lm_pairs"]) == {"lexical", "syntactic", "tsc"}
+    for stage in ("synth", "labels", "losspred", "sylboost", "quantize", "units", "speechlm", "evaluate"):
+        assert report["timings"][stage]["seconds"] > 0 and report["timings"][stage]["peak_rss_mb"] > 0
+    md = (tmp_path / "demo" / "report.md").read_text()
+    for figure in ("f1_rvalue.png", "boundaries.png", "lm_pairs.png"):
+        assert f"figures/{figure}" in md and (tmp_path / "demo" / "figures" / figure).stat().st_size > 1000
+    # the checkpoint named in the report tokenizes a file it has never seen, at another sample rate
+    t = np.arange(3 * 22050) / 22050
+    wave = np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t)) * 0.3
+    sf.write(tmp_path / "new.wav", wave, 22050)
+    tok = Tokenizer.from_checkpoint(report["tokenizer_checkpoint"])
+    segments, units = tok(str(tmp_path / "new.wav"))
+    assert len(units) == len(segments) > 0 and segments[-1, 1] <= 3.0 + 1e-6
+    assert 0 <= units.min() and units.max() < tok.vocab_size
