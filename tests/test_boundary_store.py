@@ -111,3 +111,17 @@ def test_unit_store_round_trip_and_checks(tmp_path):
     assert len(loaded["b"][1]) == 0 and store.vocab_size(0) == 16384
     with pytest.raises(SegmentError, match="one non-negative integer unit per segment"):
         store.write_shard(1, 0, 1, {"x": (np.array([[0.0, 0.1]]), np.array([1, 2]))})
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from syllablelm.fileio import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o644
