@@ -96,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kmeans", help="existing centroids (.npy or fairseq/joblib k-means model)")
     p.add_argument("--num-clusters", type=int, default=100, help="clusters to fit when --kmeans is not given")
     p.add_argument("--fit-hours", type=float, default=1.0, help="audio sampled for fitting k-means")
+    p.add_argument("--train-hours", type=float, help="label only the seeded subset of about this many hours that "
+                   "a stage with the same data.train_dirs, data.train_hours and data.seed trains on (with --seed)")
+    p.add_argument("--verify", choices=["decode", "header"], default="decode",
+                   help="manifest check of each file (give the training stage's data.verify with --train-hours)")
     p.add_argument("--chunk-seconds", type=float, default=30.0, help="cut longer files at pauses")
     p.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
     p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
@@ -108,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
 
     store = LabelStore(args.out)
     vdir = store.version_dir(args.version)
-    dm = SpeechDataModule(predict_dirs=args.data, manifest_cache=args.manifest_cache, seed=args.seed,
-                          chunk_seconds=args.chunk_seconds, num_workers=2)
+    # with --train-hours, predict reads the training subset exactly as fit/predict of a stage sees it
+    dirs = {"train_dirs": args.data, "train_hours": args.train_hours} if args.train_hours else {"predict_dirs": args.data}
+    dm = SpeechDataModule(**dirs, manifest_cache=args.manifest_cache, seed=args.seed, chunk_seconds=args.chunk_seconds,
+                          verify=args.verify, num_workers=2)
     entries = dm.manifest("predict").entries
     fn = _features_fn(args)
 

@@ -1,0 +1,386 @@
+"""``syllablelm pipeline --config experiments/configs/librispeech/pipeline.yaml``: every stage of the paper, in order.
+
+    syllablelm pipeline --config experiments/configs/librispeech/pipeline.yaml --dry-run   # check, train nothing
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
+        -m experiments.cli pipeline --config experiments/configs/librispeech/pipeline.yaml
+    sbatch experiments/slurm/pipeline.sbatch                                                # SLURM, auto-requeue
+
+One process per device runs the whole pipeline: launch it with ``torchrun`` or ``srun`` (or by hand, one process
+per node with ``NODE_RANK``/``MASTER_ADDR``/``MASTER_PORT`` and ``--nodes``). The pipeline opens the process group
+once; every Lightning stage (``fit``/``predict``/...) runs in the same processes through LightningCLI and joins
+that group, and the offline commands (``labels``, ``units``) get this process's ``--rank/--world-size``.
+Commands marked ``ranks: zero`` (``quantize``) run on global rank 0 while the others wait. All ranks meet at a
+barrier after every stage.
+
+A stage is skipped when its output is complete (its ``complete`` file exists, or else the pipeline's own
+``STATE_DIR/<stage>.done.json``), and resumed when it is partial: ``fit`` from the newest of the stage's
+``last.ckpt`` and Lightning's SLURM ``hpc_ckpt_*.ckpt``; ``labels``/``units`` keep the shards already written;
+``predict`` and ``quantize`` start again (their outputs are written atomically, so a stopped run leaves nothing
+half-written). On SLURM, Lightning requeues a job that receives ``SIGUSR1`` during a Lightning stage (it saves an
+``hpc_ckpt`` first); during an offline stage the pipeline requeues it itself. The rerun picks up where it stopped.
+
+Before anything runs, every rank checks that the stores' directories (labels, boundaries, units, checkpoints) are
+one shared filesystem. ``--dry-run`` validates the config: every Lightning config parses against the classes it
+names, every input path exists (or is made by an earlier stage) in the right format (audio folders, fairseq
+``.pt``, HF model folders, Lightning ``.ckpt``, k-means files), and the stages agree with each other.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import yaml
+
+from syllablelm.fileio import write_json
+
+log = logging.getLogger(__name__)
+
+LIGHTNING = ("fit", "validate", "test", "predict")
+OFFLINE_SHARDED = ("labels", "units")  # commands that take --rank/--world-size
+OFFLINE = (*OFFLINE_SHARDED, "quantize", "evaluate", "baselines", "synth", "pairs", "tokenize")
+REQUEUED = 3  # exit status of a process that asked SLURM to requeue the job
+
+
+class PipelineError(RuntimeError):
+    """A problem with the pipeline's config, paths or cluster setup (the message names the stage and file)."""
+
+
+# ---------------------------------------------------------------------------------------------- the config
+@dataclass
+class Stage:
+    name: str
+    command: str
+    config: str | None = None  # a LightningCLI config (Lightning commands)
+    args: list[str] = field(default_factory=list)  # more command-line arguments
+    complete: str | None = None  # a file whose existence means "done"
+    ranks: str = "all"  # "all" or "zero"
+    enabled: bool = True
+
+    @property
+    def lightning(self) -> bool:
+        return self.command in LIGHTNING
+
+
+@dataclass
+class Pipeline:
+    stages: list[Stage]
+    state_dir: Path
+    source: Path
+    lightning_args: list[str] = field(default_factory=list)  # added to every Lightning stage
+
+    def marker(self, stage: Stage) -> Path:
+        return self.state_dir / f"{stage.name}.done.json"
+
+    def is_complete(self, stage: Stage) -> bool:
+        return Path(stage.complete).exists() if stage.complete else self.marker(stage).exists()
+
+
+def load_pipeline(path: str | os.PathLike) -> Pipeline:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise PipelineError(f"{path}: cannot read the pipeline config: {e}") from e
+    if not isinstance(raw, dict) or not isinstance(raw.get("stages"), list) or not raw["stages"]:
+        raise PipelineError(f"{path}: a pipeline config needs a non-empty 'stages' list")
+    unknown = set(raw) - {"stages", "state_dir", "lightning_args"}
+    if unknown:
+        raise PipelineError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    stages, names = [], set()
+    for i, item in enumerate(raw["stages"]):
+        where = f"{path}: stage {i + 1}"
+        if not isinstance(item, dict):
+            raise PipelineError(f"{where}: must be a mapping")
+        try:
+            stage = Stage(**item)
+        except TypeError as e:
+            raise PipelineError(f"{where}: {e}") from e
+        where = f"{path}: stage {stage.name!r}"
+        if stage.name in names:
+            raise PipelineError(f"{where}: the name is used twice")
+        names.add(stage.name)
+        if stage.command not in LIGHTNING + OFFLINE:
+            raise PipelineError(f"{where}: unknown command {stage.command!r} (one of {', '.join(LIGHTNING + OFFLINE)})")
+        if stage.lightning and not stage.config:
+            raise PipelineError(f"{where}: a Lightning stage ({stage.command}) needs a 'config'")
+        if not stage.lightning and stage.config:
+            raise PipelineError(f"{where}: 'config' is for Lightning stages; give {stage.command}'s options in 'args'")
+        if stage.ranks not in ("all", "zero"):
+            raise PipelineError(f"{where}: ranks must be 'all' or 'zero', got {stage.ranks!r}")
+        stage.args = [str(a) for a in stage.args]
+        stages.append(stage)
+    return Pipeline(stages=stages, state_dir=Path(raw.get("state_dir", "runs/pipeline")), source=path,
+                    lightning_args=[str(a) for a in raw.get("lightning_args", [])])
+
+
+# ------------------------------------------------------------------------------------------ who am I
+@dataclass
+class Launch:
+    """This process's place in the job, read through Lightning's cluster environments."""
+
+    kind: str  # "single", "torchrun", "slurm" or "node_rank"
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    num_nodes: int = 1
+    devices: int = 1  # processes per node
+
+    def trainer_args(self) -> list[str]:
+        """Every Lightning stage runs on exactly the processes that were launched."""
+        if self.kind == "single":
+            return []
+        return [f"--trainer.num_nodes={self.num_nodes}", f"--trainer.devices={self.devices}"]
+
+
+def detect_launch(nodes: int | None = None, devices: int | None = None) -> Launch:
+    from lightning.fabric.plugins.environments import (
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
+
+    if TorchElasticEnvironment.detect():
+        env = TorchElasticEnvironment()
+        per_node = int(os.environ["LOCAL_WORLD_SIZE"])
+        return Launch("torchrun", env.global_rank(), env.world_size(), env.local_rank(),
+                      env.world_size() // per_node, per_node)
+    if SLURMEnvironment.detect():  # srun tasks (not an interactive job named bash/interactive)
+        env = SLURMEnvironment()
+        n_nodes = int(os.environ.get("SLURM_NNODES", "1"))
+        env.main_address, env.main_port  # noqa: B018 — exports MASTER_ADDR/MASTER_PORT as Lightning will use them
+        return Launch("slurm", env.global_rank(), env.world_size(), env.local_rank(), n_nodes,
+                      env.world_size() // n_nodes)
+    if "NODE_RANK" in os.environ and (nodes or 1) > 1:
+        per_node = devices or 1
+        if per_node != 1:
+            raise PipelineError("with NODE_RANK, start one pipeline process per node and --devices 1; for several "
+                                "devices per node launch with torchrun or srun")
+        node = int(os.environ["NODE_RANK"])
+        if not 0 <= node < nodes:
+            raise PipelineError(f"NODE_RANK={node} is not in [0, {nodes})")
+        return Launch("node_rank", node, nodes, 0, nodes, 1)
+    return Launch("single")
+
+
+def init_distributed(launch: Launch) -> None:
+    """One process group for the whole pipeline (Lightning's DDP reuses an initialised one); stage barriers get
+    a gloo group of their own with a long timeout, because rank 0 may run a single-rank stage for hours."""
+    import torch
+    import torch.distributed as dist
+
+    if launch.world_size == 1 or dist.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        raise PipelineError("MASTER_PORT is not set: every process of the job must use the same port")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(launch.local_rank)
+    dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size)
+    global _BARRIER_GROUP
+    _BARRIER_GROUP = dist.new_group(backend="gloo", timeout=timedelta(days=2))
+
+
+_BARRIER_GROUP = None
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier(group=_BARRIER_GROUP)
+
+
+def gather(obj) -> list:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj, group=_BARRIER_GROUP)
+    return out
+
+
+# -------------------------------------------------------------------------------- shared filesystem check
+def check_shared(dirs: list[Path], launch: Launch, visible=None) -> None:
+    """Rank 0 writes a token file into each directory; every rank must read it back. Raises naming the
+    directories and hosts that cannot see rank 0's files (boundaries and units must be on a shared filesystem).
+    ``visible(path, token)`` is the reader (tests swap it)."""
+    if launch.world_size == 1:
+        return
+    visible = visible or (lambda p, token: p.is_file() and p.read_text() == token)
+    token = gather(uuid.uuid4().hex if launch.rank == 0 else None)[0]
+    probes = [d / f".syllablelm-shared-{token}" for d in dirs]
+    if launch.rank == 0:
+        for probe in probes:
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            probe.write_text(token)
+    barrier()
+    time.sleep(0.2)  # let attribute caches of network filesystems catch up
+    missing = [str(p.parent) for p in probes if not visible(p, token)]
+    report = gather((launch.rank, socket.gethostname(), missing))
+    barrier()
+    if launch.rank == 0:
+        for probe in probes:
+            probe.unlink(missing_ok=True)
+    bad = [(r, host, m) for r, host, m in report if m]
+    if bad:
+        lines = [f"  rank {r} on {host}: {', '.join(m)}" for r, host, m in bad]
+        raise PipelineError("these directories are not on a filesystem every node shares (rank 0 on "
+                            f"{report[0][1]} wrote a file there that other ranks cannot read):\n" + "\n".join(lines)
+                            + "\nput the run's outputs (state_dir, stores, checkpoints) on a shared filesystem")
+
+
+# -------------------------------------------------------------------------------------------- running
+def fit_resume_checkpoint(stage: Stage) -> Path | None:
+    """The newest of the stage's ``last.ckpt`` and Lightning's SLURM ``hpc_ckpt_*.ckpt``."""
+    from experiments.pipeline_checks import lightning_outputs
+
+    outs = lightning_outputs(stage.config)
+    found = []
+    if outs.get("checkpoint_dir"):
+        found.append(Path(outs["checkpoint_dir"]) / "last.ckpt")
+    if outs.get("root_dir"):
+        found += Path(outs["root_dir"]).glob("hpc_ckpt_*.ckpt")
+    found = [p for p in found if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def stage_argv(stage: Stage, pipe: Pipeline, launch: Launch, extra: list[str]) -> list[str]:
+    if stage.lightning:
+        argv = [stage.command, "--config", stage.config, *stage.args, *pipe.lightning_args, *launch.trainer_args(),
+                *extra]
+        if stage.command == "fit":
+            ckpt = fit_resume_checkpoint(stage)
+            if ckpt is not None:
+                argv += ["--ckpt_path", str(ckpt)]
+        return argv
+    argv = [stage.command, *stage.args]
+    if stage.command in OFFLINE_SHARDED:
+        argv += ["--rank", str(launch.rank), "--world-size", str(launch.world_size)]
+    if stage.command in (*OFFLINE_SHARDED, "quantize") and "--device" not in argv:
+        import torch
+
+        argv += ["--device", f"cuda:{launch.local_rank}" if torch.cuda.is_available() else "cpu"]
+    return argv
+
+
+def _requeue_on_sigusr1(launch: Launch) -> None:
+    """SLURM's warning signal during an offline stage: rank 0 requeues the job, every rank stops cleanly
+    (outputs are written atomically; the rerun resumes). Lightning installs its own handler during its stages."""
+    if launch.kind != "slurm" or not hasattr(signal, "SIGUSR1"):
+        return
+
+    def handler(signum, frame):
+        if launch.rank == 0:
+            job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ["SLURM_JOB_ID"])
+            job += f"_{os.environ['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_TASK_ID" in os.environ else ""
+            log.warning("SIGUSR1: requeueing SLURM job %s", job)
+            subprocess.run(["scontrol", "requeue", job], check=False)
+        raise SystemExit(REQUEUED)
+
+    signal.signal(signal.SIGUSR1, handler)
+
+
+def run_stage(stage: Stage, argv: list[str], launch: Launch) -> None:
+    from experiments.cli import lightning_cli, run_command
+
+    if stage.lightning:
+        saved = sys.argv
+        sys.argv = [saved[0], *argv]  # what LightningCLI records as this run's command line
+        try:
+            lightning_cli(argv)
+        finally:
+            sys.argv = saved
+        return
+    if stage.ranks == "zero" and launch.rank != 0:
+        return
+    status = run_command(argv[0], argv[1:])
+    if status not in (0, None):
+        raise PipelineError(f"stage {stage.name!r}: `syllablelm {' '.join(argv)}` exited with status {status}")
+
+
+def select(stages: list[Stage], only: list[str] | None, start: str | None) -> list[Stage]:
+    names = [s.name for s in stages]
+    for n in (only or []) + ([start] if start else []):
+        if n not in names:
+            raise PipelineError(f"no stage {n!r}; stages: {', '.join(names)}")
+    chosen = [s for s in stages if s.enabled or (only and s.name in only)]
+    if start:
+        chosen = [s for s in chosen if names.index(s.name) >= names.index(start)]
+    if only:
+        chosen = [s for s in chosen if s.name in only]
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="syllablelm pipeline", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n", 2)[2])
+    p.add_argument("--config", required=True, help="a pipeline config (experiments/configs/*/pipeline.yaml)")
+    p.add_argument("--dry-run", action="store_true", help="validate configs, paths and formats; train nothing")
+    p.add_argument("--only", nargs="+", metavar="STAGE", help="run just these stages (disabled ones included)")
+    p.add_argument("--from", dest="start", metavar="STAGE", help="start at this stage (earlier ones are assumed done)")
+    p.add_argument("--nodes", type=int, help="nodes, when processes are started by hand with NODE_RANK")
+    p.add_argument("--devices", type=int, help="processes per node with NODE_RANK (1)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a LightningCLI override for every Lightning stage, e.g. --set trainer.accelerator=cpu")
+    args = p.parse_args(argv)
+    try:
+        return _main(args)
+    except PipelineError as e:
+        log.error("%s", e)
+        print(f"syllablelm pipeline: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args) -> int:
+    from experiments.pipeline_checks import shared_dirs, validate
+
+    pipe = load_pipeline(args.config)
+    stages = select(pipe.stages, args.only, args.start)
+    extra = [f"--{kv}" for kv in args.sets]
+    launch = detect_launch(args.nodes, args.devices)
+    init_distributed(launch)
+    # the same checks start every run: rank 0 looks, every rank stops on a problem
+    problems = gather(validate(pipe, stages, extra, launch, dry_run=args.dry_run) if launch.rank == 0 else None)[0]
+    if problems:
+        raise PipelineError(f"{len(problems)} problem(s):\n" + "\n".join(f"  - {m}" for m in problems))
+    check_shared(shared_dirs(pipe, stages), launch)
+    if args.dry_run:
+        if launch.rank == 0:
+            print(f"dry run: no problems found in {len(stages)} stage(s) of {pipe.source}")
+        return 0
+    _requeue_on_sigusr1(launch)
+    for stage in stages:
+        done = gather(pipe.is_complete(stage) if launch.rank == 0 else None)[0]  # rank 0's view decides
+        if done:
+            log.info("stage %s: complete, skipped", stage.name)
+            continue
+        argv = stage_argv(stage, pipe, launch, extra)
+        log.info("stage %s: syllablelm %s", stage.name, " ".join(argv))
+        start = time.perf_counter()
+        run_stage(stage, argv, launch)
+        barrier()
+        made = gather((not stage.complete or Path(stage.complete).exists()) if launch.rank == 0 else None)[0]
+        if not made:  # every rank stops, not only rank 0
+            raise PipelineError(f"stage {stage.name!r} finished but {stage.complete} does not exist: check the "
+                                "stage's 'complete' path against its output")
+        if launch.rank == 0:
+            write_json(pipe.marker(stage), {"stage": stage.name, "argv": argv, "world_size": launch.world_size,
+                                            "seconds": round(time.perf_counter() - start, 1),
+                                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1)
+        barrier()
+    if launch.rank == 0:
+        print(json.dumps({s.name: "done" for s in stages}))
+    return 0

@@ -1,0 +1,297 @@
+"""``syllablelm pipeline``: config loading, stage selection, launch detection, the shared-filesystem check,
+resume points, SLURM requeue, ``--dry-run`` on a LibriSpeech-layout workspace with real-format checkpoints, and
+the first stages run as 2 simulated nodes (2 processes, NODE_RANK) on the CPU."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from datamodules.boundary_store import BoundaryStore
+from datamodules.label_store import LabelStore
+from experiments import pipeline as pl
+from tests.conftest import REPO
+from tests.test_datamodule_ddp import free_port
+from tests.workspace import make_paper_workspace
+
+PAPER = REPO / "experiments/configs/librispeech/pipeline.yaml"
+
+
+def _write(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------------ config + selection
+def test_paper_pipeline_config_loads_with_every_stage():
+    pipe = pl.load_pipeline(PAPER)
+    assert [s.name for s in pipe.stages] == ["labels", "losspred", "sylboost", "quantize", "units", "units_dev",
+                                             "speechlm"]
+    assert [s.command for s in pipe.stages if s.lightning] == ["predict", "fit", "fit"]
+    assert all((REPO / s.config).is_file() for s in pipe.stages if s.lightning)
+    assert next(s for s in pipe.stages if s.name == "quantize").ranks == "zero"
+
+
+@pytest.mark.parametrize("stages, message", [
+    ([{"name": "a", "command": "train"}], "unknown command 'train'"),
+    ([{"name": "a", "command": "fit"}], "needs a 'config'"),
+    ([{"name": "a", "command": "labels", "config": "x.yaml"}], "'config' is for Lightning stages"),
+    ([{"name": "a", "command": "units"}, {"name": "a", "command": "units"}], "used twice"),
+    ([{"name": "a", "command": "units", "ranks": "some"}], "ranks must be"),
+    ([{"name": "a", "command": "units", "typo": 1}], "typo"),
+    ([], "non-empty 'stages'"),
+])
+def test_bad_pipeline_configs_name_the_file_and_stage(tmp_path, stages, message):
+    path = _write(tmp_path / "p.yaml", {"stages": stages})
+    with pytest.raises(pl.PipelineError, match=message) as e:
+        pl.load_pipeline(path)
+    assert str(path) in str(e.value)
+
+
+def test_stage_selection():
+    stages = [pl.Stage("a", "units"), pl.Stage("b", "units", enabled=False), pl.Stage("c", "fit", config="x")]
+    assert [s.name for s in pl.select(stages, None, None)] == ["a", "c"]
+    assert [s.name for s in pl.select(stages, None, "c")] == ["c"]
+    assert [s.name for s in pl.select(stages, ["b"], None)] == ["b"]  # --only runs a disabled stage
+    with pytest.raises(pl.PipelineError, match="no stage 'z'"):
+        pl.select(stages, ["z"], None)
+
+
+# ------------------------------------------------------------------------------------------ launch detection
+_LAUNCH_VARS = ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE",
+                "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_NNODES", "SLURM_JOB_NAME",
+                "SLURM_NODELIST", "SLURM_JOB_ID", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for k in _LAUNCH_VARS:
+        monkeypatch.delenv(k, raising=False)
+    return monkeypatch
+
+
+def test_launch_torchrun(clean_env):
+    for k, v in dict(TORCHELASTIC_RUN_ID="job", RANK=11, WORLD_SIZE=16, LOCAL_RANK=3, LOCAL_WORLD_SIZE=8, GROUP_RANK=1).items():
+        clean_env.setenv(k, str(v))
+    launch = pl.detect_launch()
+    assert (launch.kind, launch.rank, launch.world_size, launch.local_rank, launch.num_nodes, launch.devices) == (
+        "torchrun", 11, 16, 3, 2, 8)
+    assert launch.trainer_args() == ["--trainer.num_nodes=2", "--trainer.devices=8"]
+
+
+def test_launch_slurm_sets_the_main_address(clean_env):
+    for k, v in dict(SLURM_NTASKS=16, SLURM_NTASKS_PER_NODE=8, SLURM_PROCID=9, SLURM_LOCALID=1, SLURM_NODEID=1, SLURM_NNODES=2,
+                     SLURM_JOB_NAME="syllablelm", SLURM_NODELIST="gpu[07-08]", SLURM_JOB_ID=4242).items():
+        clean_env.setenv(k, str(v))
+    launch = pl.detect_launch()
+    assert (launch.kind, launch.rank, launch.world_size, launch.local_rank, launch.num_nodes, launch.devices) == (
+        "slurm", 9, 16, 1, 2, 8)
+    assert os.environ["MASTER_ADDR"] == "gpu07" and os.environ["MASTER_PORT"].isdigit()
+
+
+def test_launch_node_rank_and_single(clean_env):
+    assert pl.detect_launch().kind == "single" and pl.detect_launch().trainer_args() == []
+    clean_env.setenv("NODE_RANK", "1")
+    launch = pl.detect_launch(nodes=2)
+    assert (launch.kind, launch.rank, launch.world_size, launch.num_nodes, launch.devices) == ("node_rank", 1, 2, 2, 1)
+    with pytest.raises(pl.PipelineError, match="torchrun or srun"):
+        pl.detect_launch(nodes=2, devices=4)
+    clean_env.setenv("NODE_RANK", "2")
+    with pytest.raises(pl.PipelineError, match="NODE_RANK=2"):
+        pl.detect_launch(nodes=2)
+
+
+# ------------------------------------------------------------------------------------------ shared filesystem
+def test_shared_check_names_directories_other_nodes_cannot_see(tmp_path, monkeypatch):
+    """Rank 0's view of a 2-rank job, with rank 1 on another host that cannot read one directory."""
+    dirs = [tmp_path / "boundaries", tmp_path / "units"]
+    exchanged = []
+
+    def fake_gather(obj):
+        exchanged.append(obj)
+        if len(exchanged) == 1:  # the token rank 0 chose
+            return [obj, None]
+        rank1_missing = [str(dirs[1])]  # rank 1 reads the boundary dir but not the unit dir
+        return [obj, (1, "node-b", rank1_missing)]
+
+    monkeypatch.setattr(pl, "gather", fake_gather)
+    monkeypatch.setattr(pl, "barrier", lambda: None)
+    launch = pl.Launch("node_rank", rank=0, world_size=2, num_nodes=2)
+    with pytest.raises(pl.PipelineError) as e:
+        pl.check_shared(dirs, launch)
+    msg = str(e.value)
+    assert "rank 1 on node-b" in msg and str(dirs[1]) in msg and str(dirs[0]) not in msg.split("node-b")[1]
+    assert all(d.is_dir() and not list(d.iterdir()) for d in dirs)  # created, and the probes cleaned up
+    exchanged.clear()
+    monkeypatch.setattr(pl, "gather", lambda obj: [obj, (1, "node-b", [])] if exchanged.append(obj) or
+                        len(exchanged) > 1 else [obj, None])
+    pl.check_shared(dirs, launch)  # every rank sees everything: no error
+
+
+# ------------------------------------------------------------------------------------------ resume + requeue
+def test_fit_resumes_from_the_newest_checkpoint(tmp_path):
+    cfg = {"trainer": {"default_root_dir": str(tmp_path / "root"), "callbacks": [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": str(tmp_path / "ck")}}]}}
+    stage = pl.Stage("s", "fit", config=str(_write(tmp_path / "c.yaml", cfg)))
+    assert pl.fit_resume_checkpoint(stage) is None
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "root").mkdir()
+    last, hpc = tmp_path / "ck/last.ckpt", tmp_path / "root/hpc_ckpt_3.ckpt"
+    last.write_bytes(b"x")
+    assert pl.fit_resume_checkpoint(stage) == last
+    hpc.write_bytes(b"x")
+    os.utime(last, (time.time() - 60, time.time() - 60))
+    assert pl.fit_resume_checkpoint(stage) == hpc  # SLURM saved after the last epoch-end checkpoint
+    pipe = pl.Pipeline(stages=[stage], state_dir=tmp_path / "state", source=tmp_path / "p.yaml")
+    argv = pl.stage_argv(stage, pipe, pl.Launch("single"), ["--trainer.max_epochs=1"])
+    assert argv[-2:] == ["--ckpt_path", str(hpc)] and "--trainer.max_epochs=1" in argv
+
+
+def test_offline_stages_get_this_processes_rank():
+    pipe = pl.Pipeline(stages=[], state_dir=Path("s"), source=Path("p"))
+    launch = pl.Launch("torchrun", rank=5, world_size=8, local_rank=1, num_nodes=1, devices=8)
+    argv = pl.stage_argv(pl.Stage("u", "units", args=["--out", "x"]), pipe, launch, [])
+    assert argv[:3] == ["units", "--out", "x"] and argv[3:7] == ["--rank", "5", "--world-size", "8"]
+    argv = pl.stage_argv(pl.Stage("q", "quantize", args=["--device", "cpu"]), pipe, launch, [])
+    assert "--rank" not in argv and argv.count("--device") == 1
+
+
+def test_sigusr1_during_an_offline_stage_requeues_the_slurm_job(clean_env, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pl.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    clean_env.setenv("SLURM_JOB_ID", "777")
+    old = signal.getsignal(signal.SIGUSR1)
+    try:
+        pl._requeue_on_sigusr1(pl.Launch("slurm", rank=0, world_size=2))
+        with pytest.raises(SystemExit) as e:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(1)
+        assert e.value.code == pl.REQUEUED and calls == [["scontrol", "requeue", "777"]]
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+
+
+# ------------------------------------------------------------------------------------------ dry run
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = make_paper_workspace(tmp_path_factory.mktemp("paper"))
+    (root / "experiments").symlink_to(REPO / "experiments")  # configs at their documented relative paths
+    return root
+
+
+def test_dry_run_on_a_librispeech_layout_workspace(workspace, monkeypatch, capsys, caplog):
+    monkeypatch.chdir(workspace)
+    caplog.set_level("INFO", logger="experiments")
+    assert pl.main(["--config", str(PAPER), "--dry-run"]) == 0
+    assert "no problems found in 7 stage(s)" in capsys.readouterr().out
+    log = caplog.text
+    assert "hubert_large_ll60k.pt (fairseq-hubert, layers=4, hidden=32, labels=500)" in log
+    assert "hubert_base_ls960_L9_km500.bin ((500, 32))" in log
+    assert "LibriLight/small (LibriLight layout, 16000 Hz)" in log
+    assert "LibriSpeech/dev-clean (LibriSpeech layout, 16000 Hz)" in log
+    assert "runs/librispeech/tokenizer.ckpt (made by stage quantize)" in log
+    assert "asks for 8 devices" in log  # a note in a dry run ...
+    assert not (workspace / "runs").exists() or not list((workspace / "runs").rglob("*.npz"))  # nothing trained
+
+
+def test_dry_run_finds_every_problem_at_once(workspace, monkeypatch, capsys):
+    monkeypatch.chdir(workspace)
+    cfg = yaml.safe_load(PAPER.read_text())
+    st = {s["name"]: s for s in cfg["stages"]}
+    labels = st["labels"]["args"]
+    labels[labels.index("--layer") + 1] = 13  # the base checkpoint has 12 layers
+    labels[labels.index("--kmeans") + 1] = "checkpoints/missing_km500.bin"
+    st["sylboost"]["args"] = ["--data.init_args.boundary_dir=runs/elsewhere", "--data.init_args.train_hours=50"]
+    q = st["quantize"]["args"]
+    q[q.index("--k-merged") + 1] = 100  # the LM's vocabulary is 8192
+    st["units"]["args"][st["units"]["args"].index("--data") + 1] = "LibriLight/tiny"
+    (workspace / "checkpoints/broken.pt").write_bytes(b"not a checkpoint")
+    ud = st["units_dev"]["args"]
+    ud[ud.index("--checkpoint") + 1] = "checkpoints/broken.pt"
+    path = _write(workspace / "broken.yaml", cfg)
+    assert pl.main(["--config", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    for expected in ["--layer 13 but the checkpoint has 12 layers",
+                     "checkpoints/missing_km500.bin does not exist",
+                     "data.boundary_dir runs/elsewhere is not where stage losspred writes boundaries",
+                     "data.train_hours 100.0 vs 50.0",
+                     "network.vocab_size 8192 but stage quantize makes 100 units",
+                     "LibriLight/tiny does not exist",
+                     "broken.pt: not a readable fairseq checkpoint"]:
+        assert expected in err, expected
+    # a typo in a Lightning option (checked on its own: a config that does not parse hides its cross-checks)
+    cfg = yaml.safe_load(PAPER.read_text())
+    cfg["stages"][1]["args"] = ["--model.init_args.losspred.gapp=3"]
+    assert pl.main(["--config", str(_write(workspace / "typo.yaml", cfg)), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "losspred.yaml does not parse" in err and "gapp" in err
+    # a real (not dry) single-process run of a multi-GPU config refuses before training anything
+    assert pl.main(["--config", str(PAPER), "--only", "sylboost"]) == 2
+    assert "asks for 8 devices" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ 2 simulated nodes
+def _two_nodes(workspace: Path, args: list[str], port: int) -> list[str]:
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+               HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    for k in _LAUNCH_VARS[:6]:
+        env.pop(k, None)
+    cmd = [sys.executable, "-m", "experiments.cli", "pipeline", "--config", str(PAPER), "--nodes", "2",
+           "--set", "trainer.accelerator=cpu", "--set", "trainer.precision=32-true",
+           "--set", "data.init_args.num_workers=0", *args]
+    procs = [subprocess.Popen(cmd, cwd=workspace, env=dict(env, NODE_RANK=str(r)), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    for r, (p, log) in enumerate(zip(procs, logs)):
+        assert p.returncode == 0, f"node {r}:\n{log[-4000:]}"
+    return logs
+
+
+@pytest.mark.slow
+def test_first_stages_as_two_simulated_nodes_then_skip_and_resume(workspace):
+    runs = workspace / "runs"
+    logs = _two_nodes(workspace, ["--only", "labels", "losspred"], free_port())
+    train = sorted(p.stem for d in ("train-clean-100", "train-clean-360", "train-other-500")
+                   for p in (workspace / "LibriSpeech" / d).rglob("*.flac"))
+    labels = LabelStore(runs / "librispeech/labels")
+    assert len(list(labels.version_dir(0).glob("shard-*-of-00002.npz"))) == 2
+    assert sorted(labels.load(0)) == train  # the 100 h subset of this tiny corpus is all of it
+    bounds = BoundaryStore(runs / "librispeech/boundaries")
+    assert len(list(bounds.version_dir(0).glob("shard-*-of-00002.npz"))) == 2
+    segs = bounds.load(0)
+    assert sorted(segs) == train and sum(len(s) for s in segs.values()) > len(train)
+    for s in segs.values():  # sorted, non-overlapping segments (a random teacher may leave a file empty)
+        assert np.all(s[:, 1] > s[:, 0]) and np.all(s[1:, 0] >= s[:-1, 1] - 1e-9)
+    # the 2-node labels equal a 1-process run of the same command
+    from experiments.cli import run_command
+
+    stage = pl.load_pipeline(PAPER).stages[0]
+    args = [a if a != "runs/librispeech/labels" else str(workspace / "single") for a in stage.args]
+    cwd = os.getcwd()
+    try:
+        os.chdir(workspace)
+        assert run_command("labels", [*args, "--device", "cpu", "--rank", "0", "--world-size", "1"]) == 0
+    finally:
+        os.chdir(cwd)
+    single, double = LabelStore(workspace / "single").load(0), labels.load(0)
+    assert all(np.array_equal(single[k], double[k]) for k in train)
+    assert "--rank 1 --world-size 2" in logs[1] and "--trainer.num_nodes=2 --trainer.devices=1" in logs[0]
+    for stage in ("labels", "losspred"):
+        assert json.loads((runs / f"pipeline/{stage}.done.json").read_text())["world_size"] == 2
+
+    # a rerun skips both; a partial labels stage (rank 1's shard and the manifest lost) redoes only that shard
+    (labels.version_dir(0) / "manifest.json").unlink()
+    next(labels.version_dir(0).glob("shard-00001-*")).unlink()
+    before = bounds.manifest(0)
+    logs = _two_nodes(workspace, ["--only", "labels", "losspred"], free_port())
+    assert "stage losspred: complete, skipped" in logs[0] and "stage labels: complete, skipped" not in logs[0]
+    assert "shard 0 of 2 already done" in logs[0] and "labels rank 1" in logs[1]
+    assert sorted(labels.load(0)) == train and bounds.manifest(0) == before
