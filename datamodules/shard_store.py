@@ -22,6 +22,7 @@ Typical use under DDP (the regeneration callback and the offline steps do exactl
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -34,6 +35,7 @@ import numpy as np
 from syllablelm.alignments import SegmentError
 from syllablelm.fileio import write_json, write_npz
 
+log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 _VERSION_DIR = re.compile(r"^iter_(\d+)$")
 
@@ -147,6 +149,23 @@ class ShardStore:
                                    f"{missing} are still missing")
             time.sleep(poll)
         return self.finalize(version, world_size, meta)
+
+    def shards_to_write(self, version: int, rank: int, world_size: int, shards: int | None = None
+                        ) -> tuple[int, list[int]]:
+        """An offline pass's plan for one rank: the output is ``shards`` shard files (default: one per rank) dealt
+        round-robin to the ranks; returns ``(number of shard files, the indices this rank has still to write)``.
+        More shards than ranks give finer resume points: a stopped pass redoes only unwritten shards, and the
+        rerun may use a different number of ranks (keep ``shards`` the same)."""
+        n = shards or world_size
+        if n < world_size:
+            raise ValueError(f"{self.root}: {n} shards for {world_size} ranks; need at least one shard per rank")
+        todo = []
+        for s in range(rank, n, world_size):
+            if self.shard_path(version, s, n).exists():
+                log.info("shard %d of %d already done (%s)", s, n, self.version_dir(version))
+            else:
+                todo.append(s)
+        return n, todo
 
     def invalidate(self, version: int) -> None:
         """Remove a version's manifest (making it incomplete) before it is rewritten."""

@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-seconds", type=float, default=30.0, help="cut longer files at pauses")
     p.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
     p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
+    p.add_argument("--shards", type=int, help="shard files, dealt round-robin to the ranks (default: one per rank); "
+                   "more give finer resume points")
     p.add_argument("--device", default=f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu",
                    help="default: this process's GPU under torchrun (LOCAL_RANK), else the CPU")
     p.add_argument("--seed", type=int, default=0)
@@ -141,21 +143,19 @@ def main(argv: list[str] | None = None) -> int:
         centroids = np.load(centroids_path)
     labeler = KMeansLabeler(centroids)
 
-    shard = store.shard_path(args.version, args.rank, args.world_size)
-    if shard.exists():
-        log.info("%s exists: shard %d of %d already done", shard, args.rank, args.world_size)
-    else:
-        ds = dm.dataset("predict", rank=args.rank, world_size=args.world_size, chunk_seconds=args.chunk_seconds)
+    n_shards, todo = store.shards_to_write(args.version, args.rank, args.world_size, args.shards)
+    for shard in todo:
+        ds = dm.dataset("predict", rank=shard, world_size=n_shards, chunk_seconds=args.chunk_seconds)
         chunks: dict[int, list[tuple[float, float]]] = {}
         for item in ds.items:
             chunks.setdefault(item.entry, []).append((item.offset, item.duration))
         out = {}
         with torch.inference_mode():
-            for k, spans in tqdm(chunks.items(), desc=f"labels rank {args.rank}", unit="file"):
+            for k, spans in tqdm(chunks.items(), desc=f"labels rank {args.rank} shard {shard}", unit="file"):
                 out[ds.entries[k].id] = labeler(_file_features(fn, ds.entries[k], spans)).numpy()
-        store.write_shard(args.version, args.rank, args.world_size, out)
+        store.write_shard(args.version, shard, n_shards, out)
     if args.rank == 0:
-        store.finalize_when_complete(args.version, args.world_size, timeout=args.wait_timeout, meta={
+        store.finalize_when_complete(args.version, n_shards, timeout=args.wait_timeout, meta={
             "num_labels": int(len(centroids)), "features": args.features, "checkpoint": args.checkpoint,
             "layer": args.layer, "kmeans": args.kmeans or str(centroids_path)})
         log.info("label version %d complete: %s", args.version, vdir)

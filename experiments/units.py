@@ -102,6 +102,8 @@ def units(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-seconds", type=float, default=60.0)
     p.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
     p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
+    p.add_argument("--shards", type=int, help="shard files, dealt round-robin to the ranks (default: one per rank); "
+                   "more give finer resume points (LibriLight: thousands)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-dedup", action="store_true", help="keep repeated units (frame-unit baselines)")
     p.add_argument("--device")
@@ -110,20 +112,20 @@ def units(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     tok = Tokenizer.from_checkpoint(args.checkpoint, device=_device(args.device), chunk_seconds=args.chunk_seconds)
     store = UnitStore(args.out)
-    if store.shard_path(args.version, args.rank, args.world_size).exists():
-        log.info("shard %d of %d already written", args.rank, args.world_size)
-    else:
-        dm = SpeechDataModule(predict_dirs=args.data, manifest_cache=args.manifest_cache, num_workers=0)
-        ds = dm.dataset("predict", rank=args.rank, world_size=args.world_size)  # whole files, this rank's shard
+    n_shards, todo = store.shards_to_write(args.version, args.rank, args.world_size, args.shards)
+    dm = SpeechDataModule(predict_dirs=args.data, manifest_cache=args.manifest_cache, num_workers=0)
+    for shard in todo:
+        ds = dm.dataset("predict", rank=shard, world_size=n_shards)  # whole files of this shard
         out = {}
         paths = [(ds.entries[it.entry].id, ds.entries[it.entry].path) for it in ds.items]
-        for start in tqdm(range(0, len(paths), args.batch_size), desc=f"units rank {args.rank}", unit="batch"):
+        for start in tqdm(range(0, len(paths), args.batch_size), desc=f"units rank {args.rank} shard {shard}",
+                          unit="batch"):
             chunk = paths[start:start + args.batch_size]
             for (utt, _), result in zip(chunk, tok.batch([p for _, p in chunk], deduplicate=not args.no_dedup)):
                 out[utt] = result
-        store.write_shard(args.version, args.rank, args.world_size, out)
+        store.write_shard(args.version, shard, n_shards, out)
     if args.rank == 0:
-        store.finalize_when_complete(args.version, args.world_size, timeout=args.wait_timeout, meta={
+        store.finalize_when_complete(args.version, n_shards, timeout=args.wait_timeout, meta={
             "vocab_size": tok.vocab_size, "checkpoint": args.checkpoint, "data": args.data,
             "deduplicated": not args.no_dedup})
         log.info("unit version %d complete: %s", args.version, store.version_dir(args.version))

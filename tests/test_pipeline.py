@@ -238,6 +238,34 @@ def test_dry_run_finds_every_problem_at_once(workspace, monkeypatch, capsys):
     assert "asks for 8 devices" in capsys.readouterr().err
 
 
+def test_more_shards_than_ranks_resume_shard_by_shard(workspace, monkeypatch, caplog):
+    """labels/units with --shards: files dealt to ranks round-robin; a rerun (any rank count) redoes only the
+    shard files that are missing."""
+    from experiments.cli import run_command
+
+    monkeypatch.chdir(workspace)
+    caplog.set_level("INFO", logger="datamodules")
+    args = ["--data", "LibriSpeech/dev-clean", "--features", "teacher", "--checkpoint",
+            "checkpoints/hubert_base_ls960.pt", "--layer", "9", "--kmeans", "checkpoints/hubert_base_ls960_L9_km500.bin",
+            "--out", "sharded", "--shards", "3", "--device", "cpu"]
+    store = LabelStore(workspace / "sharded")
+    assert run_command("labels", [*args, "--rank", "1", "--world-size", "2"]) == 0  # rank 1: shard 1 only
+    assert [p.name for p in store.version_dir(0).glob("shard-*")] == ["shard-00001-of-00003.npz"]
+    assert run_command("labels", [*args, "--rank", "0", "--world-size", "2"]) == 0  # shards 0, 2 + manifest
+    full = store.load(0)
+    assert len(full) == 6
+    (store.version_dir(0) / "manifest.json").unlink()
+    (store.version_dir(0) / "shard-00002-of-00003.npz").unlink()
+    caplog.clear()
+    assert run_command("labels", [*args, "--rank", "0", "--world-size", "1"]) == 0
+    assert "shard 0 of 3 already done" in caplog.text and "shard 1 of 3 already done" in caplog.text
+    assert "shard 2 of 3 already done" not in caplog.text
+    again = store.load(0)
+    assert sorted(again) == sorted(full) and all(np.array_equal(again[k], full[k]) for k in full)
+    with pytest.raises(ValueError, match="at least one shard per rank"):
+        store.shards_to_write(0, 0, 4, 3)
+
+
 # ------------------------------------------------------------------------------------------ 2 simulated nodes
 def _two_nodes(workspace: Path, args: list[str], port: int) -> list[str]:
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
@@ -262,7 +290,7 @@ def test_first_stages_as_two_simulated_nodes_then_skip_and_resume(workspace):
     train = sorted(p.stem for d in ("train-clean-100", "train-clean-360", "train-other-500")
                    for p in (workspace / "LibriSpeech" / d).rglob("*.flac"))
     labels = LabelStore(runs / "librispeech/labels")
-    assert len(list(labels.version_dir(0).glob("shard-*-of-00002.npz"))) == 2
+    assert len(list(labels.version_dir(0).glob("shard-*-of-00064.npz"))) == 64  # --shards 64, dealt to 2 ranks
     assert sorted(labels.load(0)) == train  # the 100 h subset of this tiny corpus is all of it
     bounds = BoundaryStore(runs / "librispeech/boundaries")
     assert len(list(bounds.version_dir(0).glob("shard-*-of-00002.npz"))) == 2
@@ -289,9 +317,10 @@ def test_first_stages_as_two_simulated_nodes_then_skip_and_resume(workspace):
 
     # a rerun skips both; a partial labels stage (rank 1's shard and the manifest lost) redoes only that shard
     (labels.version_dir(0) / "manifest.json").unlink()
-    next(labels.version_dir(0).glob("shard-00001-*")).unlink()
+    next(labels.version_dir(0).glob("shard-00003-*")).unlink()  # one of rank 1's
     before = bounds.manifest(0)
     logs = _two_nodes(workspace, ["--only", "labels", "losspred"], free_port())
     assert "stage losspred: complete, skipped" in logs[0] and "stage labels: complete, skipped" not in logs[0]
-    assert "shard 0 of 2 already done" in logs[0] and "labels rank 1" in logs[1]
+    assert "shard 0 of 64 already done" in logs[0] and "shard 1 of 64 already done" in logs[1]
+    assert "labels rank 1 shard 3" in logs[1] and "labels rank 0 shard" not in logs[0]
     assert sorted(labels.load(0)) == train and bounds.manifest(0) == before
