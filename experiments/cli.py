@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("experiments.units:tokenize", "tokenize an audio file or folder into JSON lines of units"),
     "demo": ("experiments.demo:main", "the whole pipeline on a synthetic corpus -> DIR/report.json + report.md"),
     "evaluate": ("experiments.evaluate:main", "boundary / clustering / bitrate (and LM pair) scores of a tokenizer"),
+    "references": ("experiments.references:main", "LibriSpeech syllable references (SD-HuBERT/Peng/MFA) -> alignments"),
     "pipeline": ("experiments.pipeline:main", "every stage in order, resumable, on torchrun/SLURM (--dry-run checks)"),
 }
 

@@ -8,6 +8,11 @@
 - tokens: token rate, nominal and entropy bitrate, before and after dedup;
 - ``--baselines``: uniform / envelope (tuned on ``--tune-data``) / log-mel min-cut on the same data;
 - ``--lm`` + ``--pairs``: sWUGGY / sBLIMP / tSC-style pair accuracy of a SpeechLM on a ZeroSpeech-layout folder.
+
+LibriSpeech dev/test: convert the field's syllable references first (``syllablelm references --format
+sdhubert|peng|textgrid --input ... --out REFS``, once per split into the same REFS) and pass ``--alignments REFS``
+with ``--data LibriSpeech/test-clean --tune-data LibriSpeech/dev-clean``. References without syllable labels
+still give boundary and token scores; clustering is then skipped (logged, ``"clustering": null``).
 """
 from __future__ import annotations
 
@@ -36,9 +41,16 @@ def evaluate_tokenizer(tok, test, dev, *, batch_size: int = 8) -> dict:
     pred_t, units_t = [s for s, _ in test_out], [u for _, u in test_out]
     pred_d = [s for s, _ in dev_out]
     durations = [len(w) / SAMPLE_RATE for w in test[0]]
+    unlabelled = sum(not label.strip() for labels in test[2] for label in labels)
+    labelled = unlabelled < sum(len(labels) for labels in test[2])
+    if not labelled:
+        log.info("clustering skipped: the reference syllables carry no labels")
+    elif unlabelled:
+        log.warning("%d reference syllables have no label; they count as one syllable type in clustering",
+                    unlabelled)
     return {
         "boundaries": score(pred_t, test[1], pred_d, dev[1]),
-        "clustering": cluster_scores(pred_t, units_t, test[1], test[2]),
+        "clustering": cluster_scores(pred_t, units_t, test[1], test[2]) if labelled else None,
         "tokens": token_stats(units_t, durations, vocab_size=tok.vocab_size),
         "segments_hz": sum(len(p) for p in pred_t) / sum(durations),
         "num_utterances": len(pred_t),
@@ -109,7 +121,9 @@ def _print(report: dict) -> None:
               f"{1000 * u['shift']:+.0f} ms: P {100 * u['precision']:5.1f} R {100 * u['recall']:5.1f} "
               f"F1 {100 * u['f1']:5.1f} R-value {100 * u['r_value']:5.1f}")
     c, k = t["clustering"], t["tokens"]
-    print(f"clustering CPur {100 * c['cpur']:.1f} SPur {100 * c['spur']:.1f} SNMI {100 * c['snmi']:.1f} | "
+    clustering = (f"clustering CPur {100 * c['cpur']:.1f} SPur {100 * c['spur']:.1f} SNMI {100 * c['snmi']:.1f}"
+                  if c else "clustering skipped (unlabelled references)")
+    print(f"{clustering} | "
           f"{k['token_rate']:.2f} -> {k['dedup_token_rate']:.2f} tokens/s (dedup), "
           f"{k['dedup_nominal_bps']:.0f} nominal / {k['dedup_entropy_bps']:.0f} entropy bps after dedup")
     for name, res in report.get("baselines", {}).items():
