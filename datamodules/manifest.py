@@ -24,7 +24,7 @@ from typing import Iterable, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from syllablelm.audio import AUDIO_EXTENSIONS, AudioError, audio_info, read_audio
+from syllablelm.audio import AUDIO_EXTENSIONS, AudioError, audio_info, decoded_length
 from syllablelm.fileio import write_json
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def _check(path: Path, verify: Verify) -> tuple[tuple[int, int, int] | None, str
             return None, "empty (no samples)"
         if verify == "decode":
             # a truncated or corrupt stream usually has a valid header; only decoding shows it
-            n = len(read_audio(path, info.sample_rate))
+            n = decoded_length(path)
             if n != info.num_samples:
                 return None, f"truncated or corrupt: header says {info.num_samples} samples, decoded {n}"
         return (info.num_samples, info.sample_rate, info.channels), None

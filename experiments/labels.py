@@ -61,20 +61,31 @@ def _features_fn(args):
     return HiddenFeatures(load_teacher(args.checkpoint), args.layer, args.device)
 
 
-def _file_features(fn, entry, chunks: list[tuple[float, float]]) -> torch.Tensor:
-    """Features of a whole file on its 50 Hz grid, computed chunk by chunk (chunks start on the 20 ms grid;
-    each chunk yields one frame fewer than it spans, filled by repeating its last frame)."""
-    parts = []
-    for offset, duration in chunks:
-        wave = read_audio(entry.path, SAMPLE_RATE, offset=offset, duration=duration)
-        feats = fn(wave)
-        want = int(round(duration / 0.02))
-        if len(feats) < want and len(feats):
-            feats = torch.cat([feats, feats[-1:].expand(want - len(feats), -1)])
-        parts.append(feats[:want])
-    feats = torch.cat(parts)
-    n = num_frames(entry.num_samples * SAMPLE_RATE // entry.sample_rate)
-    return feats[:n]
+def _chunk_features(fn, entry, offset: float, duration: float) -> torch.Tensor:
+    """Features of one chunk (starting on the 20 ms grid) with one frame per 20 ms it spans (a chunk yields one
+    frame fewer than it spans: the last is repeated)."""
+    feats = fn(read_audio(entry.path, SAMPLE_RATE, offset=offset, duration=duration))
+    want = int(round(duration / 0.02))
+    if len(feats) < want and len(feats):
+        feats = torch.cat([feats, feats[-1:].expand(want - len(feats), -1)])
+    return feats[:want]
+
+
+def _file_labels(fn, labeler, entry, chunks: list[tuple[float, float]]) -> np.ndarray:
+    """Labels of a whole file on its 50 Hz grid, chunk by chunk: only one chunk's features exist at a time, so
+    memory does not grow with the file (LibriLight files run to an hour)."""
+    labels = np.concatenate([labeler(_chunk_features(fn, entry, o, d)).numpy() for o, d in chunks])
+    return labels[:num_frames(entry.num_samples * SAMPLE_RATE // entry.sample_rate)]
+
+
+def _windows(seconds: float, size: float) -> list[tuple[float, float]]:
+    """``[offset, duration)`` windows of about ``size`` seconds covering a file, on the 20 ms grid (a tail under
+    1 s joins the window before it)."""
+    size = max(0.02, round(size / 0.02) * 0.02)
+    starts = list(np.arange(0.0, seconds, size))
+    if len(starts) > 1 and seconds - starts[-1] < 1.0:
+        starts.pop()
+    return [(float(a), float((starts[i + 1] if i + 1 < len(starts) else seconds) - a)) for i, a in enumerate(starts)]
 
 
 def _wait_for(path: Path, what: str, timeout: float) -> None:
@@ -132,8 +143,11 @@ def main(argv: list[str] | None = None) -> int:
                 if hours >= args.fit_hours:
                     break
                 e = entries[i]
-                sample.append(_file_features(fn, e, [(0.0, e.seconds)]).numpy())
-                hours += e.seconds / 3600
+                for offset, duration in _windows(e.seconds, args.chunk_seconds):  # an hour-long file: not at once
+                    if hours >= args.fit_hours:
+                        break
+                    sample.append(_chunk_features(fn, e, offset, duration).numpy())
+                    hours += duration / 3600
             vectors = np.concatenate(sample)
             log.info("fitting k-means: %d clusters on %d frames (%.2f h)", args.num_clusters, len(vectors), hours)
             centroids = kmeans(vectors, args.num_clusters, seed=args.seed)
@@ -152,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         out = {}
         with torch.inference_mode():
             for k, spans in tqdm(chunks.items(), desc=f"labels rank {args.rank} shard {shard}", unit="file"):
-                out[ds.entries[k].id] = labeler(_file_features(fn, ds.entries[k], spans)).numpy()
+                out[ds.entries[k].id] = _file_labels(fn, labeler, ds.entries[k], spans)
         store.write_shard(args.version, shard, n_shards, out)
     if args.rank == 0:
         store.finalize_when_complete(args.version, n_shards, timeout=args.wait_timeout, meta={

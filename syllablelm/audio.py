@@ -77,6 +77,19 @@ def read_audio(
     return wave.contiguous()
 
 
+def decoded_length(path: str | os.PathLike, block_seconds: float = 30.0) -> int:
+    """Samples (per channel) a full decode yields, decoding block by block so memory stays one block whatever
+    the file's length; a truncated stream decodes to fewer samples than its header says."""
+    try:
+        with sf.SoundFile(str(path)) as f:
+            block, n = max(1, int(block_seconds * f.samplerate)), 0
+            while len(data := f.read(block, dtype="float32", always_2d=True)):
+                n += len(data)
+    except Exception as e:
+        raise AudioError(path, f"unreadable audio ({e})") from e
+    return n
+
+
 def write_audio(path: str | os.PathLike, wave: np.ndarray | torch.Tensor, sample_rate: int) -> None:
     """Write mono audio atomically; the format follows the extension (FLAC 16-bit for ``.flac``)."""
     from .fileio import atomic_write
@@ -101,7 +114,11 @@ def frame_levels_db(wave: np.ndarray | torch.Tensor, sample_rate: int, *, hop_s:
     n_blocks = len(x) // hop
     if n_blocks < per_win:
         return np.zeros(0)
-    blocks = np.square(x[: n_blocks * hop].astype(np.float64)).reshape(n_blocks, hop).sum(1)
+    rows = x[: n_blocks * hop].reshape(n_blocks, hop)
+    blocks = np.empty(n_blocks)
+    step = max(1, 2**20 // hop)  # float64 squares of ~1M samples at a time: an hour of audio stays cheap
+    for i in range(0, n_blocks, step):
+        blocks[i:i + step] = np.square(rows[i:i + step].astype(np.float64)).sum(1)
     window = np.convolve(blocks, np.ones(per_win), mode="valid") / (per_win * hop)
     return 10.0 * np.log10(window + 1e-10)
 
