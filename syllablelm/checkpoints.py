@@ -371,3 +371,15 @@ def load_hf_encoder(path: str | Path) -> nn.Module:
     from transformers import AutoModel
 
     return AutoModel.from_pretrained(str(path), local_files_only=True)
+
+
+# ---------------------------------------------------------------- fairseq data2vec 2.0 (syllablelm/checkpoints_data2vec2.py)
+_D2V2_NAMES = ("load_fairseq_data2vec2", "save_fairseq_style_data2vec2", "is_fairseq_data2vec2")
+
+
+def __getattr__(name: str):  # lazy re-export: checkpoints_data2vec2 imports this module
+    if name in _D2V2_NAMES:
+        from syllablelm import checkpoints_data2vec2
+
+        return getattr(checkpoints_data2vec2, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

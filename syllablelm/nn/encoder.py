@@ -3,13 +3,16 @@
 Wraps an HF model (HuBERT, WavLM, data2vec-audio — HF's is data2vec 1.0 —, wav2vec 2.0) whose transformer keeps
 only its first ``layer`` layers, so the output is ``hidden_states[layer]`` (HF numbering: 0 = input to layer 1,
 i = output of layer i) and no parameter is left unused (DDP requires that). The configuration travels as a plain
-dict (:meth:`spec`), so a LightningModule can rebuild the network from its hyper-parameters alone.
+dict (:meth:`spec`), so a LightningModule can rebuild the network from its hyper-parameters alone. A fairseq
+data2vec 2.0 checkpoint (``data2vec_multi``, the paper's backbone) is wrapped the same way around this project's
+``Data2Vec2AudioEncoder`` (``nn/data2vec2.py``), same hidden-state numbering.
 
     enc = SpeechEncoder.load("runs/tiny/teacher/checkpoints/last.ckpt", layer=11)
     feats, frame_mask = enc(waves, attention_mask)   # (B, T, H), (B, T)
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -17,11 +20,19 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from .common import normalize_waves, pretrained_normalization
+from .data2vec2 import Data2Vec2AudioEncoder, Data2Vec2Config
+
+D2V2_TYPE = "data2vec2_fairseq"  # spec()["model_type"] of a data2vec 2.0 encoder (not an HF model type)
 
 
 class SpeechEncoder(nn.Module):
-    def __init__(self, model: PreTrainedModel, *, layer: int, normalize_waveform: bool):
+    def __init__(self, model: PreTrainedModel | Data2Vec2AudioEncoder, *, layer: int, normalize_waveform: bool):
         super().__init__()
+        if isinstance(model, Data2Vec2AudioEncoder):
+            model.truncate(layer)  # no layerdrop either: a skipped block would leave DDP parameters unused
+            model.config.layerdrop = model.config.prenet_layerdrop = 0.0
+            self.model, self.layer, self.normalize_waveform = model, layer, normalize_waveform
+            return
         total = len(model.encoder.layers)
         if not 1 <= layer <= total:
             raise ValueError(f"feature layer must be in [1, {total}] for this {model.config.model_type}, got {layer}")
@@ -42,21 +53,36 @@ class SpeechEncoder(nn.Module):
     # ---- construction -----------------------------------------------------------------------------------
     def spec(self) -> dict:
         """Plain-typed description that :meth:`from_spec` turns back into this (untrained) network."""
+        if isinstance(self.model, Data2Vec2AudioEncoder):
+            return {"model_type": D2V2_TYPE, "config": dataclasses.asdict(self.model.config), "layer": self.layer,
+                    "normalize_waveform": self.normalize_waveform}
         return {"model_type": self.model.config.model_type, "config": _plain(self.model.config.to_dict()),
                 "layer": self.layer, "normalize_waveform": self.normalize_waveform}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "SpeechEncoder":
+        if spec["model_type"] == D2V2_TYPE:
+            return cls(Data2Vec2AudioEncoder(Data2Vec2Config(**spec["config"])), layer=spec["layer"],
+                       normalize_waveform=spec["normalize_waveform"])
         config = AutoConfig.for_model(spec["model_type"], **{k: v for k, v in spec["config"].items()
                                                             if k != "model_type"})
         return cls(AutoModel.from_config(config), layer=spec["layer"], normalize_waveform=spec["normalize_waveform"])
 
     @classmethod
     def load(cls, path: str | Path, *, layer: int, normalize_waveform: bool | None = None) -> "SpeechEncoder":
-        """From this project's teacher ``.ckpt``, a fairseq HuBERT ``.pt`` or an HF model directory.
-        ``normalize_waveform`` defaults to what the checkpoint was pretrained with."""
+        """From this project's teacher ``.ckpt``, a fairseq HuBERT or data2vec 2.0 ``.pt`` or an HF model
+        directory. ``normalize_waveform`` defaults to what the checkpoint was pretrained with."""
+        from syllablelm.checkpoints_data2vec2 import (
+            is_fairseq_data2vec2,
+            load_fairseq_data2vec2,
+        )
+
         p = Path(path)
-        if p.is_dir():
+        if p.is_file() and p.suffix != ".ckpt" and is_fairseq_data2vec2(p):
+            model = load_fairseq_data2vec2(p)
+            if normalize_waveform is None:
+                normalize_waveform = model.config.normalize_waveform
+        elif p.is_dir():
             model = AutoModel.from_pretrained(str(p), local_files_only=True)
             if normalize_waveform is None:
                 normalize_waveform = pretrained_normalization(p, model.config)
@@ -79,11 +105,15 @@ class SpeechEncoder(nn.Module):
         """Features of ``hidden_states[layer]`` and the frame mask. Padding never changes a feature: a CNN with
         GroupNorm over time (HuBERT/wav2vec 2.0/WavLM Base) normalises over the padding, and stacked positional
         convolutions (data2vec-audio) carry it into real frames, so a padded batch runs one utterance at a time
-        (an unpadded one — equal crops — runs batched). Training then sees exactly the features that
-        per-utterance boundary extraction sees."""
+        (an unpadded one — equal crops — runs batched). A data2vec 2.0 encoder with a layer-norm CNN masks the
+        padding itself and always runs batched. Training then sees exactly the features that per-utterance
+        boundary extraction sees."""
         if self.normalize_waveform:
             waves = normalize_waves(waves, attention_mask)
         lengths = None if attention_mask is None else attention_mask.sum(-1)
+        if isinstance(self.model, Data2Vec2AudioEncoder) and self.model.padding_exact:
+            hidden, frame_mask = self.model(waves, attention_mask)  # batched == per utterance (nn/data2vec2.py)
+            return hidden[self.layer], frame_mask
         if lengths is not None and bool((lengths < waves.shape[1]).any()):
             parts = [self._hidden(waves[b:b + 1, : int(n)], None)[0] for b, n in enumerate(lengths)]
             hidden = torch.nn.utils.rnn.pad_sequence(parts, batch_first=True)  # (B, T, H)
@@ -92,11 +122,16 @@ class SpeechEncoder(nn.Module):
         T = hidden.shape[1]
         if attention_mask is None:
             frame_mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        elif isinstance(self.model, Data2Vec2AudioEncoder):
+            n = self.model.frame_lengths(attention_mask.long().sum(-1))
+            frame_mask = torch.arange(T, device=hidden.device)[None] < n[:, None]
         else:
             frame_mask = self.model._get_feature_vector_attention_mask(T, attention_mask).bool()
         return hidden, frame_mask
 
     def _hidden(self, waves: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        if isinstance(self.model, Data2Vec2AudioEncoder):
+            return self.model(waves, attention_mask)[0][self.layer]
         return self.model(waves, attention_mask=attention_mask, output_hidden_states=True).hidden_states[self.layer]
 
 
