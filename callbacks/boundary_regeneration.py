@@ -130,6 +130,13 @@ class BoundaryRegeneration(pl.Callback):
             if pl_module.segmenter.calibrate_to_hz is not None:
                 pl_module.delta.fill_(self._calibrate(trainer, pl_module))
             segments: dict[str, list[np.ndarray]] = {}
+            # a file in two splits is stored (and counted) once, by its first split; every rank knows every split's
+            # files, so shards on different ranks never hold the same utterance
+            owner: dict[str, str] = {}
+            for split in self.splits:
+                if dm.dirs.get(split):
+                    for entry in dm.manifest(split).entries:
+                        owner.setdefault(entry.id, split)
             counts = torch.zeros(2, dtype=torch.float64, device=pl_module.device)  # segments, seconds
             metrics = {}
             for split in self.splits:
@@ -142,9 +149,10 @@ class BoundaryRegeneration(pl.Callback):
                     segs = pl_module.extract_boundaries(_to(batch, pl_module.device))
                     preds, refs = [], []
                     for b, (utt, s) in enumerate(zip(batch["ids"], segs)):
-                        segments.setdefault(utt, []).append(s)
-                        counts += torch.tensor([len(s), float(batch["lengths"][b]) / SAMPLE_RATE],
-                                               dtype=torch.float64, device=counts.device)
+                        if owner.get(utt, split) == split:
+                            segments.setdefault(utt, []).append(s)  # chunks of one long file share the id
+                            counts += torch.tensor([len(s), float(batch["lengths"][b]) / SAMPLE_RATE],
+                                                   dtype=torch.float64, device=counts.device)
                         alignment = batch["alignments"][b]
                         if alignment is not None and self.tier in alignment:
                             preds.append(s)

@@ -33,7 +33,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from syllablelm.alignments import SegmentError
-from syllablelm.fileio import write_json, write_npz
+from syllablelm.fileio import atomic_write, write_json, write_npz
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -166,6 +166,21 @@ class ShardStore:
             else:
                 todo.append(s)
         return n, todo
+
+    def copy_version(self, version: int, dest: "ShardStore", dest_version: int | None = None) -> dict:
+        """Copy a complete version into another store (shards atomically, then the manifest): e.g. LossPred's
+        version 0 as the starting point of a second SylBoost run that keeps its own later versions."""
+        if not self.is_complete(version):
+            raise IncompleteVersionError(f"{self.version_dir(version)}: no complete version {version} to copy")
+        manifest = self.manifest(version)
+        target = version if dest_version is None else dest_version
+        dest.invalidate(target)
+        for shard in manifest["shards"]:
+            data = (self.version_dir(version) / shard["file"]).read_bytes()
+            with atomic_write(dest.version_dir(target) / shard["file"], "wb") as f:
+                f.write(data)
+        meta = {**manifest["meta"], "copied_from": str(self.version_dir(version))}
+        return dest.finalize(target, manifest["world_size"], meta=meta)
 
     def invalidate(self, version: int) -> None:
         """Remove a version's manifest (making it incomplete) before it is rewritten."""

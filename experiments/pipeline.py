@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 LIGHTNING = ("fit", "validate", "test", "predict")
 OFFLINE_SHARDED = ("labels", "units")  # commands that take --rank/--world-size
-OFFLINE = (*OFFLINE_SHARDED, "quantize", "evaluate", "baselines", "synth", "pairs", "tokenize")
+OFFLINE = (*OFFLINE_SHARDED, "quantize", "evaluate", "baselines", "synth", "pairs", "tokenize", "store-copy",
+           "references", "import-sylboost")
 REQUEUED = 3  # exit status of a process that asked SLURM to requeue the job
 
 
@@ -246,7 +247,7 @@ def fit_resume_checkpoint(stage: Stage) -> Path | None:
     """The newest of the stage's ``last.ckpt`` and Lightning's SLURM ``hpc_ckpt_*.ckpt``."""
     from experiments.pipeline_checks import lightning_outputs
 
-    outs = lightning_outputs(stage.config)
+    outs = lightning_outputs(stage.config, stage.args)
     found = []
     if outs.get("checkpoint_dir"):
         found.append(Path(outs["checkpoint_dir"]) / "last.ckpt")

@@ -46,9 +46,21 @@ def _outputs_of(cfg: dict) -> dict:
     return {k: v for k, v in out.items() if v}
 
 
-def lightning_outputs(config: str | os.PathLike) -> dict:
-    """Where a Lightning config writes: ``root_dir``, ``checkpoint_dir``, ``boundary_store`` (raw YAML)."""
-    return _outputs_of(yaml.safe_load(Path(config).read_text()) or {})
+def _merge(base: dict, over: dict) -> dict:
+    """jsonargparse's overlay rule for YAML: mappings merge key by key, anything else (lists too) replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def lightning_outputs(config: str | os.PathLike, args: list[str] = ()) -> dict:
+    """Where a Lightning config writes: ``root_dir``, ``checkpoint_dir``, ``boundary_store`` (raw YAML, with the
+    overlays a stage adds as ``--config FILE`` in its args)."""
+    cfg = {}
+    for path in [config, *_flag_values(list(args), "--config")]:
+        cfg = _merge(cfg, yaml.safe_load(Path(path).read_text()) or {})
+    return _outputs_of(cfg)
 
 
 def parse_lightning(config: str, args: list[str]) -> dict:
@@ -163,7 +175,19 @@ def model_info(path: Path) -> ModelInfo:
             raise ValueError(f"{path}: no 'state_dict': not a Lightning checkpoint")
         return ModelInfo("lightning", extra={"hyper_parameters": state.get("hyper_parameters") or {}})
     from syllablelm.checkpoints import _read_config, _stub_pickle
+    from syllablelm.checkpoints_data2vec2 import _config, _load_state, is_fairseq_data2vec2
 
+    try:
+        d2v2 = is_fairseq_data2vec2(path)
+    except Exception:  # unreadable: the HuBERT reader below says so
+        d2v2 = False
+    if d2v2:
+        try:
+            c = _config(_load_state(path), path)
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable fairseq data2vec 2.0 checkpoint ({e})") from e
+        return ModelInfo("fairseq-data2vec2", c.prenet_depth + c.depth, c.embed_dim,
+                         extra={"normalize": c.normalize_waveform})
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_stub_pickle)
     except Exception as e:
@@ -314,7 +338,7 @@ def _check_offline(ck: _Checker, stage, role: dict) -> None:
         ck.problem(f"stage {stage.name}: {stage.command} needs --out")
     info = ck.need(stage.name, "--checkpoint", _flag(a, "--checkpoint"), model_info)
     km = ck.need(stage.name, "--kmeans", _flag(a, "--kmeans"), kmeans_info)
-    for flag in ("--alignments", "--lm", "--pairs", "--tune-data"):
+    for flag in ("--alignments", "--lm", "--pairs", "--tune-data", "--store"):
         ck.need(stage.name, flag, _flag(a, flag))
     if stage.command == "labels":
         role["labels"] = {"stage": stage.name, "info": info, "kmeans": km, "layer": _flag(a, "--layer"),
@@ -324,6 +348,8 @@ def _check_offline(ck: _Checker, stage, role: dict) -> None:
     elif stage.command == "quantize":
         role["quantize"] = {"stage": stage.name, "k": int(_flag(a, "--k", 24576)),
                             "k_merged": int(_flag(a, "--k-merged", 8192)), "out": _flag(a, "--out")}
+    elif stage.command == "store-copy":
+        role.setdefault("copies", {})[os.path.normpath(_flag(a, "--out", ""))] = _flag(a, "--store")
     elif stage.command == "units":
         role.setdefault("units", []).append({"stage": stage.name, "out": _flag(a, "--out")})
 
@@ -373,7 +399,10 @@ def _cross_checks(ck: _Checker, role: dict) -> None:
             ck.problem(f"stage {sb['stage']}: feature_layer {layer} but {sb['model'].get('init_from')} has "
                        f"{info.layers} layers")
     if sb and lp:
-        if not _same(sb["data"].get("boundary_dir"), lp["store"]):
+        source = sb["data"].get("boundary_dir")
+        while source is not None and os.path.normpath(source) in role.get("copies", {}):  # seeded by store-copy
+            source = role["copies"][os.path.normpath(source)]
+        if not _same(source, lp["store"]):
             ck.problem(f"stage {sb['stage']}: data.boundary_dir {sb['data'].get('boundary_dir')} is not where stage "
                        f"{lp['stage']} writes boundaries ({lp['store']})")
         for key in ("train_dirs", "train_hours", "seed"):
@@ -397,7 +426,7 @@ def shared_dirs(pipe, stages) -> list[Path]:
     dirs = [pipe.state_dir]
     for stage in stages:
         if stage.lightning:
-            outs = lightning_outputs(stage.config)
+            outs = lightning_outputs(stage.config, stage.args)
             dirs += [Path(outs[k]) for k in ("boundary_store", "checkpoint_dir") if k in outs]
         else:
             out = _flag(stage.args, "--out")

@@ -11,8 +11,8 @@ import yaml
 from tests.conftest import REPO
 
 ALL = sorted((REPO / "experiments" / "configs").glob("*/*.yaml"))
-OVERLAYS = [p for p in ALL if "_rate_" in p.name or "_data2vec2" in p.name]  # partial configs given after a base config
-PIPELINES = [p for p in ALL if p.name == "pipeline.yaml"]  # syllablelm pipeline configs (tests/test_pipeline.py)
+PIPELINES = [p for p in ALL if p.name.startswith("pipeline")]  # syllablelm pipeline configs (tests/test_pipeline.py)
+OVERLAYS = [p for p in ALL if p not in PIPELINES and ("_rate_" in p.name or "_data2vec2" in p.name)]  # given after a base config
 CONFIGS = [p for p in ALL if p not in OVERLAYS + PIPELINES]
 
 
@@ -74,7 +74,25 @@ def test_paper_settings():
     assert d["seed"] == losspred["data"]["init_args"]["seed"]  # LossPred labels exactly SylBoost's subset
 
 
+def _base_of(overlay):
+    return overlay.parent / ("sylboost.yaml" if overlay.name.startswith("sylboost") else "speechlm_base.yaml")
+
+
 @pytest.mark.parametrize("path", OVERLAYS, ids=[p.name for p in OVERLAYS])
+def test_overlays_parse_with_their_base_through_lightningcli(path):
+    from experiments.pipeline_checks import parse_lightning
+
+    cfg = parse_lightning(str(_base_of(path)), ["--config", str(path)])
+    overlay = yaml.safe_load(path.read_text())
+    for key, value in (overlay.get("data") or {}).get("init_args", {}).items():
+        assert cfg["data"]["init_args"][key] == value
+    assert cfg["trainer"]["default_root_dir"] == overlay["trainer"]["default_root_dir"]
+
+
+SYLBOOST_OVERLAYS = [p for p in OVERLAYS if p.name.startswith("sylboost")]
+
+
+@pytest.mark.parametrize("path", SYLBOOST_OVERLAYS, ids=[p.name for p in SYLBOOST_OVERLAYS])
 def test_rate_overlays_apply_to_the_base_config(path):
     base = yaml.safe_load((path.parent / "sylboost.yaml").read_text())
     overlay = yaml.safe_load(path.read_text())

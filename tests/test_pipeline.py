@@ -202,6 +202,16 @@ def test_dry_run_on_a_librispeech_layout_workspace(workspace, monkeypatch, capsy
     assert not (workspace / "runs").exists() or not list((workspace / "runs").rglob("*.npz"))  # nothing trained
 
 
+def test_dry_run_of_the_data2vec2_pipeline(workspace, monkeypatch, capsys, caplog):
+    monkeypatch.chdir(workspace)
+    caplog.set_level("INFO", logger="experiments")
+    assert pl.main(["--config", str(PAPER.with_name("pipeline_data2vec2.yaml")), "--dry-run"]) == 0
+    assert "no problems found in 8 stage(s)" in capsys.readouterr().out
+    assert "data2vec2_base_libri.pt (fairseq-data2vec2, layers=12, hidden=32)" in caplog.text
+    assert "runs/librispeech/boundaries (made by stage losspred)" in caplog.text  # store-copy's source
+    assert "runs/librispeech/boundaries_data2vec2 (made by stage seed_boundaries)" in caplog.text
+
+
 def test_dry_run_finds_every_problem_at_once(workspace, monkeypatch, capsys):
     monkeypatch.chdir(workspace)
     cfg = yaml.safe_load(PAPER.read_text())

@@ -68,6 +68,25 @@ def test_two_iterations_write_versions_and_metrics(setup):
     assert all(np.array_equal(store.load(2)[u], final[u]) for u in ids)
 
 
+def test_a_file_in_two_splits_is_regenerated_once(setup):
+    """Validation on (part of) the training folder: each utterance stored once, both splits still scored."""
+    from datamodules.speech import SpeechDataModule
+
+    corpus, tmp, teacher, cache, ids = setup
+    dm = SpeechDataModule(train_dirs=[str(corpus / "train"), str(corpus / "dev")], val_dirs=[str(corpus / "dev")],
+                          alignment_dir=str(corpus / "alignments"), boundary_dir=str(tmp / "store"),
+                          boundary_version=0, require_boundaries=True, batch_size=4, crop_seconds=3.0,
+                          num_workers=0, manifest_cache=cache)
+    model = H.module(teacher)
+    H.trainer(tmp).fit(model, dm)
+    store = BoundaryStore(tmp / "store")
+    assert sorted(store.load(1)) == sorted(store.load(2)) == sorted(ids)  # load checks: no utterance twice
+    meta = store.manifest(1)["meta"]
+    assert set(meta["metrics"]) == {"train", "val"}
+    final = H.offline_boundaries(model, corpus, cache)
+    assert all(np.array_equal(store.load(2)[u], final[u]) for u in ids)
+
+
 class Crash(pl.Callback):
     """Stops the run at a chosen hook of epoch 0 (a node failure, a preemption)."""
 

@@ -65,6 +65,13 @@ def make_paper_workspace(root: str | Path, *, seed: int = 0) -> Path:
     save_fairseq_style_checkpoint(HubertTeacher(TeacherConfig.base(**small)), ck / "hubert_base_ls960.pt")
     save_fairseq_style_checkpoint(HubertTeacher(TeacherConfig.large(**{**small, "num_hidden_layers": 4})),
                                   ck / "hubert_large_ll60k.pt")
+    from syllablelm.checkpoints_data2vec2 import save_fairseq_style_data2vec2
+    from syllablelm.nn.data2vec2 import Data2Vec2AudioEncoder, Data2Vec2Config
+
+    d2v2 = Data2Vec2Config(embed_dim=32, num_heads=2, depth=8, prenet_depth=4, conv_pos_width=8, conv_pos_depth=2,
+                           conv_pos_groups=2, feature_encoder_spec="[(16, 10, 5)] + [(16, 3, 2)] * 4 + [(16,2,2)] * 2",
+                           normalize_waveform=True)
+    save_fairseq_style_data2vec2(Data2Vec2AudioEncoder(d2v2), ck / "data2vec2_base_libri.pt")
     x = rng.standard_normal((2000, 32)).astype(np.float32)
     joblib.dump(MiniBatchKMeans(n_clusters=500, n_init=1, random_state=0, batch_size=1000).fit(x),
                 ck / "hubert_base_ls960_L9_km500.bin")
