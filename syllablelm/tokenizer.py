@@ -60,7 +60,8 @@ def quantizer_from_state(state: dict) -> UnitQuantizer:
 
 class Tokenizer:
     def __init__(self, encoder: SpeechEncoder, quantizer: UnitQuantizer | None, segmenter: dict, *,
-                 delta: float | None = None, device: str | torch.device = "cpu", chunk_seconds: float = 60.0):
+                 delta: float | None = None, device: str | torch.device = "cpu", chunk_seconds: float = 60.0,
+                 group_seconds: float = 240.0):
         self.encoder = encoder.eval().to(device)
         self.quantizer = quantizer
         keys = ("rate_hz", "quantile", "min_len", "max_len", "max_rate", "fixed_frames")
@@ -68,6 +69,7 @@ class Tokenizer:
         self.delta = delta
         self.device = torch.device(device)
         self.chunk_seconds = chunk_seconds
+        self.group_seconds = max(group_seconds, chunk_seconds)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
@@ -133,23 +135,32 @@ class Tokenizer:
     def batch(self, audios: Sequence, sample_rate: int | None = None, *, deduplicate: bool = True
               ) -> list[tuple[np.ndarray, np.ndarray]]:
         """``[(segments (n, 2) seconds, units (n,) int64), ...]`` for paths or arrays (at ``sample_rate``).
-        Long recordings are cut at pauses into chunks of at most ``chunk_seconds`` (results in file time)."""
-        pieces, owner, offsets = [], [], []
+        Long recordings are cut at pauses into chunks of at most ``chunk_seconds`` (results in file time).
+        Chunks go through the encoder and the min-cut DP in groups of at most ``group_seconds`` of audio, file
+        after file, so memory stays bounded whatever the files' lengths (an hour of LibriLight included); the
+        DP is exact per chunk, so grouping never changes the result."""
+        out = [[[], []] for _ in audios]
+        group: list[tuple[torch.Tensor, int, float]] = []  # (chunk wave, file index, offset seconds)
+
+        def flush() -> None:
+            feats = [self.features(part) for part, _, _ in group]
+            for f, b, (_, i, off) in zip(feats, self.boundaries(feats), group):
+                segs, units = self._quantizer().tokenize(f, b, offset=off, deduplicate=False)
+                out[i][0].append(segs)
+                out[i][1].append(units)
+            group.clear()
+
         for i, audio in enumerate(audios):
             wave = self._load(audio, sample_rate)
             for start, end in pause_chunks(wave, SAMPLE_RATE, max_seconds=self.chunk_seconds):
                 part = wave[int(round(start * SAMPLE_RATE)):int(round(end * SAMPLE_RATE))]
-                if len(part) >= 400 + 320 * 2 * self.segmenter.get("min_len", 3):  # enough frames for one segment
-                    pieces.append(part)
-                    owner.append(i)
-                    offsets.append(start)
-        feats = [self.features(p) for p in pieces]
-        bounds = self.boundaries(feats) if feats else []
-        out = [[[], []] for _ in audios]
-        for f, b, i, off in zip(feats, bounds, owner, offsets):
-            segs, units = self._quantizer().tokenize(f, b, offset=off, deduplicate=False)
-            out[i][0].append(segs)
-            out[i][1].append(units)
+                if len(part) < 400 + 320 * 2 * self.segmenter.get("min_len", 3):  # too short for one segment
+                    continue
+                if group and (sum(len(p) for p, _, _ in group) + len(part)) / SAMPLE_RATE > self.group_seconds:
+                    flush()
+                group.append((part, i, start))
+        if group:
+            flush()
         result = []
         for segs, units in out:
             segs = np.concatenate(segs) if segs else np.zeros((0, 2))

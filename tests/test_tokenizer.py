@@ -49,6 +49,21 @@ def test_checkpoint_alone_rebuilds_the_tokenizer(tokenizer_ckpt, synth_corpus, t
     assert abs(len(resampled[1]) - len(units)) <= max(2, len(units) // 10)
 
 
+def test_long_recordings_in_bounded_groups_give_the_same_units(tokenizer_ckpt, synth_corpus):
+    """A long recording is cut at pauses and encoded in groups of chunks; the group size never changes the
+    result (the DP is exact per chunk), and results come back in file time."""
+    waves = [read_audio(p).numpy() for p in sorted((synth_corpus / "train").rglob("*.flac"))[:6]]
+    pause = np.zeros(8000, dtype=np.float32)
+    long = np.concatenate([x for w in waves for x in (w, pause)])  # ~20 s with 0.5 s pauses
+    one_group = Tokenizer.from_checkpoint(tokenizer_ckpt, chunk_seconds=4.0, group_seconds=1000.0)
+    per_chunk = Tokenizer.from_checkpoint(tokenizer_ckpt, chunk_seconds=4.0, group_seconds=4.0)
+    a, b = one_group(long, sample_rate=16000), per_chunk(long, sample_rate=16000)
+    assert len(a[1]) > 10 and np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert a[0][-1, 1] > len(long) / 16000 - 3.0  # the last chunks are in file time, near the end
+    batch = per_chunk.batch([long, waves[0]], sample_rate=16000)  # groups span files; results stay per file
+    assert np.array_equal(batch[0][1], a[1]) and np.array_equal(batch[1][1], per_chunk(waves[0], 16000)[1])
+
+
 def test_quantizer_beside_the_checkpoint(tokenizer_ckpt, tmp_path):
     ckpt = torch.load(tokenizer_ckpt, weights_only=True)
     state = ckpt.pop("quantizer")
