@@ -23,9 +23,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quantize": ("experiments.units:quantize", "fit k-means + Ward on SylBoost features -> tokenizer checkpoint"),
     "units": ("experiments.units:units", "write unit shards (segments + unit ids) for a dataset"),
     "tokenize": ("experiments.units:tokenize", "tokenize an audio file or folder into JSON lines of units"),
+    "import-sylboost": ("experiments.released:main", "the authors' released SylBoost model -> tokenizer checkpoint"),
     "demo": ("experiments.demo:main", "the whole pipeline on a synthetic corpus -> DIR/report.json + report.md"),
     "evaluate": ("experiments.evaluate:main", "boundary / clustering / bitrate (and LM pair) scores of a tokenizer"),
     "references": ("experiments.references:main", "LibriSpeech syllable references (SD-HuBERT/Peng/MFA) -> alignments"),
+    "store-copy": ("experiments.stores:main", "copy a store version (e.g. LossPred's boundaries for a second SylBoost)"),
     "pipeline": ("experiments.pipeline:main", "every stage in order, resumable, on torchrun/SLURM (--dry-run checks)"),
 }
 

@@ -119,11 +119,17 @@ def load_fairseq_data2vec2(path: str | Path) -> Data2Vec2AudioEncoder:
     """A fairseq data2vec 2.0 audio checkpoint (e.g. the released ``base_libri.pt``) -> ``Data2Vec2AudioEncoder``
     (config ``normalize_waveform`` = the pretraining task's ``normalize``). fairseq need not be installed."""
     state = _load_state(path)
-    c = _config(state, path)
-    encoder = Data2Vec2AudioEncoder(c)
-    names = {fairseq_key(k, c): k for k in encoder.state_dict()}
+    return encoder_from_fairseq_state(state.get("model") or {}, _config(state, path), path)
+
+
+def encoder_from_fairseq_state(model_state: dict, config: Data2Vec2Config, path) -> Data2Vec2AudioEncoder:
+    """A ``Data2Vec2AudioEncoder(config)`` holding a fairseq ``Data2VecMultiModel`` state dict (fairseq key names,
+    no prefix). Pretraining-only keys are ignored; a missing, unexpected or mis-shaped key raises
+    ``CheckpointError`` naming ``path`` (for files that carry their weights but not their config)."""
+    encoder = Data2Vec2AudioEncoder(config)
+    names = {fairseq_key(k, config): k for k in encoder.state_dict()}
     mapped, unexpected = {}, []
-    for key, value in (state.get("model") or {}).items():
+    for key, value in model_state.items():
         if key in names:
             if key == _A + "alibi_scale" and value.dim() == 4:  # fairseq upgrade_state_dict_named
                 value = value.unsqueeze(0)

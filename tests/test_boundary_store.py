@@ -125,3 +125,20 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o644
+
+
+def test_store_copy_command_copies_a_complete_version(tmp_path):
+    from experiments.cli import main
+
+    src, dst = BoundaryStore(tmp_path / "a"), BoundaryStore(tmp_path / "b")
+    for rank in range(2):
+        src.write_shard(0, rank, 2, {f"u{rank}": np.array([[0.0, 0.5], [0.5, 1.0 + rank]])})
+    with pytest.raises(SystemExit, match="no complete version 0"):
+        main(["store-copy", "--store", str(tmp_path / "a"), "--out", str(tmp_path / "b")])
+    src.finalize(0, 2, meta={"stage": "TeacherModule"})
+    assert main(["store-copy", "--store", str(tmp_path / "a"), "--out", str(tmp_path / "b")]) == 0
+    a, b = src.load(0), dst.load(0)
+    assert sorted(a) == sorted(b) == ["u0", "u1"] and all(np.array_equal(a[k], b[k]) for k in a)
+    meta = dst.manifest(0)["meta"]
+    assert meta["stage"] == "TeacherModule" and meta["copied_from"].endswith("iter_0")
+    assert dst.versions() == [0]
