@@ -5,7 +5,9 @@ and run the encoder and the min-cut DP chunk by chunk, so memory should grow wit
 sample: 115 MB for 30 minutes), not with attention (quadratic in frames) or the DP (frames x segments). This
 script synthesises files of 5, 15 and 30 minutes (eSpeak utterances separated by pauses), runs each pass on each
 file in a fresh process, and prints the peak RSS of each, the growth from 5 to 30 minutes, and what one
-unchunked forward would need for its attention matrices alone.
+unchunked forward would need for its attention matrices alone. Each run is repeated with glibc's default heap
+and with ``MALLOC_MMAP_THRESHOLD_=1048576`` (large blocks mmap-ed): the default heap's peak creeps up with file
+length through fragmentation, the mmap run shows what the code holds.
 
     python benchmarks/long_file.py                    # tiny SylBoost tokenizer from the shipped teacher, CPU
     python benchmarks/long_file.py --minutes 5 30 60  # other lengths
@@ -28,6 +30,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+# glibc's heap keeps freed chunk-sized blocks and grows with fragmentation over a long file; with large blocks
+# mmap-ed (returned to the system when freed) the peak shows what the code itself holds
+ALLOCATORS = {"glibc": {}, "mmap1M": {"MALLOC_MMAP_THRESHOLD_": "1048576"}}
 
 
 def make_long_file(path: Path, minutes: float, corpus: Path) -> float:
@@ -103,23 +108,26 @@ def main() -> None:
             folder.mkdir()
             seconds = make_long_file(folder / "long.flac", minutes, work / "corpus" / "train")
             for pass_ in args.passes:
-                env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-                out = subprocess.run([sys.executable, __file__, "--child", pass_, str(folder / "long.flac"),
-                                      str(tokenizer), str(folder)], env=env, capture_output=True, text=True)
-                if out.returncode:
-                    raise SystemExit(out.stderr[-3000:])
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                rows.append((pass_, minutes, seconds, r))
-                print(f"{pass_:7s} {seconds / 60:5.1f} min  peak RSS {r['peak_mb']:7.0f} MB  "
-                      f"{r['seconds']:6.1f} s  ({seconds / r['seconds']:.0f}x real time)", flush=True)
+                for alloc, extra in ALLOCATORS.items():
+                    env = dict(os.environ, PYTHONPATH=str(REPO), **extra,
+                               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+                    out = subprocess.run([sys.executable, __file__, "--child", pass_, str(folder / "long.flac"),
+                                          str(tokenizer), str(folder)], env=env, capture_output=True, text=True)
+                    if out.returncode:
+                        raise SystemExit(out.stderr[-3000:])
+                    r = json.loads(out.stdout.strip().splitlines()[-1])
+                    rows.append((pass_, alloc, minutes, seconds, r))
+                    print(f"{pass_:7s} {alloc:8s} {seconds / 60:5.1f} min  peak RSS {r['peak_mb']:7.0f} MB  "
+                          f"{r['seconds']:6.1f} s  ({seconds / r['seconds']:.0f}x real time)", flush=True)
         for pass_ in args.passes:
-            mine = [r for r in rows if r[0] == pass_]
-            lo, hi = mine[0], mine[-1]
-            wave_mb = (hi[2] - lo[2]) * 16000 * 4 / 2**20
-            print(f"{pass_}: {lo[1]:g} -> {hi[1]:g} min: peak RSS x{hi[3]['peak_mb'] / lo[3]['peak_mb']:.2f} "
-                  f"(+{hi[3]['peak_mb'] - lo[3]['peak_mb']:.0f} MB; the longer waveform alone is +{wave_mb:.0f} MB "
-                  "in float32)")
-        frames = int(max(r[2] for r in rows) * 50)
+            for alloc in ALLOCATORS:
+                mine = [r for r in rows if r[:2] == (pass_, alloc)]
+                lo, hi = mine[0], mine[-1]
+                wave_mb = (hi[3] - lo[3]) * 16000 * 4 / 2**20
+                print(f"{pass_} ({alloc}): {lo[2]:g} -> {hi[2]:g} min: peak RSS "
+                      f"x{hi[4]['peak_mb'] / lo[4]['peak_mb']:.2f} (+{hi[4]['peak_mb'] - lo[4]['peak_mb']:.0f} MB; "
+                      f"the longer waveform alone is +{wave_mb:.0f} MB in float32)")
+        frames = int(max(r[3] for r in rows) * 50)
         print(f"one unchunked forward over {frames} frames: {frames**2 * 4 / 2**30:.0f} GiB per attention head "
               "and layer for the score matrix alone")
 
