@@ -26,8 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", default="auto", choices=("auto",) + FORMATS, help="the input's format")
     p.add_argument("--input", required=True, help="a reference JSON file, a TextGrid, or a folder of TextGrids")
     p.add_argument("--out", required=True, help="alignment folder to write (the --alignments of evaluate)")
+    p.add_argument("--onset-rule", default="maximal", choices=("maximal", "s_coda"),
+                   help="TextGrids: pure maximal onset (ek.stra), or /s/ after an obstruent kept in the coda (ex.tra)")
     args = p.parse_args(argv)
-    refs = read_references(args.input, args.format)
+    refs = read_references(args.input, args.format, onset_rule=args.onset_rule)
     if not refs:
         p.error(f"{args.input}: no utterance with syllables found")
     paths = write_references(refs, args.out)

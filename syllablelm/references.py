@@ -26,8 +26,9 @@ file and the entry (or line). Formats, with where their structure was establishe
 - ``"textgrid"``: Montreal Forced Aligner TextGrids (Praat long or short text format, UTF-8 or UTF-16), one per
   utterance, a file or a folder searched recursively. The tiers whose names end in ``words`` and ``phones`` are
   used; phones must be ARPAbet (MFA's ``english_us_arpa``; IPA models are rejected with a clear error). Each
-  word's phones (by midpoint) are syllabified by :func:`syllablelm.synth.syllabify.syllabify` (maximal onset,
-  legal English onsets, /s/ after an obstruent kept in the coda); syllables never cross word boundaries; labels
+  word's phones (by midpoint) are syllabified by :func:`syllablelm.synth.syllabify.syllabify`: maximal onset over
+  legal English onsets (ek.stra; ``onset_rule="s_coda"`` keeps /s/ after an obstruent in the coda, ex.tra, as the
+  synthetic corpus does); syllables never cross word boundaries; labels
   are the syllable's phones joined by spaces, stress digits kept (the metrics strip them).
 """
 from __future__ import annotations
@@ -52,13 +53,16 @@ ARPABET_CONSONANTS = frozenset("P B T D K G CH JH F V TH DH S Z SH ZH HH M N NG 
 _LIBRISPEECH_ID = re.compile(r"^(\d+)-(\d+)-(\d+)$")
 
 
-def read_references(path: str | os.PathLike, fmt: str = "auto") -> dict[str, dict]:
-    """Read one reference file (or, for ``"textgrid"``, a folder) into ``{utt_id: alignment dict}``."""
+def read_references(path: str | os.PathLike, fmt: str = "auto", *, onset_rule: str = "maximal"
+                    ) -> dict[str, dict]:
+    """Read one reference file (or, for ``"textgrid"``, a folder) into ``{utt_id: alignment dict}``.
+    ``onset_rule`` is how TextGrid words are syllabified (:func:`~syllablelm.synth.syllabify.syllabify`)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such reference file or folder")
     fmt = detect_format(path) if fmt in (None, "auto") else fmt
-    readers = {"sdhubert": _read_sdhubert, "peng": _read_peng, "textgrid": _read_textgrids}
+    readers = {"sdhubert": _read_sdhubert, "peng": _read_peng,
+               "textgrid": lambda p, skipped: _read_textgrids(p, skipped, onset_rule)}
     if fmt not in readers:
         raise ValueError(f"unknown reference format {fmt!r}; expected one of {FORMATS} or 'auto'")
     refs, skipped = {}, Counter()
@@ -267,8 +271,9 @@ def _tier(tiers: dict, suffix: str, where: str) -> list:
     return tiers[names[0]]
 
 
-def textgrid_alignment(tiers: dict, where: str) -> dict[str, list]:
-    """MFA ``words`` + ``phones`` tiers -> contract tiers, syllables by maximal onset inside each word."""
+def textgrid_alignment(tiers: dict, where: str, onset_rule: str = "maximal") -> dict[str, list]:
+    """MFA ``words`` + ``phones`` tiers -> contract tiers, syllables by maximal onset inside each word
+    (``onset_rule="s_coda"``: the synthetic corpus's variant, /s/ after an obstruent stays in the coda)."""
     words = sorted((a, b, t.strip()) for a, b, t in _tier(tiers, "words", where) if t.strip().lower() not in SILENCE)
     phones = sorted((a, b, t.strip().upper()) for a, b, t in _tier(tiers, "phones", where)
                     if t.strip().lower() not in SILENCE)
@@ -282,14 +287,14 @@ def textgrid_alignment(tiers: dict, where: str) -> dict[str, list]:
         lo, hi = bisect.bisect_left(mids, ws), bisect.bisect_right(mids, we)
         ph = phones[lo:hi]
         used += len(ph)
-        for s, e in syllable_spans([p[2] for p in ph], "arpabet"):
+        for s, e in syllable_spans([p[2] for p in ph], "arpabet", onset_rule):
             syllables.append((ph[s][0], ph[e - 1][1], " ".join(p[2] for p in ph[s:e])))
     if used != len(phones):
         raise SegmentError(f"{where}: {len(phones) - used} speech phones lie outside every word interval")
     return {"words": words, "syllables": syllables, "phones": phones}
 
 
-def _read_textgrids(path: Path, skipped: Counter):
+def _read_textgrids(path: Path, skipped: Counter, onset_rule: str = "maximal"):
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix.lower() == ".textgrid")
     if not files:
         raise SegmentError(f"{path}: no .TextGrid files found")
@@ -298,4 +303,4 @@ def _read_textgrids(path: Path, skipped: Counter):
             text = _decode(file.read_bytes())
         except (OSError, UnicodeError) as e:
             raise SegmentError(f"{file}: unreadable TextGrid ({e})") from e
-        yield file.stem, textgrid_alignment(parse_textgrid(text, str(file)), str(file)), str(file)
+        yield file.stem, textgrid_alignment(parse_textgrid(text, str(file)), str(file), onset_rule), str(file)

@@ -29,9 +29,11 @@ PHONES = [(0.0, 0.1, "sil"), (0.1, 0.2, "EH1"), (0.2, 0.25, "K"), (0.25, 0.32, "
           (0.75, 0.82, "S"), (0.82, 0.87, "T"), (0.87, 0.92, "R"), (0.92, 1.02, "AE2"), (1.02, 1.1, "K"),
           (1.1, 1.2, "T"), (1.2, 1.25, "DH"), (1.25, 1.33, "IH1"), (1.33, 1.4, "S"), (1.4, 1.5, "T"),
           (1.5, 1.62, "AY1"), (1.62, 1.7, "M"), (1.7, 1.9, "spn"), (1.9, 2.0, "")]
-SYLLABLES = [[0.1, 0.32, "EH1 K S"], [0.32, 0.5, "T R AH0"],  # ex.tra: the project's rule (s after K stays)
-             [0.6, 0.82, "AE1 B S"], [0.82, 1.2, "T R AE2 K T"],  # abs.tract
+SYLLABLES = [[0.1, 0.25, "EH1 K"], [0.25, 0.5, "S T R AH0"],  # ek.stra: pure maximal onset (the default)
+             [0.6, 0.75, "AE1 B"], [0.75, 1.2, "S T R AE2 K T"],  # ab.stract
              [1.2, 1.4, "DH IH1 S"], [1.4, 1.7, "T AY1 M"]]  # never "DH IH1 | S T AY1 M" across the words
+S_CODA = [[0.1, 0.32, "EH1 K S"], [0.32, 0.5, "T R AH0"],  # ex.tra: the synthetic corpus's rule
+          [0.6, 0.82, "AE1 B S"], [0.82, 1.2, "T R AE2 K T"]] + SYLLABLES[4:]
 
 
 def long_textgrid(tiers: dict, xmax: float = 2.0) -> str:
@@ -69,8 +71,9 @@ def test_textgrid_maximal_onset_inside_words_with_gaps(tmp_path, caplog):
     assert ali["syllables"] == SYLLABLES
     assert [w[2] for w in ali["words"]] == ["extra", "abstract", "this", "time"]  # silences and <unk> are gaps
     assert [p[2] for p in ali["phones"]][:3] == ["EH1", "K", "S"] and len(ali["phones"]) == len(PHONES) - 4
-    assert [strip_stress(s[2]) for s in ali["syllables"]][:2] == ["EH K S", "T R AH"]
+    assert [strip_stress(s[2]) for s in ali["syllables"]][:2] == ["EH K", "S T R AH"]
     assert "2 utterances" in caplog.text
+    assert read_references(tmp_path, onset_rule="s_coda")["19-198-0001"]["syllables"] == S_CODA
 
 
 def test_textgrid_errors_name_file_and_line(tmp_path):

@@ -78,3 +78,15 @@ def test_random_words_are_partitioned(alphabet):
         assert len(spans) == max(nuclei, 1)  # one syllable per nucleus
         for a, b in spans:  # and each syllable holds exactly one nucleus (when there is any)
             assert nuclei == 0 or sum(is_vowel(p, alphabet) for p in phones[a:b]) == 1
+
+
+def test_pure_maximal_onset_rule():
+    from syllablelm.synth.syllabify import syllabify
+
+    extra = ["EH1", "K", "S", "T", "R", "AH0"]
+    assert syllabify(extra, "arpabet", rule="maximal") == [["EH1", "K"], ["S", "T", "R", "AH0"]]
+    assert syllabify(extra, "arpabet") == [["EH1", "K", "S"], ["T", "R", "AH0"]]  # the default keeps s in the coda
+    assert syllabify(["IH0", "N", "S", "T", "R", "AH0"], "arpabet", rule="maximal") == [["IH0", "N"],
+                                                                                       ["S", "T", "R", "AH0"]]
+    with pytest.raises(ValueError, match="rule must be one of"):
+        syllabify(extra, "arpabet", rule="sonority")

@@ -67,24 +67,31 @@ def consonant_class(phone: str, alphabet: str = "espeak") -> str:
     return base if alphabet == "arpabet" else ESPEAK_CONSONANTS.get(base, base)
 
 
-def _onset_length(cluster: list[str]) -> int:
+ONSET_RULES = ("s_coda", "maximal")
+
+
+def _onset_length(cluster: list[str], rule: str = "s_coda") -> int:
     """How many phones at the end of an intervocalic ``cluster`` (ARPAbet classes) start the next syllable."""
     n = len(cluster)
     for k in range(min(n, 3), 0, -1):
         if tuple(cluster[n - k:]) in LEGAL_ONSETS:
             # /s/ after an obstruent stays in the coda with it: ex.tra (not ek.stra), but in.stru.ments
-            if k > 1 and cluster[n - k] == "S" and n - k > 0 and cluster[n - k - 1] in OBSTRUENTS:
+            if (rule == "s_coda" and k > 1 and cluster[n - k] == "S" and n - k > 0
+                    and cluster[n - k - 1] in OBSTRUENTS):
                 k -= 1
             return k
     return 0  # e.g. a lone NG: all consonants stay in the coda
 
 
-def syllabify(phones: Sequence[str], alphabet: str = "espeak") -> list[list[str]]:
+def syllabify(phones: Sequence[str], alphabet: str = "espeak", rule: str = "s_coda") -> list[list[str]]:
     """Split one word's phones into syllables (lists of the input names, in order, covering all phones).
 
     A word without a nucleus is returned as a single syllable; consonants before the first nucleus join the
-    first syllable and those after the last nucleus join the last one.
+    first syllable and those after the last nucleus join the last one. ``rule="maximal"`` is pure maximal onset
+    (ek.stra); the default ``"s_coda"`` keeps /s/ after an obstruent in the coda (ex.tra).
     """
+    if rule not in ONSET_RULES:
+        raise ValueError(f"rule must be one of {ONSET_RULES}, got {rule!r}")
     phones = list(phones)
     nuclei = [i for i, p in enumerate(phones) if is_vowel(p, alphabet)]
     if len(nuclei) <= 1:
@@ -92,14 +99,14 @@ def syllabify(phones: Sequence[str], alphabet: str = "espeak") -> list[list[str]
     starts = [0]
     for a, b in zip(nuclei, nuclei[1:]):
         cluster = [consonant_class(p, alphabet) for p in phones[a + 1:b]]
-        starts.append(b - _onset_length(cluster))
+        starts.append(b - _onset_length(cluster, rule))
     return [phones[s:e] for s, e in zip(starts, starts[1:] + [len(phones)])]
 
 
-def syllable_spans(phones: Sequence[str], alphabet: str = "espeak") -> list[tuple[int, int]]:
+def syllable_spans(phones: Sequence[str], alphabet: str = "espeak", rule: str = "s_coda") -> list[tuple[int, int]]:
     """``[start, stop)`` phone-index spans of :func:`syllabify`'s syllables."""
     spans, i = [], 0
-    for syl in syllabify(phones, alphabet):
+    for syl in syllabify(phones, alphabet, rule):
         spans.append((i, i + len(syl)))
         i += len(syl)
     return spans
