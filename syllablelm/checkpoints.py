@@ -11,7 +11,6 @@ missing, unexpected or mis-shaped key instead of skipping it.
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import functools
 import pickle
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from syllablelm.nn.common import parse_conv_spec
 from syllablelm.nn.hubert import HubertTeacher, TeacherConfig
 
 # (fairseq key, HubertTeacher key); {i} layer index, {p} weight|bias, {n} q|k|v|out.
@@ -125,21 +125,6 @@ def _plain(obj):
     return getattr(obj, "value", obj) if hasattr(obj, "_value_") else obj
 
 
-def _parse_conv_layers(spec: str) -> list[tuple[int, int, int]]:
-    """fairseq's ``conv_feature_layers`` string (a python expression of list literals, ``+`` and ``*``), evaluated
-    without ``eval``."""
-    def ev(node):
-        if isinstance(node, (ast.List, ast.Tuple)):
-            return [ev(e) for e in node.elts]
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
-            return node.value
-        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
-            a, b = ev(node.left), ev(node.right)
-            return a + b if isinstance(node.op, ast.Add) else a * b
-        raise ValueError(f"unsupported conv_feature_layers expression: {spec!r}")
-    return [tuple(layer) for layer in ev(ast.parse(spec, mode="eval").body)]
-
-
 def _read_config(state: dict, path) -> dict:
     """Flat dict of model + task settings from ``cfg`` (fairseq >= 0.10, DictConfig/dict) or ``args`` (Namespace)."""
     if state.get("cfg") is not None:
@@ -201,7 +186,7 @@ def load_fairseq_hubert(path: str | Path, *, map_location="cpu", label_set: int 
     if c["untie_final_proj"] and n_sets > 1:  # one projection chunk per label set
         sd["final_proj.weight"] = sd["final_proj.weight"].chunk(n_sets, 0)[label_set]
         sd["final_proj.bias"] = sd["final_proj.bias"].chunk(n_sets, 0)[label_set]
-    layers = _parse_conv_layers(c["conv_feature_layers"])
+    layers = parse_conv_spec(c["conv_feature_layers"])
     embed = int(c["encoder_embed_dim"])
     cfg = TeacherConfig(
         hidden_size=embed, num_hidden_layers=int(c["encoder_layers"]),

@@ -225,10 +225,12 @@ def test_kmeans_joblib_and_npy(tmp_path):
 
 
 def test_conv_layer_spec_parser():
-    assert ck._parse_conv_layers("[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2") == \
+    from syllablelm.nn.common import parse_conv_spec
+
+    assert parse_conv_spec("[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2") == \
         [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
     with pytest.raises(ValueError):
-        ck._parse_conv_layers("__import__('os').system('true')")
+        parse_conv_spec("__import__('os').system('true')")
 
 
 def test_structured_dictconfig_with_fairseq_dataclass_and_enum(tmp_path, monkeypatch):

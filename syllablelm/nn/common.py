@@ -1,6 +1,7 @@
 """Pieces every speech encoder wrapper shares: waveform normalisation and what a checkpoint was trained with."""
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -24,3 +25,17 @@ def pretrained_normalization(path: str | Path, config) -> bool:
     if pre.exists():
         return bool(json.loads(pre.read_text()).get("do_normalize", False))
     return getattr(config, "feat_extract_norm", "group") == "layer"
+
+
+def parse_conv_spec(spec: str) -> list[tuple[int, int, int]]:
+    """fairseq's ``[(dim, kernel, stride), ...]`` expression (lists, tuples, ``+``, ``*``) without ``eval``."""
+    def ev(node):
+        if isinstance(node, (ast.List, ast.Tuple)):
+            return [ev(e) for e in node.elts]
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            a, b = ev(node.left), ev(node.right)
+            return a + b if isinstance(node.op, ast.Add) else a * b
+        raise ValueError(f"unsupported conv layer spec (conv_feature_layers / feature_encoder_spec): {spec!r}")
+    return [tuple(layer) for layer in ev(ast.parse(spec, mode="eval").body)]

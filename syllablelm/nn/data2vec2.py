@@ -24,13 +24,14 @@ frames are zeroed before each of them (fairseq does not, so its own batched feat
 """
 from __future__ import annotations
 
-import ast
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .common import parse_conv_spec
 
 
 @dataclass
@@ -89,20 +90,6 @@ class Data2Vec2Config:
 
     def conv_layers(self) -> list[tuple[int, int, int]]:
         return parse_conv_spec(self.feature_encoder_spec)
-
-
-def parse_conv_spec(spec: str) -> list[tuple[int, int, int]]:
-    """fairseq's ``[(dim, kernel, stride), ...]`` expression (lists, tuples, ``+``, ``*``) without ``eval``."""
-    def ev(node):
-        if isinstance(node, (ast.List, ast.Tuple)):
-            return [ev(e) for e in node.elts]
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
-            return node.value
-        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
-            a, b = ev(node.left), ev(node.right)
-            return a + b if isinstance(node.op, ast.Add) else a * b
-        raise ValueError(f"unsupported feature_encoder_spec: {spec!r}")
-    return [tuple(layer) for layer in ev(ast.parse(spec, mode="eval").body)]
 
 
 def alibi_slopes(heads: int) -> list[float]:
