@@ -43,6 +43,8 @@ class SpeechDataModule(pl.LightningDataModule):
         train_dirs, val_dirs, test_dirs, predict_dirs: audio folders (any depth) or files per split;
             without ``predict_dirs`` predict reads the training set as fit sees it (``train_hours`` subset
             included): LossPred and unit extraction label exactly what SylBoost trains on.
+        predict_extra_dirs: without ``predict_dirs``, predict reads these folders too (after the training set):
+            e.g. the validation set, which SylBoost's validation needs LossPred boundaries for.
         alignment_dir: folder of ``<id>.json`` alignment files (searched recursively).
         boundary_dir, boundary_version: a boundary store and the version to read (``"latest"`` = the newest
             complete one, resolved on rank 0 and broadcast). ``require_boundaries`` drops (and counts)
@@ -64,6 +66,7 @@ class SpeechDataModule(pl.LightningDataModule):
         val_dirs: list[str] | None = None,
         test_dirs: list[str] | None = None,
         predict_dirs: list[str] | None = None,
+        predict_extra_dirs: list[str] | None = None,
         alignment_dir: str | None = None,
         boundary_dir: str | None = None,
         boundary_version: int | Literal["latest"] | None = None,
@@ -127,19 +130,28 @@ class SpeechDataModule(pl.LightningDataModule):
         if self.dirs[split] or (split == "predict" and self.dirs["train"]):
             self.manifest(split)
 
+    def _scan(self, dirs: list[str]) -> Manifest:
+        hp, key = self.hparams, tuple(dirs)
+        if key not in self._scans:
+            self._scans[key] = build_manifest(key, verify=hp.verify, min_seconds=hp.min_seconds,
+                                              cache_dir=hp.manifest_cache, num_workers=max(1, hp.num_workers))
+        return self._scans[key]
+
     def manifest(self, split: str) -> Manifest:
         if split in self.manifests:
             return self.manifests[split]
         if split == "predict" and self.dirs["predict"] is None and self.dirs["train"]:
-            # predict defaults to the training set exactly as fit sees it (same train_hours subset)
-            self.manifests[split] = self.manifest("train")
-            return self.manifests[split]
+            # predict defaults to the training set exactly as fit sees it (same train_hours subset), then extras
+            manifest = self.manifest("train")
+            if self.hparams.predict_extra_dirs:
+                extra = self._scan(self.hparams.predict_extra_dirs)
+                seen = {e.id for e in manifest.entries}
+                manifest = Manifest(manifest.entries + [e for e in extra.entries if e.id not in seen],
+                                    {**manifest.skipped, **extra.skipped})
+            self.manifests[split] = manifest
+            return manifest
         hp = self.hparams
-        key = tuple(self.dirs[split])
-        if key not in self._scans:
-            self._scans[key] = build_manifest(key, verify=hp.verify, min_seconds=hp.min_seconds,
-                                              cache_dir=hp.manifest_cache, num_workers=max(1, hp.num_workers))
-        manifest = self._scans[key]
+        manifest = self._scan(self.dirs[split])
         entries = manifest.entries
         rng = np.random.default_rng([hp.seed, ["train", "val", "test", "predict"].index(split)])
         if split == "train" and hp.train_hours is not None:

@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit-hours", type=float, default=1.0, help="audio sampled for fitting k-means")
     p.add_argument("--train-hours", type=float, help="label only the seeded subset of about this many hours that "
                    "a stage with the same data.train_dirs, data.train_hours and data.seed trains on (with --seed)")
+    p.add_argument("--extra-data", nargs="+", help="with --train-hours: folders labelled in full besides the subset "
+                   "(a stage's data.predict_extra_dirs, e.g. the validation set)")
     p.add_argument("--verify", choices=["decode", "header"], default="decode",
                    help="manifest check of each file (give the training stage's data.verify with --train-hours)")
     p.add_argument("--chunk-seconds", type=float, default=30.0, help="cut longer files at pauses")
@@ -126,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     store = LabelStore(args.out)
     vdir = store.version_dir(args.version)
     # with --train-hours, predict reads the training subset exactly as fit/predict of a stage sees it
-    dirs = {"train_dirs": args.data, "train_hours": args.train_hours} if args.train_hours else {"predict_dirs": args.data}
+    dirs = ({"train_dirs": args.data, "train_hours": args.train_hours, "predict_extra_dirs": args.extra_data}
+            if args.train_hours else {"predict_dirs": args.data + (args.extra_data or [])})
     dm = SpeechDataModule(**dirs, manifest_cache=args.manifest_cache, seed=args.seed, chunk_seconds=args.chunk_seconds,
                           verify=args.verify, num_workers=2)
     entries = dm.manifest("predict").entries

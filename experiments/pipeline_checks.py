@@ -344,7 +344,8 @@ def _check_offline(ck: _Checker, stage, role: dict) -> None:
         role["labels"] = {"stage": stage.name, "info": info, "kmeans": km, "layer": _flag(a, "--layer"),
                           "out": _flag(a, "--out"), "clusters": _flag(a, "--num-clusters", "100"),
                           "features": _flag(a, "--features", "mfcc"), "data": _flag_values(a, "--data"),
-                          "train_hours": _flag(a, "--train-hours"), "seed": int(_flag(a, "--seed", 0))}
+                          "train_hours": _flag(a, "--train-hours"), "seed": int(_flag(a, "--seed", 0)),
+                          "extra": _flag_values(a, "--extra-data")}
     elif stage.command == "quantize":
         role["quantize"] = {"stage": stage.name, "k": int(_flag(a, "--k", 24576)),
                             "k_merged": int(_flag(a, "--k-merged", 8192)), "out": _flag(a, "--out")}
@@ -393,6 +394,11 @@ def _cross_checks(ck: _Checker, role: dict) -> None:
         if not covered:
             ck.problem(f"stage {lab['stage']} labels (--data, --train-hours, --seed) = {mine} but stage {lp['stage']} "
                        f"predicts data.(train_dirs, train_hours, seed) = {theirs}: LossPred would miss labels")
+        labelled = lab["data"] + lab["extra"]
+        for d in lp["data"].get("predict_extra_dirs") or []:
+            if not any(_same(d, x) for x in labelled):
+                ck.problem(f"stage {lp['stage']} predicts data.predict_extra_dirs {d} but stage {lab['stage']} does not "
+                           "label it (add it to --extra-data)")
     if sb:
         info, layer = sb["info"], sb["model"].get("feature_layer")
         if isinstance(info, ModelInfo) and info.layers is not None and layer is not None and layer > info.layers:
@@ -405,6 +411,13 @@ def _cross_checks(ck: _Checker, role: dict) -> None:
         if not _same(source, lp["store"]):
             ck.problem(f"stage {sb['stage']}: data.boundary_dir {sb['data'].get('boundary_dir')} is not where stage "
                        f"{lp['stage']} writes boundaries ({lp['store']})")
+        if sb["data"].get("require_boundaries"):
+            covered = (lp["data"].get("predict_dirs") or []) + (lp["data"].get("train_dirs") or []) + (
+                lp["data"].get("predict_extra_dirs") or [])
+            for d in sb["data"].get("val_dirs") or []:
+                if not any(_same(d, x) for x in covered):
+                    ck.problem(f"stage {sb['stage']} validates on {d}, which stage {lp['stage']} gives no boundaries "
+                               "(add it to the LossPred config's data.predict_extra_dirs)")
         for key in ("train_dirs", "train_hours", "seed"):
             if lp["data"].get("predict_dirs") is None and lp["data"].get(key) != sb["data"].get(key):
                 ck.problem(f"stage {lp['stage']} predicts boundaries for a different training set than stage "

@@ -297,11 +297,12 @@ def _two_nodes(workspace: Path, args: list[str], port: int) -> list[str]:
 def test_first_stages_as_two_simulated_nodes_then_skip_and_resume(workspace):
     runs = workspace / "runs"
     logs = _two_nodes(workspace, ["--only", "labels", "losspred"], free_port())
-    train = sorted(p.stem for d in ("train-clean-100", "train-clean-360", "train-other-500")
+    # the 100 h subset of this tiny corpus is all of train-960; dev-clean comes in as LossPred's extra folder
+    train = sorted(p.stem for d in ("train-clean-100", "train-clean-360", "train-other-500", "dev-clean")
                    for p in (workspace / "LibriSpeech" / d).rglob("*.flac"))
     labels = LabelStore(runs / "librispeech/labels")
     assert len(list(labels.version_dir(0).glob("shard-*-of-00064.npz"))) == 64  # --shards 64, dealt to 2 ranks
-    assert sorted(labels.load(0)) == train  # the 100 h subset of this tiny corpus is all of it
+    assert sorted(labels.load(0)) == train
     bounds = BoundaryStore(runs / "librispeech/boundaries")
     assert len(list(bounds.version_dir(0).glob("shard-*-of-00002.npz"))) == 2
     segs = bounds.load(0)
@@ -334,3 +335,46 @@ def test_first_stages_as_two_simulated_nodes_then_skip_and_resume(workspace):
     assert "shard 0 of 64 already done" in logs[0] and "shard 1 of 64 already done" in logs[1]
     assert "labels rank 1 shard 3" in logs[1] and "labels rank 0 shard" not in logs[0]
     assert sorted(labels.load(0)) == train and bounds.manifest(0) == before
+
+
+@pytest.mark.slow
+def test_the_whole_paper_pipeline_runs_in_one_process(workspace, tmp_path):
+    """Every stage of pipeline.yaml, in order, in one process (several LightningCLI runs and offline commands
+    sharing it), on the LibriSpeech/LibriLight-layout workspace with tiny networks: the chain fits together."""
+    cfg = yaml.safe_load(PAPER.read_text())
+    st = {s["name"]: s for s in cfg["stages"]}
+    cfg["state_dir"] = "runs/pipeline_whole"
+    st["sylboost"]["args"] = ["--model.init_args.feature_layer=2", "--model.init_args.epochs_per_iteration=1",
+                              "--trainer.max_epochs=2", "--data.init_args.batch_size=2"]
+    q = st["quantize"]["args"]
+    q[q.index("--k") + 1], q[q.index("--k-merged") + 1], q[q.index("--hours") + 1] = 16, 8, 1
+    st["units"]["args"][st["units"]["args"].index("--shards") + 1] = 4
+    st["speechlm"]["args"] = [
+        "--model.init_args.network.vocab_size=8", "--model.init_args.network.n_layer=1",
+        "--model.init_args.network.n_embd=32", "--model.init_args.network.n_head=2", "--trainer.max_steps=3",
+        "--trainer.val_check_interval=3", "--data.init_args.context_length=8", "--data.init_args.batch_size=2",
+        "--model.init_args.warmup=1", "--model.init_args.hold=1", "--model.init_args.decay=1"]
+    path = _write(workspace / "whole.yaml", cfg)
+    env = dict(os.environ, OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    for k in _LAUNCH_VARS:
+        env.pop(k, None)
+    out = subprocess.run([sys.executable, "-m", "experiments.cli", "pipeline", "--config", str(path),
+                          "--set", "trainer.accelerator=cpu", "--set", "trainer.devices=1", "--set",
+                          "trainer.num_nodes=1", "--set", "trainer.precision=32-true", "--set",
+                          "data.init_args.num_workers=0"], cwd=workspace, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    runs = workspace / "runs"
+    bounds = BoundaryStore(runs / "librispeech/boundaries")
+    assert bounds.is_complete(2)  # LossPred + 2 SylBoost iterations
+    dev = {p.stem for p in (workspace / "LibriSpeech/dev-clean").rglob("*.flac")}
+    assert dev <= set(bounds.load(0))  # LossPred's predict_extra_dirs: SylBoost validates on dev-clean
+    from datamodules.unit_store import UnitStore
+    from syllablelm.tokenizer import Tokenizer
+
+    units = UnitStore(runs / "librilight/units")
+    assert len(list(units.version_dir(0).glob("shard-*-of-00004.npz"))) == 4 and len(units.load(0)) == 3
+    assert Tokenizer.from_checkpoint(runs / "librispeech/tokenizer.ckpt").vocab_size == 8
+    for stage in ("quantize", "units", "units_dev", "speechlm"):
+        assert (runs / f"pipeline_whole/{stage}.done.json").is_file()
+    assert (runs / "librilight/speechlm_base/checkpoints/last.ckpt").is_file()
