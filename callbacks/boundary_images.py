@@ -48,8 +48,10 @@ class BoundaryImages(pl.Callback):
         kept, self._kept = self._kept, []
         if not kept:
             return
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / "images"
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        # not trainer.log_dir: it broadcasts, and only rank 0 gets here (a collective on one rank hangs DDP or
+        # pairs with another rank's collective)
+        folder = Path(loggers[0].log_dir if loggers else trainer.default_root_dir) / "images"
         for item in kept:
             fig = boundary_figure(item["wave"], SAMPLE_RATE, predicted=item["pred"], reference=item["ref"],
                                   reference_labels=item["labels"], matrix=item["matrix"], matrix_offset=item["trim"],
