@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     args.precision = "bf16-mixed" if args.device == "cuda" else "32-true"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    from datamodules.manifest import list_audio
     from experiments.cli import lightning_cli, run_command
+    from syllablelm.audio import audio_info
     from syllablelm.nn.gpt import GPT, GPTConfig
     from syllablelm.nn.hubert import TeacherConfig
     from syllablelm.synth.corpus import synthesize_corpus
@@ -144,14 +146,12 @@ def main(argv: list[str] | None = None) -> int:
                                  splits[1], "--k", "64", "--k-merged", "32", "--hours", "1", "--out", str(tok_path),
                                  "--device", args.device])
         tok = Tokenizer.from_checkpoint(tok_path, device=args.device)
-        from datamodules.manifest import list_audio
-
         files = list_audio(splits[0])
         tok.batch(files[:2])  # warm-up
         start = time.perf_counter()
         tok.batch(files)
         seconds = time.perf_counter() - start
-        audio = sum(__import__("soundfile").info(str(f)).duration for f in files)
+        audio = sum(audio_info(f).seconds for f in files)
         print(f"{'units':10s} {audio / seconds:10.1f} audio_s/s (tokenizer: features + min-cut + units, batch "
               "of all files)", flush=True)
         results.append({"stage": "units", "audio_s_per_s": audio / seconds})

@@ -12,7 +12,6 @@ are measured) and is skipped when its output already exists, so an interrupted d
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-import numpy as np
 
 from experiments.baselines import load_split, run_baselines, score
 from syllablelm.audio import SAMPLE_RATE

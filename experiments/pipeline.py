@@ -42,6 +42,7 @@ from pathlib import Path
 
 import yaml
 
+from experiments.pipeline_checks import fit_resume_checkpoint, shared_dirs, validate
 from syllablelm.fileio import write_json
 
 log = logging.getLogger(__name__)
@@ -243,20 +244,6 @@ def check_shared(dirs: list[Path], launch: Launch, visible=None) -> None:
 
 
 # -------------------------------------------------------------------------------------------- running
-def fit_resume_checkpoint(stage: Stage) -> Path | None:
-    """The newest of the stage's ``last.ckpt`` and Lightning's SLURM ``hpc_ckpt_*.ckpt``."""
-    from experiments.pipeline_checks import lightning_outputs
-
-    outs = lightning_outputs(stage.config, stage.args)
-    found = []
-    if outs.get("checkpoint_dir"):
-        found.append(Path(outs["checkpoint_dir"]) / "last.ckpt")
-    if outs.get("root_dir"):
-        found += Path(outs["root_dir"]).glob("hpc_ckpt_*.ckpt")
-    found = [p for p in found if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
-
-
 def stage_argv(stage: Stage, pipe: Pipeline, launch: Launch, extra: list[str]) -> list[str]:
     if stage.lightning:
         argv = [stage.command, "--config", stage.config, *stage.args, *pipe.lightning_args, *launch.trainer_args(),
@@ -346,8 +333,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    from experiments.pipeline_checks import shared_dirs, validate
-
     pipe = load_pipeline(args.config)
     stages = select(pipe.stages, args.only, args.start)
     extra = [f"--{kv}" for kv in args.sets]
