@@ -43,7 +43,7 @@ class Size:
     pairs: int
 
 
-FULL = Size(utterances=200, speakers=12, teacher_epochs=30, sylboost_epochs=2, kmeans=256, units=64, lm_steps=300,
+FULL = Size(utterances=200, speakers=12, teacher_epochs=30, sylboost_epochs=8, kmeans=256, units=64, lm_steps=300,
             pairs=40)
 TINY = Size(utterances=24, speakers=6, teacher_epochs=2, sylboost_epochs=1, kmeans=32, units=16, lm_steps=20,
             pairs=6)
@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     run.run("losspred", ["predict", "--config", str(teacher_cfg), "--ckpt_path", str(teacher_ckpt)],
             done=runs / "boundaries" / "iter_0" / "manifest.json")
     sylboost_cfg = write_config("sylboost.yaml", wd / "configs" / "sylboost.yaml", wd, lambda c: (
-        c["trainer"].update(max_epochs=2 * size.sylboost_epochs, enable_progress_bar=False),
+        c["trainer"].update(max_epochs=2 * size.sylboost_epochs, enable_progress_bar=False,
+                            check_val_every_n_epoch=max(1, size.sylboost_epochs // 2)),
         c["model"]["init_args"].update(epochs_per_iteration=size.sylboost_epochs),
         c["data"]["init_args"].update(manifest_cache=str(wd / "cache")),
         _regenerate_test_too(c)))

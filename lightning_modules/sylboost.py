@@ -58,6 +58,11 @@ class SylBoostModule(pl.LightningModule):
             their product.
         reinit_each_iteration: re-initialise the student from the start checkpoint and restart the optimizer and
             LR schedule at every iteration (paper); False continues training across iterations.
+        cache_frozen: keep what cannot change in memory, per crop (utterance, offset, length): the frozen CNN's
+            output and the teacher's features. Each step then runs only the student's trainable layers; results
+            are the same (up to float rounding). Needs ``freeze_cnn`` and fixed crops (``data.crop_mode: first``);
+            memory ~ frames x (CNN channels + hidden) x 4 bytes, so it is for small corpora and models (the demo:
+            the CNN is most of a tiny model's cost), not for 100 h of LibriSpeech.
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class SylBoostModule(pl.LightningModule):
         iterations: int = 2,
         epochs_per_iteration: int = 5,
         reinit_each_iteration: bool = True,
+        cache_frozen: bool = False,
         segmenter: SegmenterConfig | None = None,
         encoder: dict | None = None,
     ):
@@ -86,6 +92,10 @@ class SylBoostModule(pl.LightningModule):
         self.teacher.requires_grad_(False).eval()
         if freeze_cnn:
             self.student.freeze_cnn()
+        elif cache_frozen:
+            raise ValueError("cache_frozen needs freeze_cnn: a trained CNN's output cannot be cached")
+        self._frontend_cache: dict[tuple, torch.Tensor] = {}  # crop -> CNN output (T, C); frozen, identical in both
+        self._target_cache: dict[tuple, torch.Tensor] = {}  # crop -> teacher features (T, H)
         seg = SegmenterConfig(**segmenter) if isinstance(segmenter, dict) else (segmenter or SegmenterConfig())
         if (seg.rate_hz is None) == (seg.delta is None and seg.calibrate_to_hz is None):
             raise ValueError("segmenter: give exactly one of rate_hz or delta / calibrate_to_hz")
@@ -100,19 +110,56 @@ class SylBoostModule(pl.LightningModule):
             "feature_layer": feature_layer, "normalize_waveform": self.teacher.normalize_waveform,
             "freeze_cnn": freeze_cnn, "warmup": warmup, "iterations": iterations,
             "epochs_per_iteration": epochs_per_iteration, "reinit_each_iteration": reinit_each_iteration,
-            "segmenter": dataclasses.asdict(seg), "encoder": self.teacher.spec()})
+            "cache_frozen": cache_frozen, "segmenter": dataclasses.asdict(seg), "encoder": self.teacher.spec()})
 
     def train(self, mode: bool = True):
         super().train(mode)
         self.teacher.eval()  # frozen: never dropout, whatever Lightning toggles
         return self
 
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        crop = getattr(getattr(dm, "hparams", None), "crop_mode", "first")
+        if self.hparams.cache_frozen and stage == "fit" and crop != "first":
+            raise ValueError(f"cache_frozen needs the same crop of each file every epoch (data.crop_mode: first), "
+                             f"got crop_mode {crop!r}: every epoch would add new crops to the cache")
+
+    # ---- the frozen-feature cache -------------------------------------------------------------------------
+    def _crops(self, batch) -> list[tuple[tuple, torch.Tensor]]:
+        """(cache key, unpadded wave) of every item; the key names the file, crop offset and length."""
+        out = []
+        for b, utt in enumerate(batch["ids"]):
+            n = int(batch["lengths"][b])
+            out.append(((utt, round(float(batch["offsets"][b]) * 1000), n), batch["waves"][b, :n]))
+        return out
+
+    @torch.no_grad()
+    def _frontend(self, key: tuple, wave: torch.Tensor) -> torch.Tensor:
+        if key not in self._frontend_cache:
+            self._frontend_cache[key] = self.teacher.frontend(wave)  # = the student's frozen CNN
+        return self._frontend_cache[key]
+
+    @torch.no_grad()
+    def _cached_targets(self, batch) -> list[torch.Tensor]:
+        out = []
+        for key, wave in self._crops(batch):
+            if key not in self._target_cache:
+                lengths = torch.tensor([len(wave)], device=wave.device)
+                self._target_cache[key] = self.teacher.forward_frontend([self._frontend(key, wave)], lengths)[0][0]
+            out.append(self._target_cache[key])
+        return out
+
     # ---- distillation -----------------------------------------------------------------------------------
     def _shared_step(self, batch) -> tuple[torch.Tensor, int]:  # (mean loss, number of averaged elements)
         waves, mask = batch["waves"], batch["attention_mask"]
-        with torch.no_grad():
-            target_feats, frame_mask = self.teacher(waves, mask)  # (B, T, H)
-        feats, _ = self.student(waves, mask)
+        if self.hparams.cache_frozen:
+            target_feats = torch.nn.utils.rnn.pad_sequence(self._cached_targets(batch), batch_first=True)
+            frames = [self._frontend(key, wave) for key, wave in self._crops(batch)]
+            feats, frame_mask = self.student.forward_frontend(frames, batch["lengths"])
+        else:
+            with torch.no_grad():
+                target_feats, frame_mask = self.teacher(waves, mask)  # (B, T, H)
+            feats, _ = self.student(waves, mask)
         T = frame_mask.sum(1).tolist()
         seg_frames = []
         for b, segs in enumerate(batch["segments"]):
@@ -158,6 +205,9 @@ class SylBoostModule(pl.LightningModule):
     def features(self, batch) -> list[torch.Tensor]:
         """Student features per utterance, each computed alone (unpadded), so they never depend on what else
         is in the batch: 1-process and multi-process regeneration give identical boundaries."""
+        if self.hparams.cache_frozen:
+            return [self.student.forward_frontend([self._frontend(key, wave)], torch.tensor([len(wave)]))[0][0]
+                    for key, wave in self._crops(batch)]
         return [self.student(batch["waves"][b:b + 1, : int(batch["lengths"][b])])[0][0]
                 for b in range(len(batch["ids"]))]
 

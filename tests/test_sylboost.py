@@ -49,6 +49,39 @@ def test_targets_loss_and_reinit(setup):
     assert all(np.array_equal(a, b) for a, b in zip(*segs))
 
 
+def test_the_frozen_feature_cache_changes_no_loss_gradient_or_boundary(setup):
+    corpus, tmp, teacher, cache, _ = setup
+    dm = H.datamodule(corpus, tmp / "store", cache)
+    dm.hparams.crop_seconds = 30.0  # whole files: a padded batch
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert len(set(batch["lengths"].tolist())) > 1
+    plain, cached = H.module(teacher), H.module(teacher)
+    cached.hparams.cache_frozen = True
+    results = []
+    for model in (plain, cached, cached):  # the second cached pass reads the cache
+        model.zero_grad()
+        loss, n = model._shared_step(batch)
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in model.student.named_parameters() if p.grad is not None}
+        results.append((float(loss), n, grads, model.extract_boundaries(batch)))
+    assert len(cached._target_cache) == len(batch["ids"]) == len(cached._frontend_cache)
+    (l0, n0, g0, s0), *rest = results
+    for loss, n, grads, segs in rest:
+        assert n == n0 and loss == pytest.approx(l0, rel=1e-5)
+        assert grads.keys() == g0.keys() and len(g0) > 0
+        for k in g0:
+            torch.testing.assert_close(grads[k], g0[k], atol=1e-5, rtol=1e-4)
+        assert all(np.array_equal(a, b) for a, b in zip(segs, s0))
+    with pytest.raises(ValueError, match="freeze_cnn"):
+        SylBoostModule(init_from=str(teacher), feature_layer=1, freeze_cnn=False, cache_frozen=True)
+    random_crops = H.datamodule(corpus, tmp / "store", cache)
+    random_crops.hparams.crop_mode = "random"
+    model = SylBoostModule(init_from=str(teacher), feature_layer=1, epochs_per_iteration=1, cache_frozen=True)
+    with pytest.raises(ValueError, match="crop_mode"):
+        H.trainer(tmp / "random").fit(model, random_crops)
+
+
 def test_two_iterations_write_versions_and_metrics(setup):
     corpus, tmp, teacher, cache, ids = setup
     dm = H.datamodule(corpus, tmp / "store", cache)

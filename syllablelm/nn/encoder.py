@@ -13,6 +13,7 @@ data2vec 2.0 checkpoint (``data2vec_multi``, the paper's backbone) is wrapped th
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -119,20 +120,82 @@ class SpeechEncoder(nn.Module):
             hidden = torch.nn.utils.rnn.pad_sequence(parts, batch_first=True)  # (B, T, H)
         else:
             hidden = self._hidden(waves, attention_mask)
-        T = hidden.shape[1]
-        if attention_mask is None:
-            frame_mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
-        elif isinstance(self.model, Data2Vec2AudioEncoder):
-            n = self.model.frame_lengths(attention_mask.long().sum(-1))
-            frame_mask = torch.arange(T, device=hidden.device)[None] < n[:, None]
+        return hidden, self._frames(hidden, attention_mask)
+
+    # ---- the frozen front end apart (SylBoost's frozen-feature cache) ------------------------------------
+    @torch.no_grad()
+    def frontend(self, wave: torch.Tensor) -> torch.Tensor:
+        """CNN output ``(T, C)`` of one unpadded utterance ``(S,)`` (input normalisation included): what
+        :meth:`forward_frontend` continues from. Only meaningful while the CNN is frozen."""
+        wave = wave[None]
+        if self.normalize_waveform:
+            wave = normalize_waves(wave, None)
+        return self.model.feature_extractor(wave)[0].transpose(0, 1)
+
+    def forward_frontend(self, frames: list[torch.Tensor], lengths: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:  # B x (T_i, C), (B,) samples -> (B, T, H), (B, T)
+        """:meth:`forward` from per-utterance :meth:`frontend` outputs of waves of ``lengths`` samples: the same
+        features, without running the CNN. Batched where the layers after the CNN ignore padding (one positional
+        convolution: HuBERT, wav2vec 2.0, WavLM; data2vec 2.0 masks its own); HF data2vec-audio's stacked
+        positional convolutions would carry padding into real frames, so it runs one utterance at a time."""
+        if len(frames) > 1 and not self._post_cnn_batch_exact():
+            parts = [self.forward_frontend([f], lengths[b:b + 1])[0][0] for b, f in enumerate(frames)]
+            hidden = torch.nn.utils.rnn.pad_sequence(parts, batch_first=True)
         else:
-            frame_mask = self.model._get_feature_vector_attention_mask(T, attention_mask).bool()
-        return hidden, frame_mask
+            cnn = torch.nn.utils.rnn.pad_sequence(frames, batch_first=True).transpose(1, 2)  # (B, C, T)
+            placeholder = cnn.new_zeros(len(frames), int(lengths.max()))  # never read: the CNN is bypassed
+            mask = self._sample_mask(lengths, placeholder)
+            with self._cnn_output(cnn):
+                if isinstance(self.model, Data2Vec2AudioEncoder):
+                    return self.model(placeholder, mask)[0][self.layer], self._frames(cnn.transpose(1, 2), mask)
+                hidden = self._hidden(placeholder, mask)
+        return hidden, self._frames(hidden, self._sample_mask(lengths, hidden))
+
+    @staticmethod
+    def _sample_mask(lengths: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+        """(B, S) long mask of real samples, or None when nothing is padded."""
+        lengths = lengths.to(like.device)
+        S = int(lengths.max())
+        if bool((lengths == S).all()):
+            return None
+        return (torch.arange(S, device=like.device)[None] < lengths[:, None]).long()
+
+    def _post_cnn_batch_exact(self) -> bool:
+        return isinstance(self.model, Data2Vec2AudioEncoder) or self.model.config.model_type != "data2vec-audio"
+
+    @contextmanager
+    def _cnn_output(self, cnn: torch.Tensor):
+        """Within the block the model's CNN returns ``cnn`` whatever its input (a parameter-free stand-in)."""
+        real = self.model.feature_extractor
+        self.model.feature_extractor = _Fixed(cnn)
+        try:
+            yield
+        finally:
+            self.model.feature_extractor = real
+
+    def _frames(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, T) bool mask of the real frames of ``hidden`` (B, T, ...) from the (B, S) sample mask."""
+        B, T = hidden.shape[:2]
+        if attention_mask is None:
+            return torch.ones(B, T, dtype=torch.bool, device=hidden.device)
+        if isinstance(self.model, Data2Vec2AudioEncoder):
+            n = self.model.frame_lengths(attention_mask.long().sum(-1))
+            return torch.arange(T, device=hidden.device)[None] < n[:, None]
+        return self.model._get_feature_vector_attention_mask(T, attention_mask).bool()
 
     def _hidden(self, waves: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         if isinstance(self.model, Data2Vec2AudioEncoder):
             return self.model(waves, attention_mask)[0][self.layer]
         return self.model(waves, attention_mask=attention_mask, output_hidden_states=True).hidden_states[self.layer]
+
+
+class _Fixed(nn.Module):
+    def __init__(self, out: torch.Tensor):
+        super().__init__()
+        self.out = out
+
+    def forward(self, _waves):
+        return self.out
 
 
 def _plain(obj):
