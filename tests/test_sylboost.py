@@ -66,6 +66,14 @@ def test_the_frozen_feature_cache_changes_no_loss_gradient_or_boundary(setup):
         grads = {k: p.grad.clone() for k, p in model.student.named_parameters() if p.grad is not None}
         results.append((float(loss), n, grads, model.extract_boundaries(batch)))
     assert len(cached._target_cache) == len(batch["ids"]) == len(cached._frontend_cache)
+    # a cache filled under inference mode (regeneration, validation; e.g. right after a resume) still trains
+    fresh = H.module(teacher)
+    fresh.hparams.cache_frozen = True
+    with torch.inference_mode():
+        fresh.extract_boundaries(batch)
+    loss, _ = fresh._shared_step(batch)
+    loss.backward()
+    assert float(loss) == pytest.approx(results[0][0], rel=1e-5)
     (l0, n0, g0, s0), *rest = results
     for loss, n, grads, segs in rest:
         assert n == n0 and loss == pytest.approx(l0, rel=1e-5)
