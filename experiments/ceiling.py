@@ -1,0 +1,93 @@
+"""``syllablelm ceiling``: how good can SylBoost's min-cut be, given a backbone and a boundary version?
+
+    syllablelm ceiling --checkpoint runs/demo/runs/teacher/checkpoints/last.ckpt --layer 2 \\
+        --boundaries runs/demo/runs/boundaries --version 0 --data data/synth/test --tune-data data/synth/dev \\
+        --alignments data/synth/alignments --rate 6.25
+
+Scores (protocol "syllablelm", shift tuned on the dev folders, both protocols in ``--out``), each at every
+``--rate``:
+
+- ``stored``: the boundary version itself (e.g. LossPred's, version 0);
+- ``features``: the SSE min-cut on the backbone's own features (SylBoost before any training);
+- ``imitation``: the min-cut on SylBoost's *targets* built from the stored boundaries (the teacher's features
+  mean-pooled over the middle third of each segment) — what a student that reproduced its targets exactly would
+  give; SylBoost beats the stored boundaries only by generalising beyond them;
+- ``oracle``: the same targets built from the reference syllables — the best any SylBoost target can do at
+  this rate with this segmenter.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from experiments.baselines import load_split, score
+from syllablelm.fileio import write_json
+
+log = logging.getLogger(__name__)
+
+
+def ceiling_scores(encoder, stored: dict, test, dev, rates, where: str = "the boundary version") -> dict:
+    """``test``/``dev`` are ``(waves, refs, ids)``; ``stored`` maps ids to ``(n, 2)`` seconds (``where`` names it
+    in errors)."""
+    from syllablelm.tokenizer import segment_frames
+    from syllablelm.units import segment_mean_targets
+
+    def features(split):
+        with torch.no_grad():
+            return [encoder(torch.as_tensor(w, dtype=torch.float32)[None])[0][0]
+                    for w in tqdm(split[0], desc="features", disable=len(split[0]) < 50)]
+
+    def targets(feats, segments):
+        return [segment_mean_targets(f, np.rint(np.asarray(s) / 0.02).astype(np.int64), len(f))
+                for f, s in zip(feats, segments)]
+
+    def cut(feats, rate):
+        return [np.stack([b.numpy()[:-1], b.numpy()[1:]], 1) * 0.02 for b in segment_frames(feats, rate_hz=rate)]
+
+    missing = [i for i in (*test[2], *dev[2]) if i not in stored]
+    if missing:
+        raise ValueError(f"{where} has no segments for {len(missing)} utterance(s), e.g. {missing[0]}")
+    ft, fd = features(test), features(dev)
+    st, sd = [stored[i] for i in test[2]], [stored[i] for i in dev[2]]
+    out = {"stored": score(st, test[1], sd, dev[1])}
+    for rate in rates:
+        for name, (tt, td) in {"features": (ft, fd), "imitation": (targets(ft, st), targets(fd, sd)),
+                               "oracle": (targets(ft, test[1]), targets(fd, dev[1]))}.items():
+            out[f"{name}_{rate:g}hz"] = score(cut(tt, rate), test[1], cut(td, rate), dev[1])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="syllablelm ceiling", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="the SylBoost backbone (teacher .ckpt, fairseq .pt, HF dir)")
+    p.add_argument("--layer", type=int, required=True, help="feature layer (HF numbering)")
+    p.add_argument("--boundaries", required=True, help="boundary store root")
+    p.add_argument("--version", type=int, default=0)
+    p.add_argument("--data", nargs="+", required=True, help="scored folders (with alignments)")
+    p.add_argument("--tune-data", nargs="+", required=True, help="folders the shift is tuned on")
+    p.add_argument("--alignments", required=True)
+    p.add_argument("--rate", type=float, nargs="+", default=[6.25])
+    p.add_argument("--limit", type=int)
+    p.add_argument("--out")
+    p.add_argument("--manifest-cache")
+    args = p.parse_args(argv)
+    from datamodules.boundary_store import BoundaryStore
+    from syllablelm.nn.encoder import SpeechEncoder
+
+    encoder = SpeechEncoder.load(args.checkpoint, layer=args.layer).eval()
+    stored = BoundaryStore(args.boundaries).load(args.version)
+    test = load_split(args.data, args.alignments, args.limit, args.manifest_cache)
+    dev = load_split(args.tune_data, args.alignments, args.limit, args.manifest_cache)
+    report = ceiling_scores(encoder, stored, test, dev, args.rate,
+                            where=f"boundary version {args.version} of {args.boundaries}")
+    for name, res in report.items():
+        t = res["syllablelm_tuned"]
+        print(f"{name:<22} P {100 * t['precision']:5.1f}  R {100 * t['recall']:5.1f}  F1 {100 * t['f1']:5.1f}  "
+              f"R-value {100 * t['r_value']:5.1f}  (shift {1000 * t['shift']:+.0f} ms)")
+    if args.out:
+        write_json(args.out, report, indent=1)
+    return 0

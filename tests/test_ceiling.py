@@ -1,0 +1,36 @@
+"""`syllablelm ceiling`: SylBoost's min-cut on raw features, on its targets, and on reference-built targets."""
+import json
+
+import pytest
+
+from datamodules.boundary_store import BoundaryStore
+from experiments.cli import main
+from syllablelm.alignments import index_alignments, load_alignment
+from tests import sylboost_helpers as H
+
+
+def test_imitating_the_references_is_the_oracle_and_beats_raw_features(synth_corpus, tmp_path):
+    teacher = H.save_teacher(tmp_path / "teacher.ckpt")
+    index = index_alignments(synth_corpus / "alignments")
+    store = BoundaryStore(tmp_path / "store")
+    store.write_shard(0, 0, 1, {u: load_alignment(p)["syllables"][0] for u, p in index.items()})
+    store.finalize(0, 1)
+    out = tmp_path / "ceiling.json"
+    assert main(["ceiling", "--checkpoint", str(teacher), "--layer", "1", "--boundaries", str(tmp_path / "store"),
+                 "--data", str(synth_corpus / "test"), "--tune-data", str(synth_corpus / "dev"), "--alignments",
+                 str(synth_corpus / "alignments"), "--rate", "6.25", "4.0", "--out", str(out),
+                 "--manifest-cache", str(tmp_path / "cache")]) == 0
+    r = {k: v["syllablelm_tuned"] for k, v in json.loads(out.read_text()).items()}
+    assert r["stored"]["f1"] == 1.0  # the references scored against themselves
+    for rate in ("6.25hz", "4hz"):
+        assert r[f"imitation_{rate}"] == r[f"oracle_{rate}"]  # targets from the same segments
+        assert r[f"oracle_{rate}"]["recall"] > r[f"features_{rate}"]["recall"]
+        assert r[f"oracle_{rate}"]["f1"] > r[f"features_{rate}"]["f1"] + 0.1
+    assert r["oracle_4hz"]["precision"] > r["oracle_6.25hz"]["precision"]  # fewer cuts where none are needed
+    one = next(iter(index))
+    store.write_shard(1, 0, 1, {one: store.load(0)[one]})
+    store.finalize(1, 1)
+    with pytest.raises(ValueError, match="boundary version 1 of .* has no segments for"):
+        main(["ceiling", "--checkpoint", str(teacher), "--layer", "1", "--boundaries", str(tmp_path / "store"),
+              "--version", "1", "--data", str(synth_corpus / "test"), "--tune-data", str(synth_corpus / "dev"),
+              "--alignments", str(synth_corpus / "alignments"), "--manifest-cache", str(tmp_path / "cache")])
