@@ -86,6 +86,7 @@ class TeacherModule(pl.LightningModule):
         lp = LossPredConfig(**losspred) if isinstance(losspred, dict) else (losspred or LossPredConfig())
         self.optimizer = optimizer
         self.losspred_config = lp
+        self.predict_skip: set[tuple[str, int]] = set()  # (id, offset ms) a BoundaryWriter already has
         # plain types only, so the checkpoint loads with torch's weights_only=True and rebuilds the network;
         # `_class_path` lets LightningCLI (--ckpt_path) re-apply these to the config, as its own hook would
         self.save_hyperparameters({"_class_path": f"{type(self).__module__}.{type(self).__qualname__}",
@@ -222,5 +223,8 @@ class TeacherModule(pl.LightningModule):
     def predict_step(self, batch, batch_idx):
         if batch is None:
             return {"ids": [], "segments": []}
+        keys = [(u, round(float(o) * 1000)) for u, o in zip(batch["ids"], batch["offsets"])]
+        if self.predict_skip and all(k in self.predict_skip for k in keys):  # done by a stopped run (BoundaryWriter)
+            return {"ids": list(batch["ids"]), "segments": [None] * len(keys)}
         out = self.losspred(batch)
         return {"ids": out["ids"], "segments": out["segments"]}

@@ -1,4 +1,5 @@
 """Stage 1 through its LightningModule and the CLI: LossPred paths against slow references, labels, store."""
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -129,3 +130,60 @@ def test_cli_labels_fit_predict_make_a_valid_store(synth_corpus, tmp_path):
     assert set(segments) == set(durations)
     rates = [len(s) / durations[u] for u, s in segments.items()]
     assert all(2.0 < r < 7.0 for r in rates)  # 6.25 segments/s of trimmed speech, minus silent starts
+
+
+class _Killed(Exception):
+    pass
+
+
+class _Stop(pl.Callback):
+    """Fails the predict run after ``after`` batches, as a killed job would."""
+
+    def __init__(self, after: int):
+        self.after = after
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx + 1 == self.after:
+            raise _Killed("stopped")
+
+
+def test_a_stopped_losspred_predict_resumes_from_its_partial_files(synth_corpus, tmp_path):
+    from callbacks.boundary_writer import BoundaryWriter
+    from experiments.cli import main
+
+    cache = str(tmp_path / "cache")
+    dirs = [str(synth_corpus / s) for s in ("dev", "test")]
+    assert main(["labels", "--data", *dirs, "--out", str(tmp_path / "labels"), "--num-clusters", "20",
+                 "--fit-hours", "0.01", "--manifest-cache", cache]) == 0
+
+    def run(store, *callbacks, module=None):
+        module = module or tiny_module()
+        calls = []
+        real = module.losspred
+        module.losspred = lambda batch, *a, **k: (calls.append(list(batch["ids"])), real(batch, *a, **k))[1]
+        dm = SpeechDataModule(predict_dirs=dirs, label_dir=str(tmp_path / "labels"), batch_size=2, num_workers=0,
+                              manifest_cache=cache)
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                             callbacks=[BoundaryWriter(store_dir=str(tmp_path / store), flush_every=1), *callbacks])
+        try:
+            trainer.predict(module, dm, return_predictions=False)
+        except _Killed:
+            pass
+        return calls
+
+    full = run("clean")
+    assert len(full) >= 4
+    stopped = run("resumed", _Stop(after=3))
+    assert len(stopped) == 3 and not BoundaryStore(tmp_path / "resumed").is_complete(0)
+    assert len(list((tmp_path / "resumed/iter_0/partial").glob("rank*-part*.npz"))) == 3
+    resumed = run("resumed")
+    assert resumed == full[3:]  # only the batches the stopped run had not finished
+    clean, again = BoundaryStore(tmp_path / "clean").load(0), BoundaryStore(tmp_path / "resumed").load(0)
+    assert clean.keys() == again.keys() and all(np.array_equal(clean[u], again[u]) for u in clean)
+    assert not (tmp_path / "resumed/iter_0/partial").exists()
+    # partial files of other weights are not reused
+    run("other", _Stop(after=2))
+    other = tiny_module()
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    assert len(run("other", module=other)) == len(full)
