@@ -76,7 +76,7 @@ def main() -> None:
         if cached:
             with torch.no_grad():
                 for batch in data:  # fill the cache (epoch 1 does this while training)
-                    model._cached_targets(batch)
+                    model._cached(batch)
         results[cached] = steps(model, data, device)
     (plain, lp), (fast, lc) = results[False], results[True]
     print(f"{args.steps} steps of {args.batch} utterances (4-8 s, padded) on {device}, {args.checkpoint}")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from datamodules.boundary_store import BoundaryStore
+from datamodules.dataset import item_keys
 from syllablelm.fileio import write_json, write_npz
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,8 @@ class BoundaryWriter(pl.Callback):
                      len(self._done))
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        offsets = batch["offsets"] if batch is not None else []
-        for utt, segs, off in zip(outputs["ids"], outputs["segments"], offsets):
-            key = (utt, round(float(off) * 1000))
+        keys = item_keys(batch) if batch is not None else []
+        for utt, segs, key in zip(outputs["ids"], outputs["segments"], keys):
             if segs is None:  # skipped by the module: done in an earlier run
                 segs = self._done[key]
             else:

@@ -37,6 +37,11 @@ class Item:
     duration: float  # seconds
 
 
+def item_keys(batch: dict) -> list[tuple[str, int]]:
+    """``(id, offset in ms)`` of every item of a batch: names a chunk of a file across runs and rank counts."""
+    return [(utt, round(float(off) * 1000)) for utt, off in zip(batch["ids"], batch["offsets"])]
+
+
 def clip_segments(segments: np.ndarray, start: float, end: float) -> tuple[np.ndarray, np.ndarray]:
     """Segments overlapping ``[start, end)``, clipped to it; also returns the kept row indices."""
     keep = np.flatnonzero((segments[:, 1] > start) & (segments[:, 0] < end))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -33,6 +32,8 @@ log = logging.getLogger(__name__)
 def ceiling_scores(encoder, stored: dict, test, dev, rates, where: str = "the boundary version") -> dict:
     """``test``/``dev`` are ``(waves, refs, ids)``; ``stored`` maps ids to ``(n, 2)`` seconds (``where`` names it
     in errors)."""
+    from lightning_modules.sylboost import target_frames
+    from syllablelm.segment import frames_to_segments
     from syllablelm.tokenizer import segment_frames
     from syllablelm.units import segment_mean_targets
 
@@ -42,11 +43,10 @@ def ceiling_scores(encoder, stored: dict, test, dev, rates, where: str = "the bo
                     for w in tqdm(split[0], desc="features", disable=len(split[0]) < 50)]
 
     def targets(feats, segments):
-        return [segment_mean_targets(f, np.rint(np.asarray(s) / 0.02).astype(np.int64), len(f))
-                for f, s in zip(feats, segments)]
+        return [segment_mean_targets(f, target_frames(s), len(f)) for f, s in zip(feats, segments)]
 
     def cut(feats, rate):
-        return [np.stack([b.numpy()[:-1], b.numpy()[1:]], 1) * 0.02 for b in segment_frames(feats, rate_hz=rate)]
+        return [frames_to_segments(b.numpy()) for b in segment_frames(feats, rate_hz=rate)]
 
     missing = [i for i in (*test[2], *dev[2]) if i not in stored]
     if missing:

@@ -23,9 +23,17 @@ from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
 from lightning_modules.teacher import linear_warmup_decay
+from datamodules.dataset import item_keys
 from syllablelm.nn.encoder import SpeechEncoder
+from syllablelm.segment import frames_to_segments
 from syllablelm.tokenizer import segment_frames
 from syllablelm.units import segment_mean_targets
+
+
+def target_frames(segments, offset: float = 0.0) -> np.ndarray:
+    """Stored segments (seconds, file time) -> frames of a wave starting at ``offset``, as SylBoost's targets
+    cut them: ``round((t - offset) / 0.02)``."""
+    return np.rint((np.asarray(segments) - offset) / 0.02).astype(np.int64)
 
 
 @dataclass
@@ -127,11 +135,8 @@ class SylBoostModule(pl.LightningModule):
     # ---- the frozen-feature cache -------------------------------------------------------------------------
     def _crops(self, batch) -> list[tuple[tuple, torch.Tensor]]:
         """(cache key, unpadded wave) of every item; the key names the file, crop offset and length."""
-        out = []
-        for b, utt in enumerate(batch["ids"]):
-            n = int(batch["lengths"][b])
-            out.append(((utt, round(float(batch["offsets"][b]) * 1000), n), batch["waves"][b, :n]))
-        return out
+        return [((*key, int(n)), batch["waves"][b, : int(n)])
+                for b, (key, n) in enumerate(zip(item_keys(batch), batch["lengths"]))]
 
     @torch.no_grad()
     def _frontend(self, key: tuple, wave: torch.Tensor) -> torch.Tensor:
@@ -140,21 +145,23 @@ class SylBoostModule(pl.LightningModule):
         return self._frontend_cache[key]
 
     @torch.no_grad()
-    def _cached_targets(self, batch) -> list[torch.Tensor]:
-        out = []
+    def _cached(self, batch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per item: the frozen CNN output and the teacher's features, computed on first sight."""
+        frames, targets = [], []
         for key, wave in self._crops(batch):
+            frames.append(self._frontend(key, wave))
             if key not in self._target_cache:
                 lengths = torch.tensor([len(wave)], device=wave.device)
-                self._target_cache[key] = self.teacher.forward_frontend([self._frontend(key, wave)], lengths)[0][0]
-            out.append(self._target_cache[key])
-        return out
+                self._target_cache[key] = self.teacher.forward_frontend([frames[-1]], lengths)[0][0]
+            targets.append(self._target_cache[key])
+        return frames, targets
 
     # ---- distillation -----------------------------------------------------------------------------------
     def _shared_step(self, batch) -> tuple[torch.Tensor, int]:  # (mean loss, number of averaged elements)
         waves, mask = batch["waves"], batch["attention_mask"]
         if self.hparams.cache_frozen:
-            target_feats = torch.nn.utils.rnn.pad_sequence(self._cached_targets(batch), batch_first=True)
-            frames = [self._frontend(key, wave) for key, wave in self._crops(batch)]
+            frames, targets = self._cached(batch)
+            target_feats = torch.nn.utils.rnn.pad_sequence(targets, batch_first=True)
             feats, frame_mask = self.student.forward_frontend(frames, batch["lengths"])
         else:
             with torch.no_grad():
@@ -166,7 +173,7 @@ class SylBoostModule(pl.LightningModule):
             if segs is None:
                 raise ValueError(f"utterance {batch['ids'][b]} has no boundaries: set the DataModule's "
                                  "boundary_dir/boundary_version (LossPred's store, version 0)")
-            seg_frames.append(np.rint((np.asarray(segs) - float(batch["offsets"][b])) / 0.02).astype(np.int64))
+            seg_frames.append(target_frames(segs, float(batch["offsets"][b])))
         targets = segment_mean_targets(target_feats, seg_frames, T, mode="middle_third")  # (B, T, H)
         valid = frame_mask[..., None].to(feats.dtype)
         n = int(frame_mask.sum()) * feats.shape[-1]
@@ -221,11 +228,7 @@ class SylBoostModule(pl.LightningModule):
             raise RuntimeError("no delta yet: the regeneration callback calibrates it (calibrate_to_hz)")
         bounds = segment_frames(feats, rate_hz=seg.rate_hz, delta=float(self.delta), quantile=seg.quantile,
                                 min_len=seg.min_len, max_len=seg.max_len, max_rate=seg.max_rate)
-        out = []
-        for b, bd in enumerate(bounds):
-            t = bd.numpy() * 0.02 + float(batch["offsets"][b])
-            out.append(np.stack([t[:-1], t[1:]], 1))
-        return out
+        return [frames_to_segments(bd.numpy(), offset=float(batch["offsets"][b])) for b, bd in enumerate(bounds)]
 
     # ---- iterations -------------------------------------------------------------------------------------
     def start_iteration(self, iteration: int) -> None:

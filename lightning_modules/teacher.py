@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
+from datamodules.dataset import item_keys
 from syllablelm.audio import SAMPLE_RATE, speech_regions
 from syllablelm.losspred import loss_matrices, num_segments, similarity
 from syllablelm.nn.hubert import HubertTeacher, TeacherConfig, compute_span_mask
@@ -223,7 +224,7 @@ class TeacherModule(pl.LightningModule):
     def predict_step(self, batch, batch_idx):
         if batch is None:
             return {"ids": [], "segments": []}
-        keys = [(u, round(float(o) * 1000)) for u, o in zip(batch["ids"], batch["offsets"])]
+        keys = item_keys(batch)
         if self.predict_skip and all(k in self.predict_skip for k in keys):  # done by a stopped run (BoundaryWriter)
             return {"ids": list(batch["ids"]), "segments": [None] * len(keys)}
         out = self.losspred(batch)

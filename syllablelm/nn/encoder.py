@@ -146,8 +146,6 @@ class SpeechEncoder(nn.Module):
             placeholder = cnn.new_zeros(len(frames), int(lengths.max()))  # never read: the CNN is bypassed
             mask = self._sample_mask(lengths, placeholder)
             with self._cnn_output(cnn):
-                if isinstance(self.model, Data2Vec2AudioEncoder):
-                    return self.model(placeholder, mask)[0][self.layer], self._frames(cnn.transpose(1, 2), mask)
                 hidden = self._hidden(placeholder, mask)
         return hidden, self._frames(hidden, self._sample_mask(lengths, hidden))
 
