@@ -6,7 +6,7 @@ HuBERT-Base-shaped networks (random weights) and the SpeechLM base decoder:
     teacher fit (masked prediction) -> LossPred predict -> SylBoost fit (+ regeneration) -> quantize -> units
     -> SpeechLM fit -> generation
 
-    python benchmarks/gpu_smoke.py                          # CUDA, bf16, base sizes (~3 minutes on one H100)
+    python benchmarks/gpu_smoke.py                          # CUDA, bf16, base sizes (101 s on one H100, eSpeak included)
     python benchmarks/gpu_smoke.py --device cpu --size tiny --steps 3   # the same path on a CPU (what CI checks)
 
 Printed per stage: steps (or utterances) per second and seconds of audio (or tokens) per second, measured after

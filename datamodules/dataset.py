@@ -124,6 +124,13 @@ class SpeechDataset(Dataset):
         return collate(loaded) if loaded else None
 
 
+def keep_batch(batch: dict | None) -> dict | None:
+    """The DataLoader's ``collate_fn``: the dataset already yields whole batches (:func:`collate`). The default
+    (``default_convert``) would turn their numpy segments and alignments into tensors, which Lightning then moves
+    to the GPU, where numpy cannot read them."""
+    return batch
+
+
 def collate(items: list[dict]) -> dict:
     lengths = torch.tensor([len(it["wave"]) for it in items], dtype=torch.long)
     waves = torch.zeros(len(items), int(lengths.max()))

@@ -28,7 +28,7 @@ from syllablelm.fileio import shard_range
 from .boundary_store import BoundaryStore
 from .distributed import rank_world, resolve_version
 from .label_store import LabelStore
-from .dataset import CropMode, Item, SpeechDataset
+from .dataset import CropMode, Item, SpeechDataset, keep_batch
 from .manifest import Entry, Manifest, Verify, build_manifest, librilight_voice_activity
 from .samplers import EvalBatchSampler, TrainBatchSampler
 
@@ -233,7 +233,7 @@ class SpeechDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: SpeechDataset, sampler) -> DataLoader:
         n = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=n,
+        return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=n, collate_fn=keep_batch,
                           persistent_workers=False, pin_memory=torch.cuda.is_available(),
                           prefetch_factor=2 if n > 0 else None)
 

@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", required=True, type=Path)
     p.add_argument("--tiny", action="store_true", help="a few minutes: a minimal corpus and schedule (CI)")
     p.add_argument("--from-scratch", action="store_true", help="train the teacher here instead of the shipped one")
+    p.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu",
+                   help="where every stage runs (gpu: one CUDA device; the report's timings are then GPU timings)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     wd = args.workdir.resolve()
@@ -104,16 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     data, runs = wd / "data" / "synth", wd / "runs"
     splits = [str(data / s) for s in ("train", "dev", "test")]
     cache = ["--manifest-cache", str(wd / "cache")]
+    device = ["--device", "cuda" if args.accelerator == "gpu" else "cpu"]  # the offline (non-Lightning) stages
 
     run.run("synth", ["synth", "--out", str(data), "--num-utterances", str(size.utterances), "--speakers",
                       str(size.speakers), "--seed", str(args.seed), "--no-progress"], done=data / "synth.json")
     teacher_ckpt = runs / "teacher" / "checkpoints" / "last.ckpt"
     shipped = not args.from_scratch and (SHIPPED / "teacher.ckpt").exists()
-    labels = ["labels", "--data", *splits, "--out", str(runs / "labels"), *cache]
+    labels = ["labels", "--data", *splits, "--out", str(runs / "labels"), *cache, *device]
     labels += ["--kmeans", str(SHIPPED / "kmeans.npy")] if shipped else ["--num-clusters", "100", "--fit-hours", "0.3"]
     run.run("labels", labels, done=runs / "labels" / "iter_0" / "manifest.json")
     teacher_cfg = write_config("teacher.yaml", wd / "configs" / "teacher.yaml", wd, lambda c: (
-        c["trainer"].update(max_epochs=size.teacher_epochs, enable_progress_bar=False),
+        c["trainer"].update(max_epochs=size.teacher_epochs, enable_progress_bar=False, accelerator=args.accelerator),
         c["data"]["init_args"].update(test_dirs=[splits[2]], predict_dirs=splits, manifest_cache=str(wd / "cache"))))
     if shipped:
         teacher_ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             done=runs / "boundaries" / "iter_0" / "manifest.json")
     sylboost_cfg = write_config("sylboost.yaml", wd / "configs" / "sylboost.yaml", wd, lambda c: (
         c["trainer"].update(max_epochs=2 * size.sylboost_epochs, enable_progress_bar=False,
-                            check_val_every_n_epoch=max(1, size.sylboost_epochs // 2)),
+                            check_val_every_n_epoch=max(1, size.sylboost_epochs // 2), accelerator=args.accelerator),
         c["model"]["init_args"].update(epochs_per_iteration=size.sylboost_epochs),
         c["data"]["init_args"].update(manifest_cache=str(wd / "cache")),
         _regenerate_test_too(c)))
@@ -132,11 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = runs / "tokenizer.ckpt"
     run.run("quantize", ["quantize", "--checkpoint", str(runs / "sylboost" / "checkpoints" / "last.ckpt"), "--data",
                          splits[0], "--k", str(size.kmeans), "--k-merged", str(size.units), "--hours", "1",
-                         "--out", str(tokenizer), *cache], done=tokenizer)
+                         "--out", str(tokenizer), *cache, *device], done=tokenizer)
     run.run("units", ["units", "--checkpoint", str(tokenizer), "--data", *splits[:2], "--out", str(runs / "units"),
-                      *cache], done=runs / "units" / "iter_0" / "manifest.json")
+                      *cache, *device], done=runs / "units" / "iter_0" / "manifest.json")
     lm_cfg = write_config("speechlm.yaml", wd / "configs" / "speechlm.yaml", wd, lambda c: (
-        c["trainer"].update(max_steps=size.lm_steps, enable_progress_bar=False, check_val_every_n_epoch=1),
+        c["trainer"].update(max_steps=size.lm_steps, enable_progress_bar=False, check_val_every_n_epoch=1,
+                            accelerator=args.accelerator),
         c["model"]["init_args"]["network"].update(vocab_size=size.units),
         c["model"]["init_args"].update(warmup=size.lm_steps // 10, hold=size.lm_steps * 4 // 10,
                                        decay=size.lm_steps // 2)))
@@ -146,13 +150,14 @@ def main(argv: list[str] | None = None) -> int:
                       str(args.seed), "--vocab-corpus", str(data)], done=wd / "data" / "pairs" / "pairs.json")
     run.run("evaluate", ["evaluate", "--checkpoint", str(tokenizer), "--data", splits[2], "--tune-data", splits[1],
                          "--alignments", str(data / "alignments"), "--baselines", "--lm", str(lm), "--pairs",
-                         str(wd / "data" / "pairs"), "--out", str(runs / "evaluate.json"), *cache],
+                         str(wd / "data" / "pairs"), "--out", str(runs / "evaluate.json"), *cache, *device],
             done=runs / "evaluate.json")
 
     from experiments.report import build_report
 
     report = build_report(wd, teacher_ckpt=teacher_ckpt, tokenizer=tokenizer, timings=run.timings,
-                          seconds=time.perf_counter() - t0, tiny=args.tiny, shipped_teacher=shipped)
+                          seconds=time.perf_counter() - t0, tiny=args.tiny, shipped_teacher=shipped,
+                          accelerator=args.accelerator)
     write_json(wd / "report.json", report, indent=1)
     print(f"report: {wd / 'report.md'} ({report['total_seconds']:.0f} s)")
     return 0

@@ -140,9 +140,11 @@ class SylBoostModule(pl.LightningModule):
 
     @torch.no_grad()
     def _frontend(self, key: tuple, wave: torch.Tensor) -> torch.Tensor:
+        """Cached in float32 (what the CNN gives outside autocast; under bf16 autocast the layers after it cast
+        again) and handed out on the wave's device (Lightning moves the module back to the CPU after fit)."""
         if key not in self._frontend_cache:
-            self._frontend_cache[key] = self.teacher.frontend(wave)  # = the student's frozen CNN
-        return self._frontend_cache[key]
+            self._frontend_cache[key] = self.teacher.frontend(wave).float()  # = the student's frozen CNN
+        return self._frontend_cache[key].to(wave.device)
 
     @torch.no_grad()
     def _cached(self, batch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -152,8 +154,8 @@ class SylBoostModule(pl.LightningModule):
             frames.append(self._frontend(key, wave))
             if key not in self._target_cache:
                 lengths = torch.tensor([len(wave)], device=wave.device)
-                self._target_cache[key] = self.teacher.forward_frontend([frames[-1]], lengths)[0][0]
-            targets.append(self._target_cache[key])
+                self._target_cache[key] = self.teacher.forward_frontend([frames[-1]], lengths)[0][0].float()
+            targets.append(self._target_cache[key].to(wave.device))
         return frames, targets
 
     # ---- distillation -----------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ def test_synth_corpus_to_batches(synth_corpus, tmp_path):
         for b in range(B):
             assert batch["waves"][b, batch["lengths"][b]:].abs().sum() == 0
             words = batch["alignments"][b]["words"][0]
+            assert isinstance(words, np.ndarray)  # numpy stays numpy: Lightning would move tensors to the GPU
             assert len(words) and words[-1, 1] <= float(batch["lengths"][b]) / 16000 + 1e-6  # clipped to crop
         seen += batch["ids"]
     assert sorted(seen) == sorted(e.id for e in dm.manifests["train"].entries) and len(seen) == n_train
@@ -141,6 +142,7 @@ def test_boundaries_from_store_are_clipped_and_required(tmp_path, cache_dir):
     batches = list(dm.train_dataloader())
     got = {i: s for b in batches for i, s in zip(b["ids"], b["segments"])}
     assert set(got) == set(ids[:6])  # utterances without boundaries are dropped
+    assert all(isinstance(s, np.ndarray) for s in got.values())  # not tensors, which would go to the GPU
     for segs in got.values():
         np.testing.assert_allclose(segs, [[0.1, 0.4], [0.4, 0.5]])  # clipped to the 0.5 s crop
 

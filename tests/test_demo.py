@@ -13,6 +13,7 @@ from syllablelm import Tokenizer
 def test_tiny_demo_writes_a_report_and_a_working_tokenizer(tmp_path):
     assert main(["demo", "--workdir", str(tmp_path / "demo"), "--tiny"]) == 0
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["accelerator"] == "cpu" and report["teacher"] == "shipped"
     for stage in ("LossPred", "SylBoost iteration 1", "SylBoost iteration 2"):
         scores = report["stages"][stage]
         assert scores["num_utterances"] > 0 and 0 <= scores["syllablelm_tuned"]["f1"] <= 1

@@ -74,6 +74,13 @@ def test_the_frozen_feature_cache_changes_no_loss_gradient_or_boundary(setup):
     loss, _ = fresh._shared_step(batch)
     loss.backward()
     assert float(loss) == pytest.approx(results[0][0], rel=1e-5)
+    # a cache filled under bf16 autocast (precision bf16-mixed) serves the fp32 regeneration outside it
+    mixed = H.module(teacher)
+    mixed.hparams.cache_frozen = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed._shared_step(batch)
+    assert {v.dtype for v in (*mixed._frontend_cache.values(), *mixed._target_cache.values())} == {torch.float32}
+    assert len(mixed.extract_boundaries(batch)) == len(batch["ids"])
     (l0, n0, g0, s0), *rest = results
     for loss, n, grads, segs in rest:
         assert n == n0 and loss == pytest.approx(l0, rel=1e-5)

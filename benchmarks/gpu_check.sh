@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Everything this project checks on one CUDA GPU, in one go (for a lent GPU machine; CI has none):
+#   1. the CUDA tests (tests/test_cuda.py: min-cuts, LossPred, SylBoost fit + regeneration, bf16 decoder),
+#   2. `syllablelm demo --tiny --accelerator gpu` (every stage on the GPU; its report.json/report.md),
+#   3. benchmarks/gpu_smoke.py (paper-sized random networks in bf16: throughput and peak memory per stage).
+#
+#   bash benchmarks/gpu_check.sh OUT_DIR [WORK_DIR]
+#
+# Each part has its own time limit (TESTS_S, DEMO_S, SMOKE_S seconds) and a failure does not stop the next;
+# PARTS="tests smoke" runs a subset. OUT_DIR gets the logs and results (at most 8 small files), WORK_DIR
+# (default /tmp/gpu_check) the demo's workdir.
+set -u
+out=${1:?usage: gpu_check.sh OUT_DIR [WORK_DIR]}
+work=${2:-/tmp/gpu_check}
+mkdir -p "$out" "$work"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+py=${PYTHON:-python3}
+cd "$(dirname "$0")/.."
+$py -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" 2>&1 | tee "$out/env.txt"
+nproc | tee -a "$out/env.txt"
+
+parts=" ${PARTS:-tests demo smoke} "
+if [[ $parts == *" tests "* ]]; then
+start=$(date +%s)
+timeout "${TESTS_S:-150}" $py -m pytest -q -m gpu tests/test_cuda.py -p no:cacheprovider 2>&1 | tee "$out/tests.log" | tail -25
+echo "tests: rc ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" | tee -a "$out/env.txt"
+fi
+
+if [[ $parts == *" demo "* ]]; then
+start=$(date +%s)
+timeout "${DEMO_S:-200}" $py -m experiments.cli demo --workdir "$work/demo" --tiny --accelerator gpu > "$out/demo.log" 2>&1
+echo "demo: rc $? after $(( $(date +%s) - start )) s" | tee -a "$out/env.txt"
+tail -5 "$out/demo.log"
+cp "$work/demo/report.json" "$work/demo/report.md" "$out/" 2>/dev/null || tail -n 40 "$work"/demo/logs/*.log
+fi
+
+if [[ $parts == *" smoke "* ]]; then
+start=$(date +%s)
+timeout "${SMOKE_S:-200}" $py benchmarks/gpu_smoke.py --out "$out/gpu_smoke.json" > "$out/smoke.log" 2>&1
+echo "smoke: rc $? after $(( $(date +%s) - start )) s" | tee -a "$out/env.txt"
+tail -20 "$out/smoke.log"
+fi
