@@ -17,18 +17,16 @@ folder is removed once the manifest exists.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
 
 import lightning.pytorch as pl
 import numpy as np
-import torch
 
 from datamodules.boundary_store import BoundaryStore
 from datamodules.dataset import item_keys
-from syllablelm.fileio import write_json, write_npz
+from syllablelm.fileio import weights_fingerprint, write_json, write_npz
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +51,7 @@ class BoundaryWriter(pl.Callback):
 
     def on_predict_epoch_start(self, trainer, pl_module):
         self._segments, self._pending, self._parts = {}, {}, 0
-        fingerprint = _fingerprint(pl_module)
+        fingerprint = weights_fingerprint(pl_module)
         if trainer.is_global_zero:
             self.store.invalidate(self.version)  # a rewrite is incomplete until its new manifest exists
             stamp = self.partial_dir / "fingerprint.json"
@@ -125,13 +123,3 @@ class BoundaryWriter(pl.Callback):
         trainer.strategy.barrier()
         if hasattr(pl_module, "predict_skip"):
             pl_module.predict_skip = set()
-
-
-def _fingerprint(module: torch.nn.Module) -> str:
-    """Identifies the weights cheaply (shape, sum and sum of squares of every tensor); equal on every rank."""
-    h = hashlib.sha1()
-    with torch.no_grad():
-        for name, t in module.state_dict().items():
-            t = t.detach().double()
-            h.update(f"{name}{tuple(t.shape)}{float(t.sum()):.10e}{float((t * t).sum()):.10e}".encode())
-    return h.hexdigest()

@@ -14,9 +14,12 @@ rank 0 writes the manifest once every shard exists).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +29,7 @@ from datamodules.manifest import build_manifest, list_audio
 from datamodules.speech import SpeechDataModule
 from datamodules.unit_store import UnitStore
 from syllablelm.audio import AudioError
-from syllablelm.fileio import atomic_write
+from syllablelm.fileio import atomic_write, weights_fingerprint, write_json, write_npz
 from syllablelm.tokenizer import QUANTIZER_KEY, SEGMENTER_KEY, Tokenizer, quantizer_state
 from syllablelm.units import UnitQuantizer, pool_segments
 
@@ -37,6 +40,41 @@ def _device(arg: str | None) -> str:
     if arg:
         return arg
     return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+
+
+class PooledParts:
+    """``quantize``'s pooled features saved as they are made, so a stopped run resumes: ``root/key.json`` (what
+    they were made from: weights, segmenter, sample) and ``part-START-END.npz``, the vectors of sampled files
+    ``START..END-1`` (in the seeded order) with the hours reached. Parts made from anything else are discarded."""
+
+    def __init__(self, root: Path, key: dict):
+        self.root, self.key = root, json.loads(json.dumps(key))
+
+    def load(self) -> tuple[list[np.ndarray], int, float]:
+        """(vectors per part, files done, hours done) of the saved parts that continue each other from 0."""
+        key_file = self.root / "key.json"
+        if key_file.exists() and json.loads(key_file.read_text()) != self.key:
+            log.warning("%s was made from other weights, segmenter or sample: starting again", self.root)
+            shutil.rmtree(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json(key_file, self.key)
+        vectors, position, hours = [], 0, 0.0
+        for path in sorted(self.root.glob("part-*.npz")):
+            start, end = (int(x) for x in path.stem.split("-")[1:])
+            if start != position:
+                break
+            with np.load(path) as z:
+                vectors.append(z["vectors"])
+                position, hours = end, float(z["hours"])
+        return vectors, position, hours
+
+    def save(self, start: int, end: int, pending: list[np.ndarray], hours: float) -> np.ndarray:
+        v = np.concatenate(pending) if pending else np.zeros((0, 0), np.float32)
+        write_npz(self.root / f"part-{start:09d}-{end:09d}.npz", vectors=v, hours=np.float64(hours))
+        return v
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def quantize(argv: list[str] | None = None) -> int:
@@ -54,6 +92,8 @@ def quantize(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="auto", choices=["auto", "sklearn", "faiss"])
     p.add_argument("--device")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=500, help="files per saved part of the pooled features "
+                   "(OUT.pooled/): a stopped run resumes after the last part; removed once OUT is written")
     p.add_argument("--manifest-cache")
     args = p.parse_args(argv)
     base = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
@@ -64,10 +104,19 @@ def quantize(argv: list[str] | None = None) -> int:
         pooling = "mean"  # 2-frame windows have no interior to keep
     entries = build_manifest(args.data, cache_dir=args.manifest_cache).entries
     order = np.random.default_rng(args.seed).permutation(len(entries))
-    vectors, hours = [], 0.0
-    for i in tqdm(order, desc="pooled features", unit="file"):
+    parts = PooledParts(Path(f"{args.out}.pooled"), {
+        "weights": weights_fingerprint(tok.encoder), "segmenter": tok.segmenter, "pooling": pooling,
+        "seed": args.seed, "hours": args.hours,
+        "files": hashlib.sha1("\n".join(str(e.path) for e in entries).encode()).hexdigest()})
+    vectors, position, hours = parts.load()
+    if position:
+        log.info("resuming: %d of the sampled files (%.2f h) already pooled in %s", position, hours, parts.root)
+    pending, start = [], position
+    bar = tqdm(order[position:], desc="pooled features", unit="file", initial=position, total=len(order))
+    for i in bar:
         if hours >= args.hours:
             break
+        position += 1
         try:
             wave = tok._load(entries[i].path, None)
         except AudioError as e:
@@ -75,9 +124,14 @@ def quantize(argv: list[str] | None = None) -> int:
             continue
         feats = tok.features(wave)
         bounds = tok.boundaries([feats])[0]
-        vectors.append(pool_segments(feats.float().cpu(), bounds, pooling).numpy())
+        pending.append(pool_segments(feats.float().cpu(), bounds, pooling).numpy())
         hours += entries[i].seconds / 3600
-    vectors = np.concatenate(vectors)
+        if position - start >= args.save_every:
+            vectors.append(parts.save(start, position, pending, hours))
+            pending, start = [], position
+    if pending or position > start:
+        vectors.append(parts.save(start, position, pending, hours))
+    vectors = np.concatenate([v for v in vectors if len(v)])
     if len(vectors) < args.k:
         raise SystemExit(f"only {len(vectors)} segments in the sample for k={args.k}: lower --k or raise --hours")
     log.info("fitting k-means: k=%d on %d segments (%.2f h), then Ward to %d", args.k, len(vectors), hours,
@@ -89,6 +143,7 @@ def quantize(argv: list[str] | None = None) -> int:
         base[SEGMENTER_KEY] = {"fixed_frames": args.fixed_frames}
     with atomic_write(args.out, "wb") as f:
         torch.save(base, f)
+    parts.remove()
     log.info("tokenizer checkpoint %s: %d units", args.out, q.k_merged)
     return 0
 

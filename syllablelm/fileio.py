@@ -7,6 +7,7 @@ output that a later run could mistake for a finished one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -77,3 +78,16 @@ def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     base, extra = divmod(n, world_size)
     start = rank * base + min(rank, extra)
     return start, start + base + (1 if rank < extra else 0)
+
+
+def weights_fingerprint(module) -> str:
+    """Identifies a module's weights cheaply (shape, sum and sum of squares of every tensor): resumed work is
+    reused only when it was made with the same weights. Equal on every rank."""
+    import torch
+
+    h = hashlib.sha1()
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            t = t.detach().double()
+            h.update(f"{name}{tuple(t.shape)}{float(t.sum()):.10e}{float((t * t).sum()):.10e}".encode())
+    return h.hexdigest()

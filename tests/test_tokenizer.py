@@ -1,6 +1,7 @@
 """Stage 3: quantize -> tokenizer checkpoint -> tokenize / units / evaluate, on a synthetic corpus."""
 import json
 import shutil
+from pathlib import Path
 
 import lightning
 import numpy as np
@@ -17,12 +18,19 @@ from tests import sylboost_helpers as H
 
 
 @pytest.fixture(scope="module")
-def tokenizer_ckpt(synth_corpus, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tok")
+def sylboost_ckpt(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sylboost")
     model = H.module(H.save_teacher(tmp / "teacher.ckpt"))
-    sylboost = tmp / "sylboost.ckpt"
+    path = tmp / "sylboost.ckpt"
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                "pytorch-lightning_version": lightning.__version__}, sylboost)
+                "pytorch-lightning_version": lightning.__version__}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer_ckpt(synth_corpus, sylboost_ckpt, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tok")
+    sylboost = sylboost_ckpt
     out = tmp / "tokenizer.ckpt"
     assert main(["quantize", "--checkpoint", str(sylboost), "--data", str(synth_corpus / "train"), "--k", "32",
                  "--k-merged", "12", "--hours", "1", "--out", str(out), "--manifest-cache", str(tmp / "cache")]) == 0
@@ -122,12 +130,8 @@ def test_evaluate_reports_boundaries_clustering_and_bitrates(tokenizer_ckpt, syn
     assert tokens["dedup_token_rate"] <= tokens["token_rate"] and tokens["nominal_bps"] > tokens["entropy_bps"] > 0
 
 
-def test_frame_unit_baseline_at_25hz(synth_corpus, tmp_path):
-    model = H.module(H.save_teacher(tmp_path / "teacher.ckpt"))
-    sylboost = tmp_path / "sylboost.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                "pytorch-lightning_version": lightning.__version__}, sylboost)
-    assert main(["quantize", "--checkpoint", str(sylboost), "--data", str(synth_corpus / "dev"), "--k", "16",
+def test_frame_unit_baseline_at_25hz(synth_corpus, sylboost_ckpt, tmp_path):
+    assert main(["quantize", "--checkpoint", str(sylboost_ckpt), "--data", str(synth_corpus / "dev"), "--k", "16",
                  "--k-merged", "0", "--fixed-frames", "2", "--hours", "1", "--out", str(tmp_path / "frames.ckpt"),
                  "--manifest-cache", str(tmp_path / "cache")]) == 0
     tok = Tokenizer.from_checkpoint(tmp_path / "frames.ckpt")
@@ -136,6 +140,42 @@ def test_frame_unit_baseline_at_25hz(synth_corpus, tmp_path):
     seconds = len(read_audio(path)) / 16000
     assert tok.vocab_size == 16 and abs(len(units) / seconds - 25.0) < 1.0
     assert np.allclose(segments[:-1, 1] - segments[:-1, 0], 0.04)
+
+
+def test_a_stopped_quantize_resumes_from_its_saved_parts(synth_corpus, sylboost_ckpt, tmp_path, monkeypatch):
+    args = ["quantize", "--checkpoint", str(sylboost_ckpt), "--data", str(synth_corpus / "train"), "--k", "16",
+            "--k-merged", "6", "--hours", "1", "--save-every", "3", "--manifest-cache", str(tmp_path / "cache")]
+    n_files = len(list((synth_corpus / "train").rglob("*.flac")))
+    assert main([*args, "--out", str(tmp_path / "clean.ckpt")]) == 0
+    assert not (tmp_path / "clean.ckpt.pooled").exists()  # the parts go once the checkpoint exists
+    calls, real, stop_at = [], Tokenizer.features, [8]
+
+    def features(self, wave):
+        calls.append(1)
+        if len(calls) == stop_at[0]:
+            raise KeyboardInterrupt  # the run is stopped during the 8th file
+        return real(self, wave)
+
+    monkeypatch.setattr(Tokenizer, "features", features)
+    out = tmp_path / "resumed.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--out", str(out)])
+    assert not out.exists() and len(list(Path(f"{out}.pooled").glob("part-*.npz"))) == 2  # files 0-5 saved
+    calls.clear()
+    stop_at[0] = -1
+    assert main([*args, "--out", str(out)]) == 0
+    assert len(calls) == n_files - 6  # only the files after the saved parts
+    q_clean, q_resumed = (torch.load(p, weights_only=True)["quantizer"] for p in (tmp_path / "clean.ckpt", out))
+    assert torch.equal(q_clean["centroids"], q_resumed["centroids"]) and torch.equal(q_clean["agglom"],
+                                                                                     q_resumed["agglom"])
+    # parts made from other weights are not reused
+    stale = Path(f"{tmp_path / 'stale.ckpt'}.pooled")
+    stale.mkdir()
+    (stale / "key.json").write_text(json.dumps({"weights": "other"}))
+    np.savez(stale / "part-000000000-000000003.npz", vectors=np.zeros((5, 4), np.float32), hours=np.float64(0.01))
+    calls.clear()
+    assert main([*args, "--out", str(tmp_path / "stale.ckpt")]) == 0
+    assert len(calls) == n_files and not stale.exists()
 
 
 def test_pair_scoring_with_a_tiny_lm(tokenizer_ckpt, tmp_path):
