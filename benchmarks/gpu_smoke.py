@@ -6,7 +6,7 @@ HuBERT-Base-shaped networks (random weights) and the SpeechLM base decoder:
     teacher fit (masked prediction) -> LossPred predict -> SylBoost fit (+ regeneration) -> quantize -> units
     -> SpeechLM fit -> generation
 
-    python benchmarks/gpu_smoke.py                          # CUDA, bf16, base sizes (101 s on one H100, eSpeak included)
+    python benchmarks/gpu_smoke.py                          # CUDA, bf16, base sizes (101 s on one H100)
     python benchmarks/gpu_smoke.py --device cpu --size tiny --steps 3   # the same path on a CPU (what CI checks)
 
 Printed per stage: steps (or utterances) per second and seconds of audio (or tokens) per second, measured after
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         context = min(1024, gpt.block_size)
         x = torch.randint(0, 8192, (8, context + 1), device=args.device)
         tp = Throughput("speechlm", lambda b: b)
-        for step in range(args.steps):
+        for _ in range(args.steps):
             tp._start()
             with torch.autocast(args.device, dtype=dtype, enabled=args.device == "cuda"):
                 _, loss = model(x[:, :-1], x[:, 1:])

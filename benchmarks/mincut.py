@@ -66,7 +66,7 @@ def baseline_dp(x: torch.Tensor, m: int, min_len: int, max_len: int):
     T, D = x.shape
     s = max_len
     xp = torch.cat([x.new_zeros(s - 1, D), x])  # (T+s-1, D)
-    shifted = torch.stack([xp[s - 1 - l : s - 1 - l + T] for l in range(s)])  # (s, T, D): [l, e] = x[e - l]
+    shifted = torch.stack([xp[s - 1 - d : s - 1 - d + T] for d in range(s)])  # (s, T, D): [l, e] = x[e - l]
     sums = shifted.cumsum(0)  # (s, T, D): Σ x[e-l .. e]
     sq = shifted.pow(2).sum(-1).cumsum(0)  # (s, T)
     L = torch.arange(1, s + 1, dtype=x.dtype, device=x.device)[:, None]  # (s, 1)

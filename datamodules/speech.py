@@ -26,9 +26,9 @@ from syllablelm.audio import SAMPLE_RATE, chunk_at_pauses, pause_chunks, read_au
 from syllablelm.fileio import shard_range
 
 from .boundary_store import BoundaryStore
+from .dataset import CropMode, Item, SpeechDataset, keep_batch
 from .distributed import rank_world, resolve_version
 from .label_store import LabelStore
-from .dataset import CropMode, Item, SpeechDataset, keep_batch
 from .manifest import Entry, Manifest, Verify, build_manifest, librilight_voice_activity
 from .samplers import EvalBatchSampler, TrainBatchSampler
 

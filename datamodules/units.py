@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from syllablelm.fileio import shard_range
 
-from .samplers import EvalBatchSampler, TrainBatchSampler
 from .distributed import rank_world, resolve_version
+from .samplers import EvalBatchSampler, TrainBatchSampler
 from .unit_store import UnitStore
 
 log = logging.getLogger(__name__)

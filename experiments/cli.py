@@ -28,7 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("experiments.evaluate:main", "boundary / clustering / bitrate (and LM pair) scores of a tokenizer"),
     "ceiling": ("experiments.ceiling:main", "what SylBoost's min-cut can reach from a backbone and a boundary version"),
     "references": ("experiments.references:main", "LibriSpeech syllable references (SD-HuBERT/Peng/MFA) -> alignments"),
-    "store-copy": ("experiments.stores:main", "copy a store version (e.g. LossPred's boundaries for a second SylBoost)"),
+    "store-copy": ("experiments.stores:main",
+                   "copy a store version (e.g. LossPred's boundaries for a second SylBoost)"),
     "pipeline": ("experiments.pipeline:main", "every stage in order, resumable, on torchrun/SLURM (--dry-run checks)"),
 }
 

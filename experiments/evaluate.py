@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-
 from experiments.baselines import load_split, run_baselines, score
 from syllablelm.audio import SAMPLE_RATE
 from syllablelm.fileio import write_json
@@ -127,4 +126,5 @@ def _print(report: dict) -> None:
           f"{k['dedup_nominal_bps']:.0f} nominal / {k['dedup_entropy_bps']:.0f} entropy bps after dedup")
     for name, res in report.get("baselines", {}).items():
         u = res["syllablelm_tuned"]
-        print(f"baseline {name:<20} F1 {100 * u['f1']:5.1f} R-value {100 * u['r_value']:5.1f} ({res['rate_hz']:.2f} Hz)")
+        print(f"baseline {name:<20} F1 {100 * u['f1']:5.1f} R-value {100 * u['r_value']:5.1f} "
+              f"({res['rate_hz']:.2f} Hz)")

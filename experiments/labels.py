@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
     p.add_argument("--shards", type=int, help="shard files, dealt round-robin to the ranks (default: one per rank); "
                    "more give finer resume points")
-    p.add_argument("--device", default=f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu",
+    gpu = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+    p.add_argument("--device", default=gpu if torch.cuda.is_available() else "cpu",
                    help="default: this process's GPU under torchrun (LOCAL_RANK), else the CPU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--manifest-cache", help="manifest cache folder (default $SYLLABLELM_CACHE)")

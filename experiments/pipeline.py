@@ -16,7 +16,8 @@ A stage is skipped when its output is complete (its ``complete`` file exists, or
 ``STATE_DIR/<stage>.done.json``), and resumed when it is partial: ``fit`` from the newest of the stage's
 ``last.ckpt`` and Lightning's SLURM ``hpc_ckpt_*.ckpt``; ``labels``/``units`` keep the shards already written;
 LossPred's ``predict`` reuses the partial files its ``BoundaryWriter`` flushed; ``quantize`` the pooled-feature
-parts it saved (outputs are written atomically, so a stopped run leaves nothing half-written). On SLURM, Lightning requeues a job that receives ``SIGUSR1`` during a Lightning stage (it saves an
+parts it saved (outputs are written atomically, so a stopped run leaves nothing half-written). On SLURM,
+Lightning requeues a job that receives ``SIGUSR1`` during a Lightning stage (it saves an
 ``hpc_ckpt`` first); during an offline stage the pipeline requeues it itself. The rerun picks up where it stopped.
 
 Before anything runs, every rank checks that the stores' directories (labels, boundaries, units, checkpoints) are

@@ -305,7 +305,8 @@ def _cross_checks(ck: _Checker, role: dict) -> None:
         labelled = lab["data"] + lab["extra"]
         for d in lp["data"].get("predict_extra_dirs") or []:
             if not any(_same(d, x) for x in labelled):
-                ck.problem(f"stage {lp['stage']} predicts data.predict_extra_dirs {d} but stage {lab['stage']} does not "
+                ck.problem(f"stage {lp['stage']} predicts data.predict_extra_dirs {d} but stage {lab['stage']} "
+                           "does not "
                            "label it (add it to --extra-data)")
     if sb:
         info, layer = sb["info"], sb["model"].get("feature_layer")

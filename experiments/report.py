@@ -97,9 +97,9 @@ def build_report(wd: Path, *, teacher_ckpt: Path, tokenizer: Path, timings: dict
     stages = stage_scores(wd, cache)
     baselines = evaluation.get("baselines", {})
     report = {
-        "tokenizer_checkpoint": str(tokenizer), "tiny": tiny, "teacher": "shipped" if shipped_teacher else "trained here",
-        "accelerator": accelerator,
-        "stages": stages, "baselines": baselines, "units": evaluation["tokenizer"], "lm_pairs": evaluation.get("lm_pairs"),
+        "tokenizer_checkpoint": str(tokenizer), "tiny": tiny, "accelerator": accelerator,
+        "teacher": "shipped" if shipped_teacher else "trained here", "stages": stages, "baselines": baselines,
+        "units": evaluation["tokenizer"], "lm_pairs": evaluation.get("lm_pairs"),
         "timings": timings, "total_seconds": round(seconds, 1),
         "peak_rss_mb": max((t.get("peak_rss_mb", 0) for t in timings.values()), default=0),
     }
@@ -133,7 +133,8 @@ def markdown(r: dict) -> str:
     c, k = u["clustering"], u["tokens"]
     lines = [
         "# SyllableLM demo report", "",
-        f"Teacher: {r['teacher']}; {'tiny run' if r['tiny'] else 'full demo'}; on {r.get('accelerator', 'cpu').upper()}; "
+        f"Teacher: {r['teacher']}; {'tiny run' if r['tiny'] else 'full demo'}; "
+        f"on {r.get('accelerator', 'cpu').upper()}; "
         f"total {r['total_seconds']:.0f} s, "
         f"peak memory {r['peak_rss_mb']:.0f} MB. Tokenizer checkpoint: `{r['tokenizer_checkpoint']}`.", "",
         "Synthetic eSpeak speech is far easier than LibriSpeech (the envelope baseline shows it): compare rows, "

@@ -22,8 +22,8 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
-from lightning_modules.teacher import linear_warmup_decay
 from datamodules.dataset import item_keys
+from lightning_modules.teacher import linear_warmup_decay
 from syllablelm.nn.encoder import SpeechEncoder
 from syllablelm.segment import frames_to_segments
 from syllablelm.tokenizer import segment_frames

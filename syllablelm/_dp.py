@@ -169,9 +169,9 @@ def backtrack(bp: torch.Tensor, cost: torch.Tensor, ks: torch.Tensor, min_len: i
         left = ks - t  # (B, C): segments still to place, this one included
         live = left >= 1
         # index_select, not advanced indexing: the latter costs time proportional to the whole table here
-        l = bflat.index_select(0, (((left - 1).clamp(min=0) * B + b) * T1 + j).view(-1)).view(B, C).long()
-        seg = cflat.index_select(0, ((b * nL + l) * T1 + j).view(-1)).view(B, C)
-        L = l + min_len
+        li = bflat.index_select(0, (((left - 1).clamp(min=0) * B + b) * T1 + j).view(-1)).view(B, C).long()
+        seg = cflat.index_select(0, ((b * nL + li) * T1 + j).view(-1)).view(B, C)
+        L = li + min_len
         lens[:, :, t] = torch.where(live, L, 0)
         per_frame[:, :, t] = torch.where(live, seg / L, INF)
         j = torch.where(live, j + L, j).clamp(max=T1 - 1)

@@ -62,7 +62,8 @@ def check_segments(segments: np.ndarray, *, duration: float | None = None, where
     return seg
 
 
-def load_alignment(path: str | os.PathLike, *, duration: float | None = None) -> dict[str, tuple[np.ndarray, list[str]]]:
+def load_alignment(path: str | os.PathLike, *, duration: float | None = None
+                   ) -> dict[str, tuple[np.ndarray, list[str]]]:
     """Read one alignment JSON into ``{tier: ((n, 2) seconds, labels)}``; a clear error names the file."""
     path = Path(path)
     try:

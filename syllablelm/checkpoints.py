@@ -358,7 +358,7 @@ def load_hf_encoder(path: str | Path) -> nn.Module:
     return AutoModel.from_pretrained(str(path), local_files_only=True)
 
 
-# ---------------------------------------------------------------- fairseq data2vec 2.0 (syllablelm/checkpoints_data2vec2.py)
+# ------------------------------------------------------- fairseq data2vec 2.0 (syllablelm/checkpoints_data2vec2.py)
 _D2V2_NAMES = ("load_fairseq_data2vec2", "save_fairseq_style_data2vec2", "is_fairseq_data2vec2")
 
 

@@ -146,7 +146,7 @@ def read_syntactic(root: str | Path, split: str = "dev") -> list[Pair]:
     folder = _folder(root, "syntactic", split)
     gold = folder / "gold.csv"
     rows = _read_gold(gold, ("id", "filename", "type", "correct"))
-    key = lambda r: (r["type"], r.get("subtype", ""), r["id"], r.get("voice", ""))
+    key = lambda r: (r["type"], r.get("subtype", ""), r["id"], r.get("voice", ""))  # noqa: E731
     pairs = [Pair(s["id"], _audio(folder, s["filename"]), _audio(folder, n["filename"]), s.get("voice", ""),
                   None, s["type"], s.get("subtype", "")) for s, n in _pair_rows(rows, key, gold)]
     return _check_files(pairs, gold)

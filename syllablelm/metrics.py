@@ -32,14 +32,18 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import Tensor
-
-from syllablelm.alignments import segments_array as _segments
 from torchmetrics import Metric
 
-from syllablelm.metrics_cluster import (ClusterMetric, cluster_pairs, cluster_scores, label_id, match_segments,
-                                        strip_stress)
-from syllablelm.metrics_tokens import (TokenRateMetric, bitrate, dedup_ids, token_rate, token_stats,
-                                       unigram_entropy)
+from syllablelm.alignments import segments_array as _segments
+from syllablelm.metrics_cluster import (
+    ClusterMetric,
+    cluster_pairs,
+    cluster_scores,
+    label_id,
+    match_segments,
+    strip_stress,
+)
+from syllablelm.metrics_tokens import TokenRateMetric, bitrate, dedup_ids, token_rate, token_stats, unigram_entropy
 
 __all__ = [
     "PROTOCOLS", "SHIFT_GRIDS", "SYLLABLELM_SHIFTS", "SDHUBERT_SHIFTS", "TOLERANCE_SLACK",

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
-
-from syllablelm.alignments import segments_array as _segments
 from torchmetrics import Metric
 from torchmetrics.utilities.distributed import gather_all_tensors
+
+from syllablelm.alignments import segments_array as _segments
 
 # eSpeak: ' primary, , secondary, % unstressed, = stress on the preceding syllable; IPA: U+02C8, U+02CC
 STRESS_MARKS = "',%=\u02c8\u02cc"

@@ -50,7 +50,7 @@ def boundary_figure(wave, sample_rate: int, *, predicted: np.ndarray, reference:
         ax2.imshow(np.log(np.maximum(m, 1e-12)), origin="upper", aspect="auto", cmap="viridis",
                    extent=(matrix_offset, matrix_offset + T * 0.02, matrix_offset + T * 0.02, matrix_offset),
                    vmin=-12, vmax=0)
-        for s, e in np.asarray(predicted).reshape(-1, 2):
+        for s, _ in np.asarray(predicted).reshape(-1, 2):
             ax2.axvline(s, color="white", lw=0.6)
         ax2.set_xlim(0, duration)
         ax2.set_xlabel("seconds")

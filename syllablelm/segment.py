@@ -9,8 +9,9 @@ segments); segment lengths ``min_len..max_len`` are inclusive. The DPs are exact
 * objective = sum of segment costs, computed in float64 (features are centred on the utterance mean first);
 * ties are broken towards the lexicographically smallest boundary list (earliest cuts first);
 * the ``*_batch`` variants take padded ``(B, T, ...)`` inputs plus ``lengths`` and return, on the CPU,
-  bit-for-bit the per-utterance answers (padding never enters a cost; it must only be finite). On CUDA, cuBLAS may pick a different
-  kernel for a different batch size, so costs can differ in the last bits; only exact ties could then flip.
+  bit-for-bit the per-utterance answers (padding never enters a cost; it must only be finite). On CUDA, cuBLAS
+  may pick a different kernel for a different batch size, so costs can differ in the last bits; only exact ties
+  could then flip.
 
 Rate control (:func:`sse_segment` with ``delta``) is the official binary search of REFERENCE.md, read from a
 table of quantiles for every segment count it may visit; one DP pass serves all counts. The quantile is linear

@@ -102,7 +102,8 @@ def test_unit_store_round_trip_and_checks(tmp_path):
     from datamodules.unit_store import UnitStore
 
     store = UnitStore(tmp_path)
-    entries = {"a": (np.array([[0.1, 0.3], [0.3, 0.8]]), np.array([5, 16383])), "b": (np.zeros((0, 2)), np.zeros(0, int))}
+    entries = {"a": (np.array([[0.1, 0.3], [0.3, 0.8]]), np.array([5, 16383])),
+               "b": (np.zeros((0, 2)), np.zeros(0, int))}
     store.write_shard(0, 0, 1, entries)
     store.finalize(0, 1, meta={"vocab_size": 16384})
     loaded = store.load(0)

@@ -12,7 +12,8 @@ from tests.conftest import REPO
 
 ALL = sorted((REPO / "experiments" / "configs").glob("*/*.yaml"))
 PIPELINES = [p for p in ALL if p.name.startswith("pipeline")]  # syllablelm pipeline configs (tests/test_pipeline.py)
-OVERLAYS = [p for p in ALL if p not in PIPELINES and ("_rate_" in p.name or "_data2vec2" in p.name)]  # given after a base config
+# given after a base config
+OVERLAYS = [p for p in ALL if p not in PIPELINES and ("_rate_" in p.name or "_data2vec2" in p.name)]
 CONFIGS = [p for p in ALL if p not in OVERLAYS + PIPELINES]
 
 
@@ -51,7 +52,7 @@ def test_config_classes_and_arguments(path):
     _check(cfg["model"], f"{path.name}:model")
     _check(cfg["data"], f"{path.name}:data")
     trainer_params = inspect.signature(pl.Trainer.__init__).parameters
-    for key, value in cfg["trainer"].items():
+    for key in cfg["trainer"]:
         assert key in trainer_params, f"{path.name}: Trainer has no argument {key!r}"
     for cb in cfg["trainer"].get("callbacks", []):
         _check(cb, f"{path.name}:callbacks")

@@ -2,8 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from syllablelm.losspred import (GAP, HALF, group_span_mask, loss_matrices, mask_groups, num_segments,
-                                 similarity, span_positions)
+from syllablelm.losspred import (
+    GAP,
+    HALF,
+    group_span_mask,
+    loss_matrices,
+    mask_groups,
+    num_segments,
+    similarity,
+    span_positions,
+)
 
 
 def pattern_run(rows, span):

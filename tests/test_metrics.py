@@ -11,9 +11,21 @@ import pytest
 import torch
 
 from syllablelm import metrics, metrics_cluster, metrics_tokens
-from syllablelm.metrics import (SDHUBERT_SHIFTS, SYLLABLELM_SHIFTS, BoundaryMetric, ClusterMetric, TokenRateMetric,
-                                boundary_scores, cluster_scores, dedup_ids, match_segments, strip_stress,
-                                token_rate, token_stats, tune_shift)
+from syllablelm.metrics import (
+    SDHUBERT_SHIFTS,
+    SYLLABLELM_SHIFTS,
+    BoundaryMetric,
+    ClusterMetric,
+    TokenRateMetric,
+    boundary_scores,
+    cluster_scores,
+    dedup_ids,
+    match_segments,
+    strip_stress,
+    token_rate,
+    token_stats,
+    tune_shift,
+)
 
 A = np.array
 

@@ -13,8 +13,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from syllablelm.metrics import (BoundaryMetric, ClusterMetric, TokenRateMetric, boundary_scores, cluster_scores,
-                                token_stats, tune_shift)
+from syllablelm.metrics import (
+    BoundaryMetric,
+    ClusterMetric,
+    TokenRateMetric,
+    boundary_scores,
+    cluster_scores,
+    token_stats,
+    tune_shift,
+)
 from tests.test_metrics import random_corpus
 
 N_UTTS, SPLIT, SHIFTS_CHECKED = 7, 4, (-0.05, 0.0, 0.02)

@@ -66,7 +66,8 @@ def test_stage_selection():
 
 
 # ------------------------------------------------------------------------------------------ launch detection
-_LAUNCH_VARS = ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE",
+_LAUNCH_VARS = ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                "NODE_RANK", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE",
                 "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_NNODES", "SLURM_JOB_NAME",
                 "SLURM_NODELIST", "SLURM_JOB_ID", "MASTER_ADDR", "MASTER_PORT")
 
@@ -79,7 +80,8 @@ def clean_env(monkeypatch):
 
 
 def test_launch_torchrun(clean_env):
-    for k, v in dict(TORCHELASTIC_RUN_ID="job", RANK=11, WORLD_SIZE=16, LOCAL_RANK=3, LOCAL_WORLD_SIZE=8, GROUP_RANK=1).items():
+    for k, v in dict(TORCHELASTIC_RUN_ID="job", RANK=11, WORLD_SIZE=16, LOCAL_RANK=3, LOCAL_WORLD_SIZE=8,
+                     GROUP_RANK=1).items():
         clean_env.setenv(k, str(v))
     launch = pl.detect_launch()
     assert (launch.kind, launch.rank, launch.world_size, launch.local_rank, launch.num_nodes, launch.devices) == (
@@ -88,8 +90,9 @@ def test_launch_torchrun(clean_env):
 
 
 def test_launch_slurm_sets_the_main_address(clean_env):
-    for k, v in dict(SLURM_NTASKS=16, SLURM_NTASKS_PER_NODE=8, SLURM_PROCID=9, SLURM_LOCALID=1, SLURM_NODEID=1, SLURM_NNODES=2,
-                     SLURM_JOB_NAME="syllablelm", SLURM_NODELIST="gpu[07-08]", SLURM_JOB_ID=4242).items():
+    for k, v in dict(SLURM_NTASKS=16, SLURM_NTASKS_PER_NODE=8, SLURM_PROCID=9, SLURM_LOCALID=1, SLURM_NODEID=1,
+                     SLURM_NNODES=2, SLURM_JOB_NAME="syllablelm", SLURM_NODELIST="gpu[07-08]",
+                     SLURM_JOB_ID=4242).items():
         clean_env.setenv(k, str(v))
     launch = pl.detect_launch()
     assert (launch.kind, launch.rank, launch.world_size, launch.local_rank, launch.num_nodes, launch.devices) == (
@@ -256,7 +259,8 @@ def test_more_shards_than_ranks_resume_shard_by_shard(workspace, monkeypatch, ca
     monkeypatch.chdir(workspace)
     caplog.set_level("INFO", logger="datamodules")
     args = ["--data", "LibriSpeech/dev-clean", "--features", "teacher", "--checkpoint",
-            "checkpoints/hubert_base_ls960.pt", "--layer", "9", "--kmeans", "checkpoints/hubert_base_ls960_L9_km500.bin",
+            "checkpoints/hubert_base_ls960.pt", "--layer", "9",
+            "--kmeans", "checkpoints/hubert_base_ls960_L9_km500.bin",
             "--out", "sharded", "--shards", "3", "--device", "cpu"]
     store = LabelStore(workspace / "sharded")
     assert run_command("labels", [*args, "--rank", "1", "--world-size", "2"]) == 0  # rank 1: shard 1 only

@@ -2,6 +2,7 @@
 import re
 import subprocess
 import sys
+
 import tomllib
 
 from tests.conftest import REPO
@@ -55,3 +56,10 @@ def test_console_script_lists_commands():
     bad = subprocess.run([sys.executable, "-m", "experiments.cli", "nonsense"], capture_output=True, text=True,
                          cwd=REPO)
     assert bad.returncode == 2 and "unknown command 'nonsense'" in bad.stderr
+
+
+def test_lint_is_clean():
+    """ruff with the rules of pyproject's [tool.ruff] (pyflakes, pycodestyle, import order, bugbear): CI's lint."""
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", "."],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]

@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from syllablelm.segment import (
-    calibrate_delta, frames_to_segments, ncut_mincut, ncut_mincut_batch, segments_to_frames, sse_mincut,
-    sse_mincut_batch, sse_segment, sse_segment_batch,
+    calibrate_delta,
+    frames_to_segments,
+    ncut_mincut,
+    ncut_mincut_batch,
+    segments_to_frames,
+    sse_mincut,
+    sse_mincut_batch,
+    sse_segment,
+    sse_segment_batch,
 )
 
 

@@ -165,9 +165,10 @@ def test_resume_neither_repeats_nor_skips_an_iteration(setup, hook):
     pl.seed_everything(0)
     with pytest.raises(SystemExit):  # Lightning turns the interrupt into a graceful stop + exit
         try:
-            H.trainer(tmp / "b", callbacks=[Crash(hook)]).fit(H.module(teacher), H.datamodule(corpus, tmp / "store", cache))
+            H.trainer(tmp / "b", callbacks=[Crash(hook)]).fit(H.module(teacher),
+                                                              H.datamodule(corpus, tmp / "store", cache))
         except KeyboardInterrupt:
-            raise SystemExit
+            raise SystemExit from None
         else:
             raise SystemExit  # Lightning may swallow the interrupt: the run stopped either way
     store = BoundaryStore(tmp / "store")

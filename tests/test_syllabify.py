@@ -4,8 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from syllablelm.synth.syllabify import (ARPABET_VOWELS, ESPEAK_CONSONANTS, is_vowel, strip_stress, syllable_spans,
-                                        syllabify)
+from syllablelm.synth.syllabify import (
+    ARPABET_VOWELS,
+    ESPEAK_CONSONANTS,
+    is_vowel,
+    strip_stress,
+    syllabify,
+    syllable_spans,
+)
 
 # (word, eSpeak en-us phones as eSpeak NG 1.52 reports them, ARPAbet (CMUdict), expected syllables as text)
 CASES = [

@@ -62,8 +62,8 @@ def test_layout_transcripts_and_speakers(synth_corpus):
 
     # SPEAKERS.TXT: ';' header, then ID | SEX | SUBSET | MINUTES | NAME
     lines = (root / "SPEAKERS.TXT").read_text().splitlines()
-    assert lines[0].startswith(";") and "ID" in lines[[l.startswith(";") for l in lines].index(False) - 1]
-    rows = [[c.strip() for c in l.split("|")] for l in lines if not l.startswith(";")]
+    assert lines[0].startswith(";") and "ID" in lines[[ln.startswith(";") for ln in lines].index(False) - 1]
+    rows = [[c.strip() for c in ln.split("|")] for ln in lines if not ln.startswith(";")]
     assert len(rows) == 6 and all(len(r) == 5 for r in rows)
     total = sum(sf.info(str(f)).duration for f, _ in pairs) / 60
     assert sum(float(r[3]) for r in rows) == pytest.approx(total, abs=0.01 * len(rows))

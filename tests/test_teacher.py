@@ -28,7 +28,8 @@ def fake_batch(seconds=(3.1, 4.7, 2.2), seed=0) -> dict:
     S = max(len(w) for w in waves)
     B = len(waves)
     frames = (S - 400) // HOP + 1
-    batch = {"ids": [f"u{b}" for b in range(B)], "waves": torch.zeros(B, S), "lengths": torch.tensor([len(w) for w in waves]),
+    batch = {"ids": [f"u{b}" for b in range(B)], "waves": torch.zeros(B, S),
+             "lengths": torch.tensor([len(w) for w in waves]),
              "offsets": torch.zeros(B, dtype=torch.float64), "labels": torch.full((B, frames), -100)}
     for b, w in enumerate(waves):
         batch["waves"][b, : len(w)] = torch.from_numpy(w)

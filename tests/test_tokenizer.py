@@ -97,7 +97,7 @@ def test_tokenize_command_any_folder_any_rate(tokenizer_ckpt, synth_corpus, tmp_
                  "--output", str(out)]) == 0
     rows = {json.loads(line)["path"].rsplit("/", 1)[1]: json.loads(line) for line in out.read_text().splitlines()}
     assert set(rows) == {"a.flac", "b.wav", "long.flac"}  # the unreadable file is skipped, the rest written
-    for name, row in rows.items():
+    for row in rows.values():
         assert set(row) == {"path", "segments", "units"} and len(row["segments"]) == len(row["units"]) > 0
     segs = np.array(rows["long.flac"]["segments"])
     assert len(long) / 16000 > 60 and segs[-1, 1] > 60 and np.all(np.diff(segs[:, 0]) > 0)
@@ -192,7 +192,7 @@ def test_pair_scoring_with_a_tiny_lm(tokenizer_ckpt, tmp_path):
                 "pytorch-lightning_version": lightning.__version__}, tmp_path / "lm.ckpt")
     result = score_pairs(str(tmp_path / "lm.ckpt"), Tokenizer.from_checkpoint(tokenizer_ckpt), str(tmp_path / "pairs"))
     assert set(result) == {"lexical", "syntactic"}
-    for name, res in result.items():
+    for res in result.values():
         assert res["num_pairs"] == 4
         for mode in ("summed", "normalised"):
             assert 0.0 <= res[mode]["all"]["accuracy"] <= 1.0 and res[mode]["chance"] == 0.5

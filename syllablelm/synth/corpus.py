@@ -342,7 +342,7 @@ def _parse_splits(text: str) -> list[tuple[str, float]]:
     try:
         return [(name.strip(), float(frac)) for name, frac in (item.split("=") for item in text.split(",") if item)]
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected name=fraction,... (e.g. train=0.8,dev=0.1,test=0.1): {e}")
+        raise argparse.ArgumentTypeError(f"expected name=fraction,... (e.g. train=0.8,dev=0.1,test=0.1): {e}") from e
 
 
 def main(argv: list[str] | None = None) -> int:

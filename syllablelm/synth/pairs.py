@@ -46,8 +46,7 @@ import torch
 from ..audio import SAMPLE_RATE, write_audio
 from ..fileio import write_json, write_text
 from . import espeak as E
-from .corpus import (PITCH, RANGE, RATE_WPM, Speaker, Utterance, load_sentences, resample_to_16k,
-                     synthesize_utterance)
+from .corpus import PITCH, RANGE, RATE_WPM, Speaker, Utterance, load_sentences, resample_to_16k, synthesize_utterance
 from .syllabify import consonant_class, is_vowel, strip_stress, syllabify
 
 HELDOUT_MALE = ("Michael", "Gene", "michel", "Hugo", "Jacky", "Mario")  # no echo/whisper/robot; not in corpus.py
