@@ -60,8 +60,10 @@ def run_baselines(test, dev, rate_hz: float = 6.25) -> dict:
         results[name] = {**score(pt, rt, pd, rd), "rate_hz": sum(len(p) for p in pt) / seconds}
 
     add("uniform_4.5hz", lambda w, r: uniform_segments(w, SAMPLE_RATE, rate_hz=4.5, regions=r))
+    results["uniform_4.5hz"]["params"] = {"rate_hz": 4.5}
     if abs(rate_hz - 4.5) > 1e-9:
         add(f"uniform_{rate_hz:g}hz", lambda w, r: uniform_segments(w, SAMPLE_RATE, rate_hz=rate_hz, regions=r))
+        results[f"uniform_{rate_hz:g}hz"]["params"] = {"rate_hz": rate_hz}
     params, _ = tune_envelope(wd, SAMPLE_RATE, rd)
     add("envelope", lambda w, r: envelope_segments(w, SAMPLE_RATE, regions=r, **params))
     results["envelope"]["params"] = params

@@ -52,6 +52,38 @@ def stage_scores(wd: Path, cache: Path) -> dict:
     return out
 
 
+def significance(wd: Path, cache: Path, stages: dict, baselines: dict) -> dict:
+    """Paired bootstrap over the test utterances (:mod:`syllablelm.significance`) of each check's difference:
+    SylBoost iteration 2 - LossPred, and LossPred - uniform at the project's rate (recomputed on the same audio
+    with the rate stored beside its scores). Each system at its own dev-tuned shift."""
+    from syllablelm.audio import speech_regions
+    from syllablelm.baselines import uniform_segments
+    from syllablelm.significance import paired_bootstrap
+
+    store = BoundaryStore(wd / "runs/boundaries")
+    test, refs = _split(wd, "test", cache)
+    shift = lambda res: res["syllablelm_tuned"]["shift"]  # noqa: E731
+    segs = {name: store.load(v) for v, name in STAGES.items() if name in stages}
+    out = {}
+    if {"LossPred", "SylBoost iteration 2"} <= set(segs):
+        lp, sb = segs["LossPred"], segs["SylBoost iteration 2"]
+        t = [e for e in test if e.id in lp and e.id in sb]
+        out["sylboost_beats_losspred"] = paired_bootstrap(
+            [sb[e.id] for e in t], [lp[e.id] for e in t], [refs[e.id][0] for e in t],
+            shift_a=shift(stages["SylBoost iteration 2"]), shift_b=shift(stages["LossPred"]))
+    uniform = next((k for k, v in baselines.items() if k.startswith("uniform") and not k.endswith("4.5hz")
+                    and "params" in v), None)
+    if "LossPred" in segs and uniform is not None:
+        lp, rate = segs["LossPred"], baselines[uniform]["params"]["rate_hz"]
+        t = [e for e in test if e.id in lp]
+        waves = [read_audio(e.path).numpy() for e in t]
+        flat = [uniform_segments(w, SAMPLE_RATE, rate_hz=rate, regions=speech_regions(w, SAMPLE_RATE)) for w in waves]
+        out["losspred_beats_uniform"] = paired_bootstrap(
+            [lp[e.id] for e in t], flat, [refs[e.id][0] for e in t],
+            shift_a=shift(stages["LossPred"]), shift_b=shift(baselines[uniform]))
+    return out
+
+
 def _example_figure(wd: Path, teacher_ckpt: Path, store: BoundaryStore, cache: Path, path: Path) -> None:
     """Spectrogram + reference syllables + final SylBoost boundaries, above the LossPred matrix."""
     from lightning_modules.teacher import TeacherModule
@@ -110,6 +142,7 @@ def build_report(wd: Path, *, teacher_ckpt: Path, tokenizer: Path, timings: dict
         beats = lambda a, b: {m: b is not None and a[m] > b[m] for m in ("f1", "r_value")}  # noqa: E731
         report["checks"] = {"sylboost_beats_losspred": beats(sb, lp),
                             "losspred_beats_uniform": beats(lp, None if uniform is None else tuned(uniform))}
+        report["significance"] = significance(wd, cache, stages, baselines)
     figures = wd / "figures"
     store = BoundaryStore(wd / "runs/boundaries")
     _example_figure(wd, teacher_ckpt, store, cache, figures / "boundaries.png")
@@ -121,6 +154,22 @@ def build_report(wd: Path, *, teacher_ckpt: Path, tokenizer: Path, timings: dict
         _bars(figures / "lm_pairs.png", lm, "SpeechLM pair accuracy", labels=("accuracy",), chance=0.5)
     write_text(wd / "report.md", markdown(report))
     return report
+
+
+def _significance_lines(sig: dict) -> list[str]:
+    """One bullet per check: the difference, its bootstrap interval and how often the first is not better."""
+    if not sig:
+        return []
+    first = next(iter(sig.values()))
+    lines = [f"How much of each difference the test split's size supports: paired bootstrap over its "
+             f"{first['n_utterances']} utterances ({first['n_resamples']} resamples, "
+             f"{100 * first['level']:.0f} % intervals, points of F1 / R-value):", ""]
+    for name, res in sig.items():
+        parts = [f"{m.replace('_', '-')} {100 * v['difference']:+.1f} [{100 * v['low']:+.1f}, {100 * v['high']:+.1f}], "
+                 f"not better in {100 * v['p_not_better']:.0f} % of resamples"
+                 for m, v in res.items() if isinstance(v, dict)]
+        lines.append(f"- {name.replace('_', ' ')}: " + "; ".join(parts))
+    return [*lines, ""]
 
 
 def markdown(r: dict) -> str:
@@ -143,7 +192,8 @@ def markdown(r: dict) -> str:
         "Checks (higher on the test split): " + "; ".join(
             f"{name.replace('_', ' ')}: " + ", ".join(f"{m.replace('_', '-')} {'yes' if ok else 'no'}"
                                                       for m, ok in res.items())
-            for name, res in r.get("checks", {}).items()), "", "![F1 and R-value](figures/f1_rvalue.png)", "",
+            for name, res in r.get("checks", {}).items()), "", *_significance_lines(r.get("significance", {})),
+        "![F1 and R-value](figures/f1_rvalue.png)", "",
         "![boundaries over a spectrogram and the LossPred matrix](figures/boundaries.png)", "",
         "## Units", "",
         f"CPur {100 * c['cpur']:.1f} %, SPur {100 * c['spur']:.1f} %, SNMI {100 * c['snmi']:.1f} %; "

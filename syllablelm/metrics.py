@@ -47,7 +47,7 @@ from syllablelm.metrics_tokens import TokenRateMetric, bitrate, dedup_ids, token
 
 __all__ = [
     "PROTOCOLS", "SHIFT_GRIDS", "SYLLABLELM_SHIFTS", "SDHUBERT_SHIFTS", "TOLERANCE_SLACK",
-    "boundary_times", "boundary_scores", "tune_shift", "BoundaryMetric",
+    "boundary_times", "boundary_scores", "boundary_rates", "boundary_counts", "tune_shift", "BoundaryMetric",
     "strip_stress", "label_id", "match_segments", "cluster_pairs", "cluster_scores", "ClusterMetric",
     "dedup_ids", "token_rate", "unigram_entropy", "bitrate", "token_stats", "TokenRateMetric",
 ]
@@ -127,21 +127,25 @@ def _boundary_update(pred, ref, *, protocol: str, tolerance: float, shifts: Sequ
     return hits, n_pred, n_ref
 
 
+def boundary_rates(hits, n_pred, n_ref) -> dict[str, np.ndarray]:
+    """precision, recall, f1, os, r_value from counts (scalars or equal-shaped arrays, e.g. bootstrap resamples);
+    REFERENCE.md formulas with the edge cases of the module docstring."""
+    hits, n_pred, n_ref = (np.asarray(x, dtype=np.float64) for x in (hits, n_pred, n_ref))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(n_pred > 0, hits / n_pred, 0.0)
+        recall = np.where(n_ref > 0, hits / n_ref, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        os_ = np.where(n_ref > 0, n_pred / n_ref - 1, 0.0)
+    r1 = np.sqrt((1 - recall) ** 2 + os_ ** 2)
+    r2 = (-os_ + recall - 1) / np.sqrt(2)
+    r_value = np.where(n_ref > 0, 1 - (np.abs(r1) + np.abs(r2)) / 2, 0.0)
+    return {"precision": precision, "recall": recall, "f1": f1, "os": os_, "r_value": r_value}
+
+
 def _boundary_compute(hits: int, n_pred: int, n_ref: int) -> dict[str, float]:
-    """Scores from one shift's counts (REFERENCE.md formulas; edge cases in the module docstring)."""
-    hits, n_pred, n_ref = int(hits), int(n_pred), int(n_ref)
-    precision = hits / n_pred if n_pred else 0.0
-    recall = hits / n_ref if n_ref else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    if n_ref:
-        os_ = n_pred / n_ref - 1
-        r1 = np.sqrt((1 - recall) ** 2 + os_ ** 2)
-        r2 = (-os_ + recall - 1) / np.sqrt(2)
-        r_value = float(1 - (abs(r1) + abs(r2)) / 2)
-    else:
-        os_, r_value = 0.0, 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "os": float(os_), "r_value": r_value,
-            "hits": hits, "n_pred": n_pred, "n_ref": n_ref}
+    """Scores from one shift's counts, as floats, with the counts."""
+    scores = {k: float(v) for k, v in boundary_rates(hits, n_pred, n_ref).items()}
+    return {**scores, "hits": int(hits), "n_pred": int(n_pred), "n_ref": int(n_ref)}
 
 
 def _best_index(shifts: Sequence[float], r_values: Sequence[float]) -> int:
@@ -149,6 +153,15 @@ def _best_index(shifts: Sequence[float], r_values: Sequence[float]) -> int:
     r = np.asarray(r_values, dtype=np.float64)
     tied = np.flatnonzero(r >= r.max() - _TIE)
     return int(min(tied, key=lambda k: (round(abs(shifts[k]), 9), shifts[k])))
+
+
+def boundary_counts(pred, ref, tolerance: float = 0.05, protocol: str = "syllablelm", shift: float = 0.0
+                    ) -> np.ndarray:
+    """Per-utterance ``(hits, n_pred, n_ref)`` as an ``(N, 3)`` int64 array (their column sums are what
+    :func:`boundary_scores` scores): the unit a bootstrap over utterances resamples."""
+    return np.array([[int(c[0]) for c in _boundary_update([p], [r], protocol=protocol, tolerance=tolerance,
+                                                          shifts=[shift])] for p, r in zip(*_utterances(pred, ref))],
+                    dtype=np.int64).reshape(-1, 3)
 
 
 def boundary_scores(pred, ref, tolerance: float = 0.05, protocol: str = "syllablelm",

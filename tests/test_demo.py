@@ -21,13 +21,21 @@ def test_tiny_demo_writes_a_report_and_a_working_tokenizer(tmp_path):
     assert {"uniform_4.5hz", "envelope"} <= set(report["baselines"])
     sb, lp = (report["stages"][s]["syllablelm_tuned"] for s in ("SylBoost iteration 2", "LossPred"))
     assert report["checks"]["sylboost_beats_losspred"] == {m: sb[m] > lp[m] for m in ("f1", "r_value")}
+    # the paired bootstraps reproduce the table's differences (uniform recomputed from its stored rate)
+    uniform = next(v for k, v in report["baselines"].items() if k.startswith("uniform") and k != "uniform_4.5hz")
+    for (name, a, b) in (("sylboost_beats_losspred", sb, lp),
+                         ("losspred_beats_uniform", lp, uniform["syllablelm_tuned"])):
+        for m in ("f1", "r_value"):
+            sig = report["significance"][name][m]
+            assert sig["difference"] == pytest.approx(a[m] - b[m], abs=1e-9)
+            assert sig["low"] <= sig["difference"] <= sig["high"] and 0 <= sig["p_not_better"] <= 1
     assert {"cpur", "spur", "snmi"} <= set(report["units"]["clustering"])
     assert {"token_rate", "dedup_token_rate", "nominal_bps", "dedup_entropy_bps"} <= set(report["units"]["tokens"])
     assert set(report["lm_pairs"]) == {"lexical", "syntactic", "tsc"}
     for stage in ("synth", "labels", "losspred", "sylboost", "quantize", "units", "speechlm", "evaluate"):
         assert report["timings"][stage]["seconds"] > 0 and report["timings"][stage]["peak_rss_mb"] > 0
     md = (tmp_path / "demo" / "report.md").read_text()
-    assert "sylboost beats losspred: f1 " in md
+    assert "sylboost beats losspred: f1 " in md and "paired bootstrap over its" in md
     for figure in ("f1_rvalue.png", "boundaries.png", "lm_pairs.png"):
         assert f"figures/{figure}" in md and (tmp_path / "demo" / "figures" / figure).stat().st_size > 1000
     # the checkpoint named in the report tokenizes a file it has never seen, at another sample rate
