@@ -19,11 +19,11 @@ import torch
 from lightning_modules.teacher import LossPredConfig, TeacherModule
 from syllablelm.audio import read_audio
 from syllablelm.checkpoints import KMeansLabeler
+from syllablelm.clustering import kmeans
 from syllablelm.labels import mfcc_features
 from syllablelm.metrics import boundary_scores
 from syllablelm.nn.hubert import TeacherConfig
 from syllablelm.synth.corpus import synthesize_corpus
-from syllablelm.units import kmeans
 
 
 def make_batch(paths: list[str], num_labels: int, seed: int) -> dict:

@@ -27,9 +27,9 @@ from datamodules.label_store import LabelStore, num_frames
 from datamodules.speech import SpeechDataModule
 from syllablelm.audio import SAMPLE_RATE, read_audio
 from syllablelm.checkpoints import KMeansLabeler, load_kmeans_centroids
+from syllablelm.clustering import kmeans
 from syllablelm.fileio import atomic_write
 from syllablelm.labels import HiddenFeatures, mfcc_features
-from syllablelm.units import kmeans
 
 log = logging.getLogger(__name__)
 

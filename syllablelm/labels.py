@@ -7,7 +7,7 @@
   k-means clusters), run per utterance so padding never changes a feature (Base's first conv uses GroupNorm over
   time).
 
-k-means centroids come from :func:`syllablelm.units.kmeans` or from an imported model
+k-means centroids come from :func:`syllablelm.clustering.kmeans` or from an imported model
 (:func:`syllablelm.checkpoints.load_kmeans_centroids`); :class:`syllablelm.checkpoints.KMeansLabeler` assigns.
 """
 from __future__ import annotations

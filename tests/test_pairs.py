@@ -12,6 +12,7 @@ import soundfile as sf
 
 from syllablelm import lm_eval as L
 from syllablelm.synth import corpus
+from syllablelm.synth import pair_sentences as S
 from syllablelm.synth import pairs as P
 
 N = 6  # pairs per set: lexical gets round(6 * 0.34) = 2 oov words
@@ -39,7 +40,7 @@ def test_layout_reads_back(miniset):
     assert all(len(pairs) == N for pairs in sets.values())
     lexical = sets["lexical"]
     assert sum(p.in_vocab is False for p in lexical) == 2 and sum(p.in_vocab is True for p in lexical) == N - 2
-    assert {p.type for p in sets["syntactic"]} == set(P.SYNTAX_TYPES)  # 6 pairs cycle through all 4 types
+    assert {p.type for p in sets["syntactic"]} == set(S.SYNTAX_TYPES)  # 6 pairs cycle through all 4 types
     for name in ("lexical", "syntactic"):
         assert all(re.fullmatch(r"[A-Za-z]{11}", row["filename"]) for row in _gold(miniset, name))
     for pairs in sets.values():
@@ -51,7 +52,7 @@ def test_layout_reads_back(miniset):
     spoken = " ".join(r.get("word", "") + " " + r.get("transcription", "")
                       for name in ("lexical", "syntactic", "tsc") for r in _gold(miniset, name))
     assert not P.BLOCKED & set(spoken.lower().split())
-    assert not any(P.BLOCKED & {w.lower() for w in P.WORD.findall(s)} for s in P._sentences(24))
+    assert not any(P.BLOCKED & {w.lower() for w in S.WORD.findall(s)} for s in S._sentences(24))
     # a duration-only scorer runs end to end on the real files
     res = L.evaluate_sets(miniset, lambda paths: [(-sf.info(str(p)).frames, 1) for p in paths])
     assert {k: v["num_pairs"] for k, v in res.items()} == {"lexical": N, "syntactic": N, "tsc": N}
@@ -113,15 +114,15 @@ def test_sentence_pairs_are_violations_of_their_type(miniset):
     for pair in by_id.values():
         good, bad = pair["1"]["transcription"], pair["0"]["transcription"]
         assert good != bad and good in corpus.load_sentences()
-        assert sorted(P.WORD.findall(good.lower())) != sorted(P.WORD.findall(bad.lower())) or \
+        assert sorted(S.WORD.findall(good.lower())) != sorted(S.WORD.findall(bad.lower())) or \
             pair["1"]["type"] == "word_order"
-        assert len(P.WORD.findall(good)) == len(P.WORD.findall(bad))
+        assert len(S.WORD.findall(good)) == len(S.WORD.findall(bad))
     stories = _gold(miniset, "tsc")
     for sid in {r["id"] for r in stories}:
         true, false = (re.split(r"(?<=[.!?]) ", next(r["transcription"] for r in stories
                                                       if r["id"] == sid and r["correct"] == c)) for c in "10")
         assert len(true) == len(false) == 3 and true[:2] == false[:2] and true[2] != false[2]
-        words = [{w.lower() for w in P.WORD.findall(s) if len(w) >= 5} for s in true + false[2:]]
+        words = [{w.lower() for w in S.WORD.findall(s) if len(w) >= 5} for s in true + false[2:]]
         assert (words[0] & words[1] & words[2]) - words[3]  # a topic word the true ending has, the false lacks
 
 
@@ -133,7 +134,7 @@ def test_sentence_pairs_are_violations_of_their_type(miniset):
     ("word_order", "No article here.", None),
 ])
 def test_violate(kind, text, expected):
-    assert P.violate(text, kind, np.random.default_rng(0)) == expected
+    assert S.violate(text, kind, np.random.default_rng(0)) == expected
 
 
 def test_deterministic_for_a_seed(miniset, tmp_path):

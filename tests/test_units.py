@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from syllablelm import clustering as K
 from syllablelm import units as U
 from syllablelm.units import UnitQuantizer
 
@@ -153,7 +154,7 @@ def assert_recovers(C, X, labels, exact=True):
 
 def test_kmeans_sklearn_recovers_exact_k():
     X, labels = blobs()
-    C = U.kmeans(X, 6, backend="sklearn", seed=1)
+    C = K.kmeans(X, 6, backend="sklearn", seed=1)
     assert C.shape == (6, 16) and C.dtype == np.float32
     assert_recovers(C, X, labels)
 
@@ -162,20 +163,20 @@ def test_kmeans_sklearn_recovers_exact_k():
 def test_kmeans_backends_overcluster_purely_and_deterministically(backend):
     # faiss initialises from random points (no k-means++), so with K equal to the true count it can leave a
     # cluster uncovered; over-clustering (the real use: 24576 centroids) is what both backends must get right
-    if backend == "faiss" and not U.faiss_available():
+    if backend == "faiss" and not K.faiss_available():
         pytest.skip("faiss not installed (optional extra [faiss])")
     X, labels = blobs()
-    C = U.kmeans(X, 18, backend=backend, seed=1, n_init=3)
+    C = K.kmeans(X, 18, backend=backend, seed=1, n_init=3)
     assert C.shape == (18, 16) and C.dtype == np.float32
     assert_recovers(C, X, labels, exact=False)
-    np.testing.assert_array_equal(C, U.kmeans(torch.from_numpy(X), 18, backend=backend, seed=1, n_init=3))
+    np.testing.assert_array_equal(C, K.kmeans(torch.from_numpy(X), 18, backend=backend, seed=1, n_init=3))
 
 
 def test_kmeans_streaming_chunks():
     X, labels = blobs(seed=2)
     perm = np.random.default_rng(0).permutation(len(X))
     chunks = list(np.array_split(X[perm], 9))  # chunks smaller than the init needs: they are re-batched
-    C = U.kmeans(chunks, 6, backend="sklearn", seed=0, batch_size=256, stream_epochs=3)
+    C = K.kmeans(chunks, 6, backend="sklearn", seed=0, batch_size=256, stream_epochs=3)
     assert_recovers(C, X, labels)
 
 
@@ -184,12 +185,12 @@ def test_agglomerate_consistent_map():
     groups = rng.standard_normal((4, 8)) * 5
     C = np.repeat(groups, 3, axis=0) + 0.01 * rng.standard_normal((12, 8))  # 4 groups of 3 centroids
     perm = rng.permutation(12)
-    agg = U.agglomerate(C[perm], 4)
+    agg = K.agglomerate(C[perm], 4)
     group = np.repeat(np.arange(4), 3)[perm]
     assert agg.dtype == np.int64 and agg.shape == (12,) and agg[0] == 0 and set(agg) == set(range(4))
     for g in range(4):
         assert len(set(agg[group == g])) == 1
-    np.testing.assert_array_equal(U.agglomerate(C, 20), np.arange(12))
+    np.testing.assert_array_equal(K.agglomerate(C, 20), np.arange(12))
 
 
 def test_quantizer_fit_assign_merged_equals_lookup():
