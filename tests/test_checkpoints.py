@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from syllablelm import checkpoints as ck
+from syllablelm import checkpoints_write as cw
 from syllablelm.nn.hubert import HubertTeacher, TeacherConfig
 
 NO_DROPOUT = dict(hidden_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0)
@@ -48,7 +49,7 @@ def test_fairseq_round_trip_keeps_per_frame_losses(tmp_path, monkeypatch, style,
     torch.manual_seed(0)
     teacher = HubertTeacher(TeacherConfig.tiny(num_labels=20, **extra))
     path = tmp_path / "hubert.pt"
-    ck.save_fairseq_style_checkpoint(teacher, path, style=style)
+    cw.save_fairseq_style_checkpoint(teacher, path, style=style)
     assert "fairseq" not in sys.modules  # the fake module was only there while pickling
     loaded = _load_without_fairseq(path, monkeypatch)
     assert loaded.config.label_offset == 4 and loaded.label_embs.shape == (24, 64)
@@ -61,9 +62,9 @@ def test_fairseq_round_trip_keeps_per_frame_losses(tmp_path, monkeypatch, style,
 def test_loaded_offset_teacher_round_trips_again(tmp_path, monkeypatch):
     torch.manual_seed(1)
     first = tmp_path / "a.pt"
-    ck.save_fairseq_style_checkpoint(HubertTeacher(TeacherConfig.tiny(num_labels=10)), first)
+    cw.save_fairseq_style_checkpoint(HubertTeacher(TeacherConfig.tiny(num_labels=10)), first)
     a = _load_without_fairseq(first, monkeypatch)
-    ck.save_fairseq_style_checkpoint(a, tmp_path / "b.pt")  # offset 4 is written as is, not padded again
+    cw.save_fairseq_style_checkpoint(a, tmp_path / "b.pt")  # offset 4 is written as is, not padded again
     b = _load_without_fairseq(tmp_path / "b.pt", monkeypatch)
     torch.testing.assert_close(b.label_embs, a.label_embs)
 
@@ -74,7 +75,7 @@ def _rewrite(path, mutate):
     state = torch.load(path, weights_only=False, pickle_module=ck._stub_pickle)
     mutate(state)
     dicts = (state.get("task_state") or {}).get("dictionaries", [])
-    with ck._fake_fairseq_dictionary_module() as Dictionary:
+    with cw._fake_fairseq_dictionary_module() as Dictionary:
         fresh = []
         for d in dicts:
             nd = Dictionary()
@@ -89,7 +90,7 @@ def test_dictionary_in_any_order_maps_label_k_to_its_row(tmp_path, monkeypatch):
     torch.manual_seed(0)
     teacher = HubertTeacher(TeacherConfig.tiny(num_labels=12))
     path = tmp_path / "perm.pt"
-    ck.save_fairseq_style_checkpoint(teacher, path)
+    cw.save_fairseq_style_checkpoint(teacher, path)
     perm = torch.randperm(12, generator=torch.Generator().manual_seed(5))
 
     def shuffle(state):  # symbol order as fairseq-preprocess would write it (by count), rows moved along
@@ -109,7 +110,7 @@ def test_real_shaped_checkpoint_key_names_and_shapes(tmp_path, monkeypatch, pres
     cfg = getattr(TeacherConfig, preset)(num_hidden_layers=1, **NO_DROPOUT)
     torch.manual_seed(0)
     path = tmp_path / f"{preset}.pt"
-    ck.save_fairseq_style_checkpoint(HubertTeacher(cfg), path)
+    cw.save_fairseq_style_checkpoint(HubertTeacher(cfg), path)
     sd = torch.load(path, weights_only=False, pickle_module=ck._stub_pickle)["model"]
     H, F = cfg.hidden_size, cfg.final_dim
     shapes = {
@@ -137,7 +138,7 @@ def test_real_shaped_checkpoint_key_names_and_shapes(tmp_path, monkeypatch, pres
 def test_mismatched_keys_raise_errors_naming_the_file(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "broken.pt"
-    ck.save_fairseq_style_checkpoint(HubertTeacher(TeacherConfig.tiny(num_hidden_layers=1)), path)
+    cw.save_fairseq_style_checkpoint(HubertTeacher(TeacherConfig.tiny(num_hidden_layers=1)), path)
 
     def corrupt(state):
         del state["model"]["mask_emb"]
@@ -160,7 +161,7 @@ def test_missing_dictionary_assumes_four_specials_with_a_warning(tmp_path):
     torch.manual_seed(0)
     teacher = HubertTeacher(TeacherConfig.tiny(num_labels=9))
     path = tmp_path / "nodict.pt"
-    ck.save_fairseq_style_checkpoint(teacher, path)
+    cw.save_fairseq_style_checkpoint(teacher, path)
     _rewrite(path, lambda s: s.pop("task_state"))
     with pytest.warns(UserWarning, match="no dictionary"):
         loaded = ck.load_fairseq_hubert(path)
@@ -245,7 +246,7 @@ def test_structured_dictconfig_with_fairseq_dataclass_and_enum(tmp_path, monkeyp
     torch.manual_seed(0)
     teacher = HubertTeacher(TeacherConfig.tiny(feat_extract_norm="layer", num_labels=6))
     path = tmp_path / "structured.pt"
-    ck.save_fairseq_style_checkpoint(teacher, path)
+    cw.save_fairseq_style_checkpoint(teacher, path)
     state = torch.load(path, weights_only=False, pickle_module=ck._stub_pickle)
     plain = ck._plain(state["cfg"])
     with monkeypatch.context() as m:
@@ -265,7 +266,7 @@ def test_structured_dictconfig_with_fairseq_dataclass_and_enum(tmp_path, monkeyp
         model_cfg.label_rate = "${task.label_rate}"  # fairseq's II("task.label_rate")
         state["cfg"] = OmegaConf.create({"model": model_cfg, "task": plain["task"]})
         dictionary = state.pop("task_state")["dictionaries"][0]
-        with ck._fake_fairseq_dictionary_module() as Dictionary:  # nests inside the fake fairseq package
+        with cw._fake_fairseq_dictionary_module() as Dictionary:  # nests inside the fake fairseq package
             d = Dictionary()
             d.__dict__.update({k: v for k, v in vars(dictionary).items() if k != "_args"})
             state["task_state"] = {"dictionaries": [d]}
@@ -284,7 +285,7 @@ def test_second_label_set_with_untied_projection(tmp_path, monkeypatch):
     torch.manual_seed(0)
     teacher = HubertTeacher(TeacherConfig.tiny(num_labels=5))
     path = tmp_path / "two_sets.pt"
-    ck.save_fairseq_style_checkpoint(teacher, path)
+    cw.save_fairseq_style_checkpoint(teacher, path)
 
     def add_first_label_set(state):  # a 3-label set in front; final_proj gets one chunk per set
         d = state["task_state"]["dictionaries"][0]

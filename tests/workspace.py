@@ -47,7 +47,7 @@ def make_paper_workspace(root: str | Path, *, seed: int = 0) -> Path:
     import torch
     from sklearn.cluster import MiniBatchKMeans
 
-    from syllablelm.checkpoints import save_fairseq_style_checkpoint
+    from syllablelm.checkpoints_write import save_fairseq_style_checkpoint
     from syllablelm.nn.hubert import HubertTeacher, TeacherConfig
 
     root = Path(root)
