@@ -11,9 +11,9 @@ import pytest
 import soundfile as sf
 
 from syllablelm import lm_eval as L
-from syllablelm.synth import corpus
 from syllablelm.synth import pair_sentences as S
 from syllablelm.synth import pairs as P
+from syllablelm.synth import plan
 
 N = 6  # pairs per set: lexical gets round(6 * 0.34) = 2 oov words
 
@@ -68,7 +68,7 @@ def test_one_speaker_per_pair_and_held_out_voices(miniset):
         for row in rows:
             variant = row["voice"].split()[0].split("+")[1]
             assert variant in P.HELDOUT_MALE + P.HELDOUT_FEMALE
-    training = set(corpus.MALE_VARIANTS) | set(corpus.FEMALE_VARIANTS)
+    training = set(plan.MALE_VARIANTS) | set(plan.FEMALE_VARIANTS)
     assert not (set(P.HELDOUT_MALE + P.HELDOUT_FEMALE) & training)
 
 
@@ -101,7 +101,7 @@ def test_make_nonword_avoids_real_words_and_is_spoken_as_written():
         assert len(made) >= 6
         for fake in made:
             assert len(fake) == len(lex[word]) and P._key(fake) not in known
-    spk = corpus.Speaker(0, "M", "eval", "en-us+Michael", 160, 50, 50)
+    spk = plan.Speaker(0, "M", "eval", "en-us+Michael", 160, 50, 50)
     fake = min(made)
     assert P._speak_phonemes(fake, spk) is not None  # eSpeak's phones from [[...]] input are the intended ones
 
@@ -113,7 +113,7 @@ def test_sentence_pairs_are_violations_of_their_type(miniset):
         by_id.setdefault(row["id"], {})[row["correct"]] = row
     for pair in by_id.values():
         good, bad = pair["1"]["transcription"], pair["0"]["transcription"]
-        assert good != bad and good in corpus.load_sentences()
+        assert good != bad and good in plan.load_sentences()
         assert sorted(S.WORD.findall(good.lower())) != sorted(S.WORD.findall(bad.lower())) or \
             pair["1"]["type"] == "word_order"
         assert len(S.WORD.findall(good)) == len(S.WORD.findall(bad))

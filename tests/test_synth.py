@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from syllablelm.audio import frame_levels_db, speech_regions
-from syllablelm.synth import corpus
+from syllablelm.synth import corpus, plan
 from syllablelm.synth.espeak import PHONEME_SEP, STOPS, ESpeak, Phone, Synthesis, Word, align
 
 TIERS = ("words", "syllables", "phones")
@@ -169,7 +169,7 @@ def test_every_voice_in_the_pools_gives_the_same_samples_a_second_later():
 
     from syllablelm.synth.pairs import HELDOUT_FEMALE, HELDOUT_MALE
 
-    voices = [f"en+{v}" for v in corpus.MALE_VARIANTS + corpus.FEMALE_VARIANTS]
+    voices = [f"en+{v}" for v in plan.MALE_VARIANTS + plan.FEMALE_VARIANTS]
     voices += [f"en-us+{v}" for v in HELDOUT_MALE + HELDOUT_FEMALE]  # the pair sets' voices
 
     def digests():
@@ -182,34 +182,34 @@ def test_every_voice_in_the_pools_gives_the_same_samples_a_second_later():
 
 
 def test_plan_splits_are_disjoint_and_parameters_in_range():
-    speakers, utts = corpus.plan_corpus(num_utterances=400, seed=0, speakers=20)
+    speakers, utts = plan.plan_corpus(num_utterances=400, seed=0, speakers=20)
     assert [sum(u.split == s for u in utts) for s in ("train", "dev", "test")] == [320, 40, 40]
     sentences: dict[str, set[str]] = {}
     spk_split: dict[int, str] = {}
     for u in utts:
         sentences.setdefault(u.split, set()).update(re.split(r"(?<=[.!?]) ", u.text))
         assert spk_split.setdefault(u.speaker.id, u.split) == u.split  # a speaker lives in one split
-        assert corpus.RATE_WPM[0] <= u.rate <= corpus.RATE_WPM[1]
+        assert plan.RATE_WPM[0] <= u.rate <= plan.RATE_WPM[1]
     assert all(not (sentences[x] & sentences[y]) for x, y in (("train", "dev"), ("train", "test"), ("dev", "test")))
     assert len(speakers) == 20 and len({s.id for s in speakers}) == 20 and {s.sex for s in speakers} == {"M", "F"}
     for s in speakers:
         assert 135 <= s.rate <= 185 and 35 <= s.pitch <= 65 and 35 <= s.range_ <= 75
-    seconds = np.array([corpus.estimate_seconds(u.text, u.rate) for u in utts])
+    seconds = np.array([plan.estimate_seconds(u.text, u.rate) for u in utts])
     assert ((seconds >= 2.5) & (seconds <= 15.5)).mean() > 0.95, np.percentile(seconds, [0, 5, 50, 95, 100])
     assert len({u.id for u in utts}) == len(utts)
-    again = corpus.plan_corpus(num_utterances=400, seed=0, speakers=20)
+    again = plan.plan_corpus(num_utterances=400, seed=0, speakers=20)
     assert again == (speakers, utts)
-    assert corpus.plan_corpus(num_utterances=400, seed=1, speakers=20)[1] != utts
+    assert plan.plan_corpus(num_utterances=400, seed=1, speakers=20)[1] != utts
 
 
 def test_plan_by_hours():
-    _, utts = corpus.plan_corpus(hours=0.5, seed=0)
-    est = sum(corpus.estimate_seconds(u.text, u.rate) + u.lead + u.trail for u in utts) / 3600
+    _, utts = plan.plan_corpus(hours=0.5, seed=0)
+    est = sum(plan.estimate_seconds(u.text, u.rate) + u.lead + u.trail for u in utts) / 3600
     assert 0.5 <= est < 0.52
     with pytest.raises(ValueError):
-        corpus.plan_corpus(hours=0.5, num_utterances=3)
+        plan.plan_corpus(hours=0.5, num_utterances=3)
     with pytest.raises(ValueError):
-        corpus.plan_corpus(num_utterances=10, speakers=2)  # three splits need three speakers
+        plan.plan_corpus(num_utterances=10, speakers=2)  # three splits need three speakers
 
 
 # ---------------------------------------------------------------------------------------------------------

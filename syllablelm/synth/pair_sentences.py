@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .corpus import load_sentences
+from .plan import load_sentences
 
 # slurs and vulgar words are never spoken, nor a sentence with one (a few shipped sentences have one)
 BLOCKED = frozenset("nigger negro spic jap whore coon shit piss bastard retard queer".split())

@@ -45,11 +45,12 @@ import torch
 from ..audio import SAMPLE_RATE, write_audio
 from ..fileio import write_json, write_text
 from . import espeak as E
-from .corpus import PITCH, RANGE, RATE_WPM, Speaker, Utterance, load_sentences, resample_to_16k, synthesize_utterance
+from .corpus import resample_to_16k, synthesize_utterance
 from .pair_sentences import BLOCKED, SYNTAX_TYPES, _sentences, stories, violate
+from .plan import PITCH, RANGE, RATE_WPM, Speaker, Utterance, load_sentences
 from .syllabify import consonant_class, is_vowel, strip_stress, syllabify
 
-HELDOUT_MALE = ("Michael", "Gene", "michel", "Hugo", "Jacky", "Mario")  # no echo/whisper/robot; not in corpus.py
+HELDOUT_MALE = ("Michael", "Gene", "michel", "Hugo", "Jacky", "Mario")  # no echo/whisper/robot; not in plan.py
 HELDOUT_FEMALE = ("steph", "steph2")
 LANGUAGE = "en-us"  # the dictionary giving the real words' phonemes must be the voices' own
 EDGE_S = 0.2
