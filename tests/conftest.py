@@ -56,3 +56,17 @@ def synth_corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     synthesize_corpus(out, num_utterances=36, seed=3, speakers=6)
     return out
+
+
+# launch environments (torchrun, SLURM, NODE_RANK) a test must not inherit from the shell that runs it
+LAUNCH_VARS = ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                "NODE_RANK", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE",
+                "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_NNODES", "SLURM_JOB_NAME",
+                "SLURM_NODELIST", "SLURM_JOB_ID", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for k in LAUNCH_VARS:
+        monkeypatch.delenv(k, raising=False)
+    return monkeypatch

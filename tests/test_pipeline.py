@@ -17,8 +17,9 @@ import yaml
 
 from datamodules.boundary_store import BoundaryStore
 from datamodules.label_store import LabelStore
+from experiments import launch as L
 from experiments import pipeline as pl
-from tests.conftest import REPO
+from tests.conftest import LAUNCH_VARS, REPO
 from tests.test_datamodule_ddp import free_port
 from tests.workspace import make_paper_workspace
 
@@ -65,80 +66,6 @@ def test_stage_selection():
         pl.select(stages, ["z"], None)
 
 
-# ------------------------------------------------------------------------------------------ launch detection
-_LAUNCH_VARS = ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
-                "NODE_RANK", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE",
-                "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_NNODES", "SLURM_JOB_NAME",
-                "SLURM_NODELIST", "SLURM_JOB_ID", "MASTER_ADDR", "MASTER_PORT")
-
-
-@pytest.fixture
-def clean_env(monkeypatch):
-    for k in _LAUNCH_VARS:
-        monkeypatch.delenv(k, raising=False)
-    return monkeypatch
-
-
-def test_launch_torchrun(clean_env):
-    for k, v in dict(TORCHELASTIC_RUN_ID="job", RANK=11, WORLD_SIZE=16, LOCAL_RANK=3, LOCAL_WORLD_SIZE=8,
-                     GROUP_RANK=1).items():
-        clean_env.setenv(k, str(v))
-    launch = pl.detect_launch()
-    assert (launch.kind, launch.rank, launch.world_size, launch.local_rank, launch.num_nodes, launch.devices) == (
-        "torchrun", 11, 16, 3, 2, 8)
-    assert launch.trainer_args() == ["--trainer.num_nodes=2", "--trainer.devices=8"]
-
-
-def test_launch_slurm_sets_the_main_address(clean_env):
-    for k, v in dict(SLURM_NTASKS=16, SLURM_NTASKS_PER_NODE=8, SLURM_PROCID=9, SLURM_LOCALID=1, SLURM_NODEID=1,
-                     SLURM_NNODES=2, SLURM_JOB_NAME="syllablelm", SLURM_NODELIST="gpu[07-08]",
-                     SLURM_JOB_ID=4242).items():
-        clean_env.setenv(k, str(v))
-    launch = pl.detect_launch()
-    assert (launch.kind, launch.rank, launch.world_size, launch.local_rank, launch.num_nodes, launch.devices) == (
-        "slurm", 9, 16, 1, 2, 8)
-    assert os.environ["MASTER_ADDR"] == "gpu07" and os.environ["MASTER_PORT"].isdigit()
-
-
-def test_launch_node_rank_and_single(clean_env):
-    assert pl.detect_launch().kind == "single" and pl.detect_launch().trainer_args() == []
-    clean_env.setenv("NODE_RANK", "1")
-    launch = pl.detect_launch(nodes=2)
-    assert (launch.kind, launch.rank, launch.world_size, launch.num_nodes, launch.devices) == ("node_rank", 1, 2, 2, 1)
-    with pytest.raises(pl.PipelineError, match="torchrun or srun"):
-        pl.detect_launch(nodes=2, devices=4)
-    clean_env.setenv("NODE_RANK", "2")
-    with pytest.raises(pl.PipelineError, match="NODE_RANK=2"):
-        pl.detect_launch(nodes=2)
-
-
-# ------------------------------------------------------------------------------------------ shared filesystem
-def test_shared_check_names_directories_other_nodes_cannot_see(tmp_path, monkeypatch):
-    """Rank 0's view of a 2-rank job, with rank 1 on another host that cannot read one directory."""
-    dirs = [tmp_path / "boundaries", tmp_path / "units"]
-    exchanged = []
-
-    def fake_gather(obj):
-        exchanged.append(obj)
-        if len(exchanged) == 1:  # the token rank 0 chose
-            return [obj, None]
-        rank1_missing = [str(dirs[1])]  # rank 1 reads the boundary dir but not the unit dir
-        return [obj, (1, "node-b", rank1_missing)]
-
-    monkeypatch.setattr(pl, "gather", fake_gather)
-    monkeypatch.setattr(pl, "barrier", lambda: None)
-    launch = pl.Launch("node_rank", rank=0, world_size=2, num_nodes=2)
-    with pytest.raises(pl.PipelineError) as e:
-        pl.check_shared(dirs, launch)
-    msg = str(e.value)
-    assert "rank 1 on node-b" in msg and str(dirs[1]) in msg and str(dirs[0]) not in msg.split("node-b")[1]
-    assert all(d.is_dir() and not list(d.iterdir()) for d in dirs)  # created, and the probes cleaned up
-    exchanged.clear()
-    monkeypatch.setattr(pl, "gather", lambda obj: [obj, (1, "node-b", [])] if exchanged.append(obj) or
-                        len(exchanged) > 1 else [obj, None])
-    pl.check_shared(dirs, launch)  # every rank sees everything: no error
-
-
 # ------------------------------------------------------------------------------------------ resume + requeue
 def test_fit_resumes_from_the_newest_checkpoint(tmp_path):
     cfg = {"trainer": {"default_root_dir": str(tmp_path / "root"), "callbacks": [
@@ -154,13 +81,13 @@ def test_fit_resumes_from_the_newest_checkpoint(tmp_path):
     os.utime(last, (time.time() - 60, time.time() - 60))
     assert pl.fit_resume_checkpoint(stage) == hpc  # SLURM saved after the last epoch-end checkpoint
     pipe = pl.Pipeline(stages=[stage], state_dir=tmp_path / "state", source=tmp_path / "p.yaml")
-    argv = pl.stage_argv(stage, pipe, pl.Launch("single"), ["--trainer.max_epochs=1"])
+    argv = pl.stage_argv(stage, pipe, L.Launch("single"), ["--trainer.max_epochs=1"])
     assert argv[-2:] == ["--ckpt_path", str(hpc)] and "--trainer.max_epochs=1" in argv
 
 
 def test_offline_stages_get_this_processes_rank():
     pipe = pl.Pipeline(stages=[], state_dir=Path("s"), source=Path("p"))
-    launch = pl.Launch("torchrun", rank=5, world_size=8, local_rank=1, num_nodes=1, devices=8)
+    launch = L.Launch("torchrun", rank=5, world_size=8, local_rank=1, num_nodes=1, devices=8)
     argv = pl.stage_argv(pl.Stage("u", "units", args=["--out", "x"]), pipe, launch, [])
     assert argv[:3] == ["units", "--out", "x"] and argv[3:7] == ["--rank", "5", "--world-size", "8"]
     argv = pl.stage_argv(pl.Stage("q", "quantize", args=["--device", "cpu"]), pipe, launch, [])
@@ -173,7 +100,7 @@ def test_sigusr1_during_an_offline_stage_requeues_the_slurm_job(clean_env, monke
     clean_env.setenv("SLURM_JOB_ID", "777")
     old = signal.getsignal(signal.SIGUSR1)
     try:
-        pl._requeue_on_sigusr1(pl.Launch("slurm", rank=0, world_size=2))
+        pl._requeue_on_sigusr1(L.Launch("slurm", rank=0, world_size=2))
         with pytest.raises(SystemExit) as e:
             os.kill(os.getpid(), signal.SIGUSR1)
             time.sleep(1)
@@ -284,7 +211,7 @@ def test_more_shards_than_ranks_resume_shard_by_shard(workspace, monkeypatch, ca
 def _two_nodes(workspace: Path, args: list[str], port: int, config: Path = PAPER) -> list[str]:
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
                HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    for k in _LAUNCH_VARS[:6]:
+    for k in LAUNCH_VARS[:6]:
         env.pop(k, None)
     cmd = [sys.executable, "-m", "experiments.cli", "pipeline", "--config", str(config), "--nodes", "2",
            "--set", "trainer.accelerator=cpu", "--set", "trainer.precision=32-true",
