@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from datamodules.boundary_store import BoundaryStore
-from syllablelm.audio import SAMPLE_RATE
+from syllablelm.audio import SAMPLE_RATE, speech_frame_span
 from syllablelm.metrics import BoundaryMetric
 from syllablelm.segment import calibrate_delta
 
@@ -198,7 +198,11 @@ class BoundaryRegeneration(pl.Callback):
                 item = ds.load(i)
                 batch = {"waves": item["wave"][None].to(pl_module.device),
                          "lengths": torch.tensor([len(item["wave"])]), "ids": [item["id"]]}
-                feats.append(pl_module.features(batch)[0].float().cpu())
+                f = pl_module.features(batch)[0].float().cpu()
+                if pl_module.segmenter.vad_trim:  # the rate is per second of the speech span
+                    first, end = speech_frame_span(item["wave"].float().numpy(), SAMPLE_RATE, len(f))
+                    f = f[first:end]
+                feats.append(f)
             seg = pl_module.segmenter
             delta = calibrate_delta(feats, seg.calibrate_to_hz, quantile=seg.quantile, min_len=seg.min_len,
                                     max_len=seg.max_len, max_rate=seg.max_rate)

@@ -46,28 +46,43 @@ def score(pred_test, ref_test, pred_dev, ref_dev) -> dict:
     return out
 
 
-def run_baselines(test, dev, rate_hz: float = 6.25) -> dict:
-    """``test``/``dev`` are ``(waves, refs)``; returns ``{name: scores}`` (see :func:`score`)."""
+def run_baselines(test, dev, rate_hz: float = 6.25, *, per: str = "speech") -> dict:
+    """``test``/``dev`` are ``(waves, refs)``; returns ``{name: scores}`` (see :func:`score`).
+
+    Uniform and the log-mel min-cut cut inside speech regions at ``rate_hz`` per second of speech
+    (``per="speech"``, REFERENCE.md), or (``per="file"``) at the per-speech-second rate that gives ``rate_hz``
+    segments per second of audio on each split: as many segments as a system whose achieved rate is
+    ``rate_hz`` (what ``evaluate`` compares against). ``params.rate_hz`` is the per-speech rate used on test."""
+    if per not in ("speech", "file"):
+        raise ValueError(f"per must be 'speech' or 'file', got {per!r}")
     (wt, rt), (wd, rd) = test, dev
     regions_t = [speech_regions(w, SAMPLE_RATE) for w in wt]
     regions_d = [speech_regions(w, SAMPLE_RATE) for w in wd]
+
+    def speech_rate(waves, regions) -> float:
+        if per == "speech":
+            return rate_hz
+        speech = sum(float((r[:, 1] - r[:, 0]).sum()) for r in regions if len(r))
+        return rate_hz * (sum(len(w) for w in waves) / SAMPLE_RATE) / max(speech, 1e-9)
+
+    rates = (speech_rate(wt, regions_t), speech_rate(wd, regions_d))
     results = {}
 
-    def add(name, fn):
-        pt = [fn(w, r) for w, r in zip(wt, regions_t)]
-        pd = [fn(w, r) for w, r in zip(wd, regions_d)]
+    def add(name, fn, params=None):
+        pt = [fn(w, r, rates[0]) for w, r in zip(wt, regions_t)]
+        pd = [fn(w, r, rates[1]) for w, r in zip(wd, regions_d)]
         seconds = sum(len(w) for w in wt) / SAMPLE_RATE
         results[name] = {**score(pt, rt, pd, rd), "rate_hz": sum(len(p) for p in pt) / seconds}
+        if params is not None:
+            results[name]["params"] = params
 
-    add("uniform_4.5hz", lambda w, r: uniform_segments(w, SAMPLE_RATE, rate_hz=4.5, regions=r))
-    results["uniform_4.5hz"]["params"] = {"rate_hz": 4.5}
-    if abs(rate_hz - 4.5) > 1e-9:
-        add(f"uniform_{rate_hz:g}hz", lambda w, r: uniform_segments(w, SAMPLE_RATE, rate_hz=rate_hz, regions=r))
-        results[f"uniform_{rate_hz:g}hz"]["params"] = {"rate_hz": rate_hz}
+    add("uniform_4.5hz", lambda w, r, _: uniform_segments(w, SAMPLE_RATE, rate_hz=4.5, regions=r), {"rate_hz": 4.5})
+    matched = {"rate_hz": rates[0], "per": per, "matched_hz": rate_hz} if per == "file" else {"rate_hz": rate_hz}
+    if per == "file" or abs(rate_hz - 4.5) > 1e-9:
+        add(f"uniform_{rate_hz:g}hz", lambda w, r, q: uniform_segments(w, SAMPLE_RATE, rate_hz=q, regions=r), matched)
     params, _ = tune_envelope(wd, SAMPLE_RATE, rd)
-    add("envelope", lambda w, r: envelope_segments(w, SAMPLE_RATE, regions=r, **params))
-    results["envelope"]["params"] = params
-    add(f"mincut_logmel_{rate_hz:g}hz", lambda w, r: mincut_segments(w, SAMPLE_RATE, rate_hz=rate_hz, regions=r))
+    add("envelope", lambda w, r, _: envelope_segments(w, SAMPLE_RATE, regions=r, **params), params)
+    add(f"mincut_logmel_{rate_hz:g}hz", lambda w, r, q: mincut_segments(w, SAMPLE_RATE, rate_hz=q, regions=r), matched)
     return results
 
 

@@ -29,10 +29,12 @@ from syllablelm.fileio import write_json
 log = logging.getLogger(__name__)
 
 
-def ceiling_scores(encoder, stored: dict, test, dev, rates, where: str = "the boundary version") -> dict:
+def ceiling_scores(encoder, stored: dict, test, dev, rates, where: str = "the boundary version",
+                   vad_trim: bool = False) -> dict:
     """``test``/``dev`` are ``(waves, refs, ids)``; ``stored`` maps ids to ``(n, 2)`` seconds (``where`` names it
-    in errors)."""
+    in errors); ``vad_trim`` cuts only each utterance's speech span, as SylBoost's ``segmenter.vad_trim``."""
     from lightning_modules.sylboost import target_frames
+    from syllablelm.audio import SAMPLE_RATE, speech_frame_span
     from syllablelm.segment import frames_to_segments
     from syllablelm.tokenizer import segment_frames
     from syllablelm.units import segment_mean_targets
@@ -45,8 +47,9 @@ def ceiling_scores(encoder, stored: dict, test, dev, rates, where: str = "the bo
     def targets(feats, segments):
         return [segment_mean_targets(f, target_frames(s), len(f)) for f, s in zip(feats, segments)]
 
-    def cut(feats, rate):
-        return [frames_to_segments(b.numpy()) for b in segment_frames(feats, rate_hz=rate)]
+    def cut(feats, waves, rate):
+        spans = [speech_frame_span(w, SAMPLE_RATE, len(f)) for f, w in zip(feats, waves)] if vad_trim else None
+        return [frames_to_segments(b.numpy()) for b in segment_frames(feats, rate_hz=rate, spans=spans)]
 
     missing = [i for i in (*test[2], *dev[2]) if i not in stored]
     if missing:
@@ -57,7 +60,7 @@ def ceiling_scores(encoder, stored: dict, test, dev, rates, where: str = "the bo
     for rate in rates:
         for name, (tt, td) in {"features": (ft, fd), "imitation": (targets(ft, st), targets(fd, sd)),
                                "oracle": (targets(ft, test[1]), targets(fd, dev[1]))}.items():
-            out[f"{name}_{rate:g}hz"] = score(cut(tt, rate), test[1], cut(td, rate), dev[1])
+            out[f"{name}_{rate:g}hz"] = score(cut(tt, test[0], rate), test[1], cut(td, dev[0], rate), dev[1])
     return out
 
 
@@ -71,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune-data", nargs="+", required=True, help="folders the shift is tuned on")
     p.add_argument("--alignments", required=True)
     p.add_argument("--rate", type=float, nargs="+", default=[6.25])
+    p.add_argument("--vad-trim", action="store_true", help="cut only the VAD speech span (segmenter.vad_trim)")
     p.add_argument("--limit", type=int)
     p.add_argument("--out")
     p.add_argument("--manifest-cache")
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     test = load_split(args.data, args.alignments, args.limit, args.manifest_cache)
     dev = load_split(args.tune_data, args.alignments, args.limit, args.manifest_cache)
     report = ceiling_scores(encoder, stored, test, dev, args.rate,
-                            where=f"boundary version {args.version} of {args.boundaries}")
+                            where=f"boundary version {args.version} of {args.boundaries}", vad_trim=args.vad_trim)
     for name, res in report.items():
         t = res["syllablelm_tuned"]
         print(f"{name:<22} P {100 * t['precision']:5.1f}  R {100 * t['recall']:5.1f}  F1 {100 * t['f1']:5.1f}  "

@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         dev = _with_labels(args.tune_data, args.alignments, args.limit, args.manifest_cache)
         report["tokenizer"] = evaluate_tokenizer(tok, test, dev)
         if args.baselines:
-            report["baselines"] = run_baselines(test[:2], dev[:2], rate_hz=report["tokenizer"]["segments_hz"])
+            report["baselines"] = run_baselines(test[:2], dev[:2], rate_hz=report["tokenizer"]["segments_hz"],
+                                                per="file")  # as many segments per second of audio
     if args.lm and args.pairs:
         from experiments.lm_pairs import score_pairs
 

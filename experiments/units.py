@@ -123,7 +123,7 @@ def quantize(argv: list[str] | None = None) -> int:
             log.warning("skipping %s", e)
             continue
         feats = tok.features(wave)
-        bounds = tok.boundaries([feats])[0]
+        bounds = tok.boundaries([feats], [wave])[0]
         pending.append(pool_segments(feats.float().cpu(), bounds, pooling).numpy())
         hours += entries[i].seconds / 3600
         if position - start >= args.save_every:

@@ -24,6 +24,7 @@ from torchmetrics import MeanMetric
 
 from datamodules.dataset import item_keys
 from lightning_modules.teacher import linear_warmup_decay
+from syllablelm.audio import SAMPLE_RATE, speech_frame_span
 from syllablelm.nn.encoder import SpeechEncoder
 from syllablelm.segment import frames_to_segments
 from syllablelm.tokenizer import segment_frames
@@ -41,7 +42,11 @@ class SegmenterConfig:
     """How student features become boundaries: the SSE min-cut at a fixed ``rate_hz`` (segments per second of
     audio), or the official rate search with threshold ``delta``; with ``calibrate_to_hz`` the regeneration
     callback finds the δ that gives that mean rate on a sample before each regeneration (δ values of the released
-    models are tied to their feature scales)."""
+    models are tied to their feature scales). ``vad_trim`` cuts only the energy-VAD speech span (first onset to
+    last offset, :func:`~syllablelm.audio.speech_frame_span`), as LossPred does: the segment count (and the rate
+    δ is calibrated to) is per second of that span, and leading/trailing silence is in no segment. Off in the
+    official code (and the paper configs); on in the tiny configs and the demo, where a whole-file cut spends
+    a segment on each silent edge and puts a boundary at 0 and at the end of every file."""
     rate_hz: float | None = 6.25
     delta: float | None = None
     calibrate_to_hz: float | None = None
@@ -49,6 +54,7 @@ class SegmenterConfig:
     min_len: int = 3
     max_len: int = 50  # 35 for LibriLight in the paper
     max_rate: float = 0.2
+    vad_trim: bool = False
 
 
 class SylBoostModule(pl.LightningModule):
@@ -228,8 +234,10 @@ class SylBoostModule(pl.LightningModule):
         feats = self.features(batch) if features is None else features
         if seg.rate_hz is None and torch.isnan(self.delta):
             raise RuntimeError("no delta yet: the regeneration callback calibrates it (calibrate_to_hz)")
+        spans = [speech_frame_span(batch["waves"][b, : int(batch["lengths"][b])].float().cpu().numpy(), SAMPLE_RATE,
+                                   len(f)) for b, f in enumerate(feats)] if seg.vad_trim else None
         bounds = segment_frames(feats, rate_hz=seg.rate_hz, delta=float(self.delta), quantile=seg.quantile,
-                                min_len=seg.min_len, max_len=seg.max_len, max_rate=seg.max_rate)
+                                min_len=seg.min_len, max_len=seg.max_len, max_rate=seg.max_rate, spans=spans)
         return [frames_to_segments(bd.numpy(), offset=float(batch["offsets"][b])) for b, bd in enumerate(bounds)]
 
     # ---- iterations -------------------------------------------------------------------------------------

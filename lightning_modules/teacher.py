@@ -22,7 +22,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
 from datamodules.dataset import item_keys
-from syllablelm.audio import SAMPLE_RATE, speech_regions
+from syllablelm.audio import SAMPLE_RATE, speech_frame_span, speech_regions
 from syllablelm.losspred import loss_matrices, num_segments, similarity
 from syllablelm.nn.hubert import HubertTeacher, TeacherConfig, compute_span_mask
 from syllablelm.segment import ncut_mincut
@@ -150,9 +150,8 @@ class TeacherModule(pl.LightningModule):
         regions = speech_regions(wave.float().cpu().numpy(), SAMPLE_RATE)
         if len(regions) == 0:
             return 0, n_frames, np.array([[0.0, len(wave) / SAMPLE_RATE]])
-        first = int(np.floor(regions[0, 0] / 0.02))
-        last = min(n_frames, int(np.ceil(regions[-1, 1] / 0.02)))
-        return first, max(first + 1, last), regions
+        first, last = speech_frame_span(wave, SAMPLE_RATE, n_frames, regions=regions)
+        return first, last, regions
 
     @torch.no_grad()
     def losspred_matrices(self, batch) -> tuple[list[torch.Tensor], list[int], list[tuple[int, np.ndarray]]]:

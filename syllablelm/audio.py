@@ -178,6 +178,20 @@ def speech_span(wave: np.ndarray | torch.Tensor, sample_rate: int, *, pad: float
     return max(0.0, float(regions[0, 0]) - pad), min(duration, float(regions[-1, 1]) + pad)
 
 
+def speech_frame_span(wave: np.ndarray | torch.Tensor, sample_rate: int, n_frames: int, *,
+                      regions: np.ndarray | None = None, frame_seconds: float = 0.02) -> tuple[int, int]:
+    """``(first, end)`` frames of the 20 ms grid from the first speech onset to the last offset: ``first`` rounds
+    down and ``end`` up, so the span covers every detected speech sample; ``(0, n_frames)`` when nothing is
+    detected. ``regions`` (seconds) skips the VAD. LossPred trims to this span, and SylBoost's segmenter does
+    with ``vad_trim``."""
+    regions = speech_regions(wave, sample_rate) if regions is None else np.asarray(regions).reshape(-1, 2)
+    if len(regions) == 0 or n_frames < 1:
+        return 0, max(0, n_frames)
+    first = min(n_frames - 1, int(np.floor(regions[0, 0] / frame_seconds)))
+    end = min(n_frames, int(np.ceil(regions[-1, 1] / frame_seconds)))
+    return first, max(first + 1, end)
+
+
 def pause_chunks(
     wave: np.ndarray | torch.Tensor,
     sample_rate: int,

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .audio import SAMPLE_RATE, pause_chunks, read_audio
+from .audio import SAMPLE_RATE, pause_chunks, read_audio, speech_frame_span
 from .nn.encoder import SpeechEncoder
 from .segment import sse_segment_batch
 from .units import UnitQuantizer, dedup
@@ -27,12 +27,32 @@ QUANTIZER_KEY = "quantizer"
 SEGMENTER_KEY = "tokenizer_segmenter"
 
 
+def _numpy(wave) -> np.ndarray:
+    return wave.detach().float().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave, np.float32)
+
+
 def segment_frames(features: Sequence[torch.Tensor], *, rate_hz: float | None = None, delta: float | None = None,
                    quantile: float = 0.75, min_len: int = 3, max_len: int = 50, max_rate: float = 0.2,
-                   fixed_frames: int | None = None) -> list[torch.Tensor]:
+                   fixed_frames: int | None = None, spans: Sequence[tuple[int, int]] | None = None
+                   ) -> list[torch.Tensor]:
     """SSE min-cut boundary frames ``[0, ..., T]`` of each utterance's features ``(T, D)`` (fixed ``rate_hz`` or
     the official δ rate search), all utterances in one batched DP; padding never changes a result.
-    ``fixed_frames=k`` instead cuts every k frames (k = 2: the 25 Hz frame-unit baseline)."""
+    ``fixed_frames=k`` instead cuts every k frames (k = 2: the 25 Hz frame-unit baseline).
+
+    ``spans`` (one ``(first, end)`` frame pair per utterance, e.g. :func:`~syllablelm.audio.speech_frame_span`)
+    cuts only ``features[first:end]``: boundaries ``[first, ..., end]``, the segment count from the span's length
+    (``rate_hz`` per second of the span), frames outside it in no segment. A span shorter than ``min_len``
+    frames falls back to the whole utterance."""
+    if spans is not None:
+        if len(spans) != len(features):
+            raise ValueError(f"spans must hold one (first, end) pair per utterance ({len(features)}), "
+                             f"got {len(spans)}")
+        spans = [(int(a), int(b)) if 0 <= a and b <= len(f) and b - a >= min_len else (0, len(f))
+                 for f, (a, b) in zip(features, spans)]
+        inner = segment_frames([f[a:b] for f, (a, b) in zip(features, spans)], rate_hz=rate_hz, delta=delta,
+                               quantile=quantile, min_len=min_len, max_len=max_len, max_rate=max_rate,
+                               fixed_frames=fixed_frames)
+        return [bd + a for bd, (a, _) in zip(inner, spans)]
     lengths = [len(f) for f in features]
     if fixed_frames:
         return [torch.cat([torch.arange(0, T, fixed_frames), torch.tensor([T])]).unique() for T in lengths]
@@ -64,7 +84,7 @@ class Tokenizer:
                  group_seconds: float = 240.0):
         self.encoder = encoder.eval().to(device)
         self.quantizer = quantizer
-        keys = ("rate_hz", "quantile", "min_len", "max_len", "max_rate", "fixed_frames")
+        keys = ("rate_hz", "quantile", "min_len", "max_len", "max_rate", "fixed_frames", "vad_trim")
         self.segmenter = {k: segmenter[k] for k in keys if k in segmenter}
         self.delta = delta
         self.device = torch.device(device)
@@ -115,8 +135,17 @@ class Tokenizer:
     def features(self, wave: torch.Tensor) -> torch.Tensor:  # (S,) -> (T, D)
         return self.encoder(wave[None].to(self.device))[0][0]
 
-    def boundaries(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return segment_frames(features, delta=self.delta, **self.segmenter)
+    def boundaries(self, features: Sequence[torch.Tensor], waves: Sequence[torch.Tensor] | None = None
+                   ) -> list[torch.Tensor]:
+        """Boundary frames of each utterance's features; ``waves`` (16 kHz) are needed when the segmenter trims
+        to the VAD speech span (``vad_trim``)."""
+        seg = dict(self.segmenter)
+        spans = None
+        if seg.pop("vad_trim", False) and not seg.get("fixed_frames"):
+            if waves is None or len(waves) != len(features):
+                raise ValueError("this tokenizer's segmenter trims to the speech span (vad_trim): pass the waves")
+            spans = [speech_frame_span(_numpy(w), SAMPLE_RATE, len(f)) for w, f in zip(waves, features)]
+        return segment_frames(features, delta=self.delta, spans=spans, **seg)
 
     def _load(self, audio, sample_rate: int | None) -> torch.Tensor:
         if isinstance(audio, (str, os.PathLike)):
@@ -144,7 +173,7 @@ class Tokenizer:
 
         def flush() -> None:
             feats = [self.features(part) for part, _, _ in group]
-            for f, b, (_, i, off) in zip(feats, self.boundaries(feats), group):
+            for f, b, (_, i, off) in zip(feats, self.boundaries(feats, [p for p, _, _ in group]), group):
                 segs, units = self._quantizer().tokenize(f, b, offset=off, deduplicate=False)
                 out[i][0].append(segs)
                 out[i][1].append(units)

@@ -46,3 +46,25 @@ def test_mincut_baseline_stays_inside_speech_at_the_asked_rate():
     assert segs[0, 0] >= 0.15 and segs[-1, 1] <= 4.25
     assert np.all(segs[1:, 0] >= segs[:-1, 1] - 1e-9)
     assert abs(len(segs) / 4.0 - 5.0) < 1.0
+
+
+def test_baselines_at_a_matched_rate_place_as_many_segments_per_second_of_audio():
+    import pytest
+
+    from experiments.baselines import run_baselines
+
+    waves, refs = [], []
+    for seed in range(3):  # 2.2 s of speech in 2.8 s of audio
+        wave, dips = modulated(seed=seed)
+        waves.append(np.concatenate([wave, np.zeros(int(0.4 * SR))]))
+        refs.append(np.stack([np.r_[0.2, dips], np.r_[dips, 2.2]], 1))
+    split = (waves, refs)
+    speech = run_baselines(split, split, rate_hz=5.0)
+    matched = run_baselines(split, split, rate_hz=5.0, per="file")
+    for name in ("uniform_5hz", "mincut_logmel_5hz"):
+        assert speech[name]["rate_hz"] < 4.5  # 5 per second of speech is fewer per second of audio
+        assert matched[name]["rate_hz"] == pytest.approx(5.0, abs=0.2)
+    assert matched["uniform_5hz"]["params"]["rate_hz"] > 5.5 and matched["uniform_5hz"]["params"]["matched_hz"] == 5.0
+    assert matched["uniform_4.5hz"] == speech["uniform_4.5hz"]  # REFERENCE's 4.5/s is per second of speech
+    with pytest.raises(ValueError, match="per must be"):
+        run_baselines(split, split, per="utterance")

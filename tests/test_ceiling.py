@@ -15,18 +15,26 @@ def test_imitating_the_references_is_the_oracle_and_beats_raw_features(synth_cor
     store = BoundaryStore(tmp_path / "store")
     store.write_shard(0, 0, 1, {u: load_alignment(p)["syllables"][0] for u, p in index.items()})
     store.finalize(0, 1)
-    out = tmp_path / "ceiling.json"
-    assert main(["ceiling", "--checkpoint", str(teacher), "--layer", "1", "--boundaries", str(tmp_path / "store"),
-                 "--data", str(synth_corpus / "test"), "--tune-data", str(synth_corpus / "dev"), "--alignments",
-                 str(synth_corpus / "alignments"), "--rate", "6.25", "4.0", "--out", str(out),
-                 "--manifest-cache", str(tmp_path / "cache")]) == 0
-    r = {k: v["syllablelm_tuned"] for k, v in json.loads(out.read_text()).items()}
+
+    def ceiling(name, *extra):
+        out = tmp_path / name
+        assert main(["ceiling", "--checkpoint", str(teacher), "--layer", "1", "--boundaries", str(tmp_path / "store"),
+                     "--data", str(synth_corpus / "test"), "--tune-data", str(synth_corpus / "dev"), "--alignments",
+                     str(synth_corpus / "alignments"), "--out", str(out), "--manifest-cache", str(tmp_path / "cache"),
+                     *extra]) == 0
+        return {k: v["syllablelm_tuned"] for k, v in json.loads(out.read_text()).items()}
+
+    r = ceiling("ceiling.json", "--rate", "6.25", "4.0")
     assert r["stored"]["f1"] == 1.0  # the references scored against themselves
     for rate in ("6.25hz", "4hz"):
         assert r[f"imitation_{rate}"] == r[f"oracle_{rate}"]  # targets from the same segments
         assert r[f"oracle_{rate}"]["recall"] > r[f"features_{rate}"]["recall"]
         assert r[f"oracle_{rate}"]["f1"] > r[f"features_{rate}"]["f1"] + 0.1
     assert r["oracle_4hz"]["precision"] > r["oracle_6.25hz"]["precision"]  # fewer cuts where none are needed
+    t = ceiling("trimmed.json", "--rate", "6.25", "--vad-trim")
+    # no cut at 0 and at the file end, no segment spent on the silent edges
+    assert t["oracle_6.25hz"]["precision"] > r["oracle_6.25hz"]["precision"]
+    assert t["oracle_6.25hz"]["r_value"] > r["oracle_6.25hz"]["r_value"]
     one = next(iter(index))
     store.write_shard(1, 0, 1, {one: store.load(0)[one]})
     store.finalize(1, 1)
