@@ -200,7 +200,7 @@ class BoundaryRegeneration(pl.Callback):
                          "lengths": torch.tensor([len(item["wave"])]), "ids": [item["id"]]}
                 f = pl_module.features(batch)[0].float().cpu()
                 if pl_module.segmenter.vad_trim:  # the rate is per second of the speech span
-                    first, end = speech_frame_span(item["wave"].float().numpy(), SAMPLE_RATE, len(f))
+                    first, end = speech_frame_span(item["wave"], SAMPLE_RATE, len(f))
                     f = f[first:end]
                 feats.append(f)
             seg = pl_module.segmenter

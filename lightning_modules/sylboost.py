@@ -234,8 +234,8 @@ class SylBoostModule(pl.LightningModule):
         feats = self.features(batch) if features is None else features
         if seg.rate_hz is None and torch.isnan(self.delta):
             raise RuntimeError("no delta yet: the regeneration callback calibrates it (calibrate_to_hz)")
-        spans = [speech_frame_span(batch["waves"][b, : int(batch["lengths"][b])].float().cpu().numpy(), SAMPLE_RATE,
-                                   len(f)) for b, f in enumerate(feats)] if seg.vad_trim else None
+        spans = [speech_frame_span(batch["waves"][b, : int(batch["lengths"][b])], SAMPLE_RATE, len(f))
+                 for b, f in enumerate(feats)] if seg.vad_trim else None
         bounds = segment_frames(feats, rate_hz=seg.rate_hz, delta=float(self.delta), quantile=seg.quantile,
                                 min_len=seg.min_len, max_len=seg.max_len, max_rate=seg.max_rate, spans=spans)
         return [frames_to_segments(bd.numpy(), offset=float(batch["offsets"][b])) for b, bd in enumerate(bounds)]

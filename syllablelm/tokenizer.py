@@ -27,10 +27,6 @@ QUANTIZER_KEY = "quantizer"
 SEGMENTER_KEY = "tokenizer_segmenter"
 
 
-def _numpy(wave) -> np.ndarray:
-    return wave.detach().float().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave, np.float32)
-
-
 def segment_frames(features: Sequence[torch.Tensor], *, rate_hz: float | None = None, delta: float | None = None,
                    quantile: float = 0.75, min_len: int = 3, max_len: int = 50, max_rate: float = 0.2,
                    fixed_frames: int | None = None, spans: Sequence[tuple[int, int]] | None = None
@@ -144,7 +140,7 @@ class Tokenizer:
         if seg.pop("vad_trim", False) and not seg.get("fixed_frames"):
             if waves is None or len(waves) != len(features):
                 raise ValueError("this tokenizer's segmenter trims to the speech span (vad_trim): pass the waves")
-            spans = [speech_frame_span(_numpy(w), SAMPLE_RATE, len(f)) for w, f in zip(waves, features)]
+            spans = [speech_frame_span(w, SAMPLE_RATE, len(f)) for w, f in zip(waves, features)]
         return segment_frames(features, delta=self.delta, spans=spans, **seg)
 
     def _load(self, audio, sample_rate: int | None) -> torch.Tensor:
