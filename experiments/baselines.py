@@ -53,37 +53,61 @@ def run_baselines(test, dev, rate_hz: float = 6.25, *, per: str = "speech") -> d
     (``per="speech"``, REFERENCE.md), or (``per="file"``) at the per-speech-second rate that gives ``rate_hz``
     segments per second of audio on each split: as many segments as a system whose achieved rate is
     ``rate_hz`` (what ``evaluate`` compares against). ``params.rate_hz`` is the per-speech rate used on test."""
-    if per not in ("speech", "file"):
-        raise ValueError(f"per must be 'speech' or 'file', got {per!r}")
-    (wt, rt), (wd, rd) = test, dev
-    regions_t = [speech_regions(w, SAMPLE_RATE) for w in wt]
-    regions_d = [speech_regions(w, SAMPLE_RATE) for w in wd]
-
-    def speech_rate(waves, regions) -> float:
-        if per == "speech":
-            return rate_hz
-        speech = sum(float((r[:, 1] - r[:, 0]).sum()) for r in regions if len(r))
-        return rate_hz * (sum(len(w) for w in waves) / SAMPLE_RATE) / max(speech, 1e-9)
-
-    rates = (speech_rate(wt, regions_t), speech_rate(wd, regions_d))
-    results = {}
-
-    def add(name, fn, params=None):
-        pt = [fn(w, r, rates[0]) for w, r in zip(wt, regions_t)]
-        pd = [fn(w, r, rates[1]) for w, r in zip(wd, regions_d)]
-        seconds = sum(len(w) for w in wt) / SAMPLE_RATE
-        results[name] = {**score(pt, rt, pd, rd), "rate_hz": sum(len(p) for p in pt) / seconds}
-        if params is not None:
-            results[name]["params"] = params
-
-    add("uniform_4.5hz", lambda w, r, _: uniform_segments(w, SAMPLE_RATE, rate_hz=4.5, regions=r), {"rate_hz": 4.5})
-    matched = {"rate_hz": rates[0], "per": per, "matched_hz": rate_hz} if per == "file" else {"rate_hz": rate_hz}
+    b = _Baselines(test, dev)
+    b.add("uniform_4.5hz", lambda w, r, _: uniform_segments(w, SAMPLE_RATE, rate_hz=4.5, regions=r), {"rate_hz": 4.5})
     if per == "file" or abs(rate_hz - 4.5) > 1e-9:
-        add(f"uniform_{rate_hz:g}hz", lambda w, r, q: uniform_segments(w, SAMPLE_RATE, rate_hz=q, regions=r), matched)
-    params, _ = tune_envelope(wd, SAMPLE_RATE, rd)
-    add("envelope", lambda w, r, _: envelope_segments(w, SAMPLE_RATE, regions=r, **params), params)
-    add(f"mincut_logmel_{rate_hz:g}hz", lambda w, r, q: mincut_segments(w, SAMPLE_RATE, rate_hz=q, regions=r), matched)
-    return results
+        b.add_uniform(rate_hz, per=per)
+    params, _ = tune_envelope(b.dev[0], SAMPLE_RATE, b.dev[1])
+    b.add("envelope", lambda w, r, _: envelope_segments(w, SAMPLE_RATE, regions=r, **params), params)
+    rates, matched = b.rates(rate_hz, per)
+    b.add(f"mincut_logmel_{rate_hz:g}hz", lambda w, r, q: mincut_segments(w, SAMPLE_RATE, rate_hz=q, regions=r),
+          matched, rates)
+    return b.results
+
+
+def uniform_baseline(test, dev, rate_hz: float, *, per: str = "file") -> tuple[str, dict]:
+    """``(name, scores)`` of uniform segments at ``rate_hz`` (``per`` as in :func:`run_baselines`): e.g. at
+    LossPred's achieved rate, so that LossPred is compared with as many uniform segments as it places."""
+    b = _Baselines(test, dev)
+    return b.add_uniform(rate_hz, per=per), b.results
+
+
+class _Baselines:
+    """Scores segmenters ``fn(wave, speech regions, per-speech rate)`` on test, with the shift tuned on dev."""
+
+    def __init__(self, test, dev):
+        self.test, self.dev = test, dev
+        self.regions = tuple([speech_regions(w, SAMPLE_RATE) for w in split[0]] for split in (test, dev))
+        self.results: dict[str, dict] = {}
+
+    def rates(self, rate_hz: float, per: str) -> tuple[tuple[float, float], dict]:
+        """Per-speech rates for (test, dev) and the ``params`` that record them."""
+        if per not in ("speech", "file"):
+            raise ValueError(f"per must be 'speech' or 'file', got {per!r}")
+        if per == "speech":
+            return (rate_hz, rate_hz), {"rate_hz": rate_hz}
+
+        def speech_rate(waves, regions) -> float:
+            speech = sum(float((r[:, 1] - r[:, 0]).sum()) for r in regions if len(r))
+            return rate_hz * (sum(len(w) for w in waves) / SAMPLE_RATE) / max(speech, 1e-9)
+
+        rates = tuple(speech_rate(split[0], regions) for split, regions in zip((self.test, self.dev), self.regions))
+        return rates, {"rate_hz": rates[0], "per": per, "matched_hz": rate_hz}
+
+    def add(self, name: str, fn, params=None, rates=(None, None)) -> str:
+        (wt, rt), (wd, rd) = self.test[:2], self.dev[:2]
+        pt = [fn(w, r, rates[0]) for w, r in zip(wt, self.regions[0])]
+        pd = [fn(w, r, rates[1]) for w, r in zip(wd, self.regions[1])]
+        seconds = sum(len(w) for w in wt) / SAMPLE_RATE
+        self.results[name] = {**score(pt, rt, pd, rd), "rate_hz": sum(len(p) for p in pt) / seconds}
+        if params is not None:
+            self.results[name]["params"] = params
+        return name
+
+    def add_uniform(self, rate_hz: float, *, per: str) -> str:
+        rates, params = self.rates(rate_hz, per)
+        cut = lambda w, r, q: uniform_segments(w, SAMPLE_RATE, rate_hz=q, regions=r)  # noqa: E731
+        return self.add(f"uniform_{rate_hz:g}hz", cut, params, rates)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,7 @@ def stage_scores(wd: Path, cache: Path) -> dict:
 
 def significance(wd: Path, cache: Path, stages: dict, baselines: dict) -> dict:
     """Paired bootstrap over the test utterances (:mod:`syllablelm.significance`) of each check's difference:
-    SylBoost iteration 2 - LossPred, and LossPred - uniform at the project's rate (recomputed on the same audio
+    SylBoost iteration 2 - LossPred, and LossPred - uniform at LossPred's rate (recomputed on the same audio
     with the rate stored beside its scores). Each system at its own dev-tuned shift."""
     from syllablelm.audio import speech_regions
     from syllablelm.baselines import uniform_segments
@@ -71,8 +71,7 @@ def significance(wd: Path, cache: Path, stages: dict, baselines: dict) -> dict:
         out["sylboost_beats_losspred"] = paired_bootstrap(
             [sb[e.id] for e in t], [lp[e.id] for e in t], [refs[e.id][0] for e in t],
             shift_a=shift(stages["SylBoost iteration 2"]), shift_b=shift(stages["LossPred"]))
-    uniform = next((k for k, v in baselines.items() if k.startswith("uniform") and not k.endswith("4.5hz")
-                    and "params" in v), None)
+    uniform = _losspred_uniform_name(baselines)
     if "LossPred" in segs and uniform is not None:
         lp, rate = segs["LossPred"], baselines[uniform]["params"]["rate_hz"]
         t = [e for e in test if e.id in lp]
@@ -122,22 +121,48 @@ def _bars(path: Path, groups: dict[str, tuple[float, float]], title: str, labels
     save_png(fig, path)
 
 
+def losspred_uniform(wd: Path, cache: Path, losspred: dict) -> tuple[str, dict]:
+    """Uniform segments at LossPred's achieved rate on test (as many segments per second of audio), scored like
+    every baseline; LossPred is checked against this one (``evaluate``'s uniform matches the tokenizer)."""
+    from experiments.baselines import load_split, uniform_baseline
+
+    splits = [load_split([str(wd / "data/synth" / s)], str(wd / "data/synth/alignments"), cache=str(cache))
+              for s in ("test", "dev")]
+    name, results = uniform_baseline(*splits, losspred["rate_hz"], per="file")
+    results[name]["params"]["matches"] = "LossPred"
+    return name, results[name]
+
+
+def _losspred_uniform_name(baselines: dict) -> str | None:
+    """The uniform baseline LossPred is checked against: the one at its rate, else the project's rate."""
+    names = [k for k, v in baselines.items() if k.startswith("uniform") and not k.endswith("4.5hz") and "params" in v]
+    return next((k for k in names if baselines[k]["params"].get("matches") == "LossPred"), names[0] if names else None)
+
+
 def build_report(wd: Path, *, teacher_ckpt: Path, tokenizer: Path, timings: dict, seconds: float, tiny: bool,
-                 shipped_teacher: bool, accelerator: str = "cpu") -> dict:
+                 shipped_teacher: bool, accelerator: str = "cpu", losspred_precision: str | None = None) -> dict:
     cache = wd / "cache"
     evaluation = json.loads((wd / "runs/evaluate.json").read_text())
     stages = stage_scores(wd, cache)
-    baselines = evaluation.get("baselines", {})
+    baselines = dict(evaluation.get("baselines", {}))
+    if baselines and "LossPred" in stages:
+        name, res = losspred_uniform(wd, cache, stages["LossPred"])
+        baselines[name if name not in baselines else f"{name}_losspred"] = res
     report = {
         "tokenizer_checkpoint": str(tokenizer), "tiny": tiny, "accelerator": accelerator,
-        "teacher": "shipped" if shipped_teacher else "trained here", "stages": stages, "baselines": baselines,
+        "losspred_precision": losspred_precision,
+        "teacher": "shipped" if shipped_teacher else "trained here",
+        "teacher_detail": ("LossPred: the shipped HuBERT iteration 2 (labels: k-means of the shipped iteration 1's "
+                           "layer 2); SylBoost starts from iteration 1" if shipped_teacher else
+                           "one teacher trained here on MFCC k-means labels: LossPred and SylBoost's start"),
+        "stages": stages, "baselines": baselines,
         "units": evaluation["tokenizer"], "lm_pairs": evaluation.get("lm_pairs"),
         "timings": timings, "total_seconds": round(seconds, 1),
         "peak_rss_mb": max((t.get("peak_rss_mb", 0) for t in timings.values()), default=0),
     }
     tuned = lambda res: res["syllablelm_tuned"]  # noqa: E731
     if "LossPred" in stages and "SylBoost iteration 2" in stages:
-        uniform = next((v for k, v in baselines.items() if k.startswith("uniform") and not k.endswith("4.5hz")), None)
+        uniform = baselines.get(_losspred_uniform_name(baselines))
         sb, lp = tuned(stages["SylBoost iteration 2"]), tuned(stages["LossPred"])
         beats = lambda a, b: {m: b is not None and a[m] > b[m] for m in ("f1", "r_value")}  # noqa: E731
         report["checks"] = {"sylboost_beats_losspred": beats(sb, lp),
@@ -182,13 +207,17 @@ def markdown(r: dict) -> str:
     c, k = u["clustering"], u["tokens"]
     lines = [
         "# SyllableLM demo report", "",
-        f"Teacher: {r['teacher']}; {'tiny run' if r['tiny'] else 'full demo'}; "
+        f"Teacher: {r['teacher']} ({r.get('teacher_detail', '')}); {'tiny run' if r['tiny'] else 'full demo'}; "
         f"on {r.get('accelerator', 'cpu').upper()}; "
         f"total {r['total_seconds']:.0f} s, "
         f"peak memory {r['peak_rss_mb']:.0f} MB. Tokenizer checkpoint: `{r['tokenizer_checkpoint']}`.", "",
         "Synthetic eSpeak speech is far easier than LibriSpeech (the envelope baseline shows it): compare rows, "
         "do not quote absolute numbers.", "",
         "## Boundaries (held-out test split, protocol \"syllablelm\", 50 ms, shift tuned on dev)", "", *rows, "",
+        "Each check compares at a matched rate: LossPred with uniform at LossPred's rate "
+        f"(`{_losspred_uniform_name(r['baselines'])}`), SylBoost with `evaluate`'s uniform and log-mel min-cut at "
+        "the tokenizer's rate. LossPred's inference precision: "
+        f"{r.get('losspred_precision') or '32-true'}.", "",
         "Checks (higher on the test split): " + "; ".join(
             f"{name.replace('_', ' ')}: " + ", ".join(f"{m.replace('_', '-')} {'yes' if ok else 'no'}"
                                                       for m, ok in res.items())

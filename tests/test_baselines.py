@@ -51,7 +51,7 @@ def test_mincut_baseline_stays_inside_speech_at_the_asked_rate():
 def test_baselines_at_a_matched_rate_place_as_many_segments_per_second_of_audio():
     import pytest
 
-    from experiments.baselines import run_baselines
+    from experiments.baselines import run_baselines, uniform_baseline
 
     waves, refs = [], []
     for seed in range(3):  # 2.2 s of speech in 2.8 s of audio
@@ -68,3 +68,8 @@ def test_baselines_at_a_matched_rate_place_as_many_segments_per_second_of_audio(
     assert matched["uniform_4.5hz"] == speech["uniform_4.5hz"]  # REFERENCE's 4.5/s is per second of speech
     with pytest.raises(ValueError, match="per must be"):
         run_baselines(split, split, per="utterance")
+    # one uniform baseline alone (the demo's report: at LossPred's rate) is the same as the one in the set
+    name, alone = uniform_baseline(split, split, 5.0, per="file")
+    assert name == "uniform_5hz" and alone[name] == matched[name]
+    name, other = uniform_baseline(split, split, 3.3, per="file")
+    assert name == "uniform_3.3hz" and other[name]["rate_hz"] == pytest.approx(3.3, abs=0.2)

@@ -6,6 +6,7 @@ import pytest
 import soundfile as sf
 
 from experiments.cli import main
+from experiments.demo import losspred_precision
 from syllablelm import Tokenizer
 
 
@@ -19,10 +20,15 @@ def test_tiny_demo_writes_a_report_and_a_working_tokenizer(tmp_path):
         assert scores["num_utterances"] > 0 and 0 <= scores["syllablelm_tuned"]["f1"] <= 1
         assert "sdhubert_tuned" in scores and scores["rate_hz"] > 0
     assert {"uniform_4.5hz", "envelope"} <= set(report["baselines"])
+    assert report["losspred_precision"] == losspred_precision("auto", "cpu")
     sb, lp = (report["stages"][s]["syllablelm_tuned"] for s in ("SylBoost iteration 2", "LossPred"))
     assert report["checks"]["sylboost_beats_losspred"] == {m: sb[m] > lp[m] for m in ("f1", "r_value")}
-    # the paired bootstraps reproduce the table's differences (uniform recomputed from its stored rate)
-    uniform = next(v for k, v in report["baselines"].items() if k.startswith("uniform") and k != "uniform_4.5hz")
+    # LossPred is checked against uniform at its own rate; the paired bootstraps reproduce the table's
+    # differences (uniform recomputed from its stored rate)
+    uniform = next(v for v in report["baselines"].values() if v.get("params", {}).get("matches") == "LossPred")
+    assert uniform["rate_hz"] == pytest.approx(report["stages"]["LossPred"]["rate_hz"], rel=0.2)
+    assert report["checks"]["losspred_beats_uniform"] == {
+        m: lp[m] > uniform["syllablelm_tuned"][m] for m in ("f1", "r_value")}
     for (name, a, b) in (("sylboost_beats_losspred", sb, lp),
                          ("losspred_beats_uniform", lp, uniform["syllablelm_tuned"])):
         for m in ("f1", "r_value"):
@@ -46,3 +52,16 @@ def test_tiny_demo_writes_a_report_and_a_working_tokenizer(tmp_path):
     segments, units = tok(str(tmp_path / "new.wav"))
     assert len(units) == len(segments) > 0 and segments[-1, 1] <= 3.0 + 1e-6
     assert 0 <= units.min() and units.max() < tok.vocab_size
+
+
+def test_losspred_precision_is_bf16_only_where_it_runs_natively(monkeypatch):
+    import experiments.demo as demo
+
+    for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(demo, "native_bf16", lambda accelerator, native=native: native)
+        assert demo.losspred_precision("auto", "cpu") == expected
+        assert demo.losspred_precision("32-true", "cpu") == "32-true"  # an explicit choice is kept
+    monkeypatch.undo()
+    assert isinstance(demo.native_bf16("cpu"), bool)
+    import torch
+    assert demo.native_bf16("gpu") == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())

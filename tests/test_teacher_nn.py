@@ -84,6 +84,21 @@ def test_logits_are_scaled_cosines_with_label_offset():
     assert logits.abs().max() <= 10 + 1e-4  # |cos| <= 1, temperature 0.1
 
 
+def test_logits_stay_float32_under_autocast():
+    """LossPred runs the teacher under bf16/fp16 autocast; the cosine and the /0.1 must not (a bf16 matmul is
+    off by ~0.05 after the division), only final_proj may."""
+    torch.manual_seed(0)
+    teacher = HubertTeacher(TeacherConfig.tiny(num_labels=50, final_dim=64)).eval()
+    hidden = torch.randn(2, 40, 128)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = teacher.logits(hidden)
+        proj = teacher.final_proj(hidden)  # what autocast makes of the projection (bf16)
+    assert logits.dtype == torch.float32 and proj.dtype == torch.bfloat16
+    embs = F.normalize(teacher.label_embs.float(), dim=-1)
+    expected = F.normalize(proj.float(), dim=-1) @ embs.T / 0.1
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-4)
+
+
 def test_masked_prediction_loss_counts_only_masked_real_labelled_frames():
     torch.manual_seed(0)
     logits = torch.randn(2, 6, 4)

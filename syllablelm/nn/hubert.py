@@ -261,10 +261,13 @@ class HubertTeacher(nn.Module):
         return self.transformer(feats, frame_mask, output_hidden_states=True, num_layers=layer)[layer]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T, num_labels), float32
-        """fairseq HuBERT's compute_nce scores: cosine(final_proj(h), label_emb) / logit_temp, in float32."""
-        proj = F.normalize(self.final_proj(hidden).float(), dim=-1, eps=1e-8)  # (B, T, F)
-        embs = F.normalize(self.label_embs[self.config.label_offset:].float(), dim=-1, eps=1e-8)  # (K, F)
-        return proj @ embs.T / self.config.logit_temp
+        """fairseq HuBERT's compute_nce scores: cosine(final_proj(h), label_emb) / logit_temp, in float32 also
+        under autocast (which would otherwise run the matmul in bf16/fp16: errors of ~0.05 in logits x10)."""
+        proj = self.final_proj(hidden)
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            proj = F.normalize(proj.float(), dim=-1, eps=1e-8)  # (B, T, F)
+            embs = F.normalize(self.label_embs[self.config.label_offset:].float(), dim=-1, eps=1e-8)  # (K, F)
+            return proj @ embs.T / self.config.logit_temp
 
     @staticmethod
     def frame_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # -> (B, T)
