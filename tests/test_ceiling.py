@@ -22,7 +22,7 @@ def test_imitating_the_references_is_the_oracle_and_beats_raw_features(synth_cor
                      "--data", str(synth_corpus / "test"), "--tune-data", str(synth_corpus / "dev"), "--alignments",
                      str(synth_corpus / "alignments"), "--out", str(out), "--manifest-cache", str(tmp_path / "cache"),
                      *extra]) == 0
-        return {k: v["syllablelm_tuned"] for k, v in json.loads(out.read_text()).items()}
+        return {k: v["syllablelm_tuned"] for k, v in json.loads(out.read_text()).items() if "syllablelm_tuned" in v}
 
     r = ceiling("ceiling.json", "--rate", "6.25", "4.0")
     assert r["stored"]["f1"] == 1.0  # the references scored against themselves
@@ -35,6 +35,17 @@ def test_imitating_the_references_is_the_oracle_and_beats_raw_features(synth_cor
     # no cut at 0 and at the file end, no segment spent on the silent edges
     assert t["oracle_6.25hz"]["precision"] > r["oracle_6.25hz"]["precision"]
     assert t["oracle_6.25hz"]["r_value"] > r["oracle_6.25hz"]["r_value"]
+    # --student-version: a copy of the stored version agrees fully; one moved by 0.1 s (> 50 ms) much less
+    # (not 0: some boundaries land on a neighbour's, 50-150 ms syllables and pauses)
+    refs = store.load(0)
+    for version, move in ((2, 0.0), (3, 0.1)):
+        store.write_shard(version, 0, 1, {u: s + move for u, s in refs.items()})
+        store.finalize(version, 1)
+    for version, (low, high) in ((2, (1.0, 1.0)), (3, (0.0, 0.5))):
+        ceiling(f"agree{version}.json", "--student-version", str(version))
+        agree = json.loads((tmp_path / f"agree{version}.json").read_text())[f"agreement_v{version}"]
+        assert set(agree) == {"data", "tune_data"}
+        assert all(low <= r["f1"] <= high and r["n_ref"] > 0 for r in agree.values()), (version, agree)
     one = next(iter(index))
     store.write_shard(1, 0, 1, {one: store.load(0)[one]})
     store.finalize(1, 1)
