@@ -54,22 +54,24 @@ def run_baselines(test, dev, rate_hz: float = 6.25, *, per: str = "speech") -> d
     segments per second of audio on each split: as many segments as a system whose achieved rate is
     ``rate_hz`` (what ``evaluate`` compares against). ``params.rate_hz`` is the per-speech rate used on test."""
     b = _Baselines(test, dev)
-    b.add("uniform_4.5hz", lambda w, r, _: uniform_segments(w, SAMPLE_RATE, rate_hz=4.5, regions=r), {"rate_hz": 4.5})
+    b.add("uniform_4.5hz", lambda w, r, _: _uniform(w, r, 4.5), {"rate_hz": 4.5})
     if per == "file" or abs(rate_hz - 4.5) > 1e-9:
-        b.add_uniform(rate_hz, per=per)
+        b.add_at_rate("uniform", _uniform, rate_hz, per)
     params, _ = tune_envelope(b.dev[0], SAMPLE_RATE, b.dev[1])
     b.add("envelope", lambda w, r, _: envelope_segments(w, SAMPLE_RATE, regions=r, **params), params)
-    rates, matched = b.rates(rate_hz, per)
-    b.add(f"mincut_logmel_{rate_hz:g}hz", lambda w, r, q: mincut_segments(w, SAMPLE_RATE, rate_hz=q, regions=r),
-          matched, rates)
+    b.add_at_rate("mincut_logmel", lambda w, r, q: mincut_segments(w, SAMPLE_RATE, rate_hz=q, regions=r), rate_hz, per)
     return b.results
+
+
+def _uniform(wave, regions, rate_hz: float):
+    return uniform_segments(wave, SAMPLE_RATE, rate_hz=rate_hz, regions=regions)
 
 
 def uniform_baseline(test, dev, rate_hz: float, *, per: str = "file") -> tuple[str, dict]:
     """``(name, scores)`` of uniform segments at ``rate_hz`` (``per`` as in :func:`run_baselines`): e.g. at
     LossPred's achieved rate, so that LossPred is compared with as many uniform segments as it places."""
     b = _Baselines(test, dev)
-    return b.add_uniform(rate_hz, per=per), b.results
+    return b.add_at_rate("uniform", _uniform, rate_hz, per), b.results
 
 
 class _Baselines:
@@ -104,10 +106,10 @@ class _Baselines:
             self.results[name]["params"] = params
         return name
 
-    def add_uniform(self, rate_hz: float, *, per: str) -> str:
+    def add_at_rate(self, prefix: str, fn, rate_hz: float, per: str) -> str:
+        """``{prefix}_{rate}hz``: ``fn`` at ``rate_hz`` per second of speech or matched per second of audio."""
         rates, params = self.rates(rate_hz, per)
-        cut = lambda w, r, q: uniform_segments(w, SAMPLE_RATE, rate_hz=q, regions=r)  # noqa: E731
-        return self.add(f"uniform_{rate_hz:g}hz", cut, params, rates)
+        return self.add(f"{prefix}_{rate_hz:g}hz", fn, params, rates)
 
 
 def main(argv: list[str] | None = None) -> int:

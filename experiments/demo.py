@@ -187,8 +187,8 @@ def native_bf16(accelerator: str) -> bool:
 
     if accelerator == "gpu":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    cpu = getattr(torch, "cpu", None)
-    checks = [getattr(cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    # private torch helpers, hence the getattr: a torch without them gets float32
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
     return torch.backends.mkldnn.is_available() and any(check is not None and check() for check in checks)
 
 
