@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "references": ("experiments.references:main", "LibriSpeech syllable references (SD-HuBERT/Peng/MFA) -> alignments"),
     "store-copy": ("experiments.stores:main",
                    "copy a store version (e.g. LossPred's boundaries for a second SylBoost)"),
+    "store-reference": ("experiments.stores:reference",
+                        "the reference syllables (optionally noisy) as a boundary version: SylBoost's upper bound"),
     "pipeline": ("experiments.pipeline:main", "every stage in order, resumable, on torchrun/SLURM (--dry-run checks)"),
 }
 

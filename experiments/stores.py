@@ -1,10 +1,21 @@
-"""``syllablelm store-copy``: copy one complete store version (boundaries, labels or units) into another store.
+"""Store commands.
+
+``syllablelm store-copy``: copy one complete store version (boundaries, labels or units) into another store.
 
     syllablelm store-copy --store runs/librispeech/boundaries --version 0 --out runs/librispeech/boundaries_5.0hz
 
 The use: a second SylBoost run (another rate or backbone) starts from LossPred's version 0 but keeps its own
 later versions. Shards are copied atomically and the manifest is written last, so an interrupted copy is an
 incomplete version (never read) and a rerun replaces it.
+
+``syllablelm store-reference``: the reference segmentation (syllables by default) of every aligned utterance as
+a boundary version, optionally with label noise of a known kind (boundaries dropped, jittered, inserted).
+
+    syllablelm store-reference --data data/synth/train data/synth/dev data/synth/test \
+        --alignments data/synth/alignments --out runs/reference_boundaries [--drop 0.3 --insert 0.35 --jitter-ms 30]
+
+SylBoost trained from it (``data.boundary_dir``) measures what a backbone can learn at all (the reference) and
+whether it denoises (the noisy reference: a student that generalises beyond its labels scores above them).
 """
 from __future__ import annotations
 
@@ -12,6 +23,8 @@ import argparse
 import json
 import logging
 from pathlib import Path
+
+import numpy as np
 
 from datamodules.boundary_store import BoundaryStore
 from datamodules.label_store import LabelStore
@@ -38,4 +51,87 @@ def main(argv: list[str] | None = None) -> int:
     cls = STORES[kind]
     copied = cls(args.store).copy_version(args.version, cls(args.out), args.out_version)
     log.info("copied %s version %d (%d utterances) to %s", kind, args.version, copied["num_utterances"], args.out)
+    return 0
+
+
+def touching_runs(segments: np.ndarray, tol: float = 1e-6) -> list[np.ndarray]:
+    """Split sorted ``(n, 2)`` segments into runs of touching segments (a gap, e.g. a pause, ends a run)."""
+    if len(segments) == 0:
+        return []
+    breaks = np.flatnonzero(segments[1:, 0] - segments[:-1, 1] > tol) + 1
+    return np.split(segments, breaks)
+
+
+def noisy_segments(segments, rng: np.random.Generator, *, drop: float = 0.0, insert: float = 0.0,
+                   jitter: float = 0.0, min_seconds: float = 0.02) -> np.ndarray:
+    """Reference segments with label noise, inside each run of touching segments (gaps stay gaps, run edges
+    stay put): every inner boundary is dropped with probability ``drop`` and the rest moved by N(0, ``jitter``)
+    seconds; then Binomial(inner boundaries, ``insert``) boundaries are added uniformly in the run. Boundaries
+    closer than ``min_seconds`` (one frame) to a kept one are merged."""
+    for name, value in (("drop", drop), ("insert", insert)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    if jitter < 0:
+        raise ValueError(f"jitter must be >= 0 seconds, got {jitter}")
+    out = []
+    for run in touching_runs(np.asarray(segments, dtype=np.float64).reshape(-1, 2)):
+        start, end, inner = run[0, 0], run[-1, 1], run[1:, 0]
+        kept = inner[rng.random(len(inner)) >= drop]
+        kept = kept + rng.normal(0.0, jitter, len(kept)) if jitter else kept
+        added = rng.uniform(start, end, rng.binomial(len(inner), insert))
+        cuts = np.sort(np.concatenate([kept, added]))
+        cuts = cuts[(cuts > start + min_seconds) & (cuts < end - min_seconds)]
+        bounds = [start]
+        for c in cuts:
+            if c - bounds[-1] >= min_seconds:
+                bounds.append(float(c))
+        if end - bounds[-1] < min_seconds:
+            bounds.pop()
+        bounds.append(end)
+        out.append(np.stack([bounds[:-1], bounds[1:]], axis=1))
+    return np.concatenate(out) if out else np.zeros((0, 2))
+
+
+def reference(argv: list[str] | None = None) -> int:
+    """``syllablelm store-reference``: see the module docstring."""
+    from tqdm import tqdm
+
+    from datamodules.manifest import build_manifest
+    from syllablelm.alignments import TIERS, index_alignments, load_alignment
+
+    p = argparse.ArgumentParser(prog="syllablelm store-reference",
+                                description="the reference segmentation (optionally noisy) as a boundary version")
+    p.add_argument("--data", nargs="+", required=True, help="audio folders; every utterance needs an alignment")
+    p.add_argument("--alignments", required=True)
+    p.add_argument("--out", required=True, help="the boundary store root")
+    p.add_argument("--version", type=int, default=0)
+    p.add_argument("--tier", choices=TIERS, default="syllables")
+    p.add_argument("--drop", type=float, default=0.0, help="probability of dropping each inner boundary")
+    p.add_argument("--insert", type=float, default=0.0,
+                   help="random boundaries added per inner reference boundary (a probability each)")
+    p.add_argument("--jitter-ms", type=float, default=0.0, help="std. dev. of the shift of each kept boundary")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--manifest-cache")
+    args = p.parse_args(argv)
+    index = index_alignments(args.alignments)
+    entries = build_manifest(args.data, cache_dir=args.manifest_cache).entries
+    missing = [e.path for e in entries if e.id not in index]
+    if missing:
+        raise SystemExit(f"syllablelm store-reference: {len(missing)} file(s) have no alignment in "
+                         f"{args.alignments}, e.g. {missing[0]}")
+    rng = np.random.default_rng(args.seed)
+    noise = dict(drop=args.drop, insert=args.insert, jitter=args.jitter_ms / 1000.0)
+    segments = {}
+    for e in tqdm(entries, desc="reference", disable=len(entries) < 200):
+        tiers = load_alignment(index[e.id], duration=e.seconds)
+        if args.tier not in tiers:
+            raise SystemExit(f"syllablelm store-reference: {index[e.id]} has no {args.tier!r} tier")
+        segments[e.id] = noisy_segments(tiers[args.tier][0], rng, **noise) if any(noise.values()) \
+            else tiers[args.tier][0]
+    store = BoundaryStore(args.out)
+    store.invalidate(args.version)
+    store.write_shard(args.version, 0, 1, segments)
+    store.finalize(args.version, 1, meta={"stage": "reference", "tier": args.tier, "seed": args.seed, **noise})
+    log.info("boundary version %d: the %s of %d utterances in %s", args.version, args.tier, len(segments),
+             store.version_dir(args.version))
     return 0

@@ -143,3 +143,55 @@ def test_store_copy_command_copies_a_complete_version(tmp_path):
     meta = dst.manifest(0)["meta"]
     assert meta["stage"] == "TeacherModule" and meta["copied_from"].endswith("iter_0")
     assert dst.versions() == [0]
+
+
+def test_noisy_segments_keeps_gaps_and_run_edges():
+    from experiments.stores import noisy_segments, touching_runs
+    from syllablelm.metrics import boundary_scores
+
+    ref = np.array([[0.1, 0.3], [0.3, 0.5], [0.5, 0.8], [1.2, 1.4], [1.4, 1.7]])  # a pause 0.8-1.2
+    assert [len(r) for r in touching_runs(ref)] == [3, 2]
+    rng = np.random.default_rng(0)
+    assert np.array_equal(noisy_segments(ref, rng), ref)  # no noise: the reference itself
+    dropped = noisy_segments(ref, rng, drop=1.0)
+    assert dropped.tolist() == [[0.1, 0.8], [1.2, 1.7]]  # only the run edges survive
+    for _ in range(20):
+        noisy = noisy_segments(ref, rng, drop=0.3, insert=0.5, jitter=0.03)
+        check = BoundaryStore.encode(None, "u", noisy, 0)  # sorted, non-overlapping
+        assert np.all(np.diff(check, axis=1) >= 0.02 - 1e-9)
+        runs = touching_runs(noisy)
+        assert [(r[0, 0], r[-1, 1]) for r in runs] == [(0.1, 0.8), (1.2, 1.7)]
+    with pytest.raises(ValueError, match="drop"):
+        noisy_segments(ref, rng, drop=1.5)
+    # many utterances: noise lowers the agreement with the reference roughly as asked
+    refs = [np.stack([np.arange(0, 3, 0.2), np.arange(0.2, 3.2, 0.2)], 1) for _ in range(50)]
+    noisy = [noisy_segments(r, rng, drop=0.3, insert=0.3) for r in refs]
+    s = boundary_scores(noisy, refs, protocol="syllablelm")
+    inner = 14
+    assert 0.6 < s["recall"] < 0.85  # ~ (2 + 0.7 * 14) / 16 plus lucky insertions
+    assert abs(s["n_pred"] - 50 * (2 + inner * 0.7 + inner * 0.3)) < 0.15 * s["n_pred"]
+
+
+def test_store_reference_command_writes_the_aligned_syllables(synth_corpus, tmp_path):
+    from pathlib import Path
+
+    from experiments.cli import main
+    from syllablelm.alignments import index_alignments, load_alignment
+
+    folders = [str(synth_corpus / s) for s in ("train", "dev")]
+    out = tmp_path / "ref"
+    assert main(["store-reference", "--data", *folders, "--alignments", str(synth_corpus / "alignments"),
+                 "--out", str(out), "--manifest-cache", str(tmp_path / "cache")]) == 0
+    got = BoundaryStore(out).load(0)
+    index = index_alignments(synth_corpus / "alignments")
+    n_audio = sum(1 for f in folders for _ in Path(f).rglob("*.flac"))
+    assert len(got) == n_audio > 0
+    for utt, segs in got.items():
+        assert np.allclose(segs, load_alignment(index[utt])["syllables"][0])
+    assert main(["store-reference", "--data", *folders, "--alignments", str(synth_corpus / "alignments"),
+                 "--out", str(out), "--version", "1", "--drop", "0.5", "--seed", "1",
+                 "--manifest-cache", str(tmp_path / "cache")]) == 0
+    noisy = BoundaryStore(out).load(1)
+    assert sorted(noisy) == sorted(got)
+    assert sum(map(len, noisy.values())) < sum(map(len, got.values()))
+    assert BoundaryStore(out).manifest(1)["meta"]["drop"] == 0.5
