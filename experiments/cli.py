@@ -53,7 +53,8 @@ def _usage() -> str:
     lines = ["usage: syllablelm <command> [options]", "", "training stages (LightningCLI; --config FILE):"]
     lines += [f"  {c}" for c in LIGHTNING_COMMANDS]
     lines += ["", "offline commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    width = max(map(len, COMMANDS))
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "syllablelm <command> --help shows a command's options."]
     return "\n".join(lines)
 
