@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from experiments.baselines import load_split, run_baselines, score
+from experiments.baselines import aligned_entries, read_waves, run_baselines, score
 from syllablelm.audio import SAMPLE_RATE
 from syllablelm.fileio import write_json
 from syllablelm.metrics import cluster_scores, token_stats
@@ -98,12 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _with_labels(folders, alignments, limit, cache):
-    from syllablelm.alignments import index_alignments, load_alignment
-
-    waves, refs, ids = load_split(folders, alignments, limit, cache)
-    index = index_alignments(alignments)
-    labels = [load_alignment(index[i])["syllables"][1] for i in ids]
-    return waves, refs, labels
+    entries, aligned, _ = aligned_entries(folders, alignments, limit, cache)
+    return read_waves(entries), [a["syllables"][0] for a in aligned], [a["syllables"][1] for a in aligned]
 
 
 def _print(report: dict) -> None:

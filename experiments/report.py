@@ -17,9 +17,7 @@ import torch  # noqa: E402
 
 from datamodules.boundary_store import BoundaryStore  # noqa: E402
 from datamodules.label_store import LabelStore  # noqa: E402
-from datamodules.manifest import build_manifest  # noqa: E402
-from experiments.baselines import score  # noqa: E402
-from syllablelm.alignments import index_alignments, load_alignment  # noqa: E402
+from experiments.baselines import aligned_entries, read_waves, score  # noqa: E402
 from syllablelm.audio import SAMPLE_RATE, read_audio  # noqa: E402
 from syllablelm.fileio import write_text  # noqa: E402
 from syllablelm.plots import boundary_figure, save_png  # noqa: E402
@@ -28,10 +26,8 @@ STAGES = {0: "LossPred", 1: "SylBoost iteration 1", 2: "SylBoost iteration 2"}
 
 
 def _split(wd: Path, split: str, cache: Path):
-    entries = build_manifest(wd / "data/synth" / split, cache_dir=cache, progress=False).entries
-    index = index_alignments(wd / "data/synth/alignments")
-    refs = {e.id: load_alignment(index[e.id])["syllables"] for e in entries if e.id in index}
-    return [e for e in entries if e.id in refs], refs
+    entries, alignments, _ = aligned_entries([wd / "data/synth" / split], wd / "data/synth/alignments", cache=cache)
+    return entries, {e.id: a["syllables"] for e, a in zip(entries, alignments)}
 
 
 def stage_scores(wd: Path, cache: Path) -> dict:
@@ -75,7 +71,7 @@ def significance(wd: Path, cache: Path, stages: dict, baselines: dict) -> dict:
     if "LossPred" in segs and uniform is not None:
         lp, rate = segs["LossPred"], baselines[uniform]["params"]["rate_hz"]
         t = [e for e in test if e.id in lp]
-        waves = [read_audio(e.path).numpy() for e in t]
+        waves = read_waves(t)
         flat = [uniform_segments(w, SAMPLE_RATE, rate_hz=rate, regions=speech_regions(w, SAMPLE_RATE)) for w in waves]
         out["losspred_beats_uniform"] = paired_bootstrap(
             [lp[e.id] for e in t], flat, [refs[e.id][0] for e in t],

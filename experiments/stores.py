@@ -94,10 +94,8 @@ def noisy_segments(segments, rng: np.random.Generator, *, drop: float = 0.0, ins
 
 def reference(argv: list[str] | None = None) -> int:
     """``syllablelm store-reference``: see the module docstring."""
-    from tqdm import tqdm
-
-    from datamodules.manifest import build_manifest
-    from syllablelm.alignments import TIERS, index_alignments, load_alignment
+    from experiments.baselines import aligned_entries
+    from syllablelm.alignments import TIERS
 
     p = argparse.ArgumentParser(prog="syllablelm store-reference",
                                 description="the reference segmentation (optionally noisy) as a boundary version")
@@ -113,19 +111,16 @@ def reference(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--manifest-cache")
     args = p.parse_args(argv)
-    index = index_alignments(args.alignments)
-    entries = build_manifest(args.data, cache_dir=args.manifest_cache).entries
-    missing = [e.path for e in entries if e.id not in index]
+    entries, alignments, missing = aligned_entries(args.data, args.alignments, cache=args.manifest_cache)
     if missing:
         raise SystemExit(f"syllablelm store-reference: {len(missing)} file(s) have no alignment in "
-                         f"{args.alignments}, e.g. {missing[0]}")
+                         f"{args.alignments}, e.g. {missing[0].path}")
     rng = np.random.default_rng(args.seed)
     noise = dict(drop=args.drop, insert=args.insert, jitter=args.jitter_ms / 1000.0)
     segments = {}
-    for e in tqdm(entries, desc="reference", disable=len(entries) < 200):
-        tiers = load_alignment(index[e.id], duration=e.seconds)
+    for e, tiers in zip(entries, alignments):
         if args.tier not in tiers:
-            raise SystemExit(f"syllablelm store-reference: {index[e.id]} has no {args.tier!r} tier")
+            raise SystemExit(f"syllablelm store-reference: the alignment of {e.path} has no {args.tier!r} tier")
         segments[e.id] = noisy_segments(tiers[args.tier][0], rng, **noise) if any(noise.values()) \
             else tiers[args.tier][0]
     store = BoundaryStore(args.out)
