@@ -41,7 +41,8 @@ from pathlib import Path
 import yaml
 
 from experiments.launch import Launch, PipelineError, barrier, check_shared, detect_launch, gather, init_distributed
-from experiments.pipeline_checks import fit_resume_checkpoint, shared_dirs, validate
+from experiments.pipeline_checks import shared_dirs, validate
+from experiments.stage_configs import fit_resume_checkpoint
 from syllablelm.fileio import write_json
 
 log = logging.getLogger(__name__)

@@ -8,113 +8,24 @@ the teacher predicts, the layers asked for, the LossPred/SylBoost subset, the st
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 from pathlib import Path
 
-import yaml
-
 from experiments.file_formats import ModelInfo, audio_folder_info, kmeans_info, model_info
+from experiments.stage_configs import (
+    fit_resume_checkpoint,
+    flag_value,
+    flag_values,
+    lightning_outputs,
+    outputs_of,
+    parse_lightning,
+)
 
 log = logging.getLogger(__name__)
 
 DATA_KEYS = ("train_dirs", "val_dirs", "test_dirs", "predict_dirs")
 STORE_KEYS = ("label_dir", "boundary_dir", "unit_dir", "val_unit_dir")
-
-
-# ------------------------------------------------------------------------------------ reading configs
-def _callbacks(trainer: dict) -> list[dict]:
-    cbs = trainer.get("callbacks") or []
-    return [cbs] if isinstance(cbs, dict) else list(cbs)
-
-
-def _outputs_of(cfg: dict) -> dict:
-    trainer, data = cfg.get("trainer") or {}, (cfg.get("data") or {}).get("init_args") or {}
-    out = {"root_dir": trainer.get("default_root_dir")}
-    for cb in _callbacks(trainer):
-        name, init = str(cb.get("class_path", "")), cb.get("init_args") or {}
-        if name.endswith("ModelCheckpoint") and init.get("dirpath"):
-            out["checkpoint_dir"] = init["dirpath"]
-        if name.endswith("BoundaryWriter"):
-            out["boundary_store"] = init.get("store_dir")
-        if name.endswith("BoundaryRegeneration"):
-            out["boundary_store"] = data.get("boundary_dir")  # later versions go to the store it trains from
-    if out.get("checkpoint_dir") is None and out["root_dir"]:
-        out["checkpoint_dir"] = str(Path(out["root_dir"]) / "checkpoints")
-    return {k: v for k, v in out.items() if v}
-
-
-def _merge(base: dict, over: dict) -> dict:
-    """jsonargparse's overlay rule for YAML: mappings merge key by key, anything else (lists too) replaces."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def lightning_outputs(config: str | os.PathLike, args: list[str] = ()) -> dict:
-    """Where a Lightning config writes: ``root_dir``, ``checkpoint_dir``, ``boundary_store`` (raw YAML, with the
-    overlays a stage adds as ``--config FILE`` in its args)."""
-    cfg = {}
-    for path in [config, *_flag_values(list(args), "--config")]:
-        cfg = _merge(cfg, yaml.safe_load(Path(path).read_text()) or {})
-    return _outputs_of(cfg)
-
-
-def fit_resume_checkpoint(stage) -> Path | None:
-    """The newest of a ``fit`` stage's ``last.ckpt`` and Lightning's SLURM ``hpc_ckpt_*.ckpt``."""
-    outs = lightning_outputs(stage.config, stage.args)
-    found = []
-    if outs.get("checkpoint_dir"):
-        found.append(Path(outs["checkpoint_dir"]) / "last.ckpt")
-    if outs.get("root_dir"):
-        found += Path(outs["root_dir"]).glob("hpc_ckpt_*.ckpt")
-    found = [p for p in found if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
-
-
-def parse_lightning(config: str, args: list[str]) -> dict:
-    """The config as LightningCLI parses it (overrides applied, classes resolved, nothing instantiated).
-    Raises ValueError with jsonargparse's message when it does not parse."""
-    from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
-
-    class ParseOnly(LightningCLI):
-        def instantiate_classes(self) -> None:
-            pass
-
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            cli = ParseOnly(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                            run=False, args=["--config", config, *args], seed_everything_default=0)
-    except SystemExit as e:
-        lines = [ln for ln in err.getvalue().splitlines() if ln.strip() and not ln.startswith("usage:")]
-        raise ValueError("; ".join(lines[-6:]) or f"LightningCLI exited with {e.code}") from None
-    return cli.config.as_dict()
-
-
-def _flag_values(args: list[str], flag: str) -> list[str]:
-    """Values after ``flag`` up to the next option (``--data a b --out c`` -> ``[a, b]`` for ``--data``)."""
-    out, i = [], 0
-    while i < len(args):
-        if args[i] == flag:
-            i += 1
-            while i < len(args) and not args[i].startswith("--"):
-                out.append(args[i])
-                i += 1
-            continue
-        if args[i].startswith(flag + "="):
-            out.append(args[i].split("=", 1)[1])
-        i += 1
-    return out
-
-
-def _flag(args: list[str], flag: str, default=None):
-    vals = _flag_values(args, flag)
-    return vals[0] if vals else default
 
 
 # ------------------------------------------------------------------------------------ the checks
@@ -196,13 +107,13 @@ def validate(pipe, stages, extra: list[str], launch, *, dry_run: bool = True) ->
                 continue
             if run:
                 _check_lightning(ck, stage, cfg, launch, role)
-            outs = _outputs_of(cfg)
+            outs = outputs_of(cfg)
             for key in ("boundary_store", "checkpoint_dir"):
                 ck.produce(outs.get(key), stage.name)
         else:
             if run:
                 _check_offline(ck, stage, role)
-            out = _flag(stage.args, "--out")
+            out = flag_value(stage.args, "--out")
             ck.produce(out, stage.name)
         ck.produce(stage.complete, stage.name)
     _cross_checks(ck, role)
@@ -235,32 +146,32 @@ def _check_lightning(ck: _Checker, stage, cfg: dict, launch, role: dict) -> None
         if name.endswith(suffix):
             role[key] = entry
     if name.endswith("TeacherModule") and stage.command == "predict":
-        role["losspred"] = {**entry, "store": _outputs_of(cfg).get("boundary_store")}
+        role["losspred"] = {**entry, "store": outputs_of(cfg).get("boundary_store")}
 
 
 def _check_offline(ck: _Checker, stage, role: dict) -> None:
     a = stage.args
-    for d in _flag_values(a, "--data"):
+    for d in flag_values(a, "--data"):
         ck.need(stage.name, "--data", d, audio_folder_info)
-    if not _flag(a, "--out") and stage.command in ("labels", "units", "quantize"):
+    if not flag_value(a, "--out") and stage.command in ("labels", "units", "quantize"):
         ck.problem(f"stage {stage.name}: {stage.command} needs --out")
-    info = ck.need(stage.name, "--checkpoint", _flag(a, "--checkpoint"), model_info)
-    km = ck.need(stage.name, "--kmeans", _flag(a, "--kmeans"), kmeans_info)
-    for flag in ("--alignments", "--lm", "--pairs", "--tune-data", "--store"):
-        ck.need(stage.name, flag, _flag(a, flag))
+    info = ck.need(stage.name, "--checkpoint", flag_value(a, "--checkpoint"), model_info)
+    km = ck.need(stage.name, "--kmeans", flag_value(a, "--kmeans"), kmeans_info)
+    for opt in ("--alignments", "--lm", "--pairs", "--tune-data", "--store"):
+        ck.need(stage.name, opt, flag_value(a, opt))
     if stage.command == "labels":
-        role["labels"] = {"stage": stage.name, "info": info, "kmeans": km, "layer": _flag(a, "--layer"),
-                          "out": _flag(a, "--out"), "clusters": _flag(a, "--num-clusters", "100"),
-                          "features": _flag(a, "--features", "mfcc"), "data": _flag_values(a, "--data"),
-                          "train_hours": _flag(a, "--train-hours"), "seed": int(_flag(a, "--seed", 0)),
-                          "extra": _flag_values(a, "--extra-data")}
+        role["labels"] = {"stage": stage.name, "info": info, "kmeans": km, "layer": flag_value(a, "--layer"),
+                          "out": flag_value(a, "--out"), "clusters": flag_value(a, "--num-clusters", "100"),
+                          "features": flag_value(a, "--features", "mfcc"), "data": flag_values(a, "--data"),
+                          "train_hours": flag_value(a, "--train-hours"), "seed": int(flag_value(a, "--seed", 0)),
+                          "extra": flag_values(a, "--extra-data")}
     elif stage.command == "quantize":
-        role["quantize"] = {"stage": stage.name, "k": int(_flag(a, "--k", 24576)),
-                            "k_merged": int(_flag(a, "--k-merged", 8192)), "out": _flag(a, "--out")}
+        role["quantize"] = {"stage": stage.name, "k": int(flag_value(a, "--k", 24576)),
+                            "k_merged": int(flag_value(a, "--k-merged", 8192)), "out": flag_value(a, "--out")}
     elif stage.command == "store-copy":
-        role.setdefault("copies", {})[os.path.normpath(_flag(a, "--out", ""))] = _flag(a, "--store")
+        role.setdefault("copies", {})[os.path.normpath(flag_value(a, "--out", ""))] = flag_value(a, "--store")
     elif stage.command == "units":
-        role.setdefault("units", []).append({"stage": stage.name, "out": _flag(a, "--out")})
+        role.setdefault("units", []).append({"stage": stage.name, "out": flag_value(a, "--out")})
 
 
 def _same(a, b) -> bool:
@@ -351,7 +262,7 @@ def shared_dirs(pipe, stages) -> list[Path]:
             outs = lightning_outputs(stage.config, stage.args)
             dirs += [Path(outs[k]) for k in ("boundary_store", "checkpoint_dir") if k in outs]
         else:
-            out = _flag(stage.args, "--out")
+            out = flag_value(stage.args, "--out")
             if out:
                 dirs.append(Path(out) if not Path(out).suffix else Path(out).parent)
     seen, unique = set(), []
