@@ -34,30 +34,40 @@ from syllablelm.fileio import write_json
 log = logging.getLogger(__name__)
 
 
+def encoder_features(encoder, waves) -> list[torch.Tensor]:
+    """``(T, H)`` features of each wave (numpy or tensor, 16 kHz)."""
+    with torch.no_grad():
+        return [encoder(torch.as_tensor(w, dtype=torch.float32)[None])[0][0]
+                for w in tqdm(waves, desc="features", disable=len(waves) < 50)]
+
+
+def cut_features(feats, waves, *, rate_hz: float, vad_trim: bool, min_len: int = 3, max_len: int = 50) -> list:
+    """SylBoost's SSE min-cut of each utterance's features at ``rate_hz`` (``vad_trim``: inside the VAD speech
+    span only), as ``(n, 2)`` seconds."""
+    from syllablelm.audio import SAMPLE_RATE, speech_frame_span
+    from syllablelm.segment import frames_to_segments
+    from syllablelm.tokenizer import segment_frames
+
+    spans = [speech_frame_span(w, SAMPLE_RATE, len(f)) for f, w in zip(feats, waves)] if vad_trim else None
+    return [frames_to_segments(b.numpy()) for b in segment_frames(feats, rate_hz=rate_hz, min_len=min_len,
+                                                                  max_len=max_len, spans=spans)]
+
+
 def ceiling_scores(encoder, stored: dict, test, dev, rates, where: str = "the boundary version",
                    vad_trim: bool = False) -> dict:
     """``test``/``dev`` are ``(waves, refs, ids)``; ``stored`` maps ids to ``(n, 2)`` seconds (``where`` names it
     in errors); ``vad_trim`` cuts only each utterance's speech span, as SylBoost's ``segmenter.vad_trim``."""
     from lightning_modules.sylboost import target_frames
-    from syllablelm.audio import SAMPLE_RATE, speech_frame_span
-    from syllablelm.segment import frames_to_segments
-    from syllablelm.tokenizer import segment_frames
     from syllablelm.units import segment_mean_targets
-
-    def features(split):
-        with torch.no_grad():
-            return [encoder(torch.as_tensor(w, dtype=torch.float32)[None])[0][0]
-                    for w in tqdm(split[0], desc="features", disable=len(split[0]) < 50)]
 
     def targets(feats, segments):
         return [segment_mean_targets(f, target_frames(s), len(f)) for f, s in zip(feats, segments)]
 
     def cut(feats, waves, rate):
-        spans = [speech_frame_span(w, SAMPLE_RATE, len(f)) for f, w in zip(feats, waves)] if vad_trim else None
-        return [frames_to_segments(b.numpy()) for b in segment_frames(feats, rate_hz=rate, spans=spans)]
+        return cut_features(feats, waves, rate_hz=rate, vad_trim=vad_trim)
 
     _require(stored, test, dev, where)
-    ft, fd = features(test), features(dev)
+    ft, fd = encoder_features(encoder, test[0]), encoder_features(encoder, dev[0])
     st, sd = [stored[i] for i in test[2]], [stored[i] for i in dev[2]]
     out = {"stored": score(st, test[1], sd, dev[1])}
     for rate in rates:

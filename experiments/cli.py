@@ -28,10 +28,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("experiments.evaluate:main", "boundary / clustering / bitrate (and LM pair) scores of a tokenizer"),
     "ceiling": ("experiments.ceiling:main", "what SylBoost's min-cut can reach from a backbone and a boundary version"),
     "references": ("experiments.references:main", "LibriSpeech syllable references (SD-HuBERT/Peng/MFA) -> alignments"),
+    "export-encoder": ("experiments.export:main", "a SylBoost student as a transformers model folder (a backbone)"),
     "store-copy": ("experiments.stores:main",
                    "copy a store version (e.g. LossPred's boundaries for a second SylBoost)"),
     "store-reference": ("experiments.stores:reference",
                         "the reference syllables (optionally noisy) as a boundary version: SylBoost's upper bound"),
+    "store-envelope": ("experiments.stores:envelope",
+                       "the envelope-minima segmentation as a boundary version (unsupervised labels)"),
     "pipeline": ("experiments.pipeline:main", "every stage in order, resumable, on torchrun/SLURM (--dry-run checks)"),
 }
 

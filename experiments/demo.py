@@ -1,13 +1,14 @@
 """``syllablelm demo --workdir DIR``: the whole pipeline on a corpus it synthesises, on a laptop CPU.
 
-    syllablelm demo --workdir runs/demo            # ~6.5 minutes on 2 cores (the budget: 10)
+    syllablelm demo --workdir runs/demo            # ~5.5 minutes on 2 cores (the budget: 10)
     syllablelm demo --workdir runs/demo_tiny --tiny  # a few minutes: what CI runs
 
-synth -> labels -> teacher (the shipped tiny teachers, or ``--from-scratch``) -> LossPred -> SylBoost (2 iterations)
--> quantize -> units -> SpeechLM -> evaluation (boundaries of every stage and the baselines on the held-out test
-split with the shift tuned on dev, clustering, bitrates, LM pair accuracy) -> ``DIR/report.json`` and
-``DIR/report.md`` with figures. Every stage runs as its own ``syllablelm`` process (its wall time and peak memory
-are measured) and is skipped when its output already exists, so an interrupted demo resumes.
+synth -> labels -> teacher (the shipped tiny teachers, or ``--from-scratch``) -> LossPred -> SylBoost (2 iterations,
+from the shipped backbone: ``experiments/pretrained/README.md`` says why and how it was made) -> quantize -> units
+-> SpeechLM -> evaluation (boundaries of every stage and the baselines on the held-out test split with the shift
+tuned on dev, clustering, bitrates, LM pair accuracy) -> ``DIR/report.json`` and ``DIR/report.md`` with figures.
+Every stage runs as its own ``syllablelm`` process (its wall time and peak memory are measured) and is skipped
+when its output already exists, so an interrupted demo resumes.
 """
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ from syllablelm.fileio import write_json
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "experiments" / "configs" / "tiny"
-SHIPPED = REPO / "experiments" / "pretrained"  # the tiny teachers this project trained (see its README)
-# teacher.ckpt: HuBERT iteration 1 (MFCC k-means labels), SylBoost's starting point and the label model of
-# teacher_iter2.ckpt: iteration 2 (k-means of teacher.ckpt's layer 2, kmeans_layer2.npy), LossPred's teacher
-SHIPPED_FILES = ("teacher.ckpt", "kmeans_layer2.npy", "teacher_iter2.ckpt")
+SHIPPED = REPO / "experiments" / "pretrained"  # the tiny models this project trained (see its README)
+# teacher.ckpt: HuBERT iteration 1 (MFCC k-means labels), the label model of
+# teacher_iter2.ckpt: iteration 2 (k-means of teacher.ckpt's layer 2, kmeans_layer2.npy), LossPred's teacher;
+# backbone/: teacher.ckpt distilled on envelope segments of the recipe corpus, SylBoost's starting point
+SHIPPED_FILES = ("teacher.ckpt", "kmeans_layer2.npy", "teacher_iter2.ckpt", "backbone")
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="a few minutes: a minimal corpus and schedule (CI)")
     p.add_argument("--from-scratch", action="store_true",
                    help="train one teacher here (MFCC k-means labels) for LossPred and SylBoost instead of the shipped "
-                        "pair (iteration 1, SylBoost's start; iteration 2 on its layer-2 k-means, LossPred's teacher)")
+                        "models (iteration 2 on iteration 1's layer-2 k-means, LossPred's teacher; the backbone, "
+                        "SylBoost's start)")
     p.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu",
                    help="where every stage runs (gpu: one CUDA device; the report's timings are then GPU timings)")
     p.add_argument("--losspred-precision", choices=["auto", "32-true", "bf16-mixed", "16-mixed"], default="auto",
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         c["trainer"].update(max_epochs=2 * size.sylboost_epochs, enable_progress_bar=False,
                             check_val_every_n_epoch=max(1, size.sylboost_epochs // 2), accelerator=args.accelerator),
         c["model"]["init_args"].update(epochs_per_iteration=size.sylboost_epochs,
-                                       init_from=str(SHIPPED / "teacher.ckpt" if shipped else teacher_ckpt)),
+                                       init_from=str(SHIPPED / "backbone" if shipped else teacher_ckpt)),
         c["data"]["init_args"].update(manifest_cache=str(wd / "cache")),
         _regenerate_test_too(c)))
     run.run("sylboost", ["fit", "--config", str(sylboost_cfg)], done=runs / "boundaries" / "iter_2" / "manifest.json")

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 from datamodules.boundary_store import BoundaryStore  # noqa: E402
 from datamodules.label_store import LabelStore  # noqa: E402
-from experiments.baselines import aligned_entries, read_waves, score  # noqa: E402
+from experiments.baselines import aligned_entries, load_split, score  # noqa: E402
 from syllablelm.audio import SAMPLE_RATE, read_audio  # noqa: E402
 from syllablelm.fileio import write_text  # noqa: E402
 from syllablelm.plots import boundary_figure, save_png  # noqa: E402
@@ -48,10 +48,11 @@ def stage_scores(wd: Path, cache: Path) -> dict:
     return out
 
 
-def significance(wd: Path, cache: Path, stages: dict, baselines: dict) -> dict:
+def significance(wd: Path, cache: Path, stages: dict, baselines: dict, test_split) -> dict:
     """Paired bootstrap over the test utterances (:mod:`syllablelm.significance`) of each check's difference:
-    SylBoost iteration 2 - LossPred, and LossPred - uniform at LossPred's rate (recomputed on the same audio
-    with the rate stored beside its scores). Each system at its own dev-tuned shift."""
+    SylBoost iteration 2 - LossPred, and LossPred - uniform at LossPred's rate (recomputed on the same audio,
+    ``test_split`` as :func:`~experiments.baselines.load_split` gives it, with the rate stored beside its
+    scores). Each system at its own dev-tuned shift."""
     from syllablelm.audio import speech_regions
     from syllablelm.baselines import uniform_segments
     from syllablelm.significance import paired_bootstrap
@@ -71,8 +72,9 @@ def significance(wd: Path, cache: Path, stages: dict, baselines: dict) -> dict:
     if "LossPred" in segs and uniform is not None:
         lp, rate = segs["LossPred"], baselines[uniform]["params"]["rate_hz"]
         t = [e for e in test if e.id in lp]
-        waves = read_waves(t)
-        flat = [uniform_segments(w, SAMPLE_RATE, rate_hz=rate, regions=speech_regions(w, SAMPLE_RATE)) for w in waves]
+        audio = dict(zip(test_split[2], test_split[0]))
+        flat = [uniform_segments(audio[e.id], SAMPLE_RATE, rate_hz=rate,
+                                 regions=speech_regions(audio[e.id], SAMPLE_RATE)) for e in t]
         out["losspred_beats_uniform"] = paired_bootstrap(
             [lp[e.id] for e in t], flat, [refs[e.id][0] for e in t],
             shift_a=shift(stages["LossPred"]), shift_b=shift(baselines[uniform]))
@@ -117,16 +119,38 @@ def _bars(path: Path, groups: dict[str, tuple[float, float]], title: str, labels
     save_png(fig, path)
 
 
-def losspred_uniform(wd: Path, cache: Path, losspred: dict) -> tuple[str, dict]:
+def losspred_uniform(splits, losspred: dict) -> tuple[str, dict]:
     """Uniform segments at LossPred's achieved rate on test (as many segments per second of audio), scored like
-    every baseline; LossPred is checked against this one (``evaluate``'s uniform matches the tokenizer)."""
-    from experiments.baselines import load_split, uniform_baseline
+    every baseline; LossPred is checked against this one (``evaluate``'s uniform matches the tokenizer).
+    ``splits``: test and dev as :func:`~experiments.baselines.load_split` gives them."""
+    from experiments.baselines import uniform_baseline
 
-    splits = [load_split([str(wd / "data/synth" / s)], str(wd / "data/synth/alignments"), cache=str(cache))
-              for s in ("test", "dev")]
     name, results = uniform_baseline(*splits, losspred["rate_hz"], per="file")
     results[name]["params"]["matches"] = "LossPred"
     return name, results[name]
+
+
+SYLBOOST_START = "SylBoost's start, untrained"
+
+
+def sylboost_start(wd: Path, splits) -> dict | None:
+    """SylBoost's starting features (its frozen teacher: the checkpoint every iteration starts from), cut the way
+    SylBoost cuts at its rate, with no SylBoost training: what the training adds over its backbone. None when
+    SylBoost cuts by a δ threshold rather than a fixed rate."""
+    from experiments.ceiling import cut_features, encoder_features
+    from lightning_modules.sylboost import SylBoostModule
+
+    module = SylBoostModule.load_from_checkpoint(str(wd / "runs/sylboost/checkpoints/last.ckpt"), map_location="cpu")
+    seg = module.segmenter
+    if seg.rate_hz is None:
+        return None
+    encoder = module.teacher.eval()
+    pred = [cut_features(encoder_features(encoder, waves), waves, rate_hz=seg.rate_hz, vad_trim=seg.vad_trim,
+                         min_len=seg.min_len, max_len=seg.max_len) for waves, _, _ in splits]
+    res = score(pred[0], splits[0][1], pred[1], splits[1][1])
+    res["rate_hz"] = sum(map(len, pred[0])) / max(1e-9, sum(len(w) / SAMPLE_RATE for w in splits[0][0]))
+    res["params"] = {"rate_hz": seg.rate_hz, "vad_trim": seg.vad_trim, "layer": module.hparams.feature_layer}
+    return res
 
 
 def _losspred_uniform_name(baselines: dict) -> str | None:
@@ -141,15 +165,22 @@ def build_report(wd: Path, *, teacher_ckpt: Path, tokenizer: Path, timings: dict
     evaluation = json.loads((wd / "runs/evaluate.json").read_text())
     stages = stage_scores(wd, cache)
     baselines = dict(evaluation.get("baselines", {}))
+    splits = [load_split([str(wd / "data/synth" / s)], str(wd / "data/synth/alignments"), cache=str(cache))
+              for s in ("test", "dev")]
     if baselines and "LossPred" in stages:
-        name, res = losspred_uniform(wd, cache, stages["LossPred"])
+        name, res = losspred_uniform(splits, stages["LossPred"])
         baselines[name if name not in baselines else f"{name}_losspred"] = res
+    if (wd / "runs/sylboost/checkpoints/last.ckpt").exists():
+        start = sylboost_start(wd, splits)
+        if start is not None:
+            baselines[SYLBOOST_START] = start
     report = {
         "tokenizer_checkpoint": str(tokenizer), "tiny": tiny, "accelerator": accelerator,
         "losspred_precision": losspred_precision,
         "teacher": "shipped" if shipped_teacher else "trained here",
         "teacher_detail": ("LossPred: the shipped HuBERT iteration 2 (labels: k-means of the shipped iteration 1's "
-                           "layer 2); SylBoost starts from iteration 1" if shipped_teacher else
+                           "layer 2); SylBoost starts from the shipped backbone (iteration 1 distilled on envelope "
+                           "segments of the recipe corpus: a syllabic prior)" if shipped_teacher else
                            "one teacher trained here on MFCC k-means labels: LossPred and SylBoost's start"),
         "stages": stages, "baselines": baselines,
         "units": evaluation["tokenizer"], "lm_pairs": evaluation.get("lm_pairs"),
@@ -163,7 +194,7 @@ def build_report(wd: Path, *, teacher_ckpt: Path, tokenizer: Path, timings: dict
         beats = lambda a, b: {m: b is not None and a[m] > b[m] for m in ("f1", "r_value")}  # noqa: E731
         report["checks"] = {"sylboost_beats_losspred": beats(sb, lp),
                             "losspred_beats_uniform": beats(lp, None if uniform is None else tuned(uniform))}
-        report["significance"] = significance(wd, cache, stages, baselines)
+        report["significance"] = significance(wd, cache, stages, baselines, splits[0])
     figures = wd / "figures"
     store = BoundaryStore(wd / "runs/boundaries")
     _example_figure(wd, teacher_ckpt, store, cache, figures / "boundaries.png")
@@ -193,6 +224,17 @@ def _significance_lines(sig: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _start_lines(r: dict) -> list[str]:
+    """What SylBoost's training adds over the features it starts from (the untrained-start row)."""
+    start, sb = r["baselines"].get(SYLBOOST_START), r["stages"].get("SylBoost iteration 2")
+    if start is None or sb is None:
+        return []
+    d = {m: 100 * (sb["syllablelm_tuned"][m] - start["syllablelm_tuned"][m]) for m in ("f1", "r_value")}
+    return [f"`{SYLBOOST_START}` is SylBoost's backbone (the checkpoint every iteration starts from) cut the same "
+            f"way with no SylBoost training; iteration 2 minus it: F1 {d['f1']:+.1f}, R-value {d['r_value']:+.1f}.",
+            ""]
+
+
 def markdown(r: dict) -> str:
     rows = ["| segmenter | rate (Hz) | P | R | F1 | R-value | shift (ms) |", "|---|---|---|---|---|---|---|"]
     for name, res in {**r["stages"], **r["baselines"]}.items():
@@ -213,7 +255,7 @@ def markdown(r: dict) -> str:
         "Each check compares at a matched rate: LossPred with uniform at LossPred's rate "
         f"(`{_losspred_uniform_name(r['baselines'])}`), SylBoost with `evaluate`'s uniform and log-mel min-cut at "
         "the tokenizer's rate. LossPred's inference precision: "
-        f"{r.get('losspred_precision') or '32-true'}.", "",
+        f"{r.get('losspred_precision') or '32-true'}.", "", *_start_lines(r),
         "Checks (higher on the test split): " + "; ".join(
             f"{name.replace('_', ' ')}: " + ", ".join(f"{m.replace('_', '-')} {'yes' if ok else 'no'}"
                                                       for m, ok in res.items())

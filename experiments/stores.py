@@ -16,6 +16,15 @@ a boundary version, optionally with label noise of a known kind (boundaries drop
 
 SylBoost trained from it (``data.boundary_dir``) measures what a backbone can learn at all (the reference) and
 whether it denoises (the noisy reference: a student that generalises beyond its labels scores above them).
+
+``syllablelm store-envelope``: the envelope-minima baseline's segmentation (REFERENCE.md; no alignments needed)
+of every utterance as a boundary version: unsupervised syllable-like labels. Its two parameters are given, or
+tuned by R-value on ``--tune-data`` (with alignments) as the baselines report does.
+
+    syllablelm store-envelope --data data/synth/train --out runs/envelope_boundaries \
+        --tune-data data/synth/dev --alignments data/synth/alignments
+
+The shipped SylBoost backbone (``experiments/pretrained/README.md``) was distilled from such labels.
 """
 from __future__ import annotations
 
@@ -128,5 +137,50 @@ def reference(argv: list[str] | None = None) -> int:
     store.write_shard(args.version, 0, 1, segments)
     store.finalize(args.version, 1, meta={"stage": "reference", "tier": args.tier, "seed": args.seed, **noise})
     log.info("boundary version %d: the %s of %d utterances in %s", args.version, args.tier, len(segments),
+             store.version_dir(args.version))
+    return 0
+
+
+def envelope(argv: list[str] | None = None) -> int:
+    """``syllablelm store-envelope``: see the module docstring."""
+    from tqdm import tqdm
+
+    from datamodules.manifest import build_manifest
+    from experiments.baselines import load_split
+    from syllablelm.audio import SAMPLE_RATE, read_audio
+    from syllablelm.baselines import envelope_segments, tune_envelope
+
+    p = argparse.ArgumentParser(prog="syllablelm store-envelope",
+                                description="the envelope-minima segmentation as a boundary version")
+    p.add_argument("--data", nargs="+", required=True, help="audio folders")
+    p.add_argument("--out", required=True, help="the boundary store root")
+    p.add_argument("--version", type=int, default=0)
+    p.add_argument("--cutoff-hz", type=float, help="the envelope's low-pass cut-off (with --prominence)")
+    p.add_argument("--prominence", type=float, help="minimum prominence, a fraction of the region's maximum")
+    p.add_argument("--tune-data", nargs="+", help="tune both on these folders instead (needs --alignments)")
+    p.add_argument("--alignments")
+    p.add_argument("--manifest-cache")
+    args = p.parse_args(argv)
+    if args.tune_data:
+        if not args.alignments:
+            raise SystemExit("syllablelm store-envelope: --tune-data needs --alignments")
+        waves, refs, _ = load_split(args.tune_data, args.alignments, cache=args.manifest_cache)
+        if not waves:
+            raise SystemExit(f"syllablelm store-envelope: no aligned utterance in {args.tune_data}")
+        params, scores = tune_envelope(waves, SAMPLE_RATE, refs)
+        log.info("envelope tuned on %d utterances: %s (F1 %.3f, R-value %.3f)", len(waves), params,
+                 scores["f1"], scores["r_value"])
+    elif args.cutoff_hz is not None and args.prominence is not None:
+        params = {"cutoff_hz": args.cutoff_hz, "prominence": args.prominence}
+    else:
+        raise SystemExit("syllablelm store-envelope: give --cutoff-hz and --prominence, or --tune-data")
+    entries = build_manifest(args.data, cache_dir=args.manifest_cache, progress=False).entries
+    segments = {e.id: envelope_segments(read_audio(e.path).numpy(), SAMPLE_RATE, **params)
+                for e in tqdm(entries, desc="envelope", disable=len(entries) < 50)}
+    store = BoundaryStore(args.out)
+    store.invalidate(args.version)
+    store.write_shard(args.version, 0, 1, segments)
+    store.finalize(args.version, 1, meta={"stage": "envelope", **params})
+    log.info("boundary version %d: envelope segments of %d utterances in %s", args.version, len(segments),
              store.version_dir(args.version))
     return 0

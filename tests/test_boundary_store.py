@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from datamodules.boundary_store import BoundaryStore, IncompleteVersionError
+from datamodules.manifest import build_manifest
 from syllablelm.alignments import SegmentError
 
 SEGS = {"a": np.array([[0.1, 0.3], [0.3, 0.5], [0.8, 1.0]]), "b": np.array([[0.0, 0.2]]), "c": np.zeros((0, 2))}
@@ -195,3 +196,28 @@ def test_store_reference_command_writes_the_aligned_syllables(synth_corpus, tmp_
     assert sorted(noisy) == sorted(got)
     assert sum(map(len, noisy.values())) < sum(map(len, got.values()))
     assert BoundaryStore(out).manifest(1)["meta"]["drop"] == 0.5
+
+
+def test_store_envelope_command_writes_the_envelope_baseline(synth_corpus, tmp_path):
+    from experiments.cli import main
+    from syllablelm.audio import read_audio
+    from syllablelm.baselines import envelope_segments
+
+    folders = [str(synth_corpus / s) for s in ("train", "dev")]
+    out, cache = tmp_path / "env", str(tmp_path / "cache")
+    assert main(["store-envelope", "--data", *folders, "--out", str(out), "--cutoff-hz", "6",
+                 "--prominence", "0.2", "--manifest-cache", cache]) == 0
+    got = BoundaryStore(out).load(0)
+    entries = build_manifest(folders, cache_dir=cache, progress=False).entries
+    assert sorted(got) == sorted(e.id for e in entries) and len(got) > 0
+    for e in entries:
+        want = envelope_segments(read_audio(e.path).numpy(), 16000, cutoff_hz=6.0, prominence=0.2)
+        assert np.allclose(got[e.id], want)
+    # tuned on dev: the stored parameters are tune_envelope's, and a missing parameter is a clear error
+    assert main(["store-envelope", "--data", *folders, "--out", str(out), "--version", "1", "--tune-data",
+                 str(synth_corpus / "dev"), "--alignments", str(synth_corpus / "alignments"),
+                 "--manifest-cache", cache]) == 0
+    meta = BoundaryStore(out).manifest(1)["meta"]
+    assert meta["stage"] == "envelope" and {"cutoff_hz", "prominence"} <= set(meta)
+    with pytest.raises(SystemExit, match="--prominence"):
+        main(["store-envelope", "--data", *folders, "--out", str(out), "--cutoff-hz", "6"])

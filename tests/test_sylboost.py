@@ -218,3 +218,31 @@ def test_cli_fast_dev_run(setup):
     main(["fit", "--config", str(tmp / "sylboost.yaml"), "--trainer.fast_dev_run", "true",
           "--model.init_args.feature_layer", "1", "--data.manifest_cache", cache, "--data.num_workers", "0"])
     assert (tmp / "store" / "iter_0").is_dir()
+
+
+def test_export_encoder_writes_the_student_as_a_model_folder(tmp_path):
+    import lightning
+
+    from experiments.cli import main
+    from experiments.export import export_encoder
+    from syllablelm.nn.encoder import SpeechEncoder
+
+    m = SylBoostModule(init_from=str(H.save_teacher(tmp_path / "t.ckpt")), feature_layer=1)
+    with torch.no_grad():  # a trained student differs from its teacher
+        for p in m.student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ckpt = tmp_path / "sylboost.ckpt"
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams),
+                "pytorch-lightning_version": lightning.__version__}, ckpt)
+    out = export_encoder(ckpt, tmp_path / "backbone")
+    wave = torch.randn(1, 8000)
+    enc = SpeechEncoder.load(out, layer=1).eval()
+    m.eval()
+    with torch.no_grad():
+        got, want, teacher = enc(wave)[0], m.student(wave)[0], m.teacher(wave)[0]
+    assert enc.normalize_waveform == m.student.normalize_waveform
+    assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, teacher, atol=1e-3)
+    assert main(["export-encoder", "--checkpoint", str(ckpt), "--out", str(out)]) == 0  # replaces the folder
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".backbone")) == []
+    with pytest.raises(SystemExit, match="no such SylBoost checkpoint"):
+        main(["export-encoder", "--checkpoint", str(tmp_path / "missing.ckpt"), "--out", str(out)])
