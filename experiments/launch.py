@@ -82,6 +82,20 @@ def init_distributed(launch: Launch) -> None:
     _BARRIER_GROUP = dist.new_group(backend="gloo", timeout=timedelta(days=2))
 
 
+def shutdown_distributed() -> None:
+    """After the last stage, on every rank: a barrier, then the process group :func:`init_distributed` made is
+    destroyed. Left to interpreter exit, gloo's threads may be torn down while a peer still talks to them
+    ("terminate called without an active exception", exit -6)."""
+    import torch.distributed as dist
+
+    global _BARRIER_GROUP
+    if _BARRIER_GROUP is None or not dist.is_initialized():
+        return
+    barrier()
+    dist.destroy_process_group()
+    _BARRIER_GROUP = None
+
+
 _BARRIER_GROUP = None
 
 

@@ -40,7 +40,16 @@ from pathlib import Path
 
 import yaml
 
-from experiments.launch import Launch, PipelineError, barrier, check_shared, detect_launch, gather, init_distributed
+from experiments.launch import (
+    Launch,
+    PipelineError,
+    barrier,
+    check_shared,
+    detect_launch,
+    gather,
+    init_distributed,
+    shutdown_distributed,
+)
 from experiments.pipeline_checks import shared_dirs, validate
 from experiments.stage_configs import fit_resume_checkpoint
 from syllablelm.fileio import write_json
@@ -225,6 +234,7 @@ def _main(args) -> int:
     if args.dry_run:
         if launch.rank == 0:
             print(f"dry run: no problems found in {len(stages)} stage(s) of {pipe.source}")
+        shutdown_distributed()
         return 0
     _requeue_on_sigusr1(launch)
     for stage in stages:
@@ -248,4 +258,5 @@ def _main(args) -> int:
         barrier()
     if launch.rank == 0:
         print(json.dumps({s.name: "done" for s in stages}))
+    shutdown_distributed()
     return 0
