@@ -51,7 +51,7 @@ from experiments.launch import (
     shutdown_distributed,
 )
 from experiments.pipeline_checks import shared_dirs, validate
-from experiments.stage_configs import fit_resume_checkpoint
+from experiments.stage_configs import fit_resume_checkpoint, flag_values
 from syllablelm.fileio import write_json
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,12 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         if stage.ranks not in ("all", "zero"):
             raise PipelineError(f"{where}: ranks must be 'all' or 'zero', got {stage.ranks!r}")
         stage.args = [str(a) for a in stage.args]
+        missing = [c for c in ([stage.config] if stage.lightning else []) + flag_values(stage.args, "--config")
+                   if not Path(c).is_file()]
+        if missing:
+            raise PipelineError(f"{where}: config {missing[0]} does not exist (relative paths are read from the "
+                                f"working directory {Path.cwd()}: run from the repository root, or link its "
+                                "experiments/ there)")
         stages.append(stage)
     return Pipeline(stages=stages, state_dir=Path(raw.get("state_dir", "runs/pipeline")), source=path,
                     lightning_args=[str(a) for a in raw.get("lightning_args", [])])

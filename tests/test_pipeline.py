@@ -44,6 +44,7 @@ def test_paper_pipeline_config_loads_with_every_stage():
 @pytest.mark.parametrize("stages, message", [
     ([{"name": "a", "command": "train"}], "unknown command 'train'"),
     ([{"name": "a", "command": "fit"}], "needs a 'config'"),
+    ([{"name": "a", "command": "fit", "config": "missing.yaml"}], "config missing.yaml does not exist"),
     ([{"name": "a", "command": "labels", "config": "x.yaml"}], "'config' is for Lightning stages"),
     ([{"name": "a", "command": "units"}, {"name": "a", "command": "units"}], "used twice"),
     ([{"name": "a", "command": "units", "ranks": "some"}], "ranks must be"),
@@ -112,9 +113,7 @@ def test_sigusr1_during_an_offline_stage_requeues_the_slurm_job(clean_env, monke
 # ------------------------------------------------------------------------------------------ dry run
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    root = make_paper_workspace(tmp_path_factory.mktemp("paper"))
-    (root / "experiments").symlink_to(REPO / "experiments")  # configs at their documented relative paths
-    return root
+    return make_paper_workspace(tmp_path_factory.mktemp("paper"))  # with experiments/ linked in
 
 
 def test_dry_run_on_a_librispeech_layout_workspace(workspace, monkeypatch, capsys, caplog):

@@ -3,7 +3,11 @@ randomly initialised checkpoints in the real formats (fairseq HuBERT ``.pt`` wit
 joblib k-means model as fairseq's ``learn_kmeans.py`` writes it), at the paths
 ``experiments/configs/librispeech/pipeline.yaml`` expects.
 
-    python -m tests.workspace /tmp/paper_ws     # then, inside it: syllablelm pipeline --config ... --dry-run
+    python -m tests.workspace /tmp/paper_ws     # then, inside it:
+    syllablelm pipeline --config experiments/configs/librispeech/pipeline.yaml --dry-run
+
+The pipeline's stage configs name each other relative to the working directory, so the workspace links this
+repository's ``experiments/`` in, as a real working directory would (or run from the repository root).
 """
 from __future__ import annotations
 
@@ -75,6 +79,9 @@ def make_paper_workspace(root: str | Path, *, seed: int = 0) -> Path:
     x = rng.standard_normal((2000, 32)).astype(np.float32)
     joblib.dump(MiniBatchKMeans(n_clusters=500, n_init=1, random_state=0, batch_size=1000).fit(x),
                 ck / "hubert_base_ls960_L9_km500.bin")
+    link = root / "experiments"
+    if not link.exists():
+        link.symlink_to(Path(__file__).resolve().parents[1] / "experiments")  # configs at their documented paths
     return root
 
 
