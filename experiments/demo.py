@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -86,9 +87,10 @@ class Runner:
 
 
 def write_config(src: str, dst: Path, workdir: Path, edit) -> Path:
-    """A tiny config with the workdir's paths, edited by ``edit(cfg)``."""
-    text = (CONFIGS / src).read_text().replace("data/synth", str(workdir / "data/synth")).replace(
-        "runs/tiny", str(workdir / "runs"))
+    """A tiny config with the workdir's paths, edited by ``edit(cfg)``. One pass over the config's own text, so a
+    workdir whose path contains ``runs/tiny`` or ``data/synth`` is never rewritten again."""
+    new = {"data/synth": str(workdir / "data/synth"), "runs/tiny": str(workdir / "runs")}
+    text = re.sub("|".join(map(re.escape, new)), lambda m: new[m.group(0)], (CONFIGS / src).read_text())
     cfg = yaml.safe_load(text)
     edit(cfg)
     dst.parent.mkdir(parents=True, exist_ok=True)

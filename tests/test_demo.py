@@ -81,3 +81,16 @@ def test_losspred_precision_is_bf16_only_where_it_runs_natively(monkeypatch):
     assert isinstance(demo.native_bf16("cpu"), bool)
     import torch
     assert demo.native_bf16("gpu") == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def test_write_config_rewrites_each_path_once(tmp_path):
+    """A workdir whose own path holds ``runs/tiny`` or ``data/synth`` (e.g. ``runs/tiny_fs``) stays as given."""
+    import yaml
+
+    from experiments.demo import write_config
+
+    wd = tmp_path / "runs" / "tiny_fs" / "data" / "synth"
+    cfg = yaml.safe_load(write_config("teacher.yaml", wd / "teacher.yaml", wd, lambda c: None).read_text())
+    assert cfg["data"]["init_args"]["train_dirs"] == [str(wd / "data/synth/train")]
+    assert cfg["data"]["init_args"]["label_dir"] == str(wd / "runs/labels")
+    assert cfg["trainer"]["default_root_dir"] == str(wd / "runs/teacher")
