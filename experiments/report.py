@@ -133,14 +133,14 @@ def losspred_uniform(splits, losspred: dict) -> tuple[str, dict]:
 SYLBOOST_START = "SylBoost's start, untrained"
 
 
-def sylboost_start(wd: Path, splits) -> dict | None:
-    """SylBoost's starting features (its frozen teacher: the checkpoint every iteration starts from), cut the way
+def sylboost_start(checkpoint: Path, splits) -> dict | None:
+    """A SylBoost ``checkpoint``'s starting features (its frozen teacher: what every iteration starts from), cut the way
     SylBoost cuts at its rate, with no SylBoost training: what the training adds over its backbone. None when
     SylBoost cuts by a δ threshold rather than a fixed rate."""
     from experiments.ceiling import cut_features, encoder_features
     from lightning_modules.sylboost import SylBoostModule
 
-    module = SylBoostModule.load_from_checkpoint(str(wd / "runs/sylboost/checkpoints/last.ckpt"), map_location="cpu")
+    module = SylBoostModule.load_from_checkpoint(str(checkpoint), map_location="cpu")
     seg = module.segmenter
     if seg.rate_hz is None:
         return None
@@ -170,8 +170,9 @@ def build_report(wd: Path, *, teacher_ckpt: Path, tokenizer: Path, timings: dict
     if baselines and "LossPred" in stages:
         name, res = losspred_uniform(splits, stages["LossPred"])
         baselines[name if name not in baselines else f"{name}_losspred"] = res
-    if (wd / "runs/sylboost/checkpoints/last.ckpt").exists():
-        start = sylboost_start(wd, splits)
+    sylboost_ckpt = wd / "runs/sylboost/checkpoints/last.ckpt"
+    if sylboost_ckpt.exists():
+        start = sylboost_start(sylboost_ckpt, splits)
         if start is not None:
             baselines[SYLBOOST_START] = start
     report = {

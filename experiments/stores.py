@@ -132,13 +132,19 @@ def reference(argv: list[str] | None = None) -> int:
             raise SystemExit(f"syllablelm store-reference: the alignment of {e.path} has no {args.tier!r} tier")
         segments[e.id] = noisy_segments(tiers[args.tier][0], rng, **noise) if any(noise.values()) \
             else tiers[args.tier][0]
-    store = BoundaryStore(args.out)
-    store.invalidate(args.version)
-    store.write_shard(args.version, 0, 1, segments)
-    store.finalize(args.version, 1, meta={"stage": "reference", "tier": args.tier, "seed": args.seed, **noise})
-    log.info("boundary version %d: the %s of %d utterances in %s", args.version, args.tier, len(segments),
-             store.version_dir(args.version))
+    _write_version(args.out, args.version, segments, {"stage": "reference", "tier": args.tier, "seed": args.seed,
+                                                      **noise}, what=f"the {args.tier}")
     return 0
+
+
+def _write_version(out: str, version: int, segments: dict, meta: dict, what: str) -> None:
+    """``segments`` as boundary version ``version`` of the store at ``out`` (replacing it), in one shard."""
+    store = BoundaryStore(out)
+    store.invalidate(version)
+    store.write_shard(version, 0, 1, segments)
+    store.finalize(version, 1, meta=meta)
+    log.info("boundary version %d: %s of %d utterances in %s", version, what, len(segments),
+             store.version_dir(version))
 
 
 def envelope(argv: list[str] | None = None) -> int:
@@ -177,10 +183,5 @@ def envelope(argv: list[str] | None = None) -> int:
     entries = build_manifest(args.data, cache_dir=args.manifest_cache, progress=False).entries
     segments = {e.id: envelope_segments(read_audio(e.path).numpy(), SAMPLE_RATE, **params)
                 for e in tqdm(entries, desc="envelope", disable=len(entries) < 50)}
-    store = BoundaryStore(args.out)
-    store.invalidate(args.version)
-    store.write_shard(args.version, 0, 1, segments)
-    store.finalize(args.version, 1, meta={"stage": "envelope", **params})
-    log.info("boundary version %d: envelope segments of %d utterances in %s", args.version, len(segments),
-             store.version_dir(args.version))
+    _write_version(args.out, args.version, segments, {"stage": "envelope", **params}, what="envelope segments")
     return 0
