@@ -83,7 +83,10 @@ def main() -> None:
     n = len(frames)
     print(f"teacher: {'checkpoint ' + args.checkpoint if args.checkpoint else 'random ' + args.size}, "
           f"device {args.device}, {n} utterances, {seconds:.1f} s of audio, forward batch {args.forward_batch}")
-    print(f"forwards per utterance: gap path {np.mean([min(150, T + 50) for T in frames]):.0f}, "
+    from syllablelm.losspred import mask_groups
+
+    print(f"forwards per utterance: gap path {np.mean([len(mask_groups(T)) for T in frames]):.0f} "
+          f"(one span per forward when T <= 150, as the authors), "
           f"exact path {np.mean([T + 50 for T in frames]):.0f} (before VAD trimming)")
     print(f"gap path:   {gap_t:7.2f} s  {n / gap_t:7.2f} utt/s  {seconds / gap_t:7.1f}x real time")
     print(f"exact path: {exact_t:7.2f} s  {n / exact_t:7.2f} utt/s  {seconds / exact_t:7.1f}x real time")

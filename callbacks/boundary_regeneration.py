@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from datamodules.boundary_store import BoundaryStore
-from syllablelm.audio import SAMPLE_RATE, speech_frame_span
+from syllablelm.audio import SAMPLE_RATE
 from syllablelm.metrics import BoundaryMetric
-from syllablelm.segment import calibrate_delta
+from syllablelm.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 STATE_KEY = "boundary_regeneration"
@@ -93,6 +93,13 @@ class BoundaryRegeneration(pl.Callback):
         elif trainer.datamodule.version != self.done:
             trainer.datamodule.set_boundary_version(self.done)
         pl_module.iteration = min(self.done, pl_module.hparams.iterations - 1)
+        if pl_module.segmenter.calibrate_to_hz is not None and torch.isnan(pl_module.delta):
+            # a δ for the starting weights, so that validation cuts before the first regeneration
+            was_training = pl_module.training
+            pl_module.eval()
+            with torch.inference_mode():
+                pl_module.delta.fill_(self._calibrate(trainer, pl_module))
+            pl_module.train(was_training)
 
     def on_train_start(self, trainer, pl_module):
         if self._reset_optimizers:  # after the trainer restored the previous iteration's optimizer state
@@ -193,19 +200,14 @@ class BoundaryRegeneration(pl.Callback):
         delta = None
         if trainer.is_global_zero:
             ds = trainer.datamodule.dataset("train")
-            feats = []
+            feats, waves = [], []
             for i in range(min(self.calibration_utterances, len(ds))):
                 item = ds.load(i)
                 batch = {"waves": item["wave"][None].to(pl_module.device),
                          "lengths": torch.tensor([len(item["wave"])]), "ids": [item["id"]]}
-                f = pl_module.features(batch)[0].float().cpu()
-                if pl_module.segmenter.vad_trim:  # the rate is per second of the speech span
-                    first, end = speech_frame_span(item["wave"], SAMPLE_RATE, len(f))
-                    f = f[first:end]
-                feats.append(f)
-            seg = pl_module.segmenter
-            delta = calibrate_delta(feats, seg.calibrate_to_hz, quantile=seg.quantile, min_len=seg.min_len,
-                                    max_len=seg.max_len, max_rate=seg.max_rate)
+                feats.append(pl_module.features(batch)[0].float().cpu())
+                waves.append(item["wave"])
+            delta = Segmenter(pl_module.segmenter).calibrate(feats, waves)
         return float(trainer.strategy.broadcast(delta, src=0))
 
 

@@ -3,8 +3,14 @@
 A LightningModule's ``validation_step``/``test_step`` returns ``{"segments": [(n, 2) seconds, file time], ...}``
 (one entry per batch item); this callback pairs them with the batch's reference syllables and accumulates the
 count-state metrics of :mod:`syllablelm.metrics` (both protocols, every shift of the tuning grid), plus the
-achieved segment rate. At epoch end it logs ``{split}/{protocol}_{f1,precision,recall,r_value,os}`` at shift 0,
-``{split}/{protocol}_best_*`` at the shift tuned on the same split, and ``{split}/rate_hz``.
+achieved segment rate. At epoch end it logs, per split and protocol:
+
+- ``{split}/{protocol}_{f1,precision,recall,r_value,os}`` at shift 0;
+- ``{split}/{protocol}_val_shift_*`` (test only): at the shift tuned on the last validation — a shift tuned on
+  a separate split, as ``syllablelm evaluate --tune-data`` does, and the number to report;
+- ``{split}/{protocol}_oracle_shift_*``: at the shift tuned on the split being scored. An oracle (it chooses the
+  shift with the answers it is scored on): an upper bound for monitoring, never a result;
+- ``{split}/rate_hz``.
 
     trainer = Trainer(callbacks=[SegmentationMetrics()])
 """
@@ -30,6 +36,13 @@ class SegmentationMetrics(pl.Callback):
         self.tier = tier
         self.metrics: dict[str, dict] = {}
         self.results: dict[str, dict[str, float]] = {}  # last computed values per split (for reports)
+        self.val_shifts: dict[str, float] = {}  # protocol -> shift tuned on the last validation
+
+    def state_dict(self) -> dict:
+        return {"val_shifts": dict(self.val_shifts)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.val_shifts = dict(state_dict.get("val_shifts", {}))
 
     def _fresh(self, device) -> dict:
         # new objects per epoch: no state shared with a spawned worker, nothing left from the last epoch
@@ -75,8 +88,14 @@ class SegmentationMetrics(pl.Callback):
                 scores = m[p].compute()
                 for k in SCORES:
                     values[f"{split}/{p}_{k}"] = float(scores[k])
-                    values[f"{split}/{p}_best_{k}"] = float(scores[f"best_{k}"])
-                values[f"{split}/{p}_best_shift"] = float(scores["best_shift"])
+                    values[f"{split}/{p}_oracle_shift_{k}"] = float(scores[f"best_{k}"])
+                values[f"{split}/{p}_oracle_shift"] = float(scores["best_shift"])
+                if split == "val":
+                    self.val_shifts[p] = float(scores["best_shift"])
+                elif p in self.val_shifts:
+                    at = m[p].scores_at(self.val_shifts[p])
+                    values.update({f"{split}/{p}_val_shift_{k}": float(at[k]) for k in SCORES})
+                    values[f"{split}/{p}_val_shift"] = self.val_shifts[p]
         if values:
             pl_module.log_dict({k: torch.tensor(v) for k, v in values.items()}, sync_dist=False)
         self.results[split] = values

@@ -1,19 +1,55 @@
-"""Unit store: each utterance's deduplicated syllable units with their segments (the SpeechLM's training data).
+"""Unit store: each utterance's syllable units with their segments (the SpeechLM's training data).
 
 Same layout and protocol as the boundary store (:mod:`datamodules.shard_store`). An entry is written as
 ``(segments (n, 2) seconds in file time, units (n,) int)`` and stored as one ``(n, 3)`` float64 array
 ``[start, end, unit]`` (unit ids are exact in float64 up to 2^53). The manifest's ``meta`` records
-``vocab_size`` (units are ``0 .. vocab_size - 1``) and how they were made.
+``vocab_size`` (units are ``0 .. vocab_size - 1``), the unit ``variant`` and how they were made.
+
+Unit variants (:data:`UNIT_VARIANTS`, ``syllablelm units --variant``), after k-means and the Ward merge:
+
+- ``"authors_lm"``: one merged unit per min-cut segment, consecutive equal units kept. What the authors' LM
+  trained on: their data loader maps each segment's k-means id through the Ward table
+  (``reducer[kmeans_ids]``) and does not run-length-deduplicate afterwards.
+- ``"dedup"``: runs of consecutive equal merged units collapsed into one (their unit-extraction script's
+  output, and this project's earlier default).
+
+Stores written before the variant was recorded have ``meta["deduplicated"]`` instead: True reads as ``dedup``,
+False as ``authors_lm`` (the same units: ``--no-dedup`` kept one merged unit per segment).
 """
 from __future__ import annotations
 
+import json
 from typing import Mapping
 
 import numpy as np
 
 from syllablelm.alignments import SegmentError, check_segments
+from syllablelm.fileio import write_json
 
-from .shard_store import ShardStore
+from .shard_store import IncompleteVersionError, ShardStore
+
+UNIT_VARIANTS = {"authors_lm": False, "dedup": True}  # variant -> deduplicate after the Ward merge
+VARIANT_FILE = "unit_variant.json"  # beside the shards while a version is written: resumes must not mix variants
+
+
+def check_variant(variant: str) -> str:
+    if variant not in UNIT_VARIANTS:
+        raise ValueError(f"unknown unit variant {variant!r}: one of {', '.join(UNIT_VARIANTS)}")
+    return variant
+
+
+def deduplicates(variant: str) -> bool:
+    """Whether ``variant`` collapses runs of equal units (the tokenizer's ``deduplicate`` argument)."""
+    return UNIT_VARIANTS[check_variant(variant)]
+
+
+def variant_of_meta(meta: Mapping) -> str | None:
+    """The unit variant a manifest's ``meta`` records (``deduplicated`` of older stores), None if neither."""
+    if meta.get("variant") is not None:
+        return check_variant(str(meta["variant"]))
+    if "deduplicated" in meta:
+        return "dedup" if meta["deduplicated"] else "authors_lm"
+    return None
 
 
 class UnitStore(ShardStore):
@@ -43,3 +79,25 @@ class UnitStore(ShardStore):
 
     def vocab_size(self, version: int) -> int:
         return int(self.manifest(version)["meta"]["vocab_size"])
+
+    def variant(self, version: int) -> str | None:
+        """The unit variant of a complete version (module docstring); None when its meta says nothing."""
+        return variant_of_meta(self.manifest(version)["meta"])
+
+    def claim_variant(self, version: int, variant: str) -> None:
+        """Before writing shards of ``version``: refuse if it already holds units of another variant (a
+        complete version's manifest, or the variant file an earlier, stopped run left beside its shards);
+        otherwise record ``variant`` beside the shards. Every rank may call it (same content, atomic write)."""
+        check_variant(variant)
+        try:
+            done = self.variant(version)
+        except IncompleteVersionError:
+            done = None
+        marker = self.version_dir(version) / VARIANT_FILE
+        started = json.loads(marker.read_text())["variant"] if marker.is_file() else None
+        for found, what in ((done, "its manifest"), (started, VARIANT_FILE)):
+            if found is not None and found != variant:
+                raise ValueError(f"{self.version_dir(version)} holds {found!r} units ({what}), not {variant!r}: "
+                                 "write another --version or --out, or remove it")
+        if started is None:
+            write_json(marker, {"variant": variant})

@@ -22,6 +22,10 @@ built identically on every rank and each rank takes an unrepeated contiguous ran
 (:func:`~syllablelm.fileio.shard_range`); summing token log-likelihoods and token counts over ranks gives the
 exact corpus perplexity.
 
+``unit_variant`` is the training store's unit variant (``authors_lm`` or ``dedup``, :mod:`datamodules.unit_store`;
+None for a store that does not record one); a separate validation store must hold the same variant. The SpeechLM
+keeps it in its checkpoints so pair scoring can tokenize the same way (:mod:`experiments.lm_pairs`).
+
 ``vocab_size`` comes from the store manifest; the SpeechLM's ``network.vocab_size`` must equal it (configs
 write it explicitly; the module checks at setup). Memory: the stream is one uint16 array (2 bytes per unit);
 ``UnitStore.load`` briefly holds every entry's (n, 3) float64 array while it is built.
@@ -138,6 +142,7 @@ class UnitsDataModule(pl.LightningDataModule):
         self.datasets: dict[str, UnitWindows] = {}
         self.ids: dict[str, list[str]] = {}  # utterances of each split, in stream order
         self._vocab: int | None = None
+        self._variant: tuple[str | None] | None = None  # (variant,) once read: None is a valid answer
 
     # ---- ranks and versions (as datamodules/speech.py) ----------------------------------------------------
     def _rank_world(self) -> tuple[int, int]:
@@ -155,8 +160,17 @@ class UnitsDataModule(pl.LightningDataModule):
             self._vocab = store.vocab_size(store.latest_version() if v == "latest" else int(v))
         return self._vocab
 
+    @property
+    def unit_variant(self) -> str | None:
+        """The training store's unit variant (``authors_lm`` / ``dedup``; None if its manifest records none)."""
+        if self._variant is None:
+            store = UnitStore(self.hparams.unit_dir)
+            v = self.hparams.version
+            self._variant = (store.variant(store.latest_version() if v == "latest" else int(v)),)
+        return self._variant[0]
+
     # ---- setup --------------------------------------------------------------------------------------------
-    def _load(self, root: str, version) -> tuple[dict[str, np.ndarray], int]:
+    def _load(self, root: str, version) -> tuple[dict[str, np.ndarray], int, str | None]:
         store = UnitStore(root)
         v = self._resolve(store, version)
         units = {utt: u for utt, (_, u) in store.load(v).items()}
@@ -165,17 +179,21 @@ class UnitsDataModule(pl.LightningDataModule):
         if bad:
             raise ValueError(f"{store.version_dir(v)}: {len(bad)} utterances (e.g. {bad[0]!r}) hold unit ids >= "
                              f"the manifest's vocab_size {vocab}")
-        return units, vocab
+        return units, vocab, store.variant(v)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         hp = self.hparams
-        train, self._vocab = self._load(hp.unit_dir, hp.version)
+        train, self._vocab, variant = self._load(hp.unit_dir, hp.version)
+        self._variant = (variant,)
         if hp.val_unit_dir is not None:
-            val, val_vocab = self._load(hp.val_unit_dir, hp.val_version)
+            val, val_vocab, val_variant = self._load(hp.val_unit_dir, hp.val_version)
             if val_vocab != self._vocab:
                 raise ValueError(f"validation units have vocab_size {val_vocab}, training units {self._vocab}")
+            if None not in (variant, val_variant) and val_variant != variant:
+                raise ValueError(f"validation units are {val_variant!r} units, training units {variant!r} "
+                                 "(syllablelm units --variant): write both stores with the same variant")
         else:
             ids = sorted(train)
             held = np.random.default_rng(hp.seed).permutation(len(ids))[: round(hp.val_fraction * len(ids))]
@@ -188,8 +206,8 @@ class UnitsDataModule(pl.LightningDataModule):
             lo, hi = shard_range(len(full), rank, world)
             self.datasets["val"] = UnitWindows(full.stream, full.starts[lo:hi], full.lengths[lo:hi],
                                                context_length=hp.context_length, pad_id=self._vocab)
-        log.info("units: %d train windows, %d val windows (this rank), vocab %d", len(self.datasets["train"]),
-                 len(self.datasets.get("val", ())), self._vocab)
+        log.info("units: %d train windows, %d val windows (this rank), vocab %d, %s units",
+                 len(self.datasets["train"]), len(self.datasets.get("val", ())), self._vocab, variant or "unrecorded")
 
     def windows(self, units: dict[str, np.ndarray], *, train: bool) -> UnitWindows:
         """All windows of a split (utterances sorted by id; see the module docstring)."""

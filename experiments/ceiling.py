@@ -41,30 +41,32 @@ def encoder_features(encoder, waves) -> list[torch.Tensor]:
                 for w in tqdm(waves, desc="features", disable=len(waves) < 50)]
 
 
-def cut_features(feats, waves, *, rate_hz: float, vad_trim: bool, min_len: int = 3, max_len: int = 50) -> list:
-    """SylBoost's SSE min-cut of each utterance's features at ``rate_hz`` (``vad_trim``: inside the VAD speech
-    span only), as ``(n, 2)`` seconds."""
-    from syllablelm.audio import SAMPLE_RATE, speech_frame_span
-    from syllablelm.segment import frames_to_segments
-    from syllablelm.tokenizer import segment_frames
+def cut_split(segmenter, test_feats, test_waves, dev_feats, dev_waves) -> tuple[list, list]:
+    """``(n, 2)`` seconds of every test and dev utterance, cut by ``segmenter`` (a Segmenter). A δ segmenter with a
+    target rate is first calibrated on the dev features (the split shifts are tuned on), then cuts both."""
+    if segmenter.config.mode == "delta" and segmenter.config.calibrate_to_hz is not None:
+        segmenter.calibrate(dev_feats, dev_waves)
+    return segmenter.segments(test_feats, test_waves), segmenter.segments(dev_feats, dev_waves)
 
-    spans = [speech_frame_span(w, SAMPLE_RATE, len(f)) for f, w in zip(feats, waves)] if vad_trim else None
-    return [frames_to_segments(b.numpy()) for b in segment_frames(feats, rate_hz=rate_hz, min_len=min_len,
-                                                                  max_len=max_len, spans=spans)]
+
+def rate_segmenter(rate_hz: float, *, mode: str = "rate", vad_trim: bool = False, **config):
+    """A Segmenter at ``rate_hz``: a fixed count per second (``mode="rate"``) or the δ search calibrated to it."""
+    from syllablelm.segmenter import Segmenter, SegmenterConfig
+
+    key = {"rate": "rate_hz", "delta": "calibrate_to_hz"}[mode]
+    return Segmenter(SegmenterConfig(**{key: rate_hz}, vad_trim=vad_trim, **config))
 
 
 def ceiling_scores(encoder, stored: dict, test, dev, rates, where: str = "the boundary version",
-                   vad_trim: bool = False) -> dict:
+                   vad_trim: bool = False, mode: str = "rate") -> dict:
     """``test``/``dev`` are ``(waves, refs, ids)``; ``stored`` maps ids to ``(n, 2)`` seconds (``where`` names it
-    in errors); ``vad_trim`` cuts only each utterance's speech span, as SylBoost's ``segmenter.vad_trim``."""
+    in errors); ``vad_trim`` cuts only each utterance's speech span, as SylBoost's ``segmenter.vad_trim``;
+    ``mode`` "rate" cuts a fixed count per second, "delta" runs the δ search calibrated to each rate on dev."""
     from lightning_modules.sylboost import target_frames
     from syllablelm.units import segment_mean_targets
 
     def targets(feats, segments):
         return [segment_mean_targets(f, target_frames(s), len(f)) for f, s in zip(feats, segments)]
-
-    def cut(feats, waves, rate):
-        return cut_features(feats, waves, rate_hz=rate, vad_trim=vad_trim)
 
     _require(stored, test, dev, where)
     ft, fd = encoder_features(encoder, test[0]), encoder_features(encoder, dev[0])
@@ -73,7 +75,8 @@ def ceiling_scores(encoder, stored: dict, test, dev, rates, where: str = "the bo
     for rate in rates:
         for name, (tt, td) in {"features": (ft, fd), "imitation": (targets(ft, st), targets(fd, sd)),
                                "oracle": (targets(ft, test[1]), targets(fd, dev[1]))}.items():
-            out[f"{name}_{rate:g}hz"] = score(cut(tt, test[0], rate), test[1], cut(td, dev[0], rate), dev[1])
+            pt, pd = cut_split(rate_segmenter(rate, mode=mode, vad_trim=vad_trim), tt, test[0], td, dev[0])
+            out[f"{name}_{rate:g}hz"] = score(pt, test[1], pd, dev[1])
     return out
 
 
@@ -103,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alignments", required=True)
     p.add_argument("--rate", type=float, nargs="+", default=[6.25])
     p.add_argument("--vad-trim", action="store_true", help="cut only the VAD speech span (segmenter.vad_trim)")
+    p.add_argument("--mode", choices=("rate", "delta"), default="delta",
+                   help="delta (the authors'): the δ rate search, δ calibrated to each --rate on --tune-data; "
+                   "rate: a fixed round(rate x seconds) segments per utterance")
     p.add_argument("--student-version", type=int,
                    help="also score this boundary version (SylBoost's) against --version: how well it imitated")
     p.add_argument("--limit", type=int)
@@ -117,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     test = load_split(args.data, args.alignments, args.limit, args.manifest_cache)
     dev = load_split(args.tune_data, args.alignments, args.limit, args.manifest_cache)
     report = ceiling_scores(encoder, stored, test, dev, args.rate,
-                            where=f"boundary version {args.version} of {args.boundaries}", vad_trim=args.vad_trim)
+                            where=f"boundary version {args.version} of {args.boundaries}", vad_trim=args.vad_trim,
+                            mode=args.mode)
     if args.student_version is not None:
         store = BoundaryStore(args.boundaries)
         report[f"agreement_v{args.student_version}"] = agreement(

@@ -116,10 +116,11 @@ def _print(report: dict) -> None:
               f"{1000 * u['shift']:+.0f} ms: P {100 * u['precision']:5.1f} R {100 * u['recall']:5.1f} "
               f"F1 {100 * u['f1']:5.1f} R-value {100 * u['r_value']:5.1f}")
     c, k = t["clustering"], t["tokens"]
-    clustering = (f"clustering CPur {100 * c['cpur']:.1f} SPur {100 * c['spur']:.1f} SNMI {100 * c['snmi']:.1f}"
+    clustering = (f"clustering (protocol {c.get('protocol', 'overlap')}) CPur {100 * c['cpur']:.1f} "
+                  f"SPur {100 * c['spur']:.1f} SNMI {100 * c['snmi']:.1f}"
                   if c else "clustering skipped (unlabelled references)")
     print(f"{clustering} | "
-          f"{k['token_rate']:.2f} -> {k['dedup_token_rate']:.2f} tokens/s (dedup), "
+          f"{k['token_rate']:.2f} tokens/s (authors_lm: one unit per segment), {k['dedup_token_rate']:.2f} (dedup), "
           f"{k['dedup_nominal_bps']:.0f} nominal / {k['dedup_entropy_bps']:.0f} entropy bps after dedup")
     for name, res in report.get("baselines", {}).items():
         u = res["syllablelm_tuned"]

@@ -9,7 +9,9 @@
 standardisation) on a seeded sample of the training set, fits k-means (K) and the Ward reduction (K'), and writes
 a *tokenizer checkpoint*: the SylBoost checkpoint with the quantizer inside, the one file ``tokenize`` needs.
 ``units`` shards by ``--rank/--world-size`` like the label step (contiguous file shards, atomic shard files,
-rank 0 writes the manifest once every shard exists).
+rank 0 writes the manifest once every shard exists). ``units --variant`` picks the unit variant the store holds
+and records it in the manifest (:mod:`datamodules.unit_store`): ``dedup`` (default) or ``authors_lm``, what the
+authors' SpeechLM trained on (the paper pipeline configs ask for it).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from tqdm.auto import tqdm
 
 from datamodules.manifest import build_manifest, list_audio
 from datamodules.speech import SpeechDataModule
-from datamodules.unit_store import UnitStore
+from datamodules.unit_store import UNIT_VARIANTS, UnitStore, deduplicates
 from syllablelm.audio import AudioError
 from syllablelm.fileio import atomic_write, weights_fingerprint, write_json, write_npz
 from syllablelm.tokenizer import QUANTIZER_KEY, SEGMENTER_KEY, Tokenizer, quantizer_state
@@ -100,12 +102,13 @@ def quantize(argv: list[str] | None = None) -> int:
     tok = Tokenizer.from_checkpoint(args.checkpoint, device=_device(args.device), require_quantizer=False)
     pooling = "drop_edge"
     if args.fixed_frames:
-        tok.segmenter["fixed_frames"] = args.fixed_frames
+        tok.use_fixed_frames(args.fixed_frames)
         pooling = "mean"  # 2-frame windows have no interior to keep
     entries = build_manifest(args.data, cache_dir=args.manifest_cache).entries
     order = np.random.default_rng(args.seed).permutation(len(entries))
     parts = PooledParts(Path(f"{args.out}.pooled"), {
-        "weights": weights_fingerprint(tok.encoder), "segmenter": tok.segmenter, "pooling": pooling,
+        "weights": weights_fingerprint(tok.encoder),
+        "segmenter": {**tok.segmenter.config.to_dict(), "delta": tok.delta}, "pooling": pooling,
         "seed": args.seed, "hours": args.hours,
         "files": hashlib.sha1("\n".join(str(e.path) for e in entries).encode()).hexdigest()})
     vectors, position, hours = parts.load()
@@ -148,7 +151,23 @@ def quantize(argv: list[str] | None = None) -> int:
     return 0
 
 
-def units(argv: list[str] | None = None) -> int:
+def _add_variant(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--variant", choices=list(UNIT_VARIANTS), help="after k-means and the Ward merge: "
+                   "'authors_lm' keeps one merged unit per min-cut segment (what the authors' SpeechLM trained "
+                   "on: their data loader maps k-means ids through the Ward table and does not deduplicate "
+                   "again), 'dedup' collapses runs of equal units (their extraction script's output). "
+                   f"Default: {default}")
+    p.add_argument("--no-dedup", action="store_true", help="the same as --variant authors_lm (kept for older "
+                   "commands; frame-unit baselines)")
+
+
+def _variant(p: argparse.ArgumentParser, args, default: str) -> str:
+    if args.no_dedup and args.variant not in (None, "authors_lm"):
+        p.error(f"--no-dedup contradicts --variant {args.variant}")
+    return args.variant or ("authors_lm" if args.no_dedup else default)
+
+
+def units_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="syllablelm units", description="write unit shards for a dataset")
     p.add_argument("--checkpoint", required=True, help="a tokenizer checkpoint (syllablelm quantize)")
     p.add_argument("--data", nargs="+", required=True)
@@ -160,13 +179,20 @@ def units(argv: list[str] | None = None) -> int:
     p.add_argument("--shards", type=int, help="shard files, dealt round-robin to the ranks (default: one per rank); "
                    "more give finer resume points (LibriLight: thousands)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--no-dedup", action="store_true", help="keep repeated units (frame-unit baselines)")
+    _add_variant(p, "dedup")
     p.add_argument("--device")
     p.add_argument("--manifest-cache")
     p.add_argument("--wait-timeout", type=float, default=6 * 3600.0)
+    return p
+
+
+def units(argv: list[str] | None = None) -> int:
+    p = units_parser()
     args = p.parse_args(argv)
+    variant = _variant(p, args, "dedup")
     tok = Tokenizer.from_checkpoint(args.checkpoint, device=_device(args.device), chunk_seconds=args.chunk_seconds)
     store = UnitStore(args.out)
+    store.claim_variant(args.version, variant)  # a resumed run must not mix variants in one version
     n_shards, todo = store.shards_to_write(args.version, args.rank, args.world_size, args.shards)
     dm = SpeechDataModule(predict_dirs=args.data, manifest_cache=args.manifest_cache, num_workers=0)
     for shard in todo:
@@ -176,14 +202,14 @@ def units(argv: list[str] | None = None) -> int:
         for start in tqdm(range(0, len(paths), args.batch_size), desc=f"units rank {args.rank} shard {shard}",
                           unit="batch"):
             chunk = paths[start:start + args.batch_size]
-            for (utt, _), result in zip(chunk, tok.batch([p for _, p in chunk], deduplicate=not args.no_dedup)):
+            for (utt, _), result in zip(chunk, tok.batch([p for _, p in chunk], deduplicate=deduplicates(variant))):
                 out[utt] = result
         store.write_shard(args.version, shard, n_shards, out)
     if args.rank == 0:
         store.finalize_when_complete(args.version, n_shards, timeout=args.wait_timeout, meta={
             "vocab_size": tok.vocab_size, "checkpoint": args.checkpoint, "data": args.data,
-            "deduplicated": not args.no_dedup})
-        log.info("unit version %d complete: %s", args.version, store.version_dir(args.version))
+            "variant": variant, "deduplicated": deduplicates(variant)})
+        log.info("unit version %d complete (%s units): %s", args.version, variant, store.version_dir(args.version))
     return 0
 
 
@@ -193,15 +219,16 @@ def tokenize(argv: list[str] | None = None) -> int:
     p.add_argument("--input", required=True, help="an audio file or a folder (searched recursively)")
     p.add_argument("--output", required=True, help="JSON lines: {path, segments: [[start_s, end_s]], units}")
     p.add_argument("--device")
-    p.add_argument("--no-dedup", action="store_true", help="keep consecutive repeated units")
+    _add_variant(p, "dedup")
     args = p.parse_args(argv)
+    deduplicate = deduplicates(_variant(p, args, "dedup"))
     tok = Tokenizer.from_checkpoint(args.checkpoint, device=_device(args.device))
     files = list_audio(args.input)
     failed = []
     with atomic_write(args.output, "w") as f:  # nothing half-written: the file appears when complete
         for path in tqdm(files, desc="tokenize", unit="file"):
             try:
-                segments, ids = tok(str(path), deduplicate=not args.no_dedup)
+                segments, ids = tok(str(path), deduplicate=deduplicate)
             except AudioError as e:
                 failed.append(str(e))
                 continue

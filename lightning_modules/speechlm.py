@@ -9,11 +9,17 @@
     logprob, ntok = lm.log_likelihood([units_a, units_b])
     sample = lm.generate(torch.tensor([[lm.bos]]), 200, temperature=0.8, top_k=50)
 
+The decoder is the authors' ``cluster_alan`` model by default (``network.style: authors``; ``nanogpt`` is this
+project's earlier variant, :mod:`syllablelm.nn.gpt`). The unit variant of the training store (``authors_lm`` or
+``dedup``, :mod:`datamodules.unit_store`) is kept in every checkpoint as ``checkpoint["unit_variant"]`` and as
+:attr:`SpeechLMModule.unit_variant` after loading, so pair scoring tokenizes the way the LM was trained.
+
 Paper settings (REFERENCE.md): Adam (0.9, 0.98), eps 1e-6, weight decay 0.01, lr 2e-4; 16k warm-up, 84k hold,
 300k decay to 0.1x (400k updates); bf16 (``Trainer(precision="bf16-mixed")``, no autocast here).
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import lightning.pytorch as pl
@@ -24,6 +30,7 @@ from torchmetrics import SumMetric
 
 from syllablelm.nn.gpt import GPT, GPTConfig
 
+log = logging.getLogger(__name__)
 
 def warmup_hold_decay(warmup: int, hold: int, decay: int, final: float):
     """LR multiplier in three stages (fairseq's ``tri_stage`` scheduler, whose stage names the paper's numbers
@@ -51,8 +58,9 @@ class SpeechLMModule(pl.LightningModule):
     """Unit language model.
 
     Args:
-        network: the decoder (:class:`GPTConfig`; presets ``tiny``/``base``/``large`` in code).
-            ``network.vocab_size`` must equal the unit store's (checked at setup against the DataModule).
+        network: the decoder (:class:`GPTConfig`; presets ``tiny``/``base``/``large`` in code; ``style``
+            ``authors`` by default). ``network.vocab_size`` must equal the unit store's (checked at setup against
+            the DataModule). Hyper-parameters saved before ``style`` existed load with the default.
         optimizer: e.g. ``torch.optim.AdamW`` with the paper's arguments (fairseq's "adam" decays weights
             decoupled, i.e. AdamW); weight decay applies to every parameter, as in fairseq.
         warmup, hold, decay, final_lr_scale: the LR schedule in optimizer steps (:func:`warmup_hold_decay`).
@@ -81,6 +89,8 @@ class SpeechLMModule(pl.LightningModule):
         # float64: a float32 sum of ~1e8 token losses would lose the digits perplexities are compared on
         self.val_nll = SumMetric().set_dtype(torch.float64)
         self.val_tokens = SumMetric().set_dtype(torch.float64)
+        # the unit variant of the training data (the DataModule's, at setup; a loaded checkpoint's otherwise)
+        self.unit_variant: str | None = None
 
     @property
     def config(self) -> GPTConfig:
@@ -100,6 +110,20 @@ class SpeechLMModule(pl.LightningModule):
         context = getattr(dm, "context_length", None)
         if context is not None and context > self.config.block_size:
             raise ValueError(f"data.context_length {context} exceeds network.block_size {self.config.block_size}")
+        variant = getattr(dm, "unit_variant", None)
+        if variant is not None:
+            self.unit_variant = variant
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["unit_variant"] = self.unit_variant  # a plain str (or None): weights_only loading keeps working
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        loaded = checkpoint.get("unit_variant")  # absent in checkpoints written before it was recorded
+        if self.unit_variant is None:
+            self.unit_variant = loaded
+        elif loaded is not None and loaded != self.unit_variant:
+            log.warning("the checkpoint was trained on %r units, the data now are %r units", loaded,
+                        self.unit_variant)
 
     # ---- inference ----------------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor) -> torch.Tensor:

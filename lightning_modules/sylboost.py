@@ -13,8 +13,6 @@ the pure :meth:`extract_boundaries`.
 from __future__ import annotations
 
 import copy
-import dataclasses
-from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import numpy as np
@@ -24,10 +22,9 @@ from torchmetrics import MeanMetric
 
 from datamodules.dataset import item_keys
 from lightning_modules.teacher import linear_warmup_decay
-from syllablelm.audio import SAMPLE_RATE, speech_frame_span
+from syllablelm.nn.data2vec2 import Data2Vec2AudioEncoder
 from syllablelm.nn.encoder import SpeechEncoder
-from syllablelm.segment import frames_to_segments
-from syllablelm.tokenizer import segment_frames
+from syllablelm.segmenter import Segmenter, SegmenterConfig
 from syllablelm.units import segment_mean_targets
 
 
@@ -35,26 +32,6 @@ def target_frames(segments, offset: float = 0.0) -> np.ndarray:
     """Stored segments (seconds, file time) -> frames of a wave starting at ``offset``, as SylBoost's targets
     cut them: ``round((t - offset) / 0.02)``."""
     return np.rint((np.asarray(segments) - offset) / 0.02).astype(np.int64)
-
-
-@dataclass
-class SegmenterConfig:
-    """How student features become boundaries: the SSE min-cut at a fixed ``rate_hz`` (segments per second of
-    audio), or the official rate search with threshold ``delta``; with ``calibrate_to_hz`` the regeneration
-    callback finds the δ that gives that mean rate on a sample before each regeneration (δ values of the released
-    models are tied to their feature scales). ``vad_trim`` cuts only the energy-VAD speech span (first onset to
-    last offset, :func:`~syllablelm.audio.speech_frame_span`), as LossPred does: the segment count (and the rate
-    δ is calibrated to) is per second of that span, and leading/trailing silence is in no segment. Off in the
-    official code (and the paper configs); on in the tiny configs and the demo, where a whole-file cut spends
-    a segment on each silent edge and puts a boundary at 0 and at the end of every file."""
-    rate_hz: float | None = 6.25
-    delta: float | None = None
-    calibrate_to_hz: float | None = None
-    quantile: float = 0.75
-    min_len: int = 3
-    max_len: int = 50  # 35 for LibriLight in the paper
-    max_rate: float = 0.2
-    vad_trim: bool = False
 
 
 class SylBoostModule(pl.LightningModule):
@@ -65,9 +42,12 @@ class SylBoostModule(pl.LightningModule):
             from their own hyper-parameters).
         feature_layer: ``hidden_states[feature_layer]`` (HF numbering) for student, target and units: 11 of 12
             for data2vec 2.0, 10 for HuBERT-Base (REFERENCE.md).
-        normalize_waveform: per-utterance input normalisation; default = what the checkpoint was pretrained with
-            (the official SylBoost fed unnormalised audio to normalised checkpoints: set False to reproduce that).
-        freeze_cnn: keep the student's CNN feature extractor fixed (paper).
+        normalize_waveform: per-utterance input normalisation. False (the authors': their SylBoost feeds raw
+            audio to every backbone, normalised-pretrained ones included, and the released δ values assume it);
+            None = as the checkpoint was pretrained; True = always.
+        freeze_cnn: keep the student's CNN fixed. None (the authors' rule: they freeze the parameters named
+            ``feature_extractor``) freezes the CNN of HuBERT-style backbones and trains data2vec 2.0's, whose CNN
+            is ``local_encoder`` in fairseq; True / False force it.
         iterations, epochs_per_iteration: the schedule (paper: 2 x 5 epochs); ``trainer.max_epochs`` must equal
             their product.
         reinit_each_iteration: re-initialise the student from the start checkpoint and restart the optimizer and
@@ -84,8 +64,8 @@ class SylBoostModule(pl.LightningModule):
         *,
         init_from: str | None = None,
         feature_layer: int = 11,
-        normalize_waveform: bool | None = None,
-        freeze_cnn: bool = True,
+        normalize_waveform: bool | None = False,
+        freeze_cnn: bool | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         warmup: float = 0.1,
         iterations: int = 2,
@@ -104,15 +84,15 @@ class SylBoostModule(pl.LightningModule):
             raise ValueError("SylBoostModule needs init_from (a teacher .ckpt, a fairseq .pt or an HF model dir)")
         self.student = copy.deepcopy(self.teacher)
         self.teacher.requires_grad_(False).eval()
+        if freeze_cnn is None:
+            freeze_cnn = not isinstance(self.teacher.model, Data2Vec2AudioEncoder)
         if freeze_cnn:
             self.student.freeze_cnn()
         elif cache_frozen:
             raise ValueError("cache_frozen needs freeze_cnn: a trained CNN's output cannot be cached")
         self._frontend_cache: dict[tuple, torch.Tensor] = {}  # crop -> CNN output (T, C); frozen, identical in both
         self._target_cache: dict[tuple, torch.Tensor] = {}  # crop -> teacher features (T, H)
-        seg = SegmenterConfig(**segmenter) if isinstance(segmenter, dict) else (segmenter or SegmenterConfig())
-        if (seg.rate_hz is None) == (seg.delta is None and seg.calibrate_to_hz is None):
-            raise ValueError("segmenter: give exactly one of rate_hz or delta / calibrate_to_hz")
+        seg = SegmenterConfig.of(segmenter)
         self.segmenter = seg
         self.optimizer = optimizer
         self.iteration = 0  # training iteration in progress (0-based); the callback keeps it across resumes
@@ -124,7 +104,7 @@ class SylBoostModule(pl.LightningModule):
             "feature_layer": feature_layer, "normalize_waveform": self.teacher.normalize_waveform,
             "freeze_cnn": freeze_cnn, "warmup": warmup, "iterations": iterations,
             "epochs_per_iteration": epochs_per_iteration, "reinit_each_iteration": reinit_each_iteration,
-            "cache_frozen": cache_frozen, "segmenter": dataclasses.asdict(seg), "encoder": self.teacher.spec()})
+            "cache_frozen": cache_frozen, "segmenter": seg.to_dict(), "encoder": self.teacher.spec()})
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -226,19 +206,17 @@ class SylBoostModule(pl.LightningModule):
         return [self.student(batch["waves"][b:b + 1, : int(batch["lengths"][b])])[0][0]
                 for b in range(len(batch["ids"]))]
 
+    def boundary_segmenter(self) -> Segmenter:
+        """The segmenter with the δ in use (the config's, or the one the regeneration callback calibrated)."""
+        return Segmenter(self.segmenter, delta=float(self.delta))
+
     @torch.no_grad()
     def extract_boundaries(self, batch, features: list[torch.Tensor] | None = None) -> list[np.ndarray]:
-        """SSE min-cut segments of every item, ``(n, 2)`` seconds in file time (a pure function of the student's
-        weights and the audio; used by validation, regeneration and unit extraction)."""
-        seg = self.segmenter
+        """Segments of every item, ``(n, 2)`` seconds in file time (a pure function of the student's weights and
+        the audio; used by validation, regeneration and unit extraction)."""
         feats = self.features(batch) if features is None else features
-        if seg.rate_hz is None and torch.isnan(self.delta):
-            raise RuntimeError("no delta yet: the regeneration callback calibrates it (calibrate_to_hz)")
-        spans = [speech_frame_span(batch["waves"][b, : int(batch["lengths"][b])], SAMPLE_RATE, len(f))
-                 for b, f in enumerate(feats)] if seg.vad_trim else None
-        bounds = segment_frames(feats, rate_hz=seg.rate_hz, delta=float(self.delta), quantile=seg.quantile,
-                                min_len=seg.min_len, max_len=seg.max_len, max_rate=seg.max_rate, spans=spans)
-        return [frames_to_segments(bd.numpy(), offset=float(batch["offsets"][b])) for b, bd in enumerate(bounds)]
+        waves = [batch["waves"][b, : int(batch["lengths"][b])] for b in range(len(feats))]
+        return self.boundary_segmenter().segments(feats, waves, [float(o) for o in batch["offsets"]])
 
     # ---- iterations -------------------------------------------------------------------------------------
     def start_iteration(self, iteration: int) -> None:

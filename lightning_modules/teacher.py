@@ -5,15 +5,18 @@
     syllablelm test --config experiments/configs/tiny/teacher.yaml --ckpt_path runs/teacher/.../last.ckpt
     syllablelm predict --config experiments/configs/tiny/teacher.yaml --ckpt_path ...   # -> boundary store v0
 
-LossPred per utterance: energy-VAD trim (on the 20 ms grid); the CNN front end once; the transformer once per
-mask pattern (spans 150 frames apart share a forward, or one span per forward with ``exact``); matrix C from
-the per-frame losses on masked frames; normalized-cut DP on ``S = exp(-C)`` at 6.25 segments/s; segments that
-start on a VAD-silent frame dropped; results in file time.
+LossPred per utterance: energy-VAD trim (on the 20 ms grid); the CNN front end once, on the raw waveform; the
+transformer once per mask pattern (spans 150 frames apart share a forward; one span per forward with ``exact`` or
+when the utterance fits in one gap); matrix C from the per-frame losses (softmax over every row of the label
+table) on masked frames; normalized-cut DP on ``S = exp(-C)`` at 6.25 segments/s; segments that start on a
+VAD-silent frame dropped; results in file time. The defaults of :class:`LossPredConfig` follow the authors'
+notebook (``fast_get_hubert_losses`` / ``process_loss_multiple``); each has a named alternative.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -23,22 +26,45 @@ from torchmetrics import MeanMetric
 
 from datamodules.dataset import item_keys
 from syllablelm.audio import SAMPLE_RATE, speech_frame_span, speech_regions
-from syllablelm.losspred import loss_matrices, num_segments, similarity
-from syllablelm.nn.hubert import HubertTeacher, TeacherConfig, compute_span_mask
+from syllablelm.losspred import COUNT_RULES, loss_matrices, num_segments, similarity
+from syllablelm.nn.hubert import SOFTMAX_ROWS, HubertTeacher, TeacherConfig, compute_span_mask
 from syllablelm.segment import ncut_mincut
 
 HOP = 320  # samples per frame
 
 
+WAVEFORM_INPUTS = ("raw", "pretrained")
+
+
 @dataclass
 class LossPredConfig:
+    """LossPred settings. Defaults = the authors' notebook; the named alternatives restore cleaner variants."""
+
     gap: int = 150  # spans this far apart share a forward (official); ignored with exact
     exact: bool = False  # one span per forward (T + 50 forwards per utterance)
+    # authors: T <= gap frames -> one span per forward; False: strict gap packing (two spans in some forwards
+    # for gap - 50 < T <= gap)
+    exact_when_fits: bool = True
     forward_batch: int = 32  # mask patterns per transformer forward
     rate_hz: float = 6.25  # segments per second of VAD-trimmed speech
+    # "authors": int(T / 50 / (1 / rate_hz)) in floats (one fewer than T // 8 for T = 232, 376, ...);
+    # "floor": floor(T * rate_hz / 50)
+    count_rule: Literal["authors", "floor"] = "authors"
+    # "all": softmax over every row of the label table (fairseq imports: the 4 special rows too; authors, fairseq);
+    # "labels": over the num_labels real labels only. Identical when the teacher's label_offset is 0.
+    softmax_rows: Literal["all", "labels"] = "all"
+    # "raw": the teacher's front end sees the unnormalised waveform (authors, whatever the checkpoint's
+    # task.normalize); "pretrained": normalised iff the teacher's TeacherConfig.normalize_waveform (its training)
+    waveform: Literal["raw", "pretrained"] = "raw"
     max_len: int = 49  # longest segment in frames (inclusive)
     vad: bool = True  # trim to the speech region and drop segments starting in silence
     keep_matrices: int = 4  # utterances per test batch whose similarity matrix goes to the images callback
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("count_rule", COUNT_RULES), ("softmax_rows", SOFTMAX_ROWS),
+                              ("waveform", WAVEFORM_INPUTS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"LossPredConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
 
 def linear_warmup_decay(warmup: int, total: int):
@@ -106,10 +132,12 @@ class TeacherModule(pl.LightningModule):
         T = min(feats.shape[1], labels.shape[1])
         feats, frame_mask, labels = feats[:, :T], frame_mask[:, :T] & (labels[:, :T] >= 0), labels[:, :T]
         span = compute_span_mask(frame_mask, self.hparams.mask_prob, self.hparams.mask_length, generator=generator)
-        logits = self.teacher.logits(self.teacher.transformer(feats, frame_mask, span))  # (B, T, K)
+        # training: softmax over the real labels (column k = label k); identical to fairseq's all-row softmax for
+        # this project's teachers (label_offset 0)
+        logits = self.teacher.logits(self.teacher.transformer(feats, frame_mask, span), rows="labels")  # (B, T, K)
         loss_sum, count = self.teacher.masked_prediction_loss(logits, labels, span, frame_mask)
         sel = span & frame_mask
-        correct = ((logits.argmax(-1) == labels) & sel).sum()
+        correct = ((self.teacher.predicted_labels(logits, rows="labels") == labels) & sel).sum()
         return loss_sum, count, correct
 
     def training_step(self, batch, batch_idx):
@@ -165,7 +193,8 @@ class TeacherModule(pl.LightningModule):
         for b in range(len(batch["ids"])):
             wave = batch["waves"][b, : int(batch["lengths"][b])]
             first, last, regions = self._trim(wave)
-            f, _ = self.teacher.frontend(wave[first * HOP:(last - 1) * HOP + 400][None])  # (1, T, H)
+            f, _ = self.teacher.frontend(wave[first * HOP:(last - 1) * HOP + 400][None],  # (1, T, H)
+                                         normalize=self.losspred_normalize)
             lab = batch["labels"][b, first:last]
             T = min(f.shape[1], int((lab >= 0).sum()))
             feats.append(f[0, :T])
@@ -181,11 +210,24 @@ class TeacherModule(pl.LightningModule):
 
         def run(rows, span):  # (N,), (N, T) -> per-frame losses (N, T)
             rows, span = rows.to(self.device), span.to(self.device)
-            hidden = self.teacher.transformer(F[rows], frame_mask[rows], span)
-            return self.teacher.frame_losses(self.teacher.logits(hidden), L[rows])
+            return self.losspred_frame_losses(self.teacher.transformer(F[rows], frame_mask[rows], span), L[rows])
 
-        mats = loss_matrices(run, lengths, gap=cfg.gap, exact=cfg.exact, forward_batch=cfg.forward_batch)
+        mats = loss_matrices(run, lengths, gap=cfg.gap, exact=cfg.exact, exact_when_fits=cfg.exact_when_fits,
+                             forward_batch=cfg.forward_batch)
         return mats, lengths, trims
+
+    @property
+    def losspred_normalize(self) -> bool | None:
+        """``frontend(normalize=...)`` for LossPred: False for ``waveform="raw"``, None (= as the teacher's config
+        says) for ``"pretrained"``."""
+        return None if self.losspred_config.waveform == "pretrained" else False
+
+    def losspred_frame_losses(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # (N, T)
+        """LossPred's per-frame cross-entropy of ``labels`` given transformer output ``hidden``, softmax over the
+        rows ``LossPredConfig.softmax_rows`` names."""
+        rows = self.losspred_config.softmax_rows
+        logits = self.teacher.logits(hidden, rows=rows)
+        return self.teacher.frame_losses(logits, labels, self.teacher.column_offset(rows))
 
     def boundaries(self, C: torch.Tensor, first: int, regions: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
         """Normalized-cut segments of one matrix in seconds of the wave (+ the similarity matrix)."""
@@ -194,7 +236,7 @@ class TeacherModule(pl.LightningModule):
         S = similarity(C)
         if T < 2:
             return np.zeros((0, 2)), S
-        k = min(T, max(num_segments(T, cfg.rate_hz), -(-T // cfg.max_len)))
+        k = min(T, max(num_segments(T, cfg.rate_hz, rule=cfg.count_rule), -(-T // cfg.max_len)))
         bounds = ncut_mincut(S, k, min_len=1, max_len=cfg.max_len).numpy()
         starts, ends = (first + bounds[:-1]) * 0.02, (first + bounds[1:]) * 0.02
         if cfg.vad:  # drop segments whose first frame (its centre) is outside every speech region

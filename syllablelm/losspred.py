@@ -6,9 +6,16 @@ receives the losses of the span's left 25 frames; row ``mid+26`` (just right) th
 entry of ``C`` comes from exactly one span, so ``C[r, c]`` is "how hard is frame c to predict when the context
 stops at frame r". ``S = exp(-C)`` in the band ``|r - c| <= 25`` feeds the normalized-cut DP.
 
-Spans ``gap`` frames apart share one forward (150 in the official run: every utterance costs 150 forwards
-whatever its length). That is an approximation — attention sees the other masked spans — so the exact path, one
-span per forward (``T + 50`` forwards), is available with ``exact=True``.
+Spans ``gap`` frames apart share one forward (150 in the official run: every utterance longer than ``gap`` costs
+150 forwards whatever its length). That is an approximation — attention sees the other masked spans — so the exact
+path, one span per forward (``T + 50`` forwards), is available with ``exact=True``. As in the authors' notebook
+(``fast_get_hubert_losses``: ``if gap_size >= T: gap_size = None``) an utterance of ``T <= gap`` frames always takes
+the exact path (``exact_when_fits=True``, default); ``exact_when_fits=False`` keeps the strict ``gap`` packing, which
+for ``gap - 50 < T <= gap`` still puts two spans (``mid`` and ``mid + gap``) into some forwards.
+
+The segment count follows the authors' float arithmetic by default (``num_segments(rule="authors")``:
+``int(T / 50 / 0.16)`` at 6.25 Hz, one fewer than ``T // 8`` for a few T such as 232); ``rule="floor"`` is the exact
+``floor(T * rate / 50)``.
 
 The teacher is a callable ``run(rows (N,), span_mask (N, T)) -> losses (N, T)`` that runs the transformer on
 utterances ``rows`` of its batch with ``span_mask`` replaced by the mask embedding; this module knows nothing
@@ -34,11 +41,12 @@ def span_positions(T: int) -> np.ndarray:
     return np.arange(-HALF, T + HALF)
 
 
-def mask_groups(T: int, *, gap: int = GAP, exact: bool = False) -> list[np.ndarray]:
-    """Span centres masked together in one forward: one per forward when ``exact``, else centres ``gap``
-    apart (``min(gap, T + 50)`` forwards). ``gap`` must exceed the span (51) so spans never touch."""
+def mask_groups(T: int, *, gap: int = GAP, exact: bool = False, exact_when_fits: bool = True) -> list[np.ndarray]:
+    """Span centres masked together in one forward: one per forward when ``exact`` (or, with
+    ``exact_when_fits``, when ``gap >= T`` as in the authors' code), else centres ``gap`` apart
+    (``min(gap, T + 50)`` forwards). ``gap`` must exceed the span (51) so spans never touch."""
     mids = span_positions(T)
-    if exact:
+    if exact or (exact_when_fits and gap >= T):
         return [mids[i:i + 1] for i in range(len(mids))]
     if gap <= SPAN:
         raise ValueError(f"gap must be larger than the span ({SPAN} frames), got {gap}")
@@ -72,6 +80,7 @@ def loss_matrices(
     *,
     gap: int = GAP,
     exact: bool = False,
+    exact_when_fits: bool = True,
     forward_batch: int = 32,
 ) -> list[torch.Tensor]:
     """LossPred matrices ``C`` (each ``(T_b, T_b)`` float32, NaN where no span writes) for a batch of
@@ -79,7 +88,8 @@ def loss_matrices(
     one utterance (padded to the batch) with one group of spans masked."""
     T_max = max(int(t) for t in lengths)
     mats = [torch.full((int(t), int(t)), float("nan")) for t in lengths]
-    jobs = [(b, mids) for b in range(len(lengths)) for mids in mask_groups(int(lengths[b]), gap=gap, exact=exact)]
+    jobs = [(b, mids) for b in range(len(lengths))
+            for mids in mask_groups(int(lengths[b]), gap=gap, exact=exact, exact_when_fits=exact_when_fits)]
     frame_mask = torch.arange(T_max)[None, :] < torch.as_tensor([int(t) for t in lengths])[:, None]  # (B, T)
     for start in range(0, len(jobs), forward_batch):
         chunk = jobs[start:start + forward_batch]
@@ -101,6 +111,19 @@ def similarity(C: torch.Tensor, band: int = HALF) -> torch.Tensor:
     return torch.exp(-torch.where(inside, C.double(), torch.full_like(C, -FLOOR, dtype=torch.float64)))
 
 
-def num_segments(T: int, rate_hz: float = 6.25, frame_hz: float = 50.0) -> int:
-    """Segments for ``T`` frames at ``rate_hz`` (6.25 Hz at 50 Hz frames = ``floor(T / 8)``), at least one."""
-    return max(1, int(np.floor(T * rate_hz / frame_hz + 1e-9)))
+COUNT_RULES = ("authors", "floor")
+
+
+def num_segments(T: int, rate_hz: float = 6.25, frame_hz: float = 50.0, rule: str = "authors") -> int:
+    """Segments for ``T`` frames at ``rate_hz``, at least one.
+
+    ``rule="authors"`` (default): the authors' ``int(T / frame_hz / (1 / rate_hz))`` in float arithmetic
+    (``int(T / 50 / 0.16)`` at 6.25 Hz; their DP takes that + 1 boundaries); rounding makes it one fewer than
+    ``T // 8`` for some T (232, 376, 456, ...). ``rule="floor"``: the exact ``floor(T * rate_hz / frame_hz)``."""
+    if rule == "authors":
+        n = int(T / frame_hz / (1 / rate_hz))
+    elif rule == "floor":
+        n = int(np.floor(T * rate_hz / frame_hz + 1e-9))
+    else:
+        raise ValueError(f"rule must be one of {COUNT_RULES}, got {rule!r}")
+    return max(1, n)

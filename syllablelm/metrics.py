@@ -23,7 +23,8 @@ Conventions (all explicit so that no score is NaN and nothing divides by zero):
   and os = r_value = 0 (undefined; the returned counts show ``n_ref == 0``). precision + recall == 0 -> f1 = 0.
 * A constant shift is applied after de-duplication, so it never changes ``n_pred`` / ``n_ref``; the class still
   keeps them per shift so that a protocol that drops shifted boundaries would stay correct.
-* ``tune_shift`` maximises R-value; ties (within 1e-12) go to the smallest ``|shift|``, then the smallest shift.
+* ``tune_shift`` maximises R-value; ties (within 1e-12) keep the first shift in grid order, as the authors' loop
+  does (``tie="nearest_zero"``: the smallest ``|shift|``, then the smaller shift).
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ from torchmetrics import Metric
 
 from syllablelm.alignments import segments_array as _segments
 from syllablelm.metrics_cluster import (
+    CLUSTER_PROTOCOLS,
+    DEFAULT_CLUSTER_PROTOCOL,
     ClusterMetric,
     cluster_pairs,
     cluster_scores,
@@ -48,6 +51,7 @@ from syllablelm.metrics_tokens import TokenRateMetric, bitrate, dedup_ids, token
 __all__ = [
     "PROTOCOLS", "SHIFT_GRIDS", "SYLLABLELM_SHIFTS", "SDHUBERT_SHIFTS", "TOLERANCE_SLACK",
     "boundary_times", "boundary_scores", "boundary_rates", "boundary_counts", "tune_shift", "BoundaryMetric",
+    "CLUSTER_PROTOCOLS", "DEFAULT_CLUSTER_PROTOCOL",
     "strip_stress", "label_id", "match_segments", "cluster_pairs", "cluster_scores", "ClusterMetric",
     "dedup_ids", "token_rate", "unigram_entropy", "bitrate", "token_stats", "TokenRateMetric",
 ]
@@ -148,10 +152,19 @@ def _boundary_compute(hits: int, n_pred: int, n_ref: int) -> dict[str, float]:
     return {**scores, "hits": int(hits), "n_pred": int(n_pred), "n_ref": int(n_ref)}
 
 
-def _best_index(shifts: Sequence[float], r_values: Sequence[float]) -> int:
-    """Index of the best R-value; ties -> smallest |shift|, then smallest shift."""
+TIE_RULES = ("first", "nearest_zero")
+
+
+def _best_index(shifts: Sequence[float], r_values: Sequence[float], tie: str = "first") -> int:
+    """Index of the best R-value. Ties (within 1e-12): ``"first"`` keeps the first in grid order, as the authors'
+    loop does (a later shift replaces the best only with a strictly greater R-value; their grid ascends, so the
+    most negative tied shift wins); ``"nearest_zero"`` takes the smallest ``|shift|``, then the smaller shift."""
+    if tie not in TIE_RULES:
+        raise ValueError(f"tie must be one of {TIE_RULES}, got {tie!r}")
     r = np.asarray(r_values, dtype=np.float64)
     tied = np.flatnonzero(r >= r.max() - _TIE)
+    if tie == "first":
+        return int(tied[0])
     return int(min(tied, key=lambda k: (round(abs(shifts[k]), 9), shifts[k])))
 
 
@@ -184,16 +197,18 @@ def boundary_scores(pred, ref, tolerance: float = 0.05, protocol: str = "syllabl
 
 
 def tune_shift(pred, ref, protocol: str = "syllablelm", tolerance: float = 0.05,
-               grid: Sequence[float] | None = None) -> tuple[float, dict[str, float]]:
-    """The shift of ``grid`` (default: the protocol's, ``SHIFT_GRIDS``) with the best R-value, and the
-    :func:`boundary_scores` at that shift. Ties: smallest ``|shift|``, then smallest shift.
+               grid: Sequence[float] | None = None, tie: str = "first") -> tuple[float, dict[str, float]]:
+    """The shift of ``grid`` (default: the protocol's, ``SHIFT_GRIDS``, ascending) with the best R-value, and the
+    :func:`boundary_scores` at that shift. Ties: the first in grid order (the authors'), or ``tie="nearest_zero"``.
 
     >>> import numpy as np
     >>> ref = [np.array([[0.10, 0.30], [0.30, 0.50]])]
     >>> pred = [ref[0] + 0.08]                               # predictions 80 ms late: no hit at shift 0
-    >>> best, s = tune_shift(pred, ref)                      # shifts -60..-30 ms hit all; -30 ms is closest to 0
+    >>> best, s = tune_shift(pred, ref)                      # shifts -60..-30 ms hit all; -60 ms comes first
     >>> round(best, 3), s["r_value"]
-    (-0.03, 1.0)
+    (-0.06, 1.0)
+    >>> round(tune_shift(pred, ref, tie="nearest_zero")[0], 3)
+    -0.03
     """
     _check(protocol, tolerance)
     shifts = tuple(float(s) for s in (SHIFT_GRIDS[protocol] if grid is None else grid))
@@ -201,7 +216,7 @@ def tune_shift(pred, ref, protocol: str = "syllablelm", tolerance: float = 0.05,
         raise ValueError("the shift grid is empty")
     counts = _boundary_update(pred, ref, protocol=protocol, tolerance=tolerance, shifts=shifts)
     scores = [_boundary_compute(*c) for c in zip(*counts)]
-    k = _best_index(shifts, [s["r_value"] for s in scores])
+    k = _best_index(shifts, [s["r_value"] for s in scores], tie)
     return shifts[k], scores[k]
 
 
@@ -219,6 +234,9 @@ class BoundaryMetric(Metric):
         tolerance: seconds.
         shifts: the tuning grid (default: the protocol's, ``SHIFT_GRIDS``).
         shift: the fixed shift reported without tuning; added to the grid if missing.
+        tie: how tied R-values pick the tuned shift (:func:`tune_shift`; the grid is sorted ascending).
+
+    ``best_*`` is tuned on the data it scores: an oracle. Report a shift tuned on another split (``scores_at``).
 
     >>> import numpy as np
     >>> m = BoundaryMetric(protocol="syllablelm")
@@ -226,7 +244,7 @@ class BoundaryMetric(Metric):
     >>> m.update([ref[0] + 0.08], ref)                       # 80 ms late predictions
     >>> out = m.compute()
     >>> float(out["f1"]), float(out["best_f1"]), round(float(out["best_shift"]), 3)
-    (0.0, 1.0, -0.03)
+    (0.0, 1.0, -0.06)
     >>> int(m.scores_at(-0.06)["hits"])
     3
     """
@@ -236,9 +254,11 @@ class BoundaryMetric(Metric):
     full_state_update = False
 
     def __init__(self, *, protocol: str = "syllablelm", tolerance: float = 0.05,
-                 shifts: Sequence[float] | None = None, shift: float = 0.0, **kwargs) -> None:
+                 shifts: Sequence[float] | None = None, shift: float = 0.0, tie: str = "first", **kwargs) -> None:
         super().__init__(**kwargs)
         _check(protocol, tolerance)
+        _best_index([0.0], [0.0], tie)  # checks the rule's name
+        self.tie = tie
         grid = [float(s) for s in (SHIFT_GRIDS[protocol] if shifts is None else shifts)]
         if not any(abs(s - shift) < 1e-9 for s in grid):
             grid.append(float(shift))
@@ -266,7 +286,7 @@ class BoundaryMetric(Metric):
         self._totals = tuple(getattr(self, n).cpu().numpy().copy() for n in ("hits", "n_pred", "n_ref"))
         scores = [_boundary_compute(*c) for c in zip(*self._totals)]
         fixed = scores[self._index(self.shift)]
-        k = _best_index(self.shifts, [s["r_value"] for s in scores])
+        k = _best_index(self.shifts, [s["r_value"] for s in scores], self.tie)
         out = {**fixed, "shift": self.shift, "best_shift": self.shifts[k]}
         out.update({f"best_{n}": scores[k][n] for n in ("precision", "recall", "f1", "os", "r_value")})
         return {n: torch.tensor(v, dtype=torch.int64 if isinstance(v, int) else torch.float64)

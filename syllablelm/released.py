@@ -31,6 +31,7 @@ so import trusted files only (the official release). A warning says when that ha
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import logging
 import os
 import pickle
@@ -58,6 +59,7 @@ RELEASED_SYLBOOST: dict[str, dict[str, float]] = {
 RELEASED_SEGMENTER = {"min_len": 3, "max_len": 35, "max_rate": 0.2}
 RELEASED_FEATURE_LAYER = 11  # out_layer=-2: 4 prenet + 7 of 8 main blocks (module docstring)
 MODEL_KEY, PREFIX = "model_seg", "model."
+RELEASED_KEY = "released_sylboost"  # top-level checkpoint key: which released files the checkpoint came from
 
 # extract_units.py d2v2_config (model + modalities.audio fields this encoder uses); the file stores none.
 RELEASED_ENCODER_CONFIG = Data2Vec2Config(
@@ -70,6 +72,13 @@ RELEASED_ENCODER_CONFIG = Data2Vec2Config(
     prenet_dropout=0.1, layerdrop=0.05, prenet_layerdrop=0.05,
     normalize_waveform=False,  # their inference feeds the raw waveform
 )
+
+
+def _lightning_version() -> str:
+    try:
+        return importlib.metadata.version("lightning")
+    except importlib.metadata.PackageNotFoundError:
+        return "2.6.0"
 
 
 def released_preset(rate: str) -> dict[str, float]:
@@ -121,8 +130,10 @@ def import_released_sylboost(model_pth: str | os.PathLike, kmeans_npy: str | os.
     state = load_released_state(model_pth)
     model = encoder_from_fairseq_state(state, config, model_pth)
     encoder = SpeechEncoder(model, layer=RELEASED_FEATURE_LAYER, normalize_waveform=False)
-    weights = {f"student.model.{k}": v.to(state[fairseq_key(k, config)].dtype)
+    student = {f"model.{k}": v.to(state[fairseq_key(k, config)].dtype)
                if v.is_floating_point() else v for k, v in encoder.model.state_dict().items()}
+    # SylBoost's frozen teacher starts as a copy of the student: the same tensors, which torch.save stores once
+    weights = {f"{net}.{k}": v for net in ("student", "teacher") for k, v in student.items()}
     weights["delta"] = torch.tensor(preset["delta"], dtype=torch.float64)
     try:
         quantizer = UnitQuantizer.from_arrays(kmeans_npy, agglom_npy, standardize=True, pooling="drop_edge",
@@ -133,16 +144,19 @@ def import_released_sylboost(model_pth: str | os.PathLike, kmeans_npy: str | os.
         raise CheckpointError(f"{kmeans_npy}: centroids of dimension {quantizer.dim}, the encoder gives "
                               f"{config.embed_dim}")
     segmenter = {"rate_hz": None, "delta": preset["delta"], "calibrate_to_hz": None, "quantile": preset["quantile"],
-                 **RELEASED_SEGMENTER, "vad": False}
+                 **RELEASED_SEGMENTER, "vad_trim": False}
     ckpt = {
+        # SylBoostModule's own arguments only, so that SylBoostModule.load_from_checkpoint rebuilds it (to train on)
         "hyper_parameters": {
-            "feature_layer": RELEASED_FEATURE_LAYER, "normalize_waveform": False, "segmenter": segmenter,
-            "encoder": encoder.spec(),
-            "released_sylboost": {"rate": preset["rate"], "model": Path(model_pth).name,
-                                  "kmeans": Path(kmeans_npy).name, "agglom": Path(agglom_npy).name},
+            "feature_layer": RELEASED_FEATURE_LAYER, "normalize_waveform": False, "freeze_cnn": False,
+            "segmenter": segmenter, "encoder": encoder.spec(),
         },
         "state_dict": weights,
         QUANTIZER_KEY: quantizer_state(quantizer),
+        # what Lightning's load_from_checkpoint reads to migrate a checkpoint (read from metadata: no import)
+        "pytorch-lightning_version": _lightning_version(),
+        RELEASED_KEY: {"rate": preset["rate"], "model": Path(model_pth).name, "kmeans": Path(kmeans_npy).name,
+                       "agglom": Path(agglom_npy).name},
     }
     if out_ckpt is not None:
         with atomic_write(out_ckpt, "wb") as f:

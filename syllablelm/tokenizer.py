@@ -18,50 +18,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .audio import SAMPLE_RATE, pause_chunks, read_audio, speech_frame_span
+from .audio import SAMPLE_RATE, pause_chunks, read_audio
 from .nn.encoder import SpeechEncoder
-from .segment import sse_segment_batch
+from .segmenter import Segmenter, SegmenterConfig
 from .units import UnitQuantizer, dedup
 
 QUANTIZER_KEY = "quantizer"
 SEGMENTER_KEY = "tokenizer_segmenter"
-
-
-def segment_frames(features: Sequence[torch.Tensor], *, rate_hz: float | None = None, delta: float | None = None,
-                   quantile: float = 0.75, min_len: int = 3, max_len: int = 50, max_rate: float = 0.2,
-                   fixed_frames: int | None = None, spans: Sequence[tuple[int, int]] | None = None
-                   ) -> list[torch.Tensor]:
-    """SSE min-cut boundary frames ``[0, ..., T]`` of each utterance's features ``(T, D)`` (fixed ``rate_hz`` or
-    the official δ rate search), all utterances in one batched DP; padding never changes a result.
-    ``fixed_frames=k`` instead cuts every k frames (k = 2: the 25 Hz frame-unit baseline).
-
-    ``spans`` (one ``(first, end)`` frame pair per utterance, e.g. :func:`~syllablelm.audio.speech_frame_span`)
-    cuts only ``features[first:end]``: boundaries ``[first, ..., end]``, the segment count from the span's length
-    (``rate_hz`` per second of the span), frames outside it in no segment. A span shorter than ``min_len``
-    frames falls back to the whole utterance."""
-    if spans is not None:
-        if len(spans) != len(features):
-            raise ValueError(f"spans must hold one (first, end) pair per utterance ({len(features)}), "
-                             f"got {len(spans)}")
-        spans = [(int(a), int(b)) if 0 <= a and b <= len(f) and b - a >= min_len else (0, len(f))
-                 for f, (a, b) in zip(features, spans)]
-        inner = segment_frames([f[a:b] for f, (a, b) in zip(features, spans)], rate_hz=rate_hz, delta=delta,
-                               quantile=quantile, min_len=min_len, max_len=max_len, max_rate=max_rate,
-                               fixed_frames=fixed_frames)
-        return [bd + a for bd, (a, _) in zip(inner, spans)]
-    lengths = [len(f) for f in features]
-    if fixed_frames:
-        return [torch.cat([torch.arange(0, T, fixed_frames), torch.tensor([T])]).unique() for T in lengths]
-    padded = torch.zeros(len(features), max(lengths), features[0].shape[-1], dtype=torch.float32,
-                         device=features[0].device)
-    for b, f in enumerate(features):
-        padded[b, : len(f)] = f.float()
-    kw = dict(quantile=quantile, min_len=min_len, max_len=max_len, max_rate=max_rate)
-    if rate_hz is not None:
-        return sse_segment_batch(padded, lengths, rate_hz=rate_hz, **kw)
-    if delta is None or np.isnan(delta):
-        raise ValueError("the segmenter has neither rate_hz nor a (calibrated) delta")
-    return sse_segment_batch(padded, lengths, delta=delta, **kw)
 
 
 def quantizer_state(q: UnitQuantizer) -> dict:
@@ -75,17 +38,24 @@ def quantizer_from_state(state: dict) -> UnitQuantizer:
 
 
 class Tokenizer:
-    def __init__(self, encoder: SpeechEncoder, quantizer: UnitQuantizer | None, segmenter: dict, *,
-                 delta: float | None = None, device: str | torch.device = "cpu", chunk_seconds: float = 60.0,
-                 group_seconds: float = 240.0):
+    def __init__(self, encoder: SpeechEncoder, quantizer: UnitQuantizer | None,
+                 segmenter: Segmenter | SegmenterConfig | dict, *, delta: float | None = None,
+                 device: str | torch.device = "cpu", chunk_seconds: float = 60.0, group_seconds: float = 240.0):
         self.encoder = encoder.eval().to(device)
         self.quantizer = quantizer
-        keys = ("rate_hz", "quantile", "min_len", "max_len", "max_rate", "fixed_frames", "vad_trim")
-        self.segmenter = {k: segmenter[k] for k in keys if k in segmenter}
-        self.delta = delta
+        self.segmenter = segmenter if isinstance(segmenter, Segmenter) else Segmenter(segmenter, delta=delta)
         self.device = torch.device(device)
         self.chunk_seconds = chunk_seconds
         self.group_seconds = max(group_seconds, chunk_seconds)
+
+    @property
+    def delta(self) -> float | None:
+        return self.segmenter.delta
+
+    def use_fixed_frames(self, frames: int) -> None:
+        """Cut every ``frames`` frames instead of the min-cut (frame-unit baselines; 2 = 25 Hz units)."""
+        c = self.segmenter.config
+        self.segmenter = Segmenter(SegmenterConfig(fixed_frames=frames, min_len=c.min_len, max_len=c.max_len))
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
@@ -114,9 +84,11 @@ class Tokenizer:
             raise FileNotFoundError(f"{path}: no quantizer inside the checkpoint or beside it "
                                     f"({path.with_suffix('.quantizer.npz').name}); run `syllablelm quantize`")
         delta = ckpt["state_dict"].get("delta")
-        delta = None if delta is None or torch.isnan(delta) else float(delta)
-        segmenter = {**hp["segmenter"], **ckpt.get(SEGMENTER_KEY, {})}  # quantize may override (frame units)
-        return cls(encoder, q, segmenter, delta=delta, device=device, **kwargs)
+        tok = cls(encoder, q, hp["segmenter"], delta=None if delta is None else float(delta), device=device, **kwargs)
+        frames = ckpt.get(SEGMENTER_KEY, {}).get("fixed_frames")  # quantize's frame-unit baselines
+        if frames:
+            tok.use_fixed_frames(frames)
+        return tok
 
     @property
     def vocab_size(self) -> int:
@@ -135,13 +107,7 @@ class Tokenizer:
                    ) -> list[torch.Tensor]:
         """Boundary frames of each utterance's features; ``waves`` (16 kHz) are needed when the segmenter trims
         to the VAD speech span (``vad_trim``)."""
-        seg = dict(self.segmenter)
-        spans = None
-        if seg.pop("vad_trim", False) and not seg.get("fixed_frames"):
-            if waves is None or len(waves) != len(features):
-                raise ValueError("this tokenizer's segmenter trims to the speech span (vad_trim): pass the waves")
-            spans = [speech_frame_span(w, SAMPLE_RATE, len(f)) for w, f in zip(waves, features)]
-        return segment_frames(features, delta=self.delta, spans=spans, **seg)
+        return self.segmenter.cut(features, waves)
 
     def _load(self, audio, sample_rate: int | None) -> torch.Tensor:
         if isinstance(audio, (str, os.PathLike)):
@@ -179,7 +145,7 @@ class Tokenizer:
             wave = self._load(audio, sample_rate)
             for start, end in pause_chunks(wave, SAMPLE_RATE, max_seconds=self.chunk_seconds):
                 part = wave[int(round(start * SAMPLE_RATE)):int(round(end * SAMPLE_RATE))]
-                if len(part) < 400 + 320 * 2 * self.segmenter.get("min_len", 3):  # too short for one segment
+                if len(part) < 400 + 320 * 2 * self.segmenter.config.min_len:  # too short for one segment
                     continue
                 if group and (sum(len(p) for p, _, _ in group) + len(part)) / SAMPLE_RATE > self.group_seconds:
                     flush()

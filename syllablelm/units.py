@@ -10,8 +10,12 @@ Pooling modes (:func:`pool_segments`), for a segment ``[s, e)`` of ``L = e - s``
   ``"drop_edge"``    Stage 3 units: ``[s + 1, e - 1)``. The official code would average an empty slice (NaN) for
                      ``L <= 2``; its min-cut never makes such segments, ours may see them (gap segments, tiny
                      stores), so ``L <= 2`` falls back to the whole segment.
-  ``"middle_third"`` Stage 2 SylBoost targets: ``[s + int(0.33 L), e - int(0.33 L))``; ``int(0.33 L) = 0`` for
-                     ``L < 3``, so short segments use the whole segment without a special case.
+  ``"middle_third"`` Stage 2 SylBoost targets, as the authors' data loader computes them in floats:
+                     ``[s + int(L * 0.33), e - int(L * (1 - 0.67)))``. ``1 - 0.67`` is 0.32999999999999996 in
+                     binary floating point, so the end trim is one frame smaller than the start trim when
+                     ``L * 0.33`` is a whole number (L a multiple of 100: long pauses, the last segment of a
+                     crop). Both trims are 0 for ``L < 4``, so short segments use the whole segment.
+  ``"middle_third_symmetric"`` ``int(L * 0.33)`` at both ends (a cleaner variant; not the authors').
   ``"mean"``         the whole segment.
 
 Example: ``q = UnitQuantizer.fit(pooled, k=24576, k_merged=8192); segs_s, units = q.tokenize(feats, bounds)``.
@@ -31,7 +35,7 @@ from syllablelm.audio import FRAME_HZ
 from syllablelm.clustering import MappedChunks, agglomerate, kmeans, np32
 from syllablelm.fileio import write_npz
 
-POOLING_MODES = ("drop_edge", "middle_third", "mean")
+POOLING_MODES = ("drop_edge", "middle_third", "middle_third_symmetric", "mean")
 _FORMAT = "syllablelm.units/1"
 
 
@@ -68,12 +72,14 @@ def pooling_range(segments: Any, mode: str = "drop_edge") -> tuple[Any, Any]:
     start, end = seg[:, 0], seg[:, 1]
     m = _mode(mode)
     if m == "mean":
-        trim = torch.zeros_like(start)
+        head = tail = torch.zeros_like(start)
     elif m == "drop_edge":
-        trim = (end - start > 2).long()
-    else:  # in float64, the arithmetic of Python's int(0.33 * L) in the official code
-        trim = ((end - start).double() * 0.33).floor().long()
-    return _like(start + trim, segments), _like(end - trim, segments)
+        head = tail = (end - start > 2).long()
+    else:  # float64: the arithmetic of Python's int(L * 0.33) and int(L * (1 - 0.67)) in the official code
+        length = (end - start).double()
+        head = (length * 0.33).floor().long()
+        tail = head if m == "middle_third_symmetric" else (length * (1 - 0.67)).floor().long()
+    return _like(start + head, segments), _like(end - tail, segments)
 
 
 def _pool(x: torch.Tensor, seg: torch.Tensor, batch: torch.Tensor, mode: str) -> torch.Tensor:

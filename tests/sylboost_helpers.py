@@ -46,10 +46,12 @@ def datamodule(corpus: Path, store_dir: Path, cache: str) -> SpeechDataModule:
                             num_workers=0, manifest_cache=cache)
 
 
-def module(teacher_ckpt: Path) -> SylBoostModule:
+def module(teacher_ckpt: Path, segmenter: dict | None = None) -> SylBoostModule:
+    """Fixed 6.25 segments/s unless ``segmenter`` says otherwise (``{}``: the default, the δ search)."""
     torch.manual_seed(1)
     return SylBoostModule(init_from=str(teacher_ckpt), feature_layer=1, iterations=2, epochs_per_iteration=1,
-                          optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+                          optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3),
+                          segmenter={"rate_hz": 6.25} if segmenter is None else segmenter)
 
 
 def trainer(root: Path, callbacks=(), **kw) -> pl.Trainer:

@@ -24,14 +24,17 @@ def test_imitating_the_references_is_the_oracle_and_beats_raw_features(synth_cor
                      *extra]) == 0
         return {k: v["syllablelm_tuned"] for k, v in json.loads(out.read_text()).items() if "syllablelm_tuned" in v}
 
-    r = ceiling("ceiling.json", "--rate", "6.25", "4.0")
+    r = ceiling("ceiling.json", "--rate", "6.25", "4.0", "--mode", "rate")  # a fixed count per second
     assert r["stored"]["f1"] == 1.0  # the references scored against themselves
     for rate in ("6.25hz", "4hz"):
         assert r[f"imitation_{rate}"] == r[f"oracle_{rate}"]  # targets from the same segments
         assert r[f"oracle_{rate}"]["recall"] > r[f"features_{rate}"]["recall"]
         assert r[f"oracle_{rate}"]["f1"] > r[f"features_{rate}"]["f1"] + 0.1
     assert r["oracle_4hz"]["precision"] > r["oracle_6.25hz"]["precision"]  # fewer cuts where none are needed
-    t = ceiling("trimmed.json", "--rate", "6.25", "--vad-trim")
+    # the default: the authors' δ search, δ calibrated to the rate on the tune split, per feature kind
+    d = ceiling("delta.json", "--rate", "6.25")
+    assert d["imitation_6.25hz"] == d["oracle_6.25hz"] and d["oracle_6.25hz"]["f1"] > d["features_6.25hz"]["f1"] + 0.1
+    t = ceiling("trimmed.json", "--rate", "6.25", "--vad-trim", "--mode", "rate")
     # no cut at 0 and at the file end, no segment spent on the silent edges
     assert t["oracle_6.25hz"]["precision"] > r["oracle_6.25hz"]["precision"]
     assert t["oracle_6.25hz"]["r_value"] > r["oracle_6.25hz"]["r_value"]

@@ -226,6 +226,9 @@ def test_speech_encoder_and_sylboost_use_a_data2vec2_file(tmp_path):
     torch.manual_seed(0)
     model = SylBoostModule(init_from=str(path), feature_layer=2, optimizer=lambda p: torch.optim.AdamW(p))
     assert model.hparams["encoder"]["model_type"] == "data2vec2_fairseq"
+    # the authors' SylBoost: raw audio although the checkpoint was pretrained normalised; None = as pretrained
+    assert not model.student.normalize_waveform and not model.hparams["normalize_waveform"]
+    assert SylBoostModule(init_from=str(path), feature_layer=2, normalize_waveform=None).student.normalize_waveform
     segs = [np.array([[0.0, 0.2], [0.2, 0.5], [0.6, 1.0]]), np.array([[0.1, 0.4], [0.4, 0.68]]),
             np.array([[0.0, 0.38]])]
     batch = {"waves": waves, "attention_mask": mask, "lengths": mask.sum(1), "ids": ["a", "b", "c"],
@@ -234,8 +237,11 @@ def test_speech_encoder_and_sylboost_use_a_data2vec2_file(tmp_path):
     loss, n = model._shared_step(batch)
     assert loss > 0 and n == (49 + 34 + 19) * 32
     loss.backward()
-    assert all(p.grad is None for p in model.student.model.feature_extractor.parameters())  # frozen CNN
-    assert all(p.grad is not None for n, p in model.student.named_parameters() if "feature_extractor" not in n)
+    # the authors freeze parameters named feature_extractor; data2vec 2.0's CNN (local_encoder) is not, so it trains
+    assert model.hparams["freeze_cnn"] is False
+    assert all(p.grad is not None for p in model.student.parameters())
+    frozen = SylBoostModule(init_from=str(path), feature_layer=2, freeze_cnn=True)  # the named option
+    assert not any(p.requires_grad for p in frozen.student.model.feature_extractor.parameters())
     ckpt = tmp_path / "sylboost.ckpt"
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
                 "pytorch-lightning_version": lightning.__version__}, ckpt)

@@ -23,10 +23,11 @@ def pattern_run(rows, span):
     return key * 1000 + torch.arange(T)[None, :]
 
 
-@pytest.mark.parametrize("T, exact", [(30, True), (30, False), (160, False), (420, False), (97, True)])
-def test_every_band_entry_is_filled_once_from_the_right_span(T, exact):
-    C = loss_matrices(pattern_run, [T], exact=exact)[0]
-    groups = mask_groups(T, exact=exact)
+@pytest.mark.parametrize("T, exact, fits", [(30, True, True), (30, False, True), (160, False, True),
+                                            (420, False, True), (97, True, True), (130, False, False)])
+def test_every_band_entry_is_filled_once_from_the_right_span(T, exact, fits):
+    C = loss_matrices(pattern_run, [T], exact=exact, exact_when_fits=fits)[0]
+    groups = mask_groups(T, exact=exact, exact_when_fits=fits)
     group_of = {int(m): g for g, mids in enumerate(groups) for m in mids}
     assert sorted(group_of) == list(span_positions(T)) and len(group_of) == T + 50
     weights = torch.arange(1, T + 1, dtype=torch.float64)
@@ -46,7 +47,12 @@ def test_every_band_entry_is_filled_once_from_the_right_span(T, exact):
 
 
 def test_gap_path_costs_150_forwards_whatever_the_length():
-    assert [len(mask_groups(T)) for T in (50, 100, 400, 2000)] == [100, 150, 150, 150]
+    # T <= gap: one span per forward (T + 50 forwards, the authors' rule); longer: 150 forwards
+    assert [len(mask_groups(T)) for T in (50, 100, 150, 151, 400, 2000)] == [100, 150, 200, 150, 150, 150]
+    assert all(len(m) == 1 for m in mask_groups(150))
+    # strict gap packing (exact_when_fits=False): min(150, T + 50) forwards, two spans in some for T in (100, 150]
+    assert [len(mask_groups(T, exact_when_fits=False)) for T in (50, 100, 150, 400)] == [100, 150, 150, 150]
+    assert max(len(m) for m in mask_groups(150, exact_when_fits=False)) == 2
     assert len(mask_groups(400, exact=True)) == 450
     for mids in mask_groups(700):
         assert np.all(np.diff(mids) == GAP)
@@ -84,5 +90,11 @@ def test_similarity_band_and_floor():
     assert S.dtype == torch.float64
 
 
-def test_segment_count_is_6_25_per_second():
-    assert num_segments(400) == 50 and num_segments(7) == 1 and num_segments(500, rate_hz=5.0) == 50
+@pytest.mark.parametrize("rule", ["authors", "floor"])
+def test_segment_count_is_6_25_per_second(rule):
+    assert num_segments(400, rule=rule) == 50 and num_segments(7, rule=rule) == 1
+    assert num_segments(500, rate_hz=5.0, rule=rule) == 50
+    # the authors' float arithmetic loses one segment where T / 50 / 0.16 rounds just below an integer
+    assert num_segments(232, rule="floor") == 29 and num_segments(232) == num_segments(232, rule="authors") == 28
+    with pytest.raises(ValueError, match="rule"):
+        num_segments(100, rule="round")

@@ -126,9 +126,13 @@ def test_tune_shift_finds_known_shift_and_breaks_ties():
     assert best == pytest.approx(-0.04) and s["r_value"] == pytest.approx(1.0)
     best, s = tune_shift([r + 0.03 for r in ref], ref, protocol="sdhubert", tolerance=0.002)
     assert best == pytest.approx(0.03) and s["precision"] == 1.0
-    # ties: every shift below matches everything -> smallest |shift|, then the smaller one
-    assert tune_shift(ref, ref, tolerance=0.05, grid=[0.03, 0.02, -0.02])[0] == -0.02
-    assert tune_shift(ref, ref, tolerance=0.05, grid=[-0.02, 0.01])[0] == 0.01
+    # ties: every shift below matches everything -> the first in grid order (the authors' loop replaces its best
+    # only on a strictly greater R-value); the named variant takes the smallest |shift|, then the smaller one
+    assert tune_shift(ref, ref, tolerance=0.05, grid=[0.03, 0.02, -0.02])[0] == 0.03
+    assert tune_shift(ref, ref, tolerance=0.05, grid=[0.03, 0.02, -0.02], tie="nearest_zero")[0] == -0.02
+    assert tune_shift(ref, ref, tolerance=0.05, grid=[-0.02, 0.01], tie="nearest_zero")[0] == 0.01
+    with pytest.raises(ValueError, match="tie"):
+        tune_shift(ref, ref, tie="closest")
 
 
 def test_boundary_input_errors():
@@ -140,16 +144,20 @@ def test_boundary_input_errors():
         boundary_scores(REF, REF, protocol="other")
 
 
-def test_match_segments_hungarian_drops_zero_overlap():
+def test_match_segments_hungarian_overlap_protocol_drops_zero_overlap():
+    # the "overlap" protocol (the former default; SD-HuBERT's default is in tests/test_fidelity_cluster.py)
     # A=[0,.35] B=[.35,.6] vs X=[0,.3] Y=[.3,.6]: IoU(A,X)=.857, (B,Y)=.833 -> A-X, B-Y
-    p, r = match_segments(A([[0.0, 0.35], [0.35, 0.6]]), A([[0.0, 0.3], [0.3, 0.6]]))
+    p, r = match_segments(A([[0.0, 0.35], [0.35, 0.6]]), A([[0.0, 0.3], [0.3, 0.6]]), protocol="overlap")
     assert p.tolist() == [0, 1] and r.tolist() == [0, 1]
     # the second prediction overlaps nothing: the assignment pairs it with Y, and that pair is dropped
-    p, r = match_segments(A([[0.0, 0.2], [1.0, 1.2]]), A([[0.0, 0.2], [0.5, 0.7]]))
+    p, r = match_segments(A([[0.0, 0.2], [1.0, 1.2]]), A([[0.0, 0.2], [0.5, 0.7]]), protocol="overlap")
     assert p.tolist() == [0] and r.tolist() == [0]
     # touching (0.1 + 0.2 vs 0.3: overlap of round-off size) counts as no overlap
-    assert len(match_segments(A([[0.1 + 0.2, 0.5]]), A([[0.1, 0.3]]))[0]) == 0
-    assert len(match_segments(np.zeros((0, 2)), A([[0.0, 0.3]]))[0]) == 0
+    assert len(match_segments(A([[0.1 + 0.2, 0.5]]), A([[0.1, 0.3]]), protocol="overlap")[0]) == 0
+    for protocol in ("overlap", "sdhubert"):
+        assert len(match_segments(np.zeros((0, 2)), A([[0.0, 0.3]]), protocol=protocol)[0]) == 0
+    with pytest.raises(ValueError, match="protocol"):
+        match_segments(A([[0.0, 0.3]]), A([[0.0, 0.3]]), protocol="iou")
 
 
 def test_strip_stress():
@@ -165,7 +173,7 @@ def test_cluster_scores_perfect_and_stress_insensitive():
     labels = [["B AH1", "D IY0", "B AH0"], ["'di"]]
     units = [A([5, 6, 5]), A([9])]
     s = cluster_scores(ref, units, ref, labels)
-    assert s == {"cpur": 1.0, "spur": 1.0, "snmi": pytest.approx(1.0), "n_pairs": 4}
+    assert s == {"cpur": 1.0, "spur": 1.0, "snmi": pytest.approx(1.0), "n_pairs": 4, "protocol": "sdhubert"}
     # without stripping "B AH1" / "B AH0" would be two types sharing unit 5: SPur 3/4
     assert cluster_scores(ref[:1], units[:1], ref[:1], [["B AH1", "D IY0", "B AH9"]])["spur"] == pytest.approx(2 / 3)
 
@@ -181,9 +189,15 @@ def test_cluster_scores_known_confusion():
     # I = .5 log(.5/(.75*.5)) + .25 log(.25/(.75*.5)) + .25 log(.25/(.25*.5)); H(label) = log 2
     mi = 0.5 * math.log(4 / 3) + 0.25 * math.log(2 / 3) + 0.25 * math.log(2)
     assert s["snmi"] == pytest.approx(mi / math.log(2))
-    # no matched pairs -> all 0; a single syllable type -> SNMI 0 by convention
+    # no matched pairs -> all 0 (under "overlap": the far prediction overlaps nothing); a single syllable type
+    # -> SNMI 0 by convention
+    assert cluster_scores([A([[5.0, 6.0]])], [A([1])], ref[:1], [["a", "b"]], protocol="overlap") == {
+        "cpur": 0.0, "spur": 0.0, "snmi": 0.0, "n_pairs": 0, "protocol": "overlap"}
+    # SD-HuBERT counts it with the nearer syllable: IoU -4.6/5.8001 ("b") beats -4.8/6.0001 ("a")
     assert cluster_scores([A([[5.0, 6.0]])], [A([1])], ref[:1], [["a", "b"]]) == {
-        "cpur": 0.0, "spur": 0.0, "snmi": 0.0, "n_pairs": 0}
+        "cpur": 1.0, "spur": 1.0, "snmi": 0.0, "n_pairs": 1, "protocol": "sdhubert"}
+    assert cluster_scores([], [], [], []) == {"cpur": 0.0, "spur": 0.0, "snmi": 0.0, "n_pairs": 0,
+                                              "protocol": "sdhubert"}
     assert cluster_scores(ref[:1], [A([1, 2])], ref[:1], [["a", "a"]])["snmi"] == 0.0
     with pytest.raises(ValueError, match="units"):
         cluster_scores(ref[:1], [A([1])], ref[:1], [["a", "a"]])
@@ -253,6 +267,7 @@ def test_cluster_and_token_metrics_equal_functions():
         tm.update(units[a:a + 4], durations[a:a + 4])
     expected = cluster_scores(pred, units, ref, labels)
     assert expected["n_pairs"] > 20 and 0 < expected["snmi"] < 1
+    assert cm.protocol == expected.pop("protocol") == "sdhubert"
     assert {k: v.item() for k, v in cm.compute().items()} == expected
     got, want = {k: v.item() for k, v in tm.compute().items()}, token_stats(units, durations, vocab_size=6)
     assert got == pytest.approx(want, rel=1e-12) and got["n_tokens"] == want["n_tokens"]

@@ -45,11 +45,13 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         mine = range(0, SPLIT) if rank == 0 else range(SPLIT, N_UTTS)  # 4 / 3 utterances
         bm = {p: BoundaryMetric(protocol=p) for p in ("syllablelm", "sdhubert")}
         cm, cm_idle, tm = ClusterMetric(), ClusterMetric(), TokenRateMetric(vocab_size=6)
+        cm_overlap = ClusterMetric(protocol="overlap")
         for a in range(mine.start, mine.stop, 2):  # batches of two (the last one may hold one)
             b = min(a + 2, mine.stop)
             for m in bm.values():
                 m.update(pred[a:b], ref[a:b])
             cm.update(pred[a:b], units[a:b], ref[a:b], labels[a:b])
+            cm_overlap.update(pred[a:b], units[a:b], ref[a:b], labels[a:b])
             tm.update(units[a:b], durations[a:b])
             if rank == 0:  # rank 1 never updates this one: its empty state must still gather as int64
                 cm_idle.update(pred[a:b], units[a:b], ref[a:b], labels[a:b])
@@ -58,6 +60,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             for s in SHIFTS_CHECKED:  # collective: every rank calls it
                 result[f"boundary_{p}_at_{s}"] = _as_python(m.scores_at(s))
         result.update(cluster=_as_python(cm.compute()), cluster_idle=_as_python(cm_idle.compute()),
+                      cluster_overlap=_as_python(cm_overlap.compute()),
                       tokens=_as_python(tm.compute()))
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -79,9 +82,13 @@ def test_two_process_metrics_equal_single_process(tmp_path):
         assert got["best_f1"] == tuned["f1"] and got["hits"] > 0
         for s in SHIFTS_CHECKED:
             assert r0[f"boundary_{p}_at_{s}"] == boundary_scores(pred, ref, protocol=p, shift=s)
-    assert r0["cluster"] == cluster_scores(pred, units, ref, labels) and r0["cluster"]["n_pairs"] > 10
+    def numeric(scores: dict) -> dict:  # compute() returns the numbers; the protocol's name is an attribute
+        return {k: v for k, v in scores.items() if k != "protocol"}
+
+    assert r0["cluster"] == numeric(cluster_scores(pred, units, ref, labels)) and r0["cluster"]["n_pairs"] > 10
     first = slice(0, SPLIT)
-    assert r0["cluster_idle"] == cluster_scores(pred[first], units[first], ref[first], labels[first])
+    assert r0["cluster_idle"] == numeric(cluster_scores(pred[first], units[first], ref[first], labels[first]))
+    assert r0["cluster_overlap"] == numeric(cluster_scores(pred, units, ref, labels, protocol="overlap"))
     want = token_stats(units, durations, vocab_size=6)
     assert {k: v for k, v in r0["tokens"].items() if "n_tokens" in k} == \
         {k: v for k, v in want.items() if "n_tokens" in k}

@@ -41,6 +41,19 @@ def test_paper_pipeline_config_loads_with_every_stage():
     assert next(s for s in pipe.stages if s.name == "quantize").ranks == "zero"
 
 
+@pytest.mark.parametrize("name", ["pipeline.yaml", "pipeline_data2vec2.yaml"])
+def test_paper_pipelines_write_the_authors_lm_units(name):
+    """The SpeechLM's train and dev units are the authors' LM variant (one merged unit per segment, no dedup
+    after the Ward merge), and the stage arguments parse with the units command's own parser."""
+    from experiments.units import units_parser
+
+    stages = [s for s in pl.load_pipeline(PAPER.with_name(name)).stages if s.command == "units"]
+    assert [s.name for s in stages] == ["units", "units_dev"]
+    for stage in stages:
+        args = units_parser().parse_args(stage.args)
+        assert args.variant == "authors_lm" and not args.no_dedup
+
+
 @pytest.mark.parametrize("stages, message", [
     ([{"name": "a", "command": "train"}], "unknown command 'train'"),
     ([{"name": "a", "command": "fit"}], "needs a 'config'"),

@@ -225,7 +225,9 @@ def test_checkpoint_rebuilds_alone(release, tmp_path):
         for name in f.values():
             name.with_suffix(name.suffix + ".moved").rename(name)
     assert tok.delta == 0.0033 and tok.vocab_size == K_MERGED
-    assert tok.segmenter == {"rate_hz": None, "quantile": 0.75, "min_len": 3, "max_len": 35, "max_rate": 0.2}
+    c = tok.segmenter.config
+    assert (c.mode, c.rate_hz, c.quantile, c.min_len, c.max_len, c.max_rate, c.vad_trim) == \
+        ("delta", None, 0.75, 3, 35, 0.2, False)
     assert tok.quantizer.standardize and tok.quantizer.pooling == "drop_edge" and tok.quantizer.k == K
     assert len(tok.encoder.model.blocks) == 11 and not tok.encoder.normalize_waveform
 
@@ -266,3 +268,29 @@ def test_pickled_extras_load_as_trusted_file(release, tmp_path, monkeypatch):
     ckpt = import_released_sylboost(path, f["kmeans"], f["agglom"], "5.0Hz")
     assert len(warnings) == 1 and "full pickle" in warnings[0] and "with_args.pth" in warnings[0]
     assert float(ckpt["state_dict"]["delta"]) == 0.0019
+
+
+def test_imported_checkpoint_rebuilds_the_sylboost_module(release, tmp_path):
+    """An imported model is a SylBoost checkpoint like any other: SylBoostModule rebuilds from it alone (to train
+    on, or to regenerate boundaries) with the released segmenter, and its student is the tokenizer's encoder."""
+    from lightning_modules.sylboost import SylBoostModule
+
+    f = release["files"]
+    out = tmp_path / "tok.ckpt"
+    import_released_sylboost(f["model"], f["kmeans"], f["agglom"], "6.25Hz", out)
+    ckpt = torch.load(out, map_location="cpu", weights_only=True)
+    assert ckpt["released_sylboost"]["rate"] == "6.25Hz"  # provenance, outside the module's arguments
+    module = SylBoostModule.load_from_checkpoint(out, map_location="cpu").eval()
+    seg = module.boundary_segmenter()
+    assert seg.config.mode == "delta" and seg.delta == 0.0028 and not seg.config.vad_trim
+    assert (seg.config.min_len, seg.config.max_len, seg.config.max_rate) == (3, 35, 0.2)
+    assert not module.student.normalize_waveform and module.hparams.freeze_cnn is False
+    tok = Tokenizer.from_checkpoint(out)
+    wave = torch.from_numpy(sf.read(release["audio"], dtype="float32")[0])
+    batch = {"ids": ["utt"], "waves": wave[None], "lengths": torch.tensor([len(wave)]),
+             "offsets": torch.zeros(1, dtype=torch.float64)}
+    feats = module.features(batch)[0]
+    assert torch.equal(feats, tok.features(wave))
+    assert torch.equal(module.teacher.model.blocks[10].attn.qkv.weight, module.student.model.blocks[10].attn.qkv.weight)
+    np.testing.assert_array_equal(module.extract_boundaries(batch)[0],
+                                  tok.segmenter.segments([tok.features(wave)], [wave])[0])

@@ -86,7 +86,9 @@ def test_generation_with_cache_equals_without(temperature, top_k):
 
 
 def test_generate_stops_at_eos():
-    model = tiny_gpt()
+    # the scaled EOS row dominates with this seed's N(0, 0.02) tables (the nanogpt style's init); the authors'
+    # N(0, 1/sqrt(d)) tables with the same seed need not make it the argmax, and the stopping logic is the same
+    model = tiny_gpt(style="nanogpt")
     with torch.no_grad():
         model.transformer.wte.weight[V] *= 50  # make EOS (tied output row) the likeliest token by far
     out = model.generate(torch.tensor([[V, 1], [V, 2]]), 10, temperature=0.0, stop_at_eos=True)
@@ -283,7 +285,7 @@ def test_paper_configs():
         m, t = cfg["model"]["init_args"], cfg["trainer"]
         net, opt = m["network"], m["optimizer"]["init_args"]
         assert (net["n_layer"], net["n_head"], net["n_embd"]) == shape and net["block_size"] == 3000
-        assert net["dropout"] == 0.1 and net["bias"] is False
+        assert net["dropout"] == 0.1 and net["bias"] is False and net["style"] == "authors"  # the authors' decoder
         assert (opt["lr"], tuple(opt["betas"]), opt["eps"], opt["weight_decay"]) == (2e-4, (0.9, 0.98), 1e-6, 0.01)
         assert (m["warmup"], m["hold"], m["decay"], m["final_lr_scale"]) == (16_000, 84_000, 300_000, 0.1)
         assert t["max_steps"] == 400_000 and t["precision"] == "bf16-mixed"

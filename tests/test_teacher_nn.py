@@ -84,6 +84,45 @@ def test_logits_are_scaled_cosines_with_label_offset():
     assert logits.abs().max() <= 10 + 1e-4  # |cos| <= 1, temperature 0.1
 
 
+def test_all_row_softmax_puts_the_special_rows_in_the_normaliser():
+    torch.manual_seed(0)
+    teacher = HubertTeacher(TeacherConfig.tiny(num_labels=7, final_dim=16, label_offset=4))
+    hidden = torch.randn(2, 5, 128)
+    real, every = teacher.logits(hidden), teacher.logits(hidden, rows="all")
+    assert real.shape == (2, 5, 7) and every.shape == (2, 5, 11)
+    assert teacher.column_offset("all") == 4 and teacher.column_offset("labels") == 0
+    torch.testing.assert_close(every[..., 4:], real)  # column k + 4 = label k
+    labels = torch.randint(0, 7, (2, 5))
+    labels[0, 0] = -100
+    l_every, l_real = teacher.frame_losses(every, labels, 4), teacher.frame_losses(real, labels)
+    assert l_every[0, 0] == 0 and l_real[0, 0] == 0
+    expected = -every.log_softmax(-1).gather(-1, (labels.clamp(min=0) + 4)[..., None])[..., 0]
+    torch.testing.assert_close(l_every[labels >= 0], expected[labels >= 0])
+    assert (l_every[labels >= 0] > l_real[labels >= 0]).all()  # 4 more terms in the normaliser
+    total, count = teacher.masked_prediction_loss(every, labels, torch.ones(2, 5, dtype=torch.bool), None, 4)
+    torch.testing.assert_close(total, l_every.sum())
+    assert int(count) == 9
+    pred = teacher.predicted_labels(every, rows="all")
+    assert torch.equal(pred, every.argmax(-1) - 4) and torch.equal(teacher.predicted_labels(real), real.argmax(-1))
+    with pytest.raises(ValueError, match="rows"):
+        teacher.logits(hidden, rows="specials")
+    plain = HubertTeacher(TeacherConfig.tiny(num_labels=7, final_dim=16))  # offset 0: both choices agree
+    torch.testing.assert_close(plain.logits(hidden, rows="all"), plain.logits(hidden), rtol=0, atol=0)
+
+
+def test_frontend_normalize_argument_overrides_the_config():
+    torch.manual_seed(0)
+    teacher = HubertTeacher(TeacherConfig.tiny(feat_extract_norm="layer", normalize_waveform=True)).eval()
+    waves, am = _padded_batch()
+    waves = waves * 3 + 0.5 * am
+    with torch.no_grad():
+        normed, raw = teacher.frontend(waves, am)[0], teacher.frontend(waves, am, normalize=False)[0]
+        torch.testing.assert_close(teacher.frontend(waves, am, normalize=True)[0], normed)
+        teacher.config.normalize_waveform = False
+        torch.testing.assert_close(teacher.frontend(waves, am)[0], raw)
+    assert (normed - raw).abs().amax() > 1e-3
+
+
 def test_logits_stay_float32_under_autocast():
     """LossPred runs the teacher under bf16/fp16 autocast; the cosine and the /0.1 must not (a bf16 matmul is
     off by ~0.05 after the division), only final_proj may."""

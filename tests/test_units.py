@@ -21,8 +21,10 @@ def naive_range(s: int, e: int, mode: str) -> tuple[int, int]:
     L = e - s
     if mode == "drop_edge":
         return (s + 1, e - 1) if L > 2 else (s, e)
-    c = int(0.33 * L)  # the REFERENCE.md formula, in Python arithmetic
-    return s + c, e - c
+    if mode == "middle_third_symmetric":
+        return s + int(L * 0.33), e - int(L * 0.33)
+    # the authors' data loader, in Python float arithmetic (from_pct = 0.33, to_pct = 0.67)
+    return s + int(L * 0.33), e - int(L * (1 - 0.67))
 
 
 # -------------------------------------------------------------------------------------------- pooling
@@ -47,8 +49,11 @@ def test_middle_third_by_hand():
     got = U.pool_segments(x, segs, "middle_third")[:, 0]
     # len 2, 3 -> whole; len 4 -> [6, 8); len 7 -> int(2.31)=2 -> [11, 14); len 14 -> int(4.62)=4 -> [20, 26)
     assert got.tolist() == [0.5, 3.0, 6.5, 12.0, 22.5]
-    lo, hi = U.pooling_range(np.array([[0, 100], [7, 8]]), "middle_third")
-    assert lo.tolist() == [33, 7] and hi.tolist() == [67, 8]
+    # L = 100: int(33.0) = 33 at the start, int(100 * 0.32999999999999996) = 32 at the end (the authors' floats)
+    lo, hi = U.pooling_range(np.array([[0, 100], [7, 8], [0, 200]]), "middle_third")
+    assert lo.tolist() == [33, 7, 66] and hi.tolist() == [68, 8, 135]
+    lo, hi = U.pooling_range(np.array([[0, 100], [0, 200]]), "middle_third_symmetric")
+    assert lo.tolist() == [33, 66] and hi.tolist() == [67, 134]
 
 
 def test_pooling_with_gaps_numpy_in_numpy_out():
@@ -58,7 +63,7 @@ def test_pooling_with_gaps_numpy_in_numpy_out():
     np.testing.assert_allclose(out[:, 0], [1.5, 11.0])
 
 
-@pytest.mark.parametrize("mode", ["drop_edge", "middle_third"])
+@pytest.mark.parametrize("mode", ["drop_edge", "middle_third", "middle_third_symmetric"])
 def test_vectorised_pooling_equals_naive_loop(mode):
     g = torch.Generator().manual_seed(0)
     for _ in range(5):

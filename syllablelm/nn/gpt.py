@@ -11,6 +11,20 @@ bias, GELU MLP x4, dropout 0.1, learned absolute positions (3000 slots), input a
 fairseq's ``transformer_lm``). BOS and EOS share one id, ``vocab_size``: units are ``0 .. vocab_size - 1`` and
 the embedding table has ``vocab_size + 1`` rows. One such token therefore both ends an utterance and starts
 the next, so a packed stream reads ``S u1 .. un S v1 .. vm S``.
+
+Two styles (:attr:`GPTConfig.style`) differ only in where dropout acts and how weights start:
+
+- ``"authors"`` (default): the authors' ``cluster_alan`` model (``ClusterAlanModel`` with ``ValleBlock``s).
+  Dropout ``p = dropout`` after the attention output projection and after the MLP (their ``post_mlp_drop``),
+  nowhere else: attention weights 0, none inside the MLP, none on the embeddings. Token and position tables
+  ``N(0, 1/sqrt(n_embd))``; every Linear ``N(0, 0.02)`` with zero biases (fairseq ``init_bert_params``);
+  LayerNorms torch's default; no depth scaling.
+- ``"nanogpt"``: this project's earlier decoder (nanoGPT/GPT-2). Dropout also on the summed embeddings and on
+  the attention weights; every weight, the embedding tables included, ``N(0, 0.02)``, and the residual output
+  projections (``c_proj``) ``N(0, 0.02 / sqrt(2 n_layer))``.
+
+Both have the same parameters (same ``state_dict`` keys and shapes), so a checkpoint of either loads into
+either; checkpoints saved before ``style`` existed carry no such field and get the default.
 """
 from __future__ import annotations
 
@@ -19,10 +33,13 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+STYLES = ("authors", "nanogpt")  # GPTConfig.style (module docstring)
 
 
 @dataclass
@@ -34,8 +51,13 @@ class GPTConfig:
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
-    dropout: float = 0.1  # embeddings, attention weights, residual branches
+    dropout: float = 0.1  # where it acts depends on `style` (module docstring)
     bias: bool = False  # qkv projections only; the output projection, MLP and LayerNorms keep their biases
+    style: Literal["authors", "nanogpt"] = "authors"  # dropout positions and initialisation (module docstring)
+
+    def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise ValueError(f"GPTConfig.style must be one of {STYLES}, got {self.style!r}")
 
     @classmethod
     def tiny(cls, **overrides) -> GPTConfig:
@@ -100,10 +122,12 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         if config.n_embd % config.n_head:
             raise ValueError(f"n_embd {config.n_embd} is not a multiple of n_head {config.n_head}")
-        self.n_head, self.dropout = config.n_head, config.dropout
+        self.n_head = config.n_head
+        # dropout on the attention weights: the nanoGPT style only (the authors' attention_dropout is 0)
+        self.attn_dropout = config.dropout if config.style == "nanogpt" else 0.0
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)  # after the output projection (both styles)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
@@ -112,7 +136,7 @@ class CausalSelfAttention(nn.Module):
         past = 0 if cache is None else cache.length
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, H, past + T, hd)
-        dropout = self.dropout if self.training else 0.0
+        dropout = self.attn_dropout if self.training else 0.0
         if past == 0:  # plain causal: SDPA's fused kernels handle the mask themselves
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         elif T == 1:  # one new token sees every cached position: no mask at all
@@ -129,7 +153,7 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)  # after the MLP (the authors' post_mlp_drop); none inside it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
@@ -156,15 +180,20 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict({
             "wte": nn.Embedding(config.vocab_size + 1, config.n_embd),
             "wpe": nn.Embedding(config.block_size, config.n_embd),
-            "drop": nn.Dropout(config.dropout),
+            # embedding dropout: the nanoGPT style only (Identity keeps the module tree the same)
+            "drop": nn.Dropout(config.dropout) if config.style == "nanogpt" else nn.Identity(),
             "h": nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
         })  # no ln_f: REFERENCE.md, the residual stream is projected as it is
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size + 1, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied: one Parameter object
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        self.apply(self._init_weights)  # Linear N(0, 0.02), zero biases; Embedding N(0, 0.02); LayerNorm default
+        if config.style == "authors":  # tables N(0, 1/sqrt(d)), set after the tied lm_head's Linear init
+            for table in (self.transformer.wte, self.transformer.wpe):
+                nn.init.normal_(table.weight, mean=0.0, std=1.0 / math.sqrt(config.n_embd))
+        else:  # GPT-2: residual projections scaled by depth
+            for name, p in self.named_parameters():
+                if name.endswith("c_proj.weight"):
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -9,9 +9,13 @@ The encoder is a plain ``HubertModel``, so HF HuBERT directories load into it un
 
 ``transformer(frontend(x))`` equals ``HubertModel(x)`` (with ``mask_time_indices=span_mask``) in eval mode; the
 tests check it. Logits follow fairseq HuBERT: cosine(final_proj(h), label_emb) / logit_temp. Checkpoints imported
-from fairseq keep the dictionary's 4 special symbols in the table (``label_offset=4``: label k is row k + 4);
-the softmax here runs over the ``num_labels`` real labels only (fairseq also lets the 4 never-targeted special rows
-take part as negatives; they are trained far away from every frame, so their share is negligible).
+from fairseq keep the dictionary's 4 special symbols in the table (``label_offset=4``: label k is row k + 4).
+``logits(h, rows=...)`` chooses the softmax's rows: ``"labels"`` (default here: the ``num_labels`` real labels,
+column k = label k) or ``"all"`` (every row of the table, specials first, column k + label_offset = label k), as
+fairseq pretraining and the authors' LossPred do: the 4 never-targeted special rows then sit in the normaliser.
+``frame_losses``/``masked_prediction_loss`` take the matching ``column_offset`` (``teacher.column_offset(rows)``).
+Both choices agree when ``label_offset == 0`` (this project's own teachers). LossPred uses ``"all"`` by default
+(``LossPredConfig.softmax_rows``); training keeps ``"labels"``.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from .common import normalize_waves, pretrained_normalization
 
 _KERNELS = [10, 3, 3, 3, 3, 2, 2]  # HuBERT's CNN: 400-sample receptive field, 320-sample hop -> 50 Hz frames
 _STRIDES = [5, 2, 2, 2, 2, 2, 2]
+SOFTMAX_ROWS = ("labels", "all")  # logits over the real labels only, or over every row of label_embs
 
 
 @dataclass
@@ -195,9 +200,13 @@ class HubertTeacher(nn.Module):
         self,
         waves: torch.Tensor,  # (B, S)
         attention_mask: torch.Tensor | None = None,  # (B, S), nonzero on real samples
+        *,
+        normalize: bool | None = None,  # per-utterance waveform normalisation; None: config.normalize_waveform
     ) -> tuple[torch.Tensor, torch.Tensor]:  # features (B, T, H), frame_mask (B, T) bool
-        """CNN + feature projection: independent of any mask, so LossPred runs it once per utterance."""
-        if self.config.normalize_waveform:
+        """CNN + feature projection: independent of any mask, so LossPred runs it once per utterance.
+        ``normalize=False`` feeds the raw waveform whatever the teacher was pretrained with (LossPred's default,
+        as the authors' notebook does with HuBERT-Large)."""
+        if self.config.normalize_waveform if normalize is None else normalize:
             waves = normalize_waves(waves, attention_mask)
         enc, mult = self.encoder, self.config.feature_grad_mult
         with torch.set_grad_enabled(torch.is_grad_enabled() and mult > 0):
@@ -260,28 +269,49 @@ class HubertTeacher(nn.Module):
         feats, frame_mask = self.frontend(waves, attention_mask)
         return self.transformer(feats, frame_mask, output_hidden_states=True, num_layers=layer)[layer]
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T, num_labels), float32
+    def column_offset(self, rows: str = "labels") -> int:
+        """Column of label 0 in ``logits(h, rows)``: ``label_offset`` for ``rows="all"``, else 0."""
+        if rows not in SOFTMAX_ROWS:
+            raise ValueError(f"rows must be one of {SOFTMAX_ROWS}, got {rows!r}")
+        return self.config.label_offset if rows == "all" else 0
+
+    def logits(self, hidden: torch.Tensor, rows: str = "labels") -> torch.Tensor:  # (B, T, H) -> (B, T, R), float32
         """fairseq HuBERT's compute_nce scores: cosine(final_proj(h), label_emb) / logit_temp, in float32 also
-        under autocast (which would otherwise run the matmul in bf16/fp16: errors of ~0.05 in logits x10)."""
+        under autocast (which would otherwise run the matmul in bf16/fp16: errors of ~0.05 in logits x10).
+
+        ``rows="labels"``: R = num_labels, column k = label k (the table's special rows left out).
+        ``rows="all"``: R = label_offset + num_labels, every row of ``label_embs`` (column k + label_offset = label
+        k): the softmax normaliser includes the special rows, as in fairseq and the authors' LossPred."""
+        start = self.config.label_offset - self.column_offset(rows)
         proj = self.final_proj(hidden)
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             proj = F.normalize(proj.float(), dim=-1, eps=1e-8)  # (B, T, F)
-            embs = F.normalize(self.label_embs[self.config.label_offset:].float(), dim=-1, eps=1e-8)  # (K, F)
+            embs = F.normalize(self.label_embs[start:].float(), dim=-1, eps=1e-8)  # (R, F)
             return proj @ embs.T / self.config.logit_temp
 
+    def predicted_labels(self, logits: torch.Tensor, rows: str = "labels") -> torch.Tensor:  # (B, T) long
+        """Argmax label of ``logits(h, rows)``; with ``rows="all"`` a special row winning gives a negative value
+        (never equal to a label)."""
+        return logits.argmax(-1) - self.column_offset(rows)
+
     @staticmethod
-    def frame_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # -> (B, T)
-        """Cross-entropy of each frame's label (``labels`` (B, T) long; -100 marks frames without a label -> 0)."""
+    def frame_losses(logits: torch.Tensor, labels: torch.Tensor, column_offset: int = 0) -> torch.Tensor:  # (B, T)
+        """Cross-entropy of each frame's label (``labels`` (B, T) long; -100 marks frames without a label -> 0);
+        label k is column ``k + column_offset`` of ``logits`` (``teacher.column_offset(rows)``)."""
         if logits.shape[:2] != labels.shape:
             raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on (B, T)")
-        return F.cross_entropy(logits.transpose(1, 2), labels.long(), reduction="none", ignore_index=-100)
+        labels = labels.long()
+        if column_offset:
+            labels = torch.where(labels == -100, labels, labels + column_offset)
+        return F.cross_entropy(logits.transpose(1, 2), labels, reduction="none", ignore_index=-100)
 
     @classmethod
     def masked_prediction_loss(cls, logits: torch.Tensor, labels: torch.Tensor, span_mask: torch.Tensor,
-                               frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                               frame_mask: torch.Tensor | None = None,
+                               column_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss_sum, count)`` over masked real frames with a label: the caller divides (after summing both
         across ranks), so the loss is a per-frame mean over the global batch."""
         sel = span_mask & (labels != -100)
         if frame_mask is not None:
             sel = sel & frame_mask
-        return (cls.frame_losses(logits, labels) * sel).sum(), sel.sum()
+        return (cls.frame_losses(logits, labels, column_offset) * sel).sum(), sel.sum()
