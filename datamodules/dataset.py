@@ -9,7 +9,7 @@ returns a whole padded batch (the samplers yield batches, see :mod:`datamodules.
      "alignments": [{tier: ((n, 2) seconds, labels)}, clipped] or None per item,
      "labels": (B, F) long frame labels of each wave (-100 = none/padding) when a label version is loaded}
 
-Stored times stay in file time; a model converts with ``frame = round((t - offset) / 0.02)``.
+Stored times stay in file time; a model converts with :func:`syllablelm.frames.seconds_to_frames`.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import Dataset
 
 from syllablelm.audio import AudioError, read_audio
+from syllablelm.frames import FRAME_SECONDS, num_frames, seconds_to_frames
 
-from .label_store import num_frames
 from .manifest import Entry
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,8 @@ class SpeechDataset(Dataset):
         if self.crop_mode == "first":
             return item.offset, self.crop_seconds
         rng = np.random.default_rng([self.seed, epoch, index])
-        slack_frames = int((item.duration - self.crop_seconds) / 0.02)
-        return item.offset + 0.02 * int(rng.integers(0, slack_frames + 1)), self.crop_seconds
+        slack_frames = int((item.duration - self.crop_seconds) / FRAME_SECONDS)
+        return item.offset + FRAME_SECONDS * int(rng.integers(0, slack_frames + 1)), self.crop_seconds
 
     def load(self, index: int, epoch: int = 0) -> dict:
         entry = self.entries[self.items[index].entry]
@@ -109,7 +109,7 @@ class SpeechDataset(Dataset):
                 clipped[tier] = (t, [labels[k] for k in keep])
             out["alignment"] = clipped
         if self.labels is not None and entry.id in self.labels:
-            first = int(round(offset / 0.02))  # windows start on the 20 ms grid (crops, chunks, VAD trims)
+            first = int(seconds_to_frames(offset))  # windows start on the 20 ms grid (crops, chunks, VAD trims)
             out["labels"] = self.labels[entry.id][first:first + num_frames(len(wave))]
         return out
 

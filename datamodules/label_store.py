@@ -12,15 +12,9 @@ from typing import Mapping
 import numpy as np
 
 from syllablelm.alignments import SegmentError
+from syllablelm.frames import num_frames
 
 from .shard_store import ShardStore
-
-HOP, WINDOW = 320, 400  # samples at 16 kHz
-
-
-def num_frames(num_samples: int) -> int:
-    """Frames of HuBERT's CNN (and of the Kaldi features computed with the same window/hop)."""
-    return max(0, (num_samples - WINDOW) // HOP + 1)
 
 
 class LabelStore(ShardStore):

@@ -5,7 +5,7 @@ Same layout and protocol as the boundary store (:mod:`datamodules.shard_store`).
 ``[start, end, unit]`` (unit ids are exact in float64 up to 2^53). The manifest's ``meta`` records
 ``vocab_size`` (units are ``0 .. vocab_size - 1``), the unit ``variant`` and how they were made.
 
-Unit variants (:data:`UNIT_VARIANTS`, ``syllablelm units --variant``), after k-means and the Ward merge:
+Unit variants (:data:`syllablelm.units.UNIT_VARIANTS`, ``syllablelm units --variant``), after k-means and Ward:
 
 - ``"authors_lm"``: one merged unit per min-cut segment, consecutive equal units kept. What the authors' LM
   trained on: their data loader maps each segment's k-means id through the Ward table
@@ -25,22 +25,11 @@ import numpy as np
 
 from syllablelm.alignments import SegmentError, check_segments
 from syllablelm.fileio import write_json
+from syllablelm.units import check_variant
 
 from .shard_store import IncompleteVersionError, ShardStore
 
-UNIT_VARIANTS = {"authors_lm": False, "dedup": True}  # variant -> deduplicate after the Ward merge
 VARIANT_FILE = "unit_variant.json"  # beside the shards while a version is written: resumes must not mix variants
-
-
-def check_variant(variant: str) -> str:
-    if variant not in UNIT_VARIANTS:
-        raise ValueError(f"unknown unit variant {variant!r}: one of {', '.join(UNIT_VARIANTS)}")
-    return variant
-
-
-def deduplicates(variant: str) -> bool:
-    """Whether ``variant`` collapses runs of equal units (the tokenizer's ``deduplicate`` argument)."""
-    return UNIT_VARIANTS[check_variant(variant)]
 
 
 def variant_of_meta(meta: Mapping) -> str | None:

@@ -25,36 +25,11 @@ from __future__ import annotations
 import argparse
 import logging
 
-import torch
-from tqdm import tqdm
-
-from experiments.baselines import load_split, score
+from datamodules.aligned import load_split
+from syllablelm.evaluation import tuned_scores
 from syllablelm.fileio import write_json
 
 log = logging.getLogger(__name__)
-
-
-def encoder_features(encoder, waves) -> list[torch.Tensor]:
-    """``(T, H)`` features of each wave (numpy or tensor, 16 kHz)."""
-    with torch.no_grad():
-        return [encoder(torch.as_tensor(w, dtype=torch.float32)[None])[0][0]
-                for w in tqdm(waves, desc="features", disable=len(waves) < 50)]
-
-
-def cut_split(segmenter, test_feats, test_waves, dev_feats, dev_waves) -> tuple[list, list]:
-    """``(n, 2)`` seconds of every test and dev utterance, cut by ``segmenter`` (a Segmenter). A δ segmenter with a
-    target rate is first calibrated on the dev features (the split shifts are tuned on), then cuts both."""
-    if segmenter.config.mode == "delta" and segmenter.config.calibrate_to_hz is not None:
-        segmenter.calibrate(dev_feats, dev_waves)
-    return segmenter.segments(test_feats, test_waves), segmenter.segments(dev_feats, dev_waves)
-
-
-def rate_segmenter(rate_hz: float, *, mode: str = "rate", vad_trim: bool = False, **config):
-    """A Segmenter at ``rate_hz``: a fixed count per second (``mode="rate"``) or the δ search calibrated to it."""
-    from syllablelm.segmenter import Segmenter, SegmenterConfig
-
-    key = {"rate": "rate_hz", "delta": "calibrate_to_hz"}[mode]
-    return Segmenter(SegmenterConfig(**{key: rate_hz}, vad_trim=vad_trim, **config))
 
 
 def ceiling_scores(encoder, stored: dict, test, dev, rates, where: str = "the boundary version",
@@ -62,21 +37,23 @@ def ceiling_scores(encoder, stored: dict, test, dev, rates, where: str = "the bo
     """``test``/``dev`` are ``(waves, refs, ids)``; ``stored`` maps ids to ``(n, 2)`` seconds (``where`` names it
     in errors); ``vad_trim`` cuts only each utterance's speech span, as SylBoost's ``segmenter.vad_trim``;
     ``mode`` "rate" cuts a fixed count per second, "delta" runs the δ search calibrated to each rate on dev."""
-    from lightning_modules.sylboost import target_frames
+    from syllablelm.frames import seconds_to_frames
+    from syllablelm.segmenter import Segmenter, SegmenterConfig
     from syllablelm.units import segment_mean_targets
 
     def targets(feats, segments):
-        return [segment_mean_targets(f, target_frames(s), len(f)) for f, s in zip(feats, segments)]
+        return [segment_mean_targets(f, seconds_to_frames(s), len(f)) for f, s in zip(feats, segments)]
 
     _require(stored, test, dev, where)
-    ft, fd = encoder_features(encoder, test[0]), encoder_features(encoder, dev[0])
+    ft, fd = encoder.utterance_features(test[0]), encoder.utterance_features(dev[0])
     st, sd = [stored[i] for i in test[2]], [stored[i] for i in dev[2]]
-    out = {"stored": score(st, test[1], sd, dev[1])}
+    out = {"stored": tuned_scores(st, test[1], sd, dev[1])}
     for rate in rates:
         for name, (tt, td) in {"features": (ft, fd), "imitation": (targets(ft, st), targets(fd, sd)),
                                "oracle": (targets(ft, test[1]), targets(fd, dev[1]))}.items():
-            pt, pd = cut_split(rate_segmenter(rate, mode=mode, vad_trim=vad_trim), tt, test[0], td, dev[0])
-            out[f"{name}_{rate:g}hz"] = score(pt, test[1], pd, dev[1])
+            seg = Segmenter(SegmenterConfig.at_rate(rate, mode, vad_trim=vad_trim))
+            pt, pd = seg.segments_calibrated(tt, test[0], td, dev[0])
+            out[f"{name}_{rate:g}hz"] = tuned_scores(pt, test[1], pd, dev[1])
     return out
 
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from experiments.baselines import aligned_entries, read_waves, run_baselines, score
+from datamodules.aligned import aligned_entries, read_waves
 from syllablelm.audio import SAMPLE_RATE
+from syllablelm.evaluation import run_baselines, tuned_scores
 from syllablelm.fileio import write_json
 from syllablelm.metrics import cluster_scores, token_stats
 
@@ -47,7 +48,7 @@ def evaluate_tokenizer(tok, test, dev, *, batch_size: int = 8) -> dict:
         log.warning("%d reference syllables have no label; they count as one syllable type in clustering",
                     unlabelled)
     return {
-        "boundaries": score(pred_t, test[1], pred_d, dev[1]),
+        "boundaries": tuned_scores(pred_t, test[1], pred_d, dev[1]),
         "clustering": cluster_scores(pred_t, units_t, test[1], test[2]) if labelled else None,
         "tokens": token_stats(units_t, durations, vocab_size=tok.vocab_size),
         "segments_hz": sum(len(p) for p in pred_t) / sum(durations),
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             report["baselines"] = run_baselines(test[:2], dev[:2], rate_hz=report["tokenizer"]["segments_hz"],
                                                 per="file")  # as many segments per second of audio
     if args.lm and args.pairs:
-        from experiments.lm_pairs import score_pairs
+        from syllablelm.lm_pairs import score_pairs
 
         report["lm_pairs"] = score_pairs(args.lm, tok, args.pairs, device=args.device, split=args.split,
                                          deduplicate=not args.no_dedup)

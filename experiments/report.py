@@ -15,10 +15,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from datamodules.aligned import aligned_entries, load_split  # noqa: E402
 from datamodules.boundary_store import BoundaryStore  # noqa: E402
 from datamodules.label_store import LabelStore  # noqa: E402
-from experiments.baselines import aligned_entries, load_split, score  # noqa: E402
 from syllablelm.audio import SAMPLE_RATE, read_audio  # noqa: E402
+from syllablelm.evaluation import tuned_scores, uniform_baseline  # noqa: E402
 from syllablelm.fileio import write_text  # noqa: E402
 from syllablelm.plots import boundary_figure, save_png  # noqa: E402
 
@@ -40,7 +41,7 @@ def stage_scores(wd: Path, cache: Path) -> dict:
         segs = store.load(version)
         t = [e for e in test if e.id in segs]
         d = [e for e in dev if e.id in segs]
-        res = score([segs[e.id] for e in t], [ref_t[e.id][0] for e in t],
+        res = tuned_scores([segs[e.id] for e in t], [ref_t[e.id][0] for e in t],
                     [segs[e.id] for e in d], [ref_d[e.id][0] for e in d])
         res["rate_hz"] = sum(len(segs[e.id]) for e in t) / max(1e-9, sum(e.seconds for e in t))
         res["num_utterances"] = len(t)
@@ -51,7 +52,7 @@ def stage_scores(wd: Path, cache: Path) -> dict:
 def significance(wd: Path, cache: Path, stages: dict, baselines: dict, test_split) -> dict:
     """Paired bootstrap over the test utterances (:mod:`syllablelm.significance`) of each check's difference:
     SylBoost iteration 2 - LossPred, and LossPred - uniform at LossPred's rate (recomputed on the same audio,
-    ``test_split`` as :func:`~experiments.baselines.load_split` gives it, with the rate stored beside its
+    ``test_split`` as :func:`~datamodules.aligned.load_split` gives it, with the rate stored beside its
     scores). Each system at its own dev-tuned shift."""
     from syllablelm.audio import speech_regions
     from syllablelm.baselines import uniform_segments
@@ -122,8 +123,7 @@ def _bars(path: Path, groups: dict[str, tuple[float, float]], title: str, labels
 def losspred_uniform(splits, losspred: dict) -> tuple[str, dict]:
     """Uniform segments at LossPred's achieved rate on test (as many segments per second of audio), scored like
     every baseline; LossPred is checked against this one (``evaluate``'s uniform matches the tokenizer).
-    ``splits``: test and dev as :func:`~experiments.baselines.load_split` gives them."""
-    from experiments.baselines import uniform_baseline
+    ``splits``: test and dev as :func:`~datamodules.aligned.load_split` gives them."""
 
     name, results = uniform_baseline(*splits, losspred["rate_hz"], per="file")
     results[name]["params"]["matches"] = "LossPred"
@@ -137,16 +137,15 @@ def sylboost_start(checkpoint: Path, splits) -> dict:
     """A SylBoost ``checkpoint``'s starting features (its frozen teacher: what every iteration starts from), cut by
     SylBoost's segmenter (same layer, mode and target rate; a δ calibrated to that rate is calibrated here on the
     start's dev features), with no SylBoost training: what the training adds over its backbone."""
-    from experiments.ceiling import cut_split, encoder_features
     from lightning_modules.sylboost import SylBoostModule
 
     module = SylBoostModule.load_from_checkpoint(str(checkpoint), map_location="cpu")
     segmenter = module.boundary_segmenter()
     encoder = module.teacher.eval()
     (test_waves, test_refs, _), (dev_waves, dev_refs, _) = splits
-    pred_test, pred_dev = cut_split(segmenter, encoder_features(encoder, test_waves), test_waves,
-                                    encoder_features(encoder, dev_waves), dev_waves)
-    res = score(pred_test, test_refs, pred_dev, dev_refs)
+    pred_test, pred_dev = segmenter.segments_calibrated(encoder.utterance_features(test_waves), test_waves,
+                                                        encoder.utterance_features(dev_waves), dev_waves)
+    res = tuned_scores(pred_test, test_refs, pred_dev, dev_refs)
     res["rate_hz"] = sum(map(len, pred_test)) / max(1e-9, sum(len(w) / SAMPLE_RATE for w in test_waves))
     c = segmenter.config
     res["params"] = {"mode": c.mode, "rate_hz": c.rate_hz, "calibrate_to_hz": c.calibrate_to_hz,

@@ -103,7 +103,7 @@ def noisy_segments(segments, rng: np.random.Generator, *, drop: float = 0.0, ins
 
 def reference(argv: list[str] | None = None) -> int:
     """``syllablelm store-reference``: see the module docstring."""
-    from experiments.baselines import aligned_entries
+    from datamodules.aligned import aligned_entries
     from syllablelm.alignments import TIERS
 
     p = argparse.ArgumentParser(prog="syllablelm store-reference",
@@ -151,8 +151,8 @@ def envelope(argv: list[str] | None = None) -> int:
     """``syllablelm store-envelope``: see the module docstring."""
     from tqdm import tqdm
 
+    from datamodules.aligned import load_split
     from datamodules.manifest import build_manifest
-    from experiments.baselines import load_split
     from syllablelm.audio import SAMPLE_RATE, read_audio
     from syllablelm.baselines import envelope_segments, tune_envelope
 

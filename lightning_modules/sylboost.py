@@ -21,17 +21,12 @@ from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
 from datamodules.dataset import item_keys
-from lightning_modules.teacher import linear_warmup_decay
+from syllablelm.frames import seconds_to_frames
 from syllablelm.nn.data2vec2 import Data2Vec2AudioEncoder
 from syllablelm.nn.encoder import SpeechEncoder
+from syllablelm.schedules import linear_warmup_decay
 from syllablelm.segmenter import Segmenter, SegmenterConfig
 from syllablelm.units import segment_mean_targets
-
-
-def target_frames(segments, offset: float = 0.0) -> np.ndarray:
-    """Stored segments (seconds, file time) -> frames of a wave starting at ``offset``, as SylBoost's targets
-    cut them: ``round((t - offset) / 0.02)``."""
-    return np.rint((np.asarray(segments) - offset) / 0.02).astype(np.int64)
 
 
 class SylBoostModule(pl.LightningModule):
@@ -161,7 +156,7 @@ class SylBoostModule(pl.LightningModule):
             if segs is None:
                 raise ValueError(f"utterance {batch['ids'][b]} has no boundaries: set the DataModule's "
                                  "boundary_dir/boundary_version (LossPred's store, version 0)")
-            seg_frames.append(target_frames(segs, float(batch["offsets"][b])))
+            seg_frames.append(seconds_to_frames(segs, float(batch["offsets"][b])))
         targets = segment_mean_targets(target_feats, seg_frames, T, mode="middle_third")  # (B, T, H)
         valid = frame_mask[..., None].to(feats.dtype)
         n = int(frame_mask.sum()) * feats.shape[-1]

@@ -26,12 +26,12 @@ from torchmetrics import MeanMetric
 
 from datamodules.dataset import item_keys
 from syllablelm.audio import SAMPLE_RATE, speech_frame_span, speech_regions
+from syllablelm.checkpoints import load_teacher
+from syllablelm.frames import HOP, frames_to_seconds, num_frames, samples_for_frames
 from syllablelm.losspred import COUNT_RULES, loss_matrices, num_segments, similarity
 from syllablelm.nn.hubert import SOFTMAX_ROWS, HubertTeacher, TeacherConfig, compute_span_mask
+from syllablelm.schedules import linear_warmup_decay
 from syllablelm.segment import ncut_mincut
-
-HOP = 320  # samples per frame
-
 
 WAVEFORM_INPUTS = ("raw", "pretrained")
 
@@ -67,15 +67,6 @@ class LossPredConfig:
                 raise ValueError(f"LossPredConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
 
-def linear_warmup_decay(warmup: int, total: int):
-    """LR multiplier: linear 0 -> 1 over ``warmup`` steps, then linear 1 -> 0 at ``total``."""
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (total - step) / max(1, total - warmup))
-    return f
-
-
 class TeacherModule(pl.LightningModule):
     """HuBERT-style teacher.
 
@@ -103,10 +94,8 @@ class TeacherModule(pl.LightningModule):
     ):
         super().__init__()
         net = TeacherConfig(**network) if isinstance(network, dict) else (network or TeacherConfig.tiny())
-        if init_from:
-            from experiments.labels import load_teacher
-
-            self.teacher = load_teacher(init_from)
+        if init_from:  # a fairseq HuBERT .pt or a teacher .ckpt (head included), or an HF folder (fresh head)
+            self.teacher = load_teacher(init_from, num_labels=net.num_labels, final_dim=net.final_dim)
             net = self.teacher.config
         else:
             self.teacher = HubertTeacher(net)
@@ -172,7 +161,7 @@ class TeacherModule(pl.LightningModule):
     # ---- LossPred (test / predict) ----------------------------------------------------------------------
     def _trim(self, wave: torch.Tensor) -> tuple[int, int, np.ndarray]:
         """VAD span on the 20 ms grid ``(first frame, end frame)`` of the wave and its speech regions (s)."""
-        n_frames = max(0, (len(wave) - 400) // HOP + 1)
+        n_frames = num_frames(len(wave))
         if not self.losspred_config.vad:
             return 0, n_frames, np.array([[0.0, len(wave) / SAMPLE_RATE]])
         regions = speech_regions(wave.float().cpu().numpy(), SAMPLE_RATE)
@@ -193,7 +182,7 @@ class TeacherModule(pl.LightningModule):
         for b in range(len(batch["ids"])):
             wave = batch["waves"][b, : int(batch["lengths"][b])]
             first, last, regions = self._trim(wave)
-            f, _ = self.teacher.frontend(wave[first * HOP:(last - 1) * HOP + 400][None],  # (1, T, H)
+            f, _ = self.teacher.frontend(wave[first * HOP:first * HOP + samples_for_frames(last - first)][None],
                                          normalize=self.losspred_normalize)
             lab = batch["labels"][b, first:last]
             T = min(f.shape[1], int((lab >= 0).sum()))
@@ -238,7 +227,7 @@ class TeacherModule(pl.LightningModule):
             return np.zeros((0, 2)), S
         k = min(T, max(num_segments(T, cfg.rate_hz, rule=cfg.count_rule), -(-T // cfg.max_len)))
         bounds = ncut_mincut(S, k, min_len=1, max_len=cfg.max_len).numpy()
-        starts, ends = (first + bounds[:-1]) * 0.02, (first + bounds[1:]) * 0.02
+        starts, ends = frames_to_seconds(first + bounds[:-1]), frames_to_seconds(first + bounds[1:])
         if cfg.vad:  # drop segments whose first frame (its centre) is outside every speech region
             centre = starts[:, None] + 0.01
             keep = ((centre >= regions[None, :, 0]) & (centre < regions[None, :, 1])).any(1)
@@ -254,7 +243,7 @@ class TeacherModule(pl.LightningModule):
             segs, S = self.boundaries(C, first, regions)
             segments.append(segs + float(batch["offsets"][b]))
             if len(matrices) < keep_matrices:
-                matrices[b] = (S.float(), first * 0.02)
+                matrices[b] = (S.float(), float(frames_to_seconds(first)))
         return {"ids": list(batch["ids"]), "segments": segments, "matrices": matrices}
 
     def test_step(self, batch, batch_idx):

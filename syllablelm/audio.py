@@ -13,8 +13,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-SAMPLE_RATE = 16_000
-FRAME_HZ = 50  # frames per second of every encoder in this project (20 ms hop)
+from .frames import FRAME_SECONDS, SAMPLE_RATE
+
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus")
 
 
@@ -179,7 +179,7 @@ def speech_span(wave: np.ndarray | torch.Tensor, sample_rate: int, *, pad: float
 
 
 def speech_frame_span(wave: np.ndarray | torch.Tensor, sample_rate: int, n_frames: int, *,
-                      regions: np.ndarray | None = None, frame_seconds: float = 0.02) -> tuple[int, int]:
+                      regions: np.ndarray | None = None, frame_seconds: float = FRAME_SECONDS) -> tuple[int, int]:
     """``(first, end)`` frames of the 20 ms grid from the first speech onset to the last offset: ``first`` rounds
     down and ``end`` up, so the span covers every detected speech sample; ``(0, n_frames)`` when nothing is
     detected. ``regions`` (seconds) skips the VAD. LossPred trims to this span, and SylBoost's segmenter does
@@ -244,7 +244,7 @@ def chunk_at_pauses(duration: float, regions: np.ndarray | None, *, max_seconds:
             if quietest is None:
                 return None
             best = quietest(start + 0.75 * max_seconds, limit)
-        best = max(start + 0.02, np.floor(best / 0.02) * 0.02)  # on the frame grid, still inside the span
+        best = max(start + FRAME_SECONDS, np.floor(best / FRAME_SECONDS) * FRAME_SECONDS)  # on the frame grid
         chunks.append((start, best))
         start = best
     chunks.append((start, duration))

@@ -19,6 +19,7 @@ import torch
 from scipy import signal
 
 from .audio import speech_regions
+from .frames import FRAME_SECONDS
 
 ENVELOPE_RATE = 100  # Hz of the envelope after decimation
 
@@ -97,7 +98,7 @@ def mincut_segments(wave, sample_rate: int, *, rate_hz: float = 6.25, min_len: i
             continue
         feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-5)
         bounds = sse_segment(feats, rate_hz=rate_hz, min_len=min_len, max_len=max_len).numpy()
-        edges = np.minimum(a + bounds * 0.02, b)
+        edges = np.minimum(a + bounds * FRAME_SECONDS, b)
         edges[-1] = b
         out.append(np.stack([edges[:-1], edges[1:]], 1))
     segs = np.concatenate(out).reshape(-1, 2) if out else np.zeros((0, 2))

@@ -3,9 +3,8 @@
 - :func:`mfcc_features`: 13 MFCCs + deltas + delta-deltas (39 dims, torchaudio's Kaldi MFCC), first-iteration
   targets. fairseq used a 10 ms hop (100 Hz labels); here the hop is 20 ms with HuBERT's 400-sample window, so
   MFCC frame ``i`` and CNN frame ``i`` cover the same samples and no label-rate conversion is needed.
-- :class:`HiddenFeatures`: a hidden layer of a HuBERT-style teacher (the paper: HuBERT-Base layer 9 with 500
-  k-means clusters), run per utterance so padding never changes a feature (Base's first conv uses GroupNorm over
-  time).
+- :class:`HiddenFeatures`: a hidden layer of a backbone (the paper: HuBERT-Base layer 9 with 500 k-means
+  clusters), run per utterance so padding never changes a feature (Base's first conv uses GroupNorm over time).
 
 k-means centroids come from :func:`syllablelm.clustering.kmeans` or from an imported model
 (:func:`syllablelm.checkpoints.load_kmeans_centroids`); :class:`syllablelm.checkpoints.KMeansLabeler` assigns.
@@ -29,11 +28,14 @@ def mfcc_features(wave: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> torch.T
 
 
 class HiddenFeatures:
-    """Layer ``layer`` of a :class:`~syllablelm.nn.hubert.HubertTeacher` (HF convention: ``hidden_states[layer]``
-    is the output of transformer layer ``layer``)."""
+    """``hidden_states[layer]`` of any backbone :func:`syllablelm.checkpoints.load_backbone` reads (HF
+    convention: the output of transformer layer ``layer``), through :class:`~syllablelm.nn.encoder.SpeechEncoder`
+    like every other feature in this suite; one utterance at a time."""
 
-    def __init__(self, teacher, layer: int, device: str | torch.device = "cpu"):
-        self.teacher = teacher.eval().to(device)
+    def __init__(self, checkpoint, layer: int, device: str | torch.device = "cpu"):
+        from .nn.encoder import SpeechEncoder
+
+        self.encoder = SpeechEncoder.load(checkpoint, layer=layer).eval().to(device)
         self.layer = layer
         self.device = torch.device(device)
 
@@ -41,5 +43,4 @@ class HiddenFeatures:
     def __call__(self, wave: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:  # (S,) -> (T, H)
         if sample_rate != SAMPLE_RATE:
             wave = AF.resample(wave, sample_rate, SAMPLE_RATE)
-        hidden = self.teacher.hidden_states(wave[None].to(self.device), layer=self.layer)
-        return hidden[0].float().cpu()
+        return self.encoder(wave[None].to(self.device))[0][0].float().cpu()

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .baselines import log_mel  # noqa: E402
+from .frames import FRAME_SECONDS  # noqa: E402
 
 
 def boundary_figure(wave, sample_rate: int, *, predicted: np.ndarray, reference: np.ndarray | None = None,
@@ -47,8 +48,9 @@ def boundary_figure(wave, sample_rate: int, *, predicted: np.ndarray, reference:
         m = matrix.detach().cpu().numpy() if isinstance(matrix, torch.Tensor) else np.asarray(matrix)
         T = m.shape[0]
         ax2 = axes[1, 0]
+        end = matrix_offset + T * FRAME_SECONDS
         ax2.imshow(np.log(np.maximum(m, 1e-12)), origin="upper", aspect="auto", cmap="viridis",
-                   extent=(matrix_offset, matrix_offset + T * 0.02, matrix_offset + T * 0.02, matrix_offset),
+                   extent=(matrix_offset, end, end, matrix_offset),
                    vmin=-12, vmax=0)
         for s, _ in np.asarray(predicted).reshape(-1, 2):
             ax2.axvline(s, color="white", lw=0.6)

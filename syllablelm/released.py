@@ -39,8 +39,8 @@ from pathlib import Path
 
 import torch
 
-from syllablelm.checkpoints import CheckpointError, _stub_pickle
-from syllablelm.checkpoints_data2vec2 import encoder_from_fairseq_state, fairseq_key
+from syllablelm.checkpoints import CheckpointError, load_fairseq_state
+from syllablelm.checkpoints.data2vec2 import encoder_from_fairseq_state, fairseq_key
 from syllablelm.fileio import atomic_write
 from syllablelm.nn.data2vec2 import Data2Vec2Config
 from syllablelm.nn.encoder import SpeechEncoder
@@ -104,7 +104,7 @@ def load_released_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         log.warning("%s holds more than tensors: loading it as a full pickle (trusted files only)", path)
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_stub_pickle)
+        ckpt = load_fairseq_state(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get(MODEL_KEY), dict):
         keys = list(ckpt)[:20] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path}: not a released SylBoost model (no {MODEL_KEY!r} state dict; found {keys})")

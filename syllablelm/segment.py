@@ -1,7 +1,7 @@
 """Min-cut segmentation: the SylBoost SSE min-cut with rate control, the LossPred normalized cut, time helpers.
 
-Frames (50 Hz) exist only inside these algorithms; :func:`frames_to_segments` / :func:`segments_to_frames`
-convert at the boundary to the seconds every file and public API uses (ARCHITECTURE.md).
+Frames (50 Hz) exist only inside these algorithms; :mod:`syllablelm.frames` converts at the boundary to the
+seconds every file and public API uses (docs/algorithms.md, "Frames and time").
 
 Every function returns boundary frames as a 1-D long CPU tensor ``[0, b_1, ..., T]`` (``k + 1`` entries for k
 segments); segment lengths ``min_len..max_len`` are inclusive. The DPs are exact (not beam or greedy):
@@ -22,7 +22,7 @@ Example::
 
     feats = torch.randn(400, 768)                       # (T, D): 8 s of 50 Hz features
     bounds = sse_segment(feats, rate_hz=6.25)           # tensor([0, ..., 400]), 50 segments
-    segs = frames_to_segments(bounds, offset=0.3)       # (50, 2) float64 seconds in the file's time
+    segs = syllablelm.frames.frames_to_segments(bounds, offset=0.3)   # (50, 2) seconds in the file's time
 """
 from __future__ import annotations
 
@@ -34,9 +34,7 @@ import numpy as np
 import torch
 
 from syllablelm import _dp
-
-FRAME_HZ = 50
-FRAME_SECONDS = 1.0 / FRAME_HZ
+from syllablelm.frames import FRAME_HZ
 
 
 # --------------------------------------------------------------------------------------------- validation ----
@@ -285,18 +283,3 @@ def ncut_mincut(similarity: torch.Tensor, num_segments: int, min_len: int = 1, m
     if not isinstance(similarity, torch.Tensor) or similarity.dim() != 2:
         raise ValueError(f"similarity must be a (T, T) tensor, got {getattr(similarity, 'shape', similarity)}")
     return ncut_mincut_batch(similarity[None], [num_segments], None, min_len, max_len)[0]
-
-
-# ------------------------------------------------------------------------------------------- time helpers ----
-def frames_to_segments(boundaries, *, frame_seconds: float = FRAME_SECONDS, offset: float = 0.0) -> np.ndarray:
-    """Boundary frames ``[0, b_1, ..., T]`` -> (n, 2) float64 array of [start, end] seconds (+ ``offset``)."""
-    b = np.asarray(boundaries, dtype=np.float64).reshape(-1) * frame_seconds + offset
-    return np.stack([b[:-1], b[1:]], 1) if b.size > 1 else np.zeros((0, 2))
-
-
-def segments_to_frames(segments, *, frame_seconds: float = FRAME_SECONDS, offset: float = 0.0) -> torch.Tensor:
-    """(n, 2) [start, end] seconds -> sorted unique boundary frames of all starts and ends (a pause between
-    segments becomes a segment of its own); frame = round-half-up((seconds - offset) / frame_seconds)."""
-    s = np.asarray(segments, dtype=np.float64).reshape(-1)
-    frames = np.floor((s - offset) / frame_seconds + 0.5).astype(np.int64)
-    return torch.from_numpy(np.unique(frames))

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, speech_frame_span
-from .segment import calibrate_delta, frames_to_segments, sse_segment_batch
+from .frames import frames_to_segments
+from .segment import calibrate_delta, sse_segment_batch
 
 DEFAULT_RATE_HZ = 6.25  # the paper's main rate; the δ search is calibrated to it when no mode is given
 
@@ -70,6 +71,14 @@ class SegmenterConfig:
     def mode(self) -> str:
         """``"delta"``, ``"rate"`` or ``"frames"``."""
         return "frames" if self.fixed_frames else "rate" if self.rate_hz is not None else "delta"
+
+    @classmethod
+    def at_rate(cls, rate_hz: float, mode: str = "delta", **fields) -> "SegmenterConfig":
+        """``rate_hz`` as a fixed count per second (``mode="rate"``) or as the δ search's calibration target
+        (``mode="delta"``); ``fields``: the other settings."""
+        if mode not in ("rate", "delta"):
+            raise ValueError(f"mode must be 'rate' or 'delta', got {mode!r}")
+        return cls(**{"rate_hz" if mode == "rate" else "calibrate_to_hz": rate_hz}, **fields)
 
     @classmethod
     def of(cls, value: "SegmenterConfig | dict | None") -> "SegmenterConfig":
@@ -125,6 +134,13 @@ class Segmenter:
         """``(n, 2)`` float64 seconds of each utterance (+ its ``offset``: where its wave starts in its file)."""
         offsets = [0.0] * len(features) if offsets is None else [float(o) for o in offsets]
         return [frames_to_segments(b.numpy(), offset=o) for b, o in zip(self.cut(features, waves), offsets)]
+
+    def segments_calibrated(self, test_features, test_waves, dev_features, dev_waves) -> tuple[list, list]:
+        """``(test segments, dev segments)``; a δ segmenter with a target rate is first calibrated on the dev
+        features (the split shifts are tuned on), as a SylBoost run calibrates on its training sample."""
+        if self.config.mode == "delta" and self.config.calibrate_to_hz is not None:
+            self.calibrate(dev_features, dev_waves)
+        return self.segments(test_features, test_waves), self.segments(dev_features, dev_waves)
 
     def calibrate(self, features: Sequence[torch.Tensor], waves: Sequence | None = None,
                   target_hz: float | None = None) -> float:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, pause_chunks, read_audio
+from .frames import samples_for_frames
 from .nn.encoder import SpeechEncoder
 from .segmenter import Segmenter, SegmenterConfig
 from .units import UnitQuantizer, dedup
@@ -145,7 +146,7 @@ class Tokenizer:
             wave = self._load(audio, sample_rate)
             for start, end in pause_chunks(wave, SAMPLE_RATE, max_seconds=self.chunk_seconds):
                 part = wave[int(round(start * SAMPLE_RATE)):int(round(end * SAMPLE_RATE))]
-                if len(part) < 400 + 320 * 2 * self.segmenter.config.min_len:  # too short for one segment
+                if len(part) < samples_for_frames(2 * self.segmenter.config.min_len + 1):  # too short to cut
                     continue
                 if group and (sum(len(p) for p, _, _ in group) + len(part)) / SAMPLE_RATE > self.group_seconds:
                     flush()

@@ -31,11 +31,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from syllablelm.audio import FRAME_HZ
 from syllablelm.clustering import MappedChunks, agglomerate, kmeans, np32
 from syllablelm.fileio import write_npz
+from syllablelm.frames import frames_to_seconds
 
 POOLING_MODES = ("drop_edge", "middle_third", "middle_third_symmetric", "mean")
+# unit variants of an LM's data (docs/algorithms.md, "Units"): variant -> deduplicate after the Ward merge
+UNIT_VARIANTS = {"authors_lm": False, "dedup": True}
 _FORMAT = "syllablelm.units/1"
 
 
@@ -53,6 +55,18 @@ def _mode(mode: str) -> str:
     if m not in POOLING_MODES:
         raise ValueError(f"pooling mode {mode!r} not in {POOLING_MODES}")
     return m
+
+
+def check_variant(variant: str) -> str:
+    """``variant`` if it names a unit variant (:data:`UNIT_VARIANTS`), else ValueError."""
+    if variant not in UNIT_VARIANTS:
+        raise ValueError(f"unknown unit variant {variant!r}: one of {', '.join(UNIT_VARIANTS)}")
+    return variant
+
+
+def deduplicates(variant: str) -> bool:
+    """Whether ``variant`` collapses runs of equal units (the tokenizer's ``deduplicate`` argument)."""
+    return UNIT_VARIANTS[check_variant(variant)]
 
 
 # ---------------------------------------------------------------------------------------------- pooling
@@ -283,5 +297,5 @@ class UnitQuantizer:
         x = _tensor(features).float()  # pooled fp16 features would be rounded back to fp16 before assignment
         seg = _tensor(as_segments(boundaries), x.device).long()  # (n, 2)
         units = self.assign(pool_segments(x, seg, self.pooling)).cpu().numpy()  # (n,)
-        seconds = seg.cpu().numpy() * (1.0 / FRAME_HZ) + offset  # (n, 2); frame * 0.02 as in segment.py
+        seconds = frames_to_seconds(seg.cpu().numpy(), offset)  # (n, 2)
         return dedup(seconds, units) if deduplicate else (seconds, units)

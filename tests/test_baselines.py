@@ -51,7 +51,7 @@ def test_mincut_baseline_stays_inside_speech_at_the_asked_rate():
 def test_baselines_at_a_matched_rate_place_as_many_segments_per_second_of_audio():
     import pytest
 
-    from experiments.baselines import run_baselines, uniform_baseline
+    from syllablelm.evaluation import run_baselines, uniform_baseline
 
     waves, refs = [], []
     for seed in range(3):  # 2.2 s of speech in 2.8 s of audio

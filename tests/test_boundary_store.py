@@ -84,7 +84,8 @@ def test_duplicate_utterances_across_shards_are_an_error(tmp_path):
 
 
 def test_label_store_checks_labels_and_frame_counts(tmp_path):
-    from datamodules.label_store import LabelStore, num_frames
+    from datamodules.label_store import LabelStore
+    from syllablelm.frames import num_frames
 
     store = LabelStore(tmp_path)
     assert num_frames(16000) == 49 and num_frames(399) == 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from syllablelm import checkpoints as ck
-from syllablelm import checkpoints_write as cw
+from syllablelm.checkpoints import hubert_write as cw
 from syllablelm.nn.hubert import HubertTeacher, TeacherConfig
 
 NO_DROPOUT = dict(hidden_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0)
@@ -72,7 +72,7 @@ def test_loaded_offset_teacher_round_trips_again(tmp_path, monkeypatch):
 def _rewrite(path, mutate):
     """Load a fairseq-style file with the stub unpickler, let `mutate` edit it, save it back (re-creating the
     Dictionary under the fake fairseq module)."""
-    state = torch.load(path, weights_only=False, pickle_module=ck._stub_pickle)
+    state = torch.load(path, weights_only=False, pickle_module=ck.stub_pickle)
     mutate(state)
     dicts = (state.get("task_state") or {}).get("dictionaries", [])
     with cw._fake_fairseq_dictionary_module() as Dictionary:
@@ -111,7 +111,7 @@ def test_real_shaped_checkpoint_key_names_and_shapes(tmp_path, monkeypatch, pres
     torch.manual_seed(0)
     path = tmp_path / f"{preset}.pt"
     cw.save_fairseq_style_checkpoint(HubertTeacher(cfg), path)
-    sd = torch.load(path, weights_only=False, pickle_module=ck._stub_pickle)["model"]
+    sd = torch.load(path, weights_only=False, pickle_module=ck.stub_pickle)["model"]
     H, F = cfg.hidden_size, cfg.final_dim
     shapes = {
         "feature_extractor.conv_layers.0.0.weight": (512, 1, 10),
@@ -190,7 +190,7 @@ def test_hf_dir_round_trip_offline(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert HubertTeacher.from_hf_dir(tmp_path / "hf", num_labels=5, final_dim=8).config.normalize_waveform
-    assert type(ck.load_hf_encoder(tmp_path / "hf")).__name__ == "HubertModel"
+    assert type(ck.load_backbone(tmp_path / "hf").encoder).__name__ == "HubertModel"
 
 
 @pytest.mark.parametrize("name", ["WavLM", "Data2VecAudio", "Wav2Vec2"])
@@ -201,7 +201,7 @@ def test_load_hf_encoder_other_families(tmp_path, name):
                                                     intermediate_size=64, conv_dim=(16,) * 7,
                                                     num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2)
     getattr(transformers, f"{name}Model")(config).save_pretrained(tmp_path)
-    assert type(ck.load_hf_encoder(tmp_path)).__name__ == f"{name}Model"
+    assert type(ck.load_backbone(tmp_path).encoder).__name__ == f"{name}Model"
 
 
 def test_kmeans_joblib_and_npy(tmp_path):
@@ -247,8 +247,8 @@ def test_structured_dictconfig_with_fairseq_dataclass_and_enum(tmp_path, monkeyp
     teacher = HubertTeacher(TeacherConfig.tiny(feat_extract_norm="layer", num_labels=6))
     path = tmp_path / "structured.pt"
     cw.save_fairseq_style_checkpoint(teacher, path)
-    state = torch.load(path, weights_only=False, pickle_module=ck._stub_pickle)
-    plain = ck._plain(state["cfg"])
+    state = torch.load(path, weights_only=False, pickle_module=ck.stub_pickle)
+    plain = ck.to_plain(state["cfg"])
     with monkeypatch.context() as m:
         for name in ("fairseq", "fairseq.dataclass", "fairseq.dataclass.constants", "fairseq.models",
                      "fairseq.models.hubert", "fairseq.models.hubert.hubert"):

@@ -82,7 +82,7 @@ def _base_of(overlay):
 
 @pytest.mark.parametrize("path", OVERLAYS, ids=[p.name for p in OVERLAYS])
 def test_overlays_parse_with_their_base_through_lightningcli(path):
-    from experiments.pipeline_checks import parse_lightning
+    from experiments.pipeline.stage_configs import parse_lightning
 
     cfg = parse_lightning(str(_base_of(path)), ["--config", str(path)])
     overlay = yaml.safe_load(path.read_text())

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from syllablelm import checkpoints_data2vec2 as d2c
-from syllablelm.checkpoints import CheckpointError, _stub_pickle
+from syllablelm.checkpoints import CheckpointError, stub_pickle
+from syllablelm.checkpoints import data2vec2 as d2c
 from syllablelm.nn.data2vec2 import Data2Vec2AudioEncoder, Data2Vec2Config, alibi_slopes
 from syllablelm.nn.encoder import SpeechEncoder
 
@@ -89,7 +89,7 @@ def test_matches_a_forward_written_from_fairseq(tmp_path):
     model = _model()
     path = tmp_path / "d2v2.pt"
     d2c.save_fairseq_style_data2vec2(model, path)
-    sd = torch.load(path, weights_only=False, pickle_module=_stub_pickle)["model"]
+    sd = torch.load(path, weights_only=False, pickle_module=stub_pickle)["model"]
     waves, _ = _waves((12000,))
     with torch.no_grad():
         ours, _ = model(waves)
@@ -175,7 +175,7 @@ def test_real_size_base_file_loads_without_fairseq(tmp_path, monkeypatch):
     model = Data2Vec2AudioEncoder(Data2Vec2Config.base()).half()  # fp16 on disk, as fairseq saves fp16 runs
     path = tmp_path / "base_libri.pt"
     d2c.save_fairseq_style_data2vec2(model, path, pretraining_keys=False)
-    sd = torch.load(path, weights_only=False, pickle_module=_stub_pickle)["model"]
+    sd = torch.load(path, weights_only=False, pickle_module=stub_pickle)["model"]
     assert {k: tuple(v.shape) for k, v in sd.items()} == BASE_SHAPES
     loaded = _load_without_fairseq(path, monkeypatch).eval()
     assert loaded.config == Data2Vec2Config.base() and next(loaded.parameters()).dtype == torch.float32
@@ -187,7 +187,7 @@ def test_real_size_base_file_loads_without_fairseq(tmp_path, monkeypatch):
 
 
 def _rewrite(path, mutate):
-    state = torch.load(path, weights_only=False, pickle_module=_stub_pickle)
+    state = torch.load(path, weights_only=False, pickle_module=stub_pickle)
     mutate(state)
     torch.save(state, path)
 

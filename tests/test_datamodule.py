@@ -155,7 +155,8 @@ def test_latest_without_complete_version_is_a_clear_error(tmp_path, cache_dir):
 
 
 def test_frame_labels_follow_the_crop(tmp_path, cache_dir):
-    from datamodules.label_store import LabelStore, num_frames
+    from datamodules.label_store import LabelStore
+    from syllablelm.frames import num_frames
 
     dm = _dm(tmp_path, cache_dir)
     dm.setup("fit")

@@ -36,19 +36,20 @@ def test_tiny_demo_writes_a_report_and_a_working_tokenizer(tmp_path):
             assert sig["difference"] == pytest.approx(a[m] - b[m], abs=1e-9)
             assert sig["low"] <= sig["difference"] <= sig["high"] and 0 <= sig["p_not_better"] <= 1
     # SylBoost's untrained start is the shipped backbone, cut as SylBoost cuts: the same scores from the folder
-    from experiments.baselines import load_split, score
-    from experiments.ceiling import encoder_features, rate_segmenter
+    from datamodules.aligned import load_split
     from experiments.demo import SHIPPED
     from experiments.report import SYLBOOST_START
+    from syllablelm.evaluation import tuned_scores
     from syllablelm.nn.encoder import SpeechEncoder
+    from syllablelm.segmenter import Segmenter, SegmenterConfig
 
     start = report["baselines"][SYLBOOST_START]
     wd = tmp_path / "demo"
     splits = [load_split([str(wd / "data/synth" / s)], str(wd / "data/synth/alignments")) for s in ("test", "dev")]
     backbone = SpeechEncoder.load(SHIPPED / "backbone", layer=start["params"]["layer"]).eval()
-    seg = rate_segmenter(start["params"]["rate_hz"], mode="rate", vad_trim=True)
-    pred = [seg.segments(encoder_features(backbone, w), w) for w, _, _ in splits]
-    again = score(pred[0], splits[0][1], pred[1], splits[1][1])["syllablelm_tuned"]
+    seg = Segmenter(SegmenterConfig.at_rate(start["params"]["rate_hz"], "rate", vad_trim=True))
+    pred = [seg.segments(backbone.utterance_features(w), w) for w, _, _ in splits]
+    again = tuned_scores(pred[0], splits[0][1], pred[1], splits[1][1])["syllablelm_tuned"]
     assert again == pytest.approx(start["syllablelm_tuned"])
     assert f"`{SYLBOOST_START}` is SylBoost's backbone" in (wd / "report.md").read_text()
     assert {"cpur", "spur", "snmi"} <= set(report["units"]["clustering"])

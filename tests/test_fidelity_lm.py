@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules.unit_store import UnitStore, deduplicates
-from datamodules.units import UnitsDataModule
+from datamodules.unit_data import UnitsDataModule
+from datamodules.unit_store import UnitStore
 from lightning_modules.speechlm import SpeechLMModule
 from syllablelm.nn.gpt import GPT, GPTConfig
-from syllablelm.units import UnitQuantizer
+from syllablelm.units import UnitQuantizer, deduplicates
 from tests.conftest import make_librispeech
 
 V = 10
@@ -215,7 +215,7 @@ class FakeTokenizer:
 
 @pytest.fixture
 def fake_units(tmp_path, monkeypatch):
-    import experiments.units as units_cmd
+    import experiments.unit_commands as units_cmd
     from experiments.cli import main
 
     data = tmp_path / "data"
@@ -293,7 +293,7 @@ def test_datamodule_reads_the_variant_and_refuses_mixed_train_and_val(tmp_path):
 def test_lm_checkpoint_records_the_unit_variant_and_pair_scoring_follows_it(tmp_path, monkeypatch):
     import lightning.pytorch as pl
 
-    from experiments import lm_pairs
+    from syllablelm import lm_pairs
 
     _store(tmp_path / "units", {"variant": "authors_lm"})
     dm = UnitsDataModule(unit_dir=str(tmp_path / "units"), context_length=8, batch_size=2, pack=True, num_workers=0)

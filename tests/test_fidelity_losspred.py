@@ -12,7 +12,7 @@ import torch
 
 from lightning_modules.teacher import LossPredConfig, TeacherModule
 from syllablelm import checkpoints as ck
-from syllablelm import checkpoints_write as cw
+from syllablelm.checkpoints import hubert_write as cw
 from syllablelm.losspred import group_span_mask, loss_matrices, mask_groups, num_segments
 from syllablelm.nn.hubert import HubertTeacher, TeacherConfig
 from tests.test_teacher import fake_batch

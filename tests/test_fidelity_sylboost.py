@@ -15,7 +15,7 @@ CONFIGS = REPO / "experiments/configs/librispeech"
 
 
 def _parsed(*overlays: str) -> dict:
-    from experiments.stage_configs import parse_lightning
+    from experiments.pipeline.stage_configs import parse_lightning
 
     args = [a for o in overlays for a in ("--config", str(CONFIGS / o))]
     return parse_lightning(str(CONFIGS / "sylboost.yaml"), args)

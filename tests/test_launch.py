@@ -1,4 +1,4 @@
-"""``experiments.launch``: who a pipeline process is (torchrun, SLURM, NODE_RANK) and the check that the
+"""``experiments.pipeline.launch``: who a pipeline process is (torchrun, SLURM, NODE_RANK) and the check that the
 run's outputs are on a filesystem every node shares."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from experiments import launch as L
+from experiments.pipeline import launch as L
 
 
 def test_launch_torchrun(clean_env):

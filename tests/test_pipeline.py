@@ -17,8 +17,8 @@ import yaml
 
 from datamodules.boundary_store import BoundaryStore
 from datamodules.label_store import LabelStore
-from experiments import launch as L
-from experiments import pipeline as pl
+from experiments.pipeline import launch as L
+from experiments.pipeline import runner as pl
 from tests.conftest import LAUNCH_VARS, REPO
 from tests.test_datamodule_ddp import free_port
 from tests.workspace import make_paper_workspace
@@ -45,7 +45,7 @@ def test_paper_pipeline_config_loads_with_every_stage():
 def test_paper_pipelines_write_the_authors_lm_units(name):
     """The SpeechLM's train and dev units are the authors' LM variant (one merged unit per segment, no dedup
     after the Ward merge), and the stage arguments parse with the units command's own parser."""
-    from experiments.units import units_parser
+    from experiments.unit_commands import units_parser
 
     stages = [s for s in pl.load_pipeline(PAPER.with_name(name)).stages if s.command == "units"]
     assert [s.name for s in stages] == ["units", "units_dev"]

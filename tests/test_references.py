@@ -5,9 +5,9 @@ import logging
 import numpy as np
 import pytest
 
-from experiments.baselines import load_split
+from datamodules.aligned import load_split
 from experiments.evaluate import evaluate_tokenizer
-from experiments.references import main as references_main
+from experiments.import_references import main as references_main
 from syllablelm.alignments import SegmentError, index_alignments, load_alignment
 from syllablelm.metrics import boundary_scores, cluster_scores
 from syllablelm.metrics_cluster import strip_stress

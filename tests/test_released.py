@@ -19,7 +19,7 @@ import torch
 from experiments.cli import main as cli_main
 from syllablelm import released
 from syllablelm.checkpoints import CheckpointError
-from syllablelm.checkpoints_data2vec2 import fairseq_key
+from syllablelm.checkpoints.data2vec2 import fairseq_key
 from syllablelm.nn.data2vec2 import Data2Vec2AudioEncoder
 from syllablelm.released import (
     RELEASED_ENCODER_CONFIG,

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from syllablelm.frames import frames_to_segments, num_frames, samples_for_frames, seconds_to_frames
 from syllablelm.segment import (
     calibrate_delta,
-    frames_to_segments,
     ncut_mincut,
     ncut_mincut_batch,
-    segments_to_frames,
     sse_mincut,
     sse_mincut_batch,
     sse_segment,
@@ -254,7 +253,10 @@ def test_time_helpers():
     segs = frames_to_segments(torch.tensor([0, 10, 25]), offset=0.5)
     assert segs.dtype == np.float64 and segs.shape == (2, 2)
     np.testing.assert_allclose(segs, [[0.5, 0.7], [0.7, 1.0]])
-    assert segments_to_frames(segs, offset=0.5).tolist() == [0, 10, 25]
-    # a pause between stored segments becomes a boundary of its own; 0.58 s is frame 29 despite float error
-    assert segments_to_frames([[0.1, 0.58], [0.7, 0.9]]).tolist() == [5, 29, 35, 45]
+    assert np.unique(seconds_to_frames(segs, offset=0.5)).tolist() == [0, 10, 25]
+    # 0.58 s is frame 29 despite float error; exact half frames round to even, as Python's round (the authors')
+    assert seconds_to_frames([0.1, 0.58, 0.7, 0.9]).tolist() == [5, 29, 35, 45]
+    assert seconds_to_frames([0.01, 0.03, 0.05]).tolist() == [round(0.5), round(1.5), round(2.5)] == [0, 2, 2]
     assert frames_to_segments([0]).shape == (0, 2)
+    assert num_frames(399) == 0 and num_frames(400) == 1 and num_frames(16000) == 49
+    assert all(num_frames(samples_for_frames(n)) == n > num_frames(samples_for_frames(n) - 1) for n in (1, 2, 49))

@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from datamodules.unit_data import UnitsDataModule
 from datamodules.unit_store import UnitStore
-from datamodules.units import UnitsDataModule
-from lightning_modules.speechlm import SpeechLMModule, warmup_hold_decay
+from lightning_modules.speechlm import SpeechLMModule
 from syllablelm.nn.gpt import GPT, GPTConfig, KVCache
+from syllablelm.schedules import warmup_hold_decay
 from tests.conftest import REPO
 
 V = 10  # units 0..9, BOS = EOS = 10

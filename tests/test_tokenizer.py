@@ -179,8 +179,8 @@ def test_a_stopped_quantize_resumes_from_its_saved_parts(synth_corpus, sylboost_
 
 
 def test_pair_scoring_with_a_tiny_lm(tokenizer_ckpt, tmp_path):
-    from experiments.lm_pairs import score_pairs
     from lightning_modules.speechlm import SpeechLMModule
+    from syllablelm.lm_pairs import score_pairs
     from syllablelm.nn.gpt import GPTConfig
     from syllablelm.synth.pairs import main as make_pairs
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from syllablelm.audio import SAMPLE_RATE, speech_frame_span
-from syllablelm.segment import frames_to_segments
+from syllablelm.frames import frames_to_segments
 from syllablelm.segmenter import segment_frames
 from syllablelm.tokenizer import Tokenizer
 from tests import sylboost_helpers as H

@@ -51,7 +51,7 @@ def make_paper_workspace(root: str | Path, *, seed: int = 0) -> Path:
     import torch
     from sklearn.cluster import MiniBatchKMeans
 
-    from syllablelm.checkpoints_write import save_fairseq_style_checkpoint
+    from syllablelm.checkpoints import save_fairseq_style_checkpoint
     from syllablelm.nn.hubert import HubertTeacher, TeacherConfig
 
     root = Path(root)
@@ -69,7 +69,7 @@ def make_paper_workspace(root: str | Path, *, seed: int = 0) -> Path:
     save_fairseq_style_checkpoint(HubertTeacher(TeacherConfig.base(**small)), ck / "hubert_base_ls960.pt")
     save_fairseq_style_checkpoint(HubertTeacher(TeacherConfig.large(**{**small, "num_hidden_layers": 4})),
                                   ck / "hubert_large_ll60k.pt")
-    from syllablelm.checkpoints_data2vec2 import save_fairseq_style_data2vec2
+    from syllablelm.checkpoints import save_fairseq_style_data2vec2
     from syllablelm.nn.data2vec2 import Data2Vec2AudioEncoder, Data2Vec2Config
 
     d2v2 = Data2Vec2Config(embed_dim=32, num_heads=2, depth=8, prenet_depth=4, conv_pos_width=8, conv_pos_depth=2,

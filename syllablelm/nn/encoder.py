@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
-from .common import normalize_waves, pretrained_normalization
+from .common import normalize_waves
 from .data2vec2 import Data2Vec2AudioEncoder, Data2Vec2Config
 
 D2V2_TYPE = "data2vec2_fairseq"  # spec()["model_type"] of a data2vec 2.0 encoder (not an HF model type)
@@ -57,7 +57,7 @@ class SpeechEncoder(nn.Module):
         if isinstance(self.model, Data2Vec2AudioEncoder):
             return {"model_type": D2V2_TYPE, "config": dataclasses.asdict(self.model.config), "layer": self.layer,
                     "normalize_waveform": self.normalize_waveform}
-        return {"model_type": self.model.config.model_type, "config": _plain(self.model.config.to_dict()),
+        return {"model_type": self.model.config.model_type, "config": _json_safe(self.model.config.to_dict()),
                 "layer": self.layer, "normalize_waveform": self.normalize_waveform}
 
     @classmethod
@@ -71,32 +71,27 @@ class SpeechEncoder(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, *, layer: int, normalize_waveform: bool | None = None) -> "SpeechEncoder":
-        """From this project's teacher ``.ckpt``, a fairseq HuBERT or data2vec 2.0 ``.pt`` or an HF model
-        directory. ``normalize_waveform`` defaults to what the checkpoint was pretrained with."""
-        from syllablelm.checkpoints_data2vec2 import (
-            is_fairseq_data2vec2,
-            load_fairseq_data2vec2,
-        )
+        """From any backbone file :func:`syllablelm.checkpoints.load_backbone` reads (HF folder, fairseq HuBERT or
+        data2vec 2.0 ``.pt``, this suite's ``.ckpt``). ``normalize_waveform`` defaults to what the checkpoint was
+        pretrained with."""
+        from syllablelm.checkpoints import load_backbone
 
-        p = Path(path)
-        if p.is_file() and p.suffix != ".ckpt" and is_fairseq_data2vec2(p):
-            model = load_fairseq_data2vec2(p)
-            if normalize_waveform is None:
-                normalize_waveform = model.config.normalize_waveform
-        elif p.is_dir():
-            model = AutoModel.from_pretrained(str(p), local_files_only=True)
-            if normalize_waveform is None:
-                normalize_waveform = pretrained_normalization(p, model.config)
-        else:
-            from experiments.labels import load_teacher  # .ckpt or fairseq .pt
-
-            teacher = load_teacher(str(p))
-            model = teacher.encoder
-            if normalize_waveform is None:
-                normalize_waveform = teacher.config.normalize_waveform
-        return cls(model, layer=layer, normalize_waveform=bool(normalize_waveform))
+        bb = load_backbone(path)
+        if bb.layers is not None and layer > bb.layers:
+            raise ValueError(f"{path}: feature layer {layer} asked for, the {bb.format} file keeps {bb.layers}")
+        normalize = bb.normalize_waveform if normalize_waveform is None else normalize_waveform
+        return cls(bb.encoder, layer=layer, normalize_waveform=bool(normalize))
 
     # ---- use ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def utterance_features(self, waves) -> list[torch.Tensor]:
+        """``(T, H)`` features of each 16 kHz wave (numpy or tensor), one utterance at a time (no padding)."""
+        from tqdm.auto import tqdm
+
+        device = next(self.parameters()).device
+        return [self(torch.as_tensor(w, dtype=torch.float32, device=device)[None])[0][0]
+                for w in tqdm(waves, desc="features", disable=len(waves) < 50)]
+
     def freeze_cnn(self) -> None:
         for p in self.model.feature_extractor.parameters():
             p.requires_grad_(False)
@@ -196,12 +191,12 @@ class _Fixed(nn.Module):
         return self.out
 
 
-def _plain(obj):
+def _json_safe(obj):
     """JSON-safe copy (HF configs may hold dtypes or tuples); keeps checkpoints loadable with weights_only."""
     if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): _json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [_json_safe(v) for v in obj]
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     return str(obj)

@@ -23,34 +23,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from datamodules.label_store import LabelStore, num_frames
+from datamodules.label_store import LabelStore
 from datamodules.speech import SpeechDataModule
 from syllablelm.audio import SAMPLE_RATE, read_audio
 from syllablelm.checkpoints import KMeansLabeler, load_kmeans_centroids
 from syllablelm.clustering import kmeans
 from syllablelm.fileio import atomic_write
+from syllablelm.frames import FRAME_SECONDS, num_frames, seconds_to_frames
 from syllablelm.labels import HiddenFeatures, mfcc_features
 
 log = logging.getLogger(__name__)
-
-
-def load_teacher(path: str):
-    """A HuBERT-style teacher from a fairseq ``.pt``, a HF model directory or this project's ``.ckpt``."""
-    from syllablelm.checkpoints import load_fairseq_hubert
-    from syllablelm.nn.hubert import HubertTeacher
-
-    p = Path(path)
-    if p.is_dir():
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # only the encoder is used here; the head's warning is noise
-            return HubertTeacher.from_hf_dir(p, num_labels=1, final_dim=1)
-    if p.suffix == ".ckpt":
-        from lightning_modules.teacher import TeacherModule
-
-        return TeacherModule.load_from_checkpoint(p, map_location="cpu").teacher
-    return load_fairseq_hubert(p)
 
 
 def _features_fn(args):
@@ -58,14 +40,14 @@ def _features_fn(args):
         return mfcc_features
     if not args.checkpoint or args.layer is None:
         raise SystemExit("--features teacher needs --checkpoint and --layer")
-    return HiddenFeatures(load_teacher(args.checkpoint), args.layer, args.device)
+    return HiddenFeatures(args.checkpoint, args.layer, args.device)
 
 
 def _chunk_features(fn, entry, offset: float, duration: float) -> torch.Tensor:
     """Features of one chunk (starting on the 20 ms grid) with one frame per 20 ms it spans (a chunk yields one
     frame fewer than it spans: the last is repeated)."""
     feats = fn(read_audio(entry.path, SAMPLE_RATE, offset=offset, duration=duration))
-    want = int(round(duration / 0.02))
+    want = int(seconds_to_frames(duration))
     if len(feats) < want and len(feats):
         feats = torch.cat([feats, feats[-1:].expand(want - len(feats), -1)])
     return feats[:want]
@@ -81,7 +63,7 @@ def _file_labels(fn, labeler, entry, chunks: list[tuple[float, float]]) -> np.nd
 def _windows(seconds: float, size: float) -> list[tuple[float, float]]:
     """``[offset, duration)`` windows of about ``size`` seconds covering a file, on the 20 ms grid (a tail under
     1 s joins the window before it)."""
-    size = max(0.02, round(size / 0.02) * 0.02)
+    size = max(FRAME_SECONDS, int(seconds_to_frames(size)) * FRAME_SECONDS)
     starts = list(np.arange(0.0, seconds, size))
     if len(starts) > 1 and seconds - starts[-1] < 1.0:
         starts.pop()

@@ -6,10 +6,10 @@ Each audio file is tokenized once, in the unit variant the LM was trained on (:f
 once: the summed log-probability of ``BOS units EOS`` and its token count; accuracies are reported both summed and
 length-normalised (per token), with ties counting 0.5 (:mod:`syllablelm.lm_eval`).
 
-Unit variant (:mod:`datamodules.unit_store`): ``authors_lm`` (one merged unit per min-cut segment, what the
-authors' LM read) or ``dedup`` (runs of equal units collapsed). ``variant="auto"`` (the default) takes the one
-the LM checkpoint records (the training unit store's, kept by :class:`~lightning_modules.speechlm.SpeechLMModule`
-since it records it); a checkpoint without a record falls back to ``deduplicate`` (True: ``dedup``, the earlier
+Unit variant (:data:`syllablelm.units.UNIT_VARIANTS`): ``authors_lm`` (one merged unit per min-cut segment,
+what the authors' LM read) or ``dedup`` (runs of equal units collapsed). ``variant="auto"`` (the default) takes
+the one the LM checkpoint records (the training unit store's, which the SpeechLM stage keeps in its
+checkpoints); a checkpoint without a record falls back to ``deduplicate`` (True: ``dedup``, the earlier
 behaviour). An explicit ``variant`` wins over both.
 """
 from __future__ import annotations
@@ -18,8 +18,9 @@ import logging
 
 import torch
 
-from datamodules.unit_store import check_variant, deduplicates
-from syllablelm.lm_eval import evaluate_sets
+from .lm_eval import evaluate_sets
+from .nn.gpt import GPT, GPTConfig
+from .units import check_variant, deduplicates
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +52,26 @@ def make_score_fn(lm, tokenizer, *, batch_size: int = 16, deduplicate: bool = Tr
     return score
 
 
+def load_speechlm(path, device: str | torch.device = "cpu") -> tuple[GPT, str | None]:
+    """The decoder of a SpeechLM-stage checkpoint (read with ``weights_only``, no Lightning) in eval mode, and the
+    unit variant it was trained on (None when the checkpoint predates that record)."""
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    hp = ckpt.get("hyper_parameters") or {}
+    if "network" not in hp or "state_dict" not in ckpt:
+        raise ValueError(f"{path}: not a SpeechLM checkpoint (no network hyper-parameters / state_dict)")
+    lm = GPT(GPTConfig(**hp["network"]))
+    lm.load_state_dict({k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
+    return lm.eval().to(device), ckpt.get("unit_variant")
+
+
 def score_pairs(lm_checkpoint: str, tokenizer, pairs_root: str, *, device: str = "cpu", split: str = "dev",
                 deduplicate: bool = True, variant: str = "auto") -> dict:
     """``{set name: accuracies}`` (:func:`syllablelm.lm_eval.evaluate_sets`); units in the variant
     :func:`resolve_variant` picks from ``variant``, the checkpoint's record and ``deduplicate``."""
-    from lightning_modules.speechlm import SpeechLMModule
-
-    lm = SpeechLMModule.load_from_checkpoint(lm_checkpoint, map_location=device).eval()
-    if lm.hparams.network["vocab_size"] != tokenizer.vocab_size:
-        raise ValueError(f"{lm_checkpoint}: the LM's vocabulary ({lm.hparams.network['vocab_size']}) is not the "
+    lm, recorded = load_speechlm(lm_checkpoint, device)
+    if lm.config.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"{lm_checkpoint}: the LM's vocabulary ({lm.config.vocab_size}) is not the "
                          f"tokenizer's ({tokenizer.vocab_size})")
-    recorded = getattr(lm, "unit_variant", None)
     chosen = resolve_variant(variant, recorded, deduplicate)
     log.info("pair scoring with %s units (LM checkpoint records %s)", chosen, recorded or "no unit variant")
     return evaluate_sets(pairs_root, make_score_fn(lm, tokenizer, variant=chosen), split=split, batch_size=64)

@@ -14,13 +14,9 @@ from pathlib import Path
 
 import torch
 
-from syllablelm.checkpoints import (
-    CheckpointError,
-    _check_and_load,
-    _plain,
-    _stub_pickle,
-)
 from syllablelm.nn.data2vec2 import Data2Vec2AudioEncoder, Data2Vec2Config
+
+from .fairseq import CheckpointError, load_fairseq_state, load_strict, to_plain
 
 _A = "modality_encoders.AUDIO."
 _IGNORED = re.compile(r"_ema(\..*)?|ema\..*|decoder\..*|shared_decoder\..*|recon_proj\..*"
@@ -66,10 +62,6 @@ def fairseq_key(key: str, c: Data2Vec2Config) -> str:
     raise KeyError(f"no fairseq name for {key}")
 
 
-def _load_state(path) -> dict:
-    return torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_stub_pickle)
-
-
 def is_fairseq_data2vec2(path: str | Path) -> bool:
     """Whether a fairseq ``.pt`` is a data2vec 2.0 model (config ``_name``/``arch`` ``data2vec_multi``). A zip
     checkpoint is recognised from its pickle's text alone, without loading the weights."""
@@ -78,24 +70,26 @@ def is_fairseq_data2vec2(path: str | Path) -> bool:
             name = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
             if name is not None:
                 return b"data2vec_multi" in z.read(name)
-    return _model_name(_load_state(path)) == "data2vec_multi"
+    return _model_name(load_fairseq_state(path)) == "data2vec_multi"
 
 
 def _model_name(state: dict) -> str | None:
     if state.get("cfg") is not None:
-        return (_plain(state["cfg"]).get("model") or {}).get("_name")
+        return (to_plain(state["cfg"]).get("model") or {}).get("_name")
     if state.get("args") is not None:
         return getattr(state["args"], "arch", None)
     return None
 
 
-def _config(state: dict, path) -> Data2Vec2Config:
+def data2vec2_config(state: dict, path) -> Data2Vec2Config:
+    """The encoder config a fairseq data2vec 2.0 checkpoint's pickled ``cfg`` describes (``CheckpointError``
+    naming ``path`` when it is not one)."""
     if _model_name(state) != "data2vec_multi":
         raise CheckpointError(f"{path}: not a fairseq data2vec 2.0 checkpoint (model _name/arch "
                               f"{_model_name(state)!r}, expected 'data2vec_multi')")
     if state.get("cfg") is None:
         raise CheckpointError(f"{path}: no 'cfg' in the checkpoint (data2vec 2.0 files are hydra-configured)")
-    cfg = _plain(state["cfg"])
+    cfg = to_plain(state["cfg"])
     model, task = cfg.get("model") or {}, cfg.get("task") or {}
     audio = (model.get("modalities") or {}).get("audio") or {}
     modality = model.get("supported_modality")  # Modality.AUDIO: the name, or auto()'s value 1 once unpickled
@@ -118,8 +112,8 @@ def _config(state: dict, path) -> Data2Vec2Config:
 def load_fairseq_data2vec2(path: str | Path) -> Data2Vec2AudioEncoder:
     """A fairseq data2vec 2.0 audio checkpoint (e.g. the released ``base_libri.pt``) -> ``Data2Vec2AudioEncoder``
     (config ``normalize_waveform`` = the pretraining task's ``normalize``). fairseq need not be installed."""
-    state = _load_state(path)
-    return encoder_from_fairseq_state(state.get("model") or {}, _config(state, path), path)
+    state = load_fairseq_state(path)
+    return encoder_from_fairseq_state(state.get("model") or {}, data2vec2_config(state, path), path)
 
 
 def encoder_from_fairseq_state(model_state: dict, config: Data2Vec2Config, path) -> Data2Vec2AudioEncoder:
@@ -136,7 +130,7 @@ def encoder_from_fairseq_state(model_state: dict, config: Data2Vec2Config, path)
             mapped[names[key]] = value
         elif not _IGNORED.fullmatch(key):
             unexpected.append(key)
-    _check_and_load(encoder, mapped, unexpected, path)
+    load_strict(encoder, mapped, unexpected, path)
     return encoder
 
 

@@ -1,7 +1,7 @@
 """Reading a pipeline stage's config without running it: where a Lightning stage writes, the checkpoint a ``fit``
 stage resumes from, the config as LightningCLI parses it, and the values of an offline command's flags.
 
-Used by ``syllablelm pipeline`` (resume) and its ``--dry-run`` checks (:mod:`experiments.pipeline_checks`).
+Used by ``syllablelm pipeline`` (resume) and its ``--dry-run`` checks (:mod:`experiments.pipeline.checks`).
 """
 from __future__ import annotations
 

@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 
 from datamodules.manifest import build_manifest, list_audio
 from datamodules.speech import SpeechDataModule
-from datamodules.unit_store import UNIT_VARIANTS, UnitStore, deduplicates
+from datamodules.unit_store import UnitStore
 from syllablelm.audio import AudioError
 from syllablelm.fileio import atomic_write, weights_fingerprint, write_json, write_npz
 from syllablelm.tokenizer import QUANTIZER_KEY, SEGMENTER_KEY, Tokenizer, quantizer_state
-from syllablelm.units import UnitQuantizer, pool_segments
+from syllablelm.units import UNIT_VARIANTS, UnitQuantizer, deduplicates, pool_segments
 
 log = logging.getLogger(__name__)
 

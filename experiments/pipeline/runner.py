@@ -40,7 +40,8 @@ from pathlib import Path
 
 import yaml
 
-from experiments.launch import (
+from experiments.pipeline.checks import shared_dirs, validate
+from experiments.pipeline.launch import (
     Launch,
     PipelineError,
     barrier,
@@ -50,8 +51,7 @@ from experiments.launch import (
     init_distributed,
     shutdown_distributed,
 )
-from experiments.pipeline_checks import shared_dirs, validate
-from experiments.stage_configs import fit_resume_checkpoint, flag_values
+from experiments.pipeline.stage_configs import fit_resume_checkpoint, flag_values
 from syllablelm.fileio import write_json
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ import logging
 import os
 from pathlib import Path
 
-from experiments.file_formats import ModelInfo, audio_folder_info, kmeans_info, model_info
-from experiments.stage_configs import (
+from experiments.pipeline.file_formats import ModelInfo, audio_folder_info, kmeans_info, model_info
+from experiments.pipeline.stage_configs import (
     fit_resume_checkpoint,
     flag_value,
     flag_values,

@@ -24,7 +24,7 @@ exact corpus perplexity.
 
 ``unit_variant`` is the training store's unit variant (``authors_lm`` or ``dedup``, :mod:`datamodules.unit_store`;
 None for a store that does not record one); a separate validation store must hold the same variant. The SpeechLM
-keeps it in its checkpoints so pair scoring can tokenize the same way (:mod:`experiments.lm_pairs`).
+keeps it in its checkpoints so pair scoring can tokenize the same way (:mod:`syllablelm.lm_pairs`).
 
 ``vocab_size`` comes from the store manifest; the SpeechLM's ``network.vocab_size`` must equal it (configs
 write it explicitly; the module checks at setup). Memory: the stream is one uint16 array (2 bytes per unit);

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import torch
 
-from syllablelm.checkpoints import _ACTIVATIONS, _CONV_NORM_GROUP, _CONV_NORM_LAYER, _KEY_MAP, NUM_SPECIAL, _map_key
 from syllablelm.nn.hubert import HubertTeacher
+
+from .fairseq import map_key
+from .hubert import ACTIVATIONS, CONV_NORM_GROUP, CONV_NORM_LAYER, KEY_MAP, NUM_SPECIAL
 
 
 @contextlib.contextmanager
@@ -41,17 +43,17 @@ def save_fairseq_style_checkpoint(teacher: HubertTeacher, path: str | Path, *, s
     c = teacher.config
     if c.label_offset not in (0, NUM_SPECIAL):
         raise ValueError(f"label_offset must be 0 or {NUM_SPECIAL}, got {c.label_offset}")
-    table = [e for e in _KEY_MAP if e is not (_CONV_NORM_GROUP if c.feat_extract_norm == "layer" else _CONV_NORM_LAYER)]
+    table = [e for e in KEY_MAP if e is not (CONV_NORM_GROUP if c.feat_extract_norm == "layer" else CONV_NORM_LAYER)]
     sd = {}
     for key, value in teacher.state_dict().items():
-        target = _map_key(key, table, 1, 0)
+        target = map_key(key, table, 1, 0)
         if target is None:
             raise ValueError(f"no fairseq name for {key}")
         sd[target] = value.detach().clone()
     if c.label_offset == 0:
         specials = torch.rand(NUM_SPECIAL, c.final_dim, generator=torch.Generator().manual_seed(0))
         sd["label_embs_concat"] = torch.cat([specials, sd["label_embs_concat"]])
-    inv_act = {v: k for k, v in _ACTIVATIONS.items()}
+    inv_act = {v: k for k, v in ACTIVATIONS.items()}
     model = dict(
         _name="hubert", label_rate=label_rate,
         extractor_mode="layer_norm" if c.feat_extract_norm == "layer" else "default",

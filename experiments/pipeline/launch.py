@@ -1,6 +1,6 @@
 """Who is this process in a multi-node job (torchrun, SLURM, or one process per node with ``NODE_RANK``), the
 pipeline's process group and barriers, and the check that the run's outputs are on a filesystem every node
-shares. Used by :mod:`experiments.pipeline`."""
+shares. Used by :mod:`experiments.pipeline.runner`."""
 from __future__ import annotations
 
 import os

@@ -1,0 +1,20 @@
+"""Reading (and, for tests, writing) the model files this suite uses, without fairseq and without Lightning.
+
+- :mod:`.backbone`: :func:`load_backbone` / :func:`load_teacher` / :func:`describe` for every format (HF folders,
+  fairseq HuBERT and data2vec 2.0 ``.pt``, this suite's ``.ckpt`` and tokenizer checkpoints);
+- :mod:`.fairseq`: unpickling fairseq files with stub classes, plain configs, key mapping, strict loading;
+- :mod:`.hubert` / :mod:`.hubert_write`: fairseq HuBERT pretraining checkpoints (with the head) both ways;
+- :mod:`.data2vec2`: fairseq data2vec 2.0 checkpoints both ways;
+- :mod:`.kmeans`: k-means models (fairseq joblib files or ``.npy`` centroids) and the nearest-centroid labeler.
+"""
+from .backbone import Backbone, checkpoint_format, describe, load_backbone, load_teacher
+from .data2vec2 import is_fairseq_data2vec2, load_fairseq_data2vec2, save_fairseq_style_data2vec2
+from .fairseq import CheckpointError, load_fairseq_state, stub_pickle, to_plain
+from .hubert import NUM_SPECIAL, load_fairseq_hubert
+from .hubert_write import save_fairseq_style_checkpoint
+from .kmeans import KMeansLabeler, load_kmeans_centroids
+
+__all__ = ["Backbone", "checkpoint_format", "describe", "load_backbone", "load_teacher", "is_fairseq_data2vec2",
+           "load_fairseq_data2vec2", "save_fairseq_style_data2vec2", "CheckpointError", "load_fairseq_state",
+           "stub_pickle", "to_plain", "NUM_SPECIAL", "load_fairseq_hubert", "save_fairseq_style_checkpoint",
+           "KMeansLabeler", "load_kmeans_centroids"]

@@ -1,0 +1,213 @@
+"""One loader for every backbone file this suite reads, without Lightning.
+
+    bb = load_backbone("checkpoints/hubert_base_ls960.pt")   # or an HF folder, a .ckpt of this suite, ...
+    bb.encoder            # the network whose hidden_states[k] are features (HF model or Data2Vec2AudioEncoder)
+    bb.teacher            # the HuBERT with its masked-prediction head, when the file holds one (LossPred)
+    bb.normalize_waveform # whether it was pretrained on normalised audio
+
+Formats (:func:`checkpoint_format` tells them apart from the file alone):
+
+* ``"hf"``: a transformers ``save_pretrained`` folder (HuBERT, WavLM, wav2vec 2.0, data2vec-audio);
+* ``"fairseq-hubert"``: a fairseq HuBERT pretraining ``.pt`` (encoder + head, label offset 4);
+* ``"fairseq-data2vec2"``: a fairseq data2vec 2.0 ``.pt`` (``data2vec_multi``, audio);
+* ``"teacher-ckpt"``: this suite's ``TeacherModule`` checkpoint (hyper-parameter ``network``);
+* ``"sylboost-ckpt"``: this suite's ``SylBoostModule`` checkpoint (its student, cut at the feature layer);
+* ``"tokenizer"``: this suite's lean tokenizer checkpoint (:mod:`syllablelm.tokenizer`; the encoder cut at the
+  feature layer).
+
+fairseq files are pickles (trusted files only, :mod:`.fairseq`); this suite's ``.ckpt`` files load with
+``weights_only=True``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from syllablelm.nn.common import pretrained_normalization
+from syllablelm.nn.hubert import HubertTeacher, TeacherConfig
+
+from .fairseq import CheckpointError
+
+TOKENIZER_FORMAT = "syllablelm.tokenizer/1"  # the "format" entry of a lean tokenizer checkpoint
+FORMATS = ("hf", "fairseq-hubert", "fairseq-data2vec2", "teacher-ckpt", "sylboost-ckpt", "tokenizer")
+
+
+@dataclass
+class Backbone:
+    encoder: nn.Module
+    normalize_waveform: bool  # as pretrained
+    format: str
+    teacher: HubertTeacher | None = None  # the whole masked-prediction model, when the file has its head
+    layers: int | None = None  # transformer layers the encoder keeps (cut checkpoints keep only the used ones)
+
+
+def read_suite_checkpoint(path: str | Path) -> dict:
+    """A ``.ckpt`` of this suite as a plain dict (``weights_only``: tensors, containers and strings only)."""
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file: one clear message
+        raise CheckpointError(f"{path}: not a readable checkpoint of this suite ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not a checkpoint of this suite (a {type(ckpt).__name__})")
+    return ckpt
+
+
+def suite_format(ckpt: dict, path) -> str:
+    """``"tokenizer"``, ``"teacher-ckpt"`` or ``"sylboost-ckpt"`` for a dict :func:`read_suite_checkpoint` gave."""
+    if ckpt.get("format") == TOKENIZER_FORMAT:
+        return "tokenizer"
+    hp = ckpt.get("hyper_parameters") or {}
+    if "network" in hp and "state_dict" in ckpt:
+        return "teacher-ckpt"
+    if "encoder" in hp and "state_dict" in ckpt:
+        return "sylboost-ckpt"
+    raise CheckpointError(f"{path}: neither a teacher, a SylBoost nor a tokenizer checkpoint of this suite "
+                          f"(keys {sorted(ckpt)[:10]}, hyper-parameters {sorted(hp)[:10]})")
+
+
+def checkpoint_format(path: str | Path) -> str:
+    """Which of :data:`FORMATS` ``path`` is (reads configs and headers, not all weights where it can)."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise CheckpointError(f"{p}: a model folder needs config.json (a transformers save_pretrained folder)")
+        return "hf"
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such file or folder")
+    if p.suffix == ".ckpt":
+        return suite_format(read_suite_checkpoint(p), p)
+    from .data2vec2 import is_fairseq_data2vec2
+
+    try:
+        return "fairseq-data2vec2" if is_fairseq_data2vec2(p) else "fairseq-hubert"
+    except Exception as e:  # noqa: BLE001 - any unreadable file: one clear message
+        raise CheckpointError(f"{p}: not a readable fairseq checkpoint ({type(e).__name__}: {e})") from e
+
+
+def teacher_from_checkpoint(ckpt: dict, path) -> HubertTeacher:
+    """The ``HubertTeacher`` of a ``TeacherModule`` checkpoint dict (its ``teacher.*`` weights)."""
+    teacher = HubertTeacher(TeacherConfig(**ckpt["hyper_parameters"]["network"]))
+    state = {k[len("teacher."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("teacher.")}
+    if not state:
+        raise CheckpointError(f"{path}: no 'teacher.*' weights in the checkpoint")
+    teacher.load_state_dict(state)
+    return teacher
+
+
+def encoder_from_checkpoint(ckpt: dict, path):
+    """The ``SpeechEncoder`` of a SylBoost checkpoint (its student) or of a lean tokenizer checkpoint."""
+    from syllablelm.nn.encoder import SpeechEncoder
+
+    if suite_format(ckpt, path) == "tokenizer":
+        encoder = SpeechEncoder.from_spec(ckpt["encoder"])
+        encoder.load_state_dict(ckpt["encoder_state"])
+        return encoder
+    encoder = SpeechEncoder.from_spec(ckpt["hyper_parameters"]["encoder"])
+    prefix = "student."
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    if not state:
+        raise CheckpointError(f"{path}: no '{prefix}*' weights in the checkpoint")
+    encoder.load_state_dict(state)
+    return encoder
+
+
+def load_backbone(path: str | Path) -> Backbone:
+    """The network of any supported file (module docstring), on the CPU, in eval mode."""
+    p = Path(path)
+    kind = checkpoint_format(p)
+    if kind == "hf":
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(str(p), local_files_only=True).eval()
+        return Backbone(model, pretrained_normalization(p, model.config), kind,
+                        layers=getattr(model.config, "num_hidden_layers", None))
+    if kind == "fairseq-data2vec2":
+        from .data2vec2 import load_fairseq_data2vec2
+
+        model = load_fairseq_data2vec2(p).eval()
+        c = model.config
+        return Backbone(model, c.normalize_waveform, kind, layers=c.prenet_depth + c.depth)
+    if kind == "fairseq-hubert":
+        from .hubert import load_fairseq_hubert
+
+        teacher = load_fairseq_hubert(p).eval()
+        return Backbone(teacher.encoder, teacher.config.normalize_waveform, kind, teacher,
+                        teacher.config.num_hidden_layers)
+    ckpt = read_suite_checkpoint(p)
+    if kind == "teacher-ckpt":
+        teacher = teacher_from_checkpoint(ckpt, p).eval()
+        return Backbone(teacher.encoder, teacher.config.normalize_waveform, kind, teacher,
+                        teacher.config.num_hidden_layers)
+    encoder = encoder_from_checkpoint(ckpt, p).eval()
+    return Backbone(encoder.model, encoder.normalize_waveform, kind, layers=encoder.layer)
+
+
+def load_teacher(path: str | Path, *, num_labels: int | None = None, final_dim: int | None = None) -> HubertTeacher:
+    """A HuBERT teacher with its masked-prediction head: a fairseq HuBERT ``.pt`` or a teacher ``.ckpt``; from an
+    HF HuBERT folder the encoder with a fresh head of ``num_labels`` x ``final_dim`` (HF folders hold no head)."""
+    p = Path(path)
+    if checkpoint_format(p) == "hf":
+        if num_labels is None or final_dim is None:
+            raise CheckpointError(f"{p}: an HF folder holds no pretraining head; give num_labels and final_dim "
+                                  "for a fresh one")
+        return HubertTeacher.from_hf_dir(p, num_labels=num_labels, final_dim=final_dim)
+    bb = load_backbone(p)
+    if bb.teacher is None:
+        raise CheckpointError(f"{p}: a {bb.format} file has no masked-prediction head (a HuBERT teacher is a fairseq "
+                              "HuBERT pretraining .pt or a teacher .ckpt of this suite)")
+    return bb.teacher
+
+
+def describe(path: str | Path) -> dict:
+    """What a backbone file is, read cheaply where possible: ``{"format", "layers", "hidden", "num_labels",
+    "normalize", "has_head"}`` (None where unknown). ``CheckpointError`` names the file when it is unreadable."""
+    p = Path(path)
+    kind = checkpoint_format(p)
+    out = {"format": kind, "layers": None, "hidden": None, "num_labels": None, "normalize": None, "has_head": None}
+    if kind == "hf":
+        cfg = json.loads((p / "config.json").read_text())
+        if not any((p / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")) and \
+                not list(p.glob("model*.safetensors")):
+            raise CheckpointError(f"{p}: config.json but no model weights (model.safetensors / pytorch_model.bin)")
+        out.update(layers=cfg.get("num_hidden_layers"), hidden=cfg.get("hidden_size"), has_head=False,
+                   model_type=cfg.get("model_type"))
+        return out
+    if kind == "fairseq-data2vec2":
+        from .data2vec2 import data2vec2_config
+        from .fairseq import load_fairseq_state
+
+        c = data2vec2_config(load_fairseq_state(p), p)
+        out.update(layers=c.prenet_depth + c.depth, hidden=c.embed_dim, normalize=c.normalize_waveform,
+                   has_head=False)
+        return out
+    if kind == "fairseq-hubert":
+        from .fairseq import load_fairseq_state
+        from .hubert import NUM_SPECIAL, hubert_config
+
+        try:
+            state = load_fairseq_state(p)
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"{p}: not a readable fairseq checkpoint ({type(e).__name__}: {e})") from e
+        if not isinstance(state, dict) or "model" not in state:
+            raise CheckpointError(f"{p}: no 'model' state: not a fairseq checkpoint")
+        c, sd = hubert_config(state, p), state["model"]
+        out.update(layers=int(c["encoder_layers"]), hidden=int(c["encoder_embed_dim"]),
+                   normalize=bool(c["normalize"]), has_head="final_proj.weight" in sd,
+                   num_labels=sd["label_embs_concat"].shape[0] - NUM_SPECIAL if "label_embs_concat" in sd else None)
+        return out
+    ckpt = read_suite_checkpoint(p)
+    hp = ckpt.get("hyper_parameters") or {}
+    if kind == "teacher-ckpt":
+        net = hp["network"]
+        out.update(layers=net.get("num_hidden_layers"), hidden=net.get("hidden_size"),
+                   num_labels=net.get("num_labels"), normalize=net.get("normalize_waveform"), has_head=True)
+    else:
+        spec = ckpt["encoder"] if kind == "tokenizer" else hp["encoder"]
+        out.update(layers=spec["layer"], normalize=spec["normalize_waveform"], has_head=False,
+                   hidden=spec["config"].get("hidden_size", spec["config"].get("embed_dim")))
+    out["hyper_parameters"] = hp
+    return out

@@ -1,0 +1,33 @@
+"""Learning-rate multipliers for ``torch.optim.lr_scheduler.LambdaLR``, as functions of the optimizer step."""
+from __future__ import annotations
+
+
+def linear_warmup_decay(warmup: int, total: int):
+    """LR multiplier: linear 0 -> 1 over ``warmup`` steps, then linear 1 -> 0 at ``total``."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return f
+
+
+def warmup_hold_decay(warmup: int, hold: int, decay: int, final: float):
+    """LR multiplier in three stages (fairseq's ``tri_stage`` scheduler, whose stage names the paper's numbers
+    follow): linear 0 -> 1 over ``warmup`` steps, 1 for ``hold`` steps, then geometric decay to ``final`` over
+    ``decay`` steps, and ``final`` after that.
+
+    >>> f = warmup_hold_decay(10, 5, 20, 0.1)
+    >>> f(4), f(12), round(f(25), 4), f(35), f(99)
+    (0.5, 1.0, 0.3162, 0.1, 0.1)
+    """
+    if not 0.0 < final <= 1.0:
+        raise ValueError(f"final must be in (0, 1], got {final}")
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if step < warmup + hold:
+            return 1.0
+        # geometric, like tri_stage: halfway through the decay the multiplier is sqrt(final)
+        return final ** (min(step - warmup - hold, decay) / max(1, decay))
+    return f
