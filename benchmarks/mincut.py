@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from syllablelm import _dp
+from syllablelm import mincut_dp as _dp
 from syllablelm.segment import _search_range, calibrate_delta, sse_segment_batch
 
 

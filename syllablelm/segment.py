@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from syllablelm import _dp
+from syllablelm import mincut_dp as dp
 from syllablelm.frames import FRAME_HZ
 
 
@@ -90,8 +90,8 @@ def _boundaries(lens: torch.Tensor, ks: list[int]) -> list[torch.Tensor]:
 
 
 def _solve(cost: torch.Tensor, lengths: torch.Tensor, ks: list[int], min_len: int) -> list[torch.Tensor]:
-    _, bp = _dp.min_cut_dp(cost, lengths, max(ks), min_len)
-    lens, _ = _dp.backtrack(bp, cost, torch.tensor(ks, device=cost.device)[:, None], min_len)
+    _, bp = dp.min_cut_dp(cost, lengths, max(ks), min_len)
+    lens, _ = dp.backtrack(bp, cost, torch.tensor(ks, device=cost.device)[:, None], min_len)
     return _boundaries(lens, ks)
 
 
@@ -103,7 +103,7 @@ def sse_mincut_batch(features: torch.Tensor, num_segments, lengths=None, min_len
     x, lengths = _prepare(features, lengths, 3, "features")
     ks = _counts(num_segments, x.shape[0])
     _check_counts(ks, lengths.tolist(), min_len, max_len)
-    cost = _dp.sse_cost_table(x, lengths, min_len, max_len)  # (B, nL, T+1)
+    cost = dp.sse_cost_table(x, lengths, min_len, max_len)  # (B, nL, T+1)
     return _solve(cost, lengths, ks, min_len)
 
 
@@ -152,9 +152,9 @@ def _quantile_tables(x, lengths, quantile, min_len, max_len, max_rate):
     """One DP pass up to the largest count searched; returns (cost, bp, qtab numpy, lo, hi numpy)."""
     rng = np.array([_search_range(int(T), min_len, max_len, max_rate) for T in lengths.tolist()])
     lo, hi = rng[:, 0], rng[:, 1]
-    cost = _dp.sse_cost_table(x, lengths, min_len, max_len)  # (B, nL, T+1)
-    _, bp = _dp.min_cut_dp(cost, lengths, int(hi.max()), min_len)
-    qtab = _dp.quantile_table(bp, cost, torch.as_tensor(lo, device=x.device), torch.as_tensor(hi, device=x.device),
+    cost = dp.sse_cost_table(x, lengths, min_len, max_len)  # (B, nL, T+1)
+    _, bp = dp.min_cut_dp(cost, lengths, int(hi.max()), min_len)
+    qtab = dp.quantile_table(bp, cost, torch.as_tensor(lo, device=x.device), torch.as_tensor(hi, device=x.device),
                               min_len, quantile)
     return cost, bp, qtab.cpu().numpy(), lo, hi
 
@@ -177,13 +177,13 @@ def sse_segment_batch(features: torch.Tensor, lengths=None, *, delta: float | No
             if kmin > kmax:
                 raise ValueError(f"T={T} frames cannot be cut into segments of {min_len}..{max_len} frames")
             ks.append(min(max(math.floor(rate_hz * T / FRAME_HZ + 0.5), kmin), kmax))  # round half up
-        cost = _dp.sse_cost_table(x, lengths, min_len, max_len)
+        cost = dp.sse_cost_table(x, lengths, min_len, max_len)
         return _solve(cost, lengths, ks, min_len)
     if not 0.0 <= quantile <= 1.0:
         raise ValueError(f"quantile must lie in [0, 1], got {quantile}")
     cost, bp, qtab, lo, hi = _quantile_tables(x, lengths, quantile, min_len, max_len, max_rate)
     ks = _rate_search(qtab, lo, hi, float(delta)).tolist()
-    lens, _ = _dp.backtrack(bp, cost, torch.tensor(ks, device=x.device)[:, None], min_len)
+    lens, _ = dp.backtrack(bp, cost, torch.tensor(ks, device=x.device)[:, None], min_len)
     return _boundaries(lens, ks)
 
 
@@ -270,7 +270,7 @@ def ncut_mincut_batch(similarity: torch.Tensor, num_segments, lengths=None, min_
         raise ValueError(f"similarity must be square per utterance, got {tuple(S.shape)}")
     ks = _counts(num_segments, S.shape[0])
     _check_counts(ks, lengths.tolist(), min_len, max_len)
-    cost = _dp.ncut_cost_table(S, lengths, min_len, max_len)  # (B, nL, T+1)
+    cost = dp.ncut_cost_table(S, lengths, min_len, max_len)  # (B, nL, T+1)
     return _solve(cost, lengths, ks, min_len)
 
 

@@ -52,7 +52,7 @@ def test_layout_reads_back(miniset):
     spoken = " ".join(r.get("word", "") + " " + r.get("transcription", "")
                       for name in ("lexical", "syntactic", "tsc") for r in _gold(miniset, name))
     assert not P.BLOCKED & set(spoken.lower().split())
-    assert not any(P.BLOCKED & {w.lower() for w in S.WORD.findall(s)} for s in S._sentences(24))
+    assert not any(P.BLOCKED & {w.lower() for w in S.WORD.findall(s)} for s in S.usable_sentences(24))
     # a duration-only scorer runs end to end on the real files
     res = L.evaluate_sets(miniset, lambda paths: [(-sf.info(str(p)).frames, 1) for p in paths])
     assert {k: v["num_pairs"] for k, v in res.items()} == {"lexical": N, "syntactic": N, "tsc": N}

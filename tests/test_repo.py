@@ -1,7 +1,11 @@
-"""The repository's promises: README commands = CI commands, environment.yml = pyproject, layout, CLI."""
+"""The repository's promises: README commands = CI commands, environment.yml = pyproject, layout, layers, CLI."""
+import ast
+import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import tomllib
 
@@ -42,10 +46,61 @@ def test_required_layout_exists():
         assert (REPO / name).exists(), name
 
 
-def test_core_package_never_imports_lightning():
-    offenders = [p.relative_to(REPO).as_posix() for p in (REPO / "syllablelm").rglob("*.py")
-                 if re.search(r"^\s*(import|from)\s+(pytorch_)?lightning", p.read_text(), re.M)]
-    assert offenders == []
+PACKAGES = ("syllablelm", "datamodules", "lightning_modules", "callbacks", "experiments")
+
+
+def _lint_imports(root, env=None) -> subprocess.CompletedProcess:
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
+    assert exe, "lint-imports (import-linter, a dev dependency) is not installed"
+    return subprocess.run([exe, "--no-cache"], cwd=root, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_layer_contracts_hold():
+    """pyproject's [tool.importlinter] contracts (layers; the core never imports Lightning), indirect imports
+    included."""
+    result = _lint_imports(REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
+    assert "Contracts: 2 kept, 0 broken" in result.stdout
+
+
+def test_an_upward_import_breaks_the_contracts(tmp_path):
+    for name in PACKAGES:
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "pretrained"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    with open(tmp_path / "syllablelm" / "frames.py", "a") as f:  # the core reaching up into a DataModule helper
+        f.write("\nfrom datamodules.manifest import build_manifest  # noqa\n")
+    result = _lint_imports(tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert result.returncode != 0 and "syllablelm.frames -> datamodules.manifest" in result.stdout
+
+
+def _private_imports() -> list[str]:
+    """``from <project module> import _name`` and ``<imported project module>._name`` across modules."""
+    found = []
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            modules = {}  # local name -> project module imported as such
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                        and node.module.split(".")[0] in PACKAGES:
+                    found += [f"{path.relative_to(REPO)}: from {node.module} import {a.name}"
+                              for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                    modules.update({a.asname or a.name: f"{node.module}.{a.name}" for a in node.names})
+                elif isinstance(node, ast.ImportFrom) and node.level > 0:
+                    found += [f"{path.relative_to(REPO)}: from {'.' * node.level}{node.module or ''} import {a.name}"
+                              for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                elif isinstance(node, ast.Import):
+                    modules.update({a.asname or a.name: a.name for a in node.names
+                                    if a.name.split(".")[0] in PACKAGES})
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                        and node.value.id in modules and node.attr.startswith("_") and not node.attr.startswith("__"):
+                    found.append(f"{path.relative_to(REPO)}: {node.value.id}.{node.attr}")
+    return found
+
+
+def test_modules_do_not_reach_into_each_others_internals():
+    assert _private_imports() == []
 
 
 def test_console_script_lists_commands():

@@ -27,7 +27,7 @@ STOPWORDS = frozenset("""which their there would about other these those could s
 before under through while again against never always something nothing because without within""".split())
 
 
-def _sentences(max_words: int) -> list[str]:
+def usable_sentences(max_words: int) -> list[str]:
     """Shipped sentences of 5 to ``max_words`` words, none blocked."""
     return [s for s in load_sentences() if 5 <= len(w := WORD.findall(s)) <= max_words
             and not BLOCKED & {x.lower() for x in w}]

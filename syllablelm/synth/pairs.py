@@ -46,7 +46,7 @@ from ..audio import SAMPLE_RATE, write_audio
 from ..fileio import write_json, write_text
 from . import espeak as E
 from .corpus import resample_to_16k, synthesize_utterance
-from .pair_sentences import BLOCKED, SYNTAX_TYPES, _sentences, stories, violate
+from .pair_sentences import BLOCKED, SYNTAX_TYPES, stories, usable_sentences, violate
 from .plan import PITCH, RANGE, RATE_WPM, Speaker, Utterance, load_sentences
 from .syllabify import consonant_class, is_vowel, strip_stress, syllabify
 
@@ -223,7 +223,7 @@ def _lexical(rng, n: int, voices, oov_fraction: float, counts) -> Iterator[tuple
 
 
 def _syntactic(rng, n: int, voices) -> Iterator[tuple]:
-    pool = _sentences(14)
+    pool = usable_sentences(14)
     order, cursor, used = rng.permutation(len(pool)).tolist(), dict.fromkeys(SYNTAX_TYPES, 0), set()
     for k in range(n):
         kind = SYNTAX_TYPES[k % len(SYNTAX_TYPES)]
@@ -241,7 +241,7 @@ def _syntactic(rng, n: int, voices) -> Iterator[tuple]:
 
 
 def _tsc(rng, n: int, voices) -> Iterator[tuple]:
-    made = stories(_sentences(12), n, rng)
+    made = stories(usable_sentences(12), n, rng)
     if len(made) < n:
         raise RuntimeError(f"only {len(made)} stories could be made, {n} asked for")
     for k, (_, context, true_end, false_end) in enumerate(made):
