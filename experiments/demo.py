@@ -127,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     run.run("synth", ["synth", "--out", str(data), "--num-utterances", str(size.utterances), "--speakers",
                       str(size.speakers), "--seed", str(args.seed), "--no-progress"], done=data / "synth.json")
     teacher_ckpt = runs / "teacher" / "checkpoints" / "last.ckpt"
-    shipped = not args.from_scratch and all((SHIPPED / f).exists() for f in SHIPPED_FILES)
+    missing = [f for f in SHIPPED_FILES if not (SHIPPED / f).exists()]
+    if missing and not args.from_scratch:  # never a silently different demo (e.g. an install without them)
+        raise SystemExit(f"syllablelm demo: shipped models missing from {SHIPPED}: {', '.join(missing)} "
+                         "(reinstall, or run with --from-scratch to train a teacher here)")
+    shipped = not args.from_scratch
     labels = ["labels", "--data", *splits, "--out", str(runs / "labels"), *cache, *device]
     if shipped:  # the paper's arrangement: LossPred's teacher predicts k-means labels of another model's layer
         labels += ["--features", "teacher", "--checkpoint", str(SHIPPED / "teacher.ckpt"), "--layer", "2",
