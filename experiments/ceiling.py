@@ -18,7 +18,7 @@ Scores (protocol "syllablelm", shift tuned on the dev folders, both protocols in
 ``--student-version K`` also scores how well SylBoost imitated: boundary version K (e.g. 1, SylBoost's iteration 1)
 against the stored version as the reference (protocol "syllablelm", 50 ms, no shift), on ``--data`` and
 ``--tune-data``. A student that reproduced its targets would score near the imitation row's agreement (1.0 at
-best); the demo's 2-layer student scores about 0.79 on train, dev and test alike (capacity, not overfitting).
+best; docs/results.md has the demo's).
 """
 from __future__ import annotations
 

@@ -49,8 +49,8 @@ class Size:
     pairs: int
 
 
-# 20 speakers: 16 train voices, 2 dev and 2 test voices (12 gave one voice per held-out split). 4 SylBoost epochs
-# per iteration scored as 8 did (test 62.0 / 60.1 against 61.7 / 59.8, dev 58.2 / 55.7 against 58.7 / 56.2).
+# 20 speakers: 16 train voices, 2 dev and 2 test voices (12 gave one voice per held-out split); 4 SylBoost epochs
+# per iteration score as 8 did (docs/results.md, "Tiny-config choices").
 FULL = Size(utterances=250, speakers=20, teacher_epochs=30, sylboost_epochs=4, kmeans=256, units=64, lm_steps=300,
             pairs=40)
 TINY = Size(utterances=24, speakers=6, teacher_epochs=2, sylboost_epochs=1, kmeans=32, units=16, lm_steps=20,
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="where every stage runs (gpu: one CUDA device; the report's timings are then GPU timings)")
     p.add_argument("--losspred-precision", choices=["auto", "32-true", "bf16-mixed", "16-mixed"], default="auto",
                    help="LossPred's inference precision (the official teacher runs in fp16); auto: bf16-mixed on a "
-                        "GPU or a CPU with native bf16 (AMX / AVX512-BF16: about 2x faster here), else 32-true")
+                        "GPU or a CPU with native bf16 (AMX / AVX512-BF16), else 32-true")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     precision = losspred_precision(args.losspred_precision, args.accelerator)

@@ -1,7 +1,7 @@
 """The demo's report: every stage's boundaries beside the baselines, units, LM pairs, timings; JSON, Markdown, PNGs.
 
 Boundary scores are on the held-out test split, protocol "syllablelm" (and "sdhubert"), with the shift tuned on
-dev (REFERENCE.md): LossPred = boundary version 0, SylBoost after iteration k = version k.
+dev (docs/algorithms.md, "Evaluation"): LossPred = boundary version 0, SylBoost after iteration k = version k.
 """
 from __future__ import annotations
 

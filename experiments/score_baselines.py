@@ -1,4 +1,4 @@
-"""``syllablelm baselines``: the feature-free segmenters of REFERENCE.md scored on a corpus with alignments.
+"""``syllablelm baselines``: the feature-free segmenters of docs/algorithms.md scored on a corpus with alignments.
 
     syllablelm baselines --data data/synth/test --tune-data data/synth/dev \
         --alignments data/synth/alignments --rate 6.25 --out runs/baselines.json

@@ -17,7 +17,7 @@ a boundary version, optionally with label noise of a known kind (boundaries drop
 SylBoost trained from it (``data.boundary_dir``) measures what a backbone can learn at all (the reference) and
 whether it denoises (the noisy reference: a student that generalises beyond its labels scores above them).
 
-``syllablelm store-envelope``: the envelope-minima baseline's segmentation (REFERENCE.md; no alignments needed)
+``syllablelm store-envelope``: the envelope-minima baseline's segmentation (docs/algorithms.md; no alignments needed)
 of every utterance as a boundary version: unsupervised syllable-like labels. Its two parameters are given, or
 tuned by R-value on ``--tune-data`` (with alignments) as the baselines report does.
 

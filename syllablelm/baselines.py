@@ -1,4 +1,4 @@
-"""Feature-free segmentation baselines that every report shows beside the learned segmenters (REFERENCE.md).
+"""Feature-free segmentation baselines that every report shows beside the learned segmenters (docs/algorithms.md).
 
 - :func:`uniform_segments` — equal-length segments at a fixed rate inside each energy-detected speech region.
 - :func:`envelope_segments` — minima of the amplitude envelope (rectified, low-passed around 8 Hz) with a

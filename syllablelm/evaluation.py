@@ -22,9 +22,9 @@ def run_baselines(test, dev, rate_hz: float = 6.25, *, per: str = "speech") -> d
     """``test``/``dev`` are ``(waves, refs)``; returns ``{name: scores}`` (see :func:`tuned_scores`).
 
     Uniform and the log-mel min-cut cut inside speech regions at ``rate_hz`` per second of speech
-    (``per="speech"``, REFERENCE.md), or (``per="file"``) at the per-speech-second rate that gives ``rate_hz``
-    segments per second of audio on each split: as many segments as a system whose achieved rate is
-    ``rate_hz`` (what ``evaluate`` compares against). ``params.rate_hz`` is the per-speech rate used on test."""
+    (``per="speech"``, docs/algorithms.md "Baselines"), or (``per="file"``) at the per-speech-second rate that
+    gives ``rate_hz`` segments per second of audio on each split: as many segments as a system whose achieved
+    rate is ``rate_hz`` (what ``evaluate`` compares against). ``params.rate_hz`` is the per-speech rate used on test."""
     b = _Baselines(test, dev)
     b.add("uniform_4.5hz", lambda w, r, _: _uniform(w, r, 4.5), {"rate_hz": 4.5})
     if per == "file" or abs(rate_hz - 4.5) > 1e-9:

@@ -2,7 +2,7 @@
 torchmetrics class; clustering and token-rate metrics live in ``metrics_cluster`` / ``metrics_tokens`` and are
 re-exported here, so ``from syllablelm.metrics import ...`` is the one import path.
 
-Protocols (REFERENCE.md, "Evaluation protocols"); inputs are per-utterance ``(n, 2)`` arrays of ``[start, end]``
+Protocols (docs/algorithms.md, "Evaluation"); inputs are per-utterance ``(n, 2)`` arrays of ``[start, end]``
 seconds, counts are micro-averaged over the corpus:
 
 * ``"syllablelm"``: both sides are the unique set of all segment starts and ends; ``shift`` is added to the
@@ -133,7 +133,7 @@ def _boundary_update(pred, ref, *, protocol: str, tolerance: float, shifts: Sequ
 
 def boundary_rates(hits, n_pred, n_ref) -> dict[str, np.ndarray]:
     """precision, recall, f1, os, r_value from counts (scalars or equal-shaped arrays, e.g. bootstrap resamples);
-    REFERENCE.md formulas with the edge cases of the module docstring."""
+    docs/algorithms.md formulas with the edge cases of the module docstring."""
     hits, n_pred, n_ref = (np.asarray(x, dtype=np.float64) for x in (hits, n_pred, n_ref))
     with np.errstate(divide="ignore", invalid="ignore"):
         precision = np.where(n_pred > 0, hits / n_pred, 0.0)

@@ -1,5 +1,5 @@
 """Syllable clustering metrics: cluster purity (CPur), syllable purity (SPur) and syllable-normalised mutual
-information (SNMI) of discrete units against reference syllables (REFERENCE.md, "Evaluation protocols").
+information (SNMI) of discrete units against reference syllables (docs/algorithms.md, "Evaluation").
 
 Per utterance, predicted segments ``p`` (``n``) are matched one-to-one to reference syllables ``r`` (``m``) with the
 Hungarian algorithm (scipy ``linear_sum_assignment``, maximising the summed IoU). Two matching protocols

@@ -1,6 +1,6 @@
 """Token rate and bitrate of unit sequences, before and after de-duplicating consecutive equal ids.
 
-Definitions (REFERENCE.md, Stage 3 and "Evaluation protocols"), over a corpus:
+Definitions (docs/algorithms.md, "Stage 3" and "Evaluation"), over a corpus:
 
 * token rate (Hz) = tokens / total duration, silence included (durations are whole files, not speech only);
 * nominal bitrate (bit/s) = token rate x log2(vocabulary size);

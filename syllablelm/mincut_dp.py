@@ -96,7 +96,7 @@ def sse_cost_table(feats: torch.Tensor, lengths: torch.Tensor, min_len: int, max
 
 
 def ncut_cost_table(sim: torch.Tensor, lengths: torch.Tensor, min_len: int, max_len: int) -> torch.Tensor:
-    """Normalized-cut segment costs ``out / (out + interior + 1e-5)`` (REFERENCE.md, Stage 1).
+    """Normalized-cut segment costs ``out / (out + interior + 1e-5)`` (docs/algorithms.md, "Stage 1").
 
     ``interior`` is a band sum (a segment is at most ``max_len`` frames, so only ``|r - c| < max_len``
     matters); ``out = row-block + column-block - 2 interior`` with the row/column sums over valid frames.

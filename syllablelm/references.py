@@ -4,11 +4,12 @@
     refs = read_references("mfa_out/", "textgrid")                    # a folder of MFA TextGrids
     write_references(refs, "data/refs")                               # one alignment JSON per utterance
 
-Every reader returns ``{utterance id: {"syllables": [[start, end, label], ...], ...}}`` in seconds (ARCHITECTURE.md);
-the id is the audio file's stem (``1089-134686-0000``). Pauses are gaps: segments labelled as silence
-(:data:`SILENCE`) and zero-length segments are dropped, and utterances left without syllables are skipped; all
-of these are counted and logged. Malformed input raises :class:`~syllablelm.alignments.SegmentError` naming the
-file and the entry (or line). Formats, with where their structure was established:
+Every reader returns ``{utterance id: {"syllables": [[start, end, label], ...], ...}}`` in seconds
+(docs/architecture.md, "Data contracts"); the id is the audio file's stem (``1089-134686-0000``). Pauses are gaps:
+segments labelled as silence (:data:`SILENCE`) and zero-length segments are dropped, and utterances left without
+syllables are skipped; all of these are counted and logged. Malformed input raises
+:class:`~syllablelm.alignments.SegmentError` naming the file and the entry (or line). Formats, with where their
+structure was established:
 
 - ``"sdhubert"`` (SD-HuBERT's ``files/librispeech_syllable_{val,test}.json``; read by ``utils/syllable.py`` and
   ``evaluate_purity.py`` of github.com/cheoljun95/sdhubert): one JSON object ``{key: {"file_name":

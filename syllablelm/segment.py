@@ -13,10 +13,10 @@ segments); segment lengths ``min_len..max_len`` are inclusive. The DPs are exact
   may pick a different kernel for a different batch size, so costs can differ in the last bits; only exact ties
   could then flip.
 
-Rate control (:func:`sse_segment` with ``delta``) is the official binary search of REFERENCE.md, read from a
-table of quantiles for every segment count it may visit; one DP pass serves all counts. The quantile is linear
-interpolation, computed exactly as ``torch.quantile`` does (the official inference code calls ``np.quantile``,
-whose default gives the same value for ``quantile=0.75``).
+Rate control (:func:`sse_segment` with ``delta``) is the official binary search of docs/algorithms.md ("The
+segmenter"), read from a table of quantiles for every segment count it may visit; one DP pass serves all counts. The
+quantile is linear interpolation, computed exactly as ``torch.quantile`` does (the official inference code calls
+``np.quantile``, whose default gives the same value for ``quantile=0.75``).
 
 Example::
 
@@ -191,7 +191,7 @@ def sse_segment(features: torch.Tensor, *, delta: float | None = None, rate_hz: 
                 quantile: float = 0.75, min_len: int = 3, max_len: int = 50, max_rate: float = 0.2) -> torch.Tensor:
     """SSE min-cut with the number of segments chosen by ``delta`` or fixed by ``rate_hz``; exactly one.
 
-    ``delta``: the official rate search (REFERENCE.md): binary search over k in ``[m//3, m]``, m =
+    ``delta``: the official rate search (docs/algorithms.md): binary search over k in ``[m//3, m]``, m =
     ``int(max_rate·T)``, moving up while the ``quantile`` of the k-segment solution's per-frame costs
     (segment cost / length) exceeds ``delta``. Counts no split can reach are clamped into the feasible range
     (``ceil(T/max_len)..T//min_len``, at least 1); with the defaults this changes nothing for T >= 15 frames.

@@ -31,7 +31,7 @@ A = np.array
 
 
 def rvalue(hits, n_pred, n_ref):
-    """R-value straight from REFERENCE.md, written independently of the library."""
+    """R-value straight from docs/algorithms.md, written independently of the library."""
     r, os_ = hits / n_ref, n_pred / n_ref - 1
     return 1 - (math.sqrt((1 - r) ** 2 + os_ ** 2) + abs((-os_ + r - 1) / math.sqrt(2))) / 2
 

@@ -27,7 +27,7 @@ def sse_cost(x: torch.Tensor, j: int, i: int) -> float:
 
 
 def ncut_cost(S: torch.Tensor, j: int, i: int) -> float:
-    """REFERENCE.md's formula, literally."""
+    """The formula of docs/algorithms.md, literally."""
     S = S.double()
     interior = S[j:i, j:i].sum()
     out = S[j:i, :j].sum() + S[:j, j:i].sum() + S[i:, j:i].sum() + S[j:i, i:].sum()
@@ -136,7 +136,7 @@ def test_batched_equals_per_utterance():
 
 # ----------------------------------------------------------------------------------------- rate control ----
 def official_rate_search(x, delta, quantile=0.75, min_len=3, max_len=50, max_rate=0.2):
-    """REFERENCE.md's loop, literally, one DP per visited count."""
+    """The authors' loop of docs/algorithms.md, literally, one DP per visited count."""
     T = x.shape[0]
     m = int(max_rate * T)
     lo, hi, best = m // 3, m, m // 3

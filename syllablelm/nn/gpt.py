@@ -5,7 +5,7 @@
     logprob, ntok = model.log_likelihood([units_a, units_b])     # per sequence: BOS u1..un -> u1..un EOS
     out = model.generate(torch.tensor([[model.bos]]), 100, temperature=0.8, top_k=50)
 
-Architecture (REFERENCE.md, Stage 4): pre-LayerNorm blocks, causal attention with qkv projections **without**
+Architecture (docs/algorithms.md, "Stage 4"): pre-LayerNorm blocks, causal attention with qkv projections **without**
 bias, GELU MLP x4, dropout 0.1, learned absolute positions (3000 slots), input and output embeddings tied and
 **no final LayerNorm** (the last block's residual stream goes straight to the tied output projection, as in
 fairseq's ``transformer_lm``). BOS and EOS share one id, ``vocab_size``: units are ``0 .. vocab_size - 1`` and
@@ -183,7 +183,7 @@ class GPT(nn.Module):
             # embedding dropout: the nanoGPT style only (Identity keeps the module tree the same)
             "drop": nn.Dropout(config.dropout) if config.style == "nanogpt" else nn.Identity(),
             "h": nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-        })  # no ln_f: REFERENCE.md, the residual stream is projected as it is
+        })  # no ln_f: the residual stream is projected as it is
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size + 1, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied: one Parameter object
         self.apply(self._init_weights)  # Linear N(0, 0.02), zero biases; Embedding N(0, 0.02); LayerNorm default

@@ -49,7 +49,7 @@ def _resampler(orig_rate: int) -> torchaudio.transforms.Resample:
 
 
 def resample_to_16k(wave: torch.Tensor, orig_rate: int) -> torch.Tensor:
-    """``torchaudio.functional.resample(wave, orig_rate, 16000)``, 2x faster on a stream of odd lengths.
+    """``torchaudio.functional.resample(wave, orig_rate, 16000)``, faster on a stream of odd lengths.
 
     The input is zero-padded to a whole second and the output cut back to its exact length (torchaudio pads
     with zeros itself, so the samples agree to float rounding, ~1e-5). With few distinct lengths, the

@@ -205,7 +205,7 @@ def ESpeak() -> _Engine:  # noqa: N802 - reads like a constructor; the engine is
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Events -> intervals, with the three timing corrections (measured against the waveform, SYNTHETIC_SPEECH.md)
+# Events -> intervals, with the three timing corrections (docs/algorithms.md, "Synthetic speech")
 # ----------------------------------------------------------------------------------------------------------
 STOPS = frozenset("p b t d k g tS dZ t# t2 d# t[ d[ ? c J q".split())
 NASALS_LIQUIDS = frozenset("m n N l l/ r r- r/ R w j ;".split())  # eSpeak's nasal and liquid classes

@@ -265,7 +265,7 @@ def make_pairs(out_dir: str | Path, *, num_pairs: int = 50, seed: int = 0, sets:
     if manifest.exists() and json.loads(manifest.read_text()).get("args") != args:
         raise FileExistsError(f"{out} holds pairs made with other arguments ({manifest}); use another --out")
     made, threads = {}, torch.get_num_threads()
-    # one thread: the resampler's small convolutions run ~20x slower with 2 threads on a busy 2-core machine
+    # one thread: the resampler's small convolutions run far slower with 2 threads on a busy 2-core machine
     with contextlib.ExitStack() as stack:
         torch.set_num_threads(1)
         stack.callback(torch.set_num_threads, threads)

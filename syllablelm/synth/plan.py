@@ -13,8 +13,8 @@ import numpy as np
 from .espeak import words_of
 
 DEFAULT_SPLITS: tuple[tuple[str, float], ...] = (("train", 0.8), ("dev", 0.1), ("test", 0.1))
-# Variants whose pause edges were measured within ~10 ms of the energy detector, without echo, whisper or
-# robot effects; the "klatt 6" variants (adam, david, benjamin) pass too but synthesise 2-3x slower.
+# Variants whose pause edges agree with the energy detector, without echo, whisper or robot effects; the
+# "klatt 6" variants (adam, david, benjamin) pass too but synthesise several times slower.
 # "victor" and "sandro" are left out: eSpeak seeds their voice's noise from the wall clock (time()), so their
 # samples change from one second to the next and a corpus would not be reproducible (tests/test_synth.py).
 MALE_VARIANTS = ("m1", "m3", "m4", "m5", "m6", "m7", "m8", "max", "norbert", "john", "rob", "Alex", "Mike",
