@@ -5,6 +5,9 @@ empty, truncated, too short — are dropped *here*, once, with a logged count an
 can crash halfway on a bad file. The cache keeps every file's ``(size, mtime)``: a rescan reuses the rows of
 unchanged files and only opens new or modified ones.
 
+Files are found by :func:`syllablelm.audio.list_audio` (the listing ``syllablelm tokenize`` uses too): symbolic
+links to folders and files are followed, a folder reached twice is searched once, hidden names are skipped.
+
 Ids: LibriSpeech file stems (``<speaker>-<chapter>-<utt>``) are globally unique and are the ids; for any other
 layout (LibriLight ``<speaker>/<book>/<file>.flac``, plain folders) the id is the path relative to the root
 without its extension.
@@ -24,7 +27,7 @@ from typing import Iterable, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from syllablelm.audio import AUDIO_EXTENSIONS, AudioError, audio_info, decoded_length
+from syllablelm.audio import AudioError, audio_info, decoded_length, list_audio
 from syllablelm.fileio import write_json
 
 log = logging.getLogger(__name__)
@@ -58,21 +61,6 @@ class Manifest:
     @property
     def seconds(self) -> np.ndarray:
         return np.array([e.seconds for e in self.entries], dtype=np.float64)
-
-
-def list_audio(root: str | os.PathLike) -> list[Path]:
-    """Every audio file under ``root`` (recursive, sorted, hidden files and folders skipped)."""
-    root = Path(root)
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such audio folder")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath) / f for f in filenames
-                  if not f.startswith(".") and f.lower().endswith(AUDIO_EXTENSIONS)]
-    return sorted(found)
 
 
 def utterance_id(path: Path, root: Path) -> str:

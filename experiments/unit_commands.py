@@ -1,13 +1,13 @@
-"""Stage 3 commands: train the unit quantizer, write unit shards, tokenize any audio folder.
+"""Stage 3 commands: train the unit quantizer, write unit shards (``syllablelm tokenize``: tokenize_audio.py).
 
     syllablelm quantize --checkpoint runs/tiny/sylboost/checkpoints/last.ckpt --data data/synth/train \
         --k 512 --k-merged 128 --out runs/tiny/tokenizer.ckpt
     syllablelm units --checkpoint runs/tiny/tokenizer.ckpt --data data/synth/train --out runs/tiny/units
-    syllablelm tokenize --checkpoint runs/tiny/tokenizer.ckpt --input some/folder --output units.jsonl
 
 ``quantize`` pools SylBoost features inside SylBoost segments (drop-edge-frames pooling, per-vector
 standardisation) on a seeded sample of the training set, fits k-means (K) and the Ward reduction (K'), and writes
-a *tokenizer checkpoint*: the SylBoost checkpoint with the quantizer inside, the one file ``tokenize`` needs.
+the lean *tokenizer checkpoint* (:func:`syllablelm.tokenizer.save_tokenizer`: the student up to its feature layer,
+the segmenter, the quantizer and metadata), the one file ``tokenize`` needs.
 ``units`` shards by ``--rank/--world-size`` like the label step (contiguous file shards, atomic shard files,
 rank 0 writes the manifest once every shard exists). ``units --variant`` picks the unit variant the store holds
 and records it in the manifest (:mod:`datamodules.unit_store`): ``dedup`` (default) or ``authors_lm``, what the
@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from datamodules.manifest import build_manifest, list_audio
+from datamodules.manifest import build_manifest
 from datamodules.speech import SpeechDataModule
 from datamodules.unit_store import UnitStore
 from syllablelm.audio import AudioError
-from syllablelm.fileio import atomic_write, weights_fingerprint, write_json, write_npz
-from syllablelm.tokenizer import QUANTIZER_KEY, SEGMENTER_KEY, Tokenizer, quantizer_state
+from syllablelm.fileio import weights_fingerprint, write_json, write_npz
+from syllablelm.tokenizer import Tokenizer, save_tokenizer
 from syllablelm.units import UNIT_VARIANTS, UnitQuantizer, deduplicates, pool_segments
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,10 @@ class PooledParts:
 def quantize(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="syllablelm quantize", description="fit k-means + Ward on pooled SylBoost "
                                 "features and write a tokenizer checkpoint")
-    p.add_argument("--checkpoint", required=True, help="a SylBoost checkpoint")
+    p.add_argument("--checkpoint", required=True, help="a SylBoost checkpoint (or a tokenizer checkpoint)")
     p.add_argument("--data", nargs="+", required=True, help="training audio folders")
-    p.add_argument("--out", required=True, help="the tokenizer checkpoint to write (.ckpt)")
+    p.add_argument("--out", required=True, help="the tokenizer checkpoint to write (.ckpt): the student encoder, "
+                   "segmenter and quantizer only (syllablelm.tokenizer)")
     p.add_argument("--k", type=int, default=24576, help="k-means clusters (paper: 24576)")
     p.add_argument("--k-merged", type=int, default=8192, help="units after Ward merging (paper: 2048..16384; "
                    "0 = no merging)")
@@ -98,7 +99,6 @@ def quantize(argv: list[str] | None = None) -> int:
                    "(OUT.pooled/): a stopped run resumes after the last part; removed once OUT is written")
     p.add_argument("--manifest-cache")
     args = p.parse_args(argv)
-    base = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     tok = Tokenizer.from_checkpoint(args.checkpoint, device=_device(args.device), require_quantizer=False)
     pooling = "drop_edge"
     if args.fixed_frames:
@@ -140,12 +140,10 @@ def quantize(argv: list[str] | None = None) -> int:
     log.info("fitting k-means: k=%d on %d segments (%.2f h), then Ward to %d", args.k, len(vectors), hours,
              args.k_merged)
     q = UnitQuantizer.fit(vectors, args.k, args.k_merged or None, pooling=pooling, backend=args.backend,
-                          seed=args.seed, feature_layer=base["hyper_parameters"].get("feature_layer"))
-    base[QUANTIZER_KEY] = quantizer_state(q)
-    if args.fixed_frames:
-        base[SEGMENTER_KEY] = {"fixed_frames": args.fixed_frames}
-    with atomic_write(args.out, "wb") as f:
-        torch.save(base, f)
+                          seed=args.seed, feature_layer=tok.encoder.layer)
+    save_tokenizer(args.out, tok.encoder, tok.segmenter, q, meta={  # --fixed-frames: in the segmenter config
+        "source": str(Path(args.checkpoint).resolve()), "command": "quantize", "args": vars(args),
+        "segments": len(vectors), "hours": round(hours, 4)})
     parts.remove()
     log.info("tokenizer checkpoint %s: %d units", args.out, q.k_merged)
     return 0
@@ -212,30 +210,3 @@ def units(argv: list[str] | None = None) -> int:
         log.info("unit version %d complete (%s units): %s", args.version, variant, store.version_dir(args.version))
     return 0
 
-
-def tokenize(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="syllablelm tokenize", description="audio files -> JSON lines of units")
-    p.add_argument("--checkpoint", required=True, help="a tokenizer checkpoint (syllablelm quantize)")
-    p.add_argument("--input", required=True, help="an audio file or a folder (searched recursively)")
-    p.add_argument("--output", required=True, help="JSON lines: {path, segments: [[start_s, end_s]], units}")
-    p.add_argument("--device")
-    _add_variant(p, "dedup")
-    args = p.parse_args(argv)
-    deduplicate = deduplicates(_variant(p, args, "dedup"))
-    tok = Tokenizer.from_checkpoint(args.checkpoint, device=_device(args.device))
-    files = list_audio(args.input)
-    failed = []
-    with atomic_write(args.output, "w") as f:  # nothing half-written: the file appears when complete
-        for path in tqdm(files, desc="tokenize", unit="file"):
-            try:
-                segments, ids = tok(str(path), deduplicate=deduplicate)
-            except AudioError as e:
-                failed.append(str(e))
-                continue
-            f.write(json.dumps({"path": str(path), "segments": np.round(segments, 4).tolist(),
-                                "units": ids.tolist()}) + "\n")
-    for problem in failed:
-        log.warning("skipped %s", problem)
-    log.info("tokenized %d of %d files into %s (%d unreadable)", len(files) - len(failed), len(files),
-             args.output, len(failed))
-    return 0

@@ -1,15 +1,28 @@
 """Audio -> syllable units: SylBoost features, the SSE min-cut, pooling, k-means + Ward lookup, dedup.
 
-    tok = Tokenizer.from_checkpoint("runs/tiny/tokenizer.ckpt")       # a SylBoost checkpoint + its quantizer
+    tok = Tokenizer.from_checkpoint("runs/tiny/tokenizer.ckpt")       # what `syllablelm quantize` writes
     segments, units = tok("speech.flac")                              # (n, 2) seconds, (n,) int64
     many = tok.batch([wave_a, wave_b], sample_rate=22050)
 
-Framework-free (torch/numpy): the checkpoint is read as a plain dict (``weights_only``), the student encoder is
-rebuilt from its hyper-parameters, and the quantizer is stored inside the checkpoint under ``"quantizer"``
-(``syllablelm quantize`` writes it) or beside it as ``<checkpoint stem>.quantizer.npz``.
+Framework-free (torch/numpy): checkpoints are read as plain dicts (``weights_only``) and the encoder is rebuilt
+from its spec. The *tokenizer checkpoint* (:func:`save_tokenizer`, format
+:data:`~syllablelm.checkpoints.backbone.TOKENIZER_FORMAT`) holds only what tokenizing needs:
+
+* ``"format"``: ``"syllablelm.tokenizer/1"``;
+* ``"encoder"`` / ``"encoder_state"``: the student's :meth:`SpeechEncoder.spec` and state dict, cut at the
+  feature layer (``load_backbone`` reads it as a backbone too);
+* ``"segmenter"`` / ``"delta"``: the :class:`SegmenterConfig` dict and the δ in use (float or None);
+* ``"quantizer"``: :func:`quantizer_state` (k-means centroids, Ward table, pooling);
+* ``"meta"``: feature layer, waveform normalisation, weights fingerprint, k / k_merged, suite version and
+  whatever the writer adds (``quantize``: the source checkpoint and the command's arguments).
+
+:meth:`Tokenizer.from_checkpoint` also reads a SylBoost ``.ckpt`` (its student), with the quantizer stored inside
+under ``"quantizer"`` (older ``quantize`` outputs, the released-model import) or beside it as
+``<checkpoint stem>.quantizer.npz``.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 from pathlib import Path
@@ -19,13 +32,17 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, pause_chunks, read_audio
+from .checkpoints.backbone import TOKENIZER_FORMAT, encoder_from_checkpoint, read_suite_checkpoint, suite_format
+from .checkpoints.fairseq import CheckpointError
+from .fileio import atomic_write, weights_fingerprint
 from .frames import samples_for_frames
 from .nn.encoder import SpeechEncoder
 from .segmenter import Segmenter, SegmenterConfig
 from .units import UnitQuantizer, dedup
 
 QUANTIZER_KEY = "quantizer"
-SEGMENTER_KEY = "tokenizer_segmenter"
+SEGMENTER_KEY = "tokenizer_segmenter"  # older tokenizer checkpoints (a SylBoost .ckpt): {"fixed_frames": k}
+TOKENIZER_KEYS = ("format", "encoder", "encoder_state", "segmenter", "delta", "quantizer", "meta")
 
 
 def quantizer_state(q: UnitQuantizer) -> dict:
@@ -38,6 +55,40 @@ def quantizer_from_state(state: dict) -> UnitQuantizer:
     return UnitQuantizer(state["centroids"].numpy(), state["agglom"].numpy(), **json.loads(state["meta"]))
 
 
+def suite_version() -> str | None:
+    """This suite's installed version (package metadata), None when it is not installed."""
+    try:
+        return importlib.metadata.version("syllablelm")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def tokenizer_checkpoint(encoder: SpeechEncoder, segmenter: Segmenter, quantizer: UnitQuantizer,
+                         meta: dict | None = None) -> dict:
+    """The tokenizer checkpoint (module docstring) as a dict: containers, tensors and strings only."""
+    info = {"feature_layer": encoder.layer, "normalize_waveform": bool(encoder.normalize_waveform),
+            "weights_fingerprint": weights_fingerprint(encoder), "k": quantizer.k, "k_merged": quantizer.k_merged,
+            "pooling": quantizer.pooling, "suite_version": suite_version(), **(meta or {})}
+    return {
+        "format": TOKENIZER_FORMAT,
+        "encoder": encoder.spec(),
+        "encoder_state": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
+        "segmenter": segmenter.config.to_dict(),
+        "delta": segmenter.delta,
+        QUANTIZER_KEY: quantizer_state(quantizer),
+        "meta": json.loads(json.dumps(info, default=str)),  # plain: loads with weights_only
+    }
+
+
+def save_tokenizer(path: str | os.PathLike, encoder: SpeechEncoder, segmenter: Segmenter, quantizer: UnitQuantizer,
+                   meta: dict | None = None) -> dict:
+    """Write the tokenizer checkpoint atomically (``meta`` adds to the recorded facts); returns its ``"meta"``."""
+    ckpt = tokenizer_checkpoint(encoder, segmenter, quantizer, meta)
+    with atomic_write(path, "wb") as f:
+        torch.save(ckpt, f)
+    return ckpt["meta"]
+
+
 class Tokenizer:
     def __init__(self, encoder: SpeechEncoder, quantizer: UnitQuantizer | None,
                  segmenter: Segmenter | SegmenterConfig | dict, *, delta: float | None = None,
@@ -48,6 +99,7 @@ class Tokenizer:
         self.device = torch.device(device)
         self.chunk_seconds = chunk_seconds
         self.group_seconds = max(group_seconds, chunk_seconds)
+        self.meta: dict = {}  # a tokenizer checkpoint's "meta" (empty for other sources)
 
     @property
     def delta(self) -> float | None:
@@ -58,21 +110,28 @@ class Tokenizer:
         c = self.segmenter.config
         self.segmenter = Segmenter(SegmenterConfig(fixed_frames=frames, min_len=c.min_len, max_len=c.max_len))
 
+    def save(self, path: str | os.PathLike, meta: dict | None = None) -> dict:
+        """Write this tokenizer as a tokenizer checkpoint (:func:`save_tokenizer`); returns its ``"meta"``."""
+        return save_tokenizer(path, self.encoder, self.segmenter, self._quantizer(), meta)
+
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
                         quantizer: str | os.PathLike | None = None, require_quantizer: bool = True,
                         **kwargs) -> "Tokenizer":
-        """A SylBoost checkpoint (its student) and its quantizer: inside the checkpoint, the file ``quantizer``,
-        or ``<stem>.quantizer.npz`` beside the checkpoint — in that order of precedence: argument, inside, beside.
-        ``require_quantizer=False`` allows none (features and boundaries only: what ``quantize`` needs)."""
+        """A tokenizer checkpoint (module docstring), or a SylBoost checkpoint (its student) and its quantizer:
+        the file ``quantizer``, inside the checkpoint or ``<stem>.quantizer.npz`` beside it — in that order of
+        precedence. ``require_quantizer=False`` allows none in a SylBoost checkpoint (features and boundaries
+        only: what ``quantize`` needs). An unreadable file or one of another kind is a ``CheckpointError``
+        (a ``ValueError``) naming the file."""
         path = Path(path)
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        hp = ckpt.get("hyper_parameters", {})
+        ckpt = read_suite_checkpoint(path)
+        if suite_format(ckpt, path) == "tokenizer":
+            return cls._from_tokenizer_checkpoint(ckpt, path, device=device, quantizer=quantizer, **kwargs)
+        hp = ckpt.get("hyper_parameters") or {}
         if "encoder" not in hp or "segmenter" not in hp:
-            raise ValueError(f"{path}: not a SylBoost checkpoint (no encoder/segmenter hyper-parameters)")
-        encoder = SpeechEncoder.from_spec(hp["encoder"])
-        student = {k[len("student."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("student.")}
-        encoder.load_state_dict(student)
+            raise CheckpointError(f"{path}: neither a tokenizer nor a SylBoost checkpoint (no encoder/segmenter "
+                                  "hyper-parameters)")
+        encoder = encoder_from_checkpoint(ckpt, path)
         if quantizer is not None:
             q = UnitQuantizer.load(quantizer)
         elif QUANTIZER_KEY in ckpt:
@@ -86,9 +145,29 @@ class Tokenizer:
                                     f"({path.with_suffix('.quantizer.npz').name}); run `syllablelm quantize`")
         delta = ckpt["state_dict"].get("delta")
         tok = cls(encoder, q, hp["segmenter"], delta=None if delta is None else float(delta), device=device, **kwargs)
-        frames = ckpt.get(SEGMENTER_KEY, {}).get("fixed_frames")  # quantize's frame-unit baselines
+        frames = ckpt.get(SEGMENTER_KEY, {}).get("fixed_frames")  # older quantize outputs' frame-unit baselines
         if frames:
             tok.use_fixed_frames(frames)
+        return tok
+
+    @classmethod
+    def _from_tokenizer_checkpoint(cls, ckpt: dict, path: Path, *, device, quantizer, **kwargs) -> "Tokenizer":
+        missing = [k for k in TOKENIZER_KEYS if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"{path}: a {TOKENIZER_FORMAT} checkpoint without {missing} (damaged or not "
+                                  "written by save_tokenizer)")
+        encoder = encoder_from_checkpoint(ckpt, path)
+        try:
+            q = quantizer_from_state(ckpt[QUANTIZER_KEY])
+            delta = ckpt["delta"]
+            segmenter = Segmenter(ckpt["segmenter"], delta=None if delta is None else float(delta))
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: unreadable quantizer or segmenter in the tokenizer checkpoint "
+                                  f"({type(e).__name__}: {e})") from e
+        if quantizer is not None:  # an explicit file replaces the one inside
+            q = UnitQuantizer.load(quantizer)
+        tok = cls(encoder, q, segmenter, device=device, **kwargs)
+        tok.meta = dict(ckpt["meta"])
         return tok
 
     @property

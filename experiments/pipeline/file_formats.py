@@ -4,7 +4,6 @@ each raises ``ValueError`` (or ``AudioError``) naming the file when it is not wh
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,28 +12,21 @@ from syllablelm.audio import AUDIO_EXTENSIONS
 
 def audio_folder_info(path: Path, sample: int = 3) -> str:
     """A short description of an audio folder (layout, rate of a few files); raises ValueError when it holds
-    no readable audio. Stops after ``sample`` files, so it is quick on LibriLight-sized trees."""
-    from syllablelm.audio import audio_info
+    no readable audio. Reads only the first ``sample`` files it meets, so it is quick on LibriLight-sized trees."""
+    from syllablelm.audio import audio_info, list_audio
 
     if not path.is_dir():
         raise ValueError(f"{path}: not a folder")
-    found, layout = [], "audio folder"
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        names = set(filenames)
-        for f in sorted(filenames):
-            if f.lower().endswith(AUDIO_EXTENSIONS) and not f.startswith("."):
-                found.append(Path(dirpath) / f)
-                stem = f.rsplit(".", 1)[0]
-                if f"{stem}.json" in names:
-                    layout = "LibriLight layout"
-                elif any(n.endswith(".trans.txt") for n in names):
-                    layout = "LibriSpeech layout"
-        if len(found) >= sample:
-            break
+    found = list_audio(path, limit=sample)  # the listing the manifests use: symlinks followed
     if not found:
         raise ValueError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
-    infos = [audio_info(f) for f in found[:sample]]  # AudioError names the file
+    layout = "audio folder"
+    for f in found:
+        if f.with_suffix(".json").exists():
+            layout = "LibriLight layout"
+        elif any(f.parent.glob("*.trans.txt")):
+            layout = "LibriSpeech layout"
+    infos = [audio_info(f) for f in found]  # AudioError names the file
     rates = sorted({i.sample_rate for i in infos})
     return f"{layout}, {'/'.join(map(str, rates))} Hz"
 

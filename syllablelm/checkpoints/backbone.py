@@ -60,6 +60,9 @@ def suite_format(ckpt: dict, path) -> str:
     """``"tokenizer"``, ``"teacher-ckpt"`` or ``"sylboost-ckpt"`` for a dict :func:`read_suite_checkpoint` gave."""
     if ckpt.get("format") == TOKENIZER_FORMAT:
         return "tokenizer"
+    if "format" in ckpt:
+        raise CheckpointError(f"{path}: checkpoint format {ckpt['format']!r}; this version reads tokenizer "
+                              f"checkpoints of format {TOKENIZER_FORMAT!r}")
     hp = ckpt.get("hyper_parameters") or {}
     if "network" in hp and "state_dict" in ckpt:
         return "teacher-ckpt"
@@ -103,8 +106,14 @@ def encoder_from_checkpoint(ckpt: dict, path):
     from syllablelm.nn.encoder import SpeechEncoder
 
     if suite_format(ckpt, path) == "tokenizer":
+        if not isinstance(ckpt.get("encoder"), dict) or not isinstance(ckpt.get("encoder_state"), dict):
+            raise CheckpointError(f"{path}: a tokenizer checkpoint without its 'encoder' spec and 'encoder_state'")
         encoder = SpeechEncoder.from_spec(ckpt["encoder"])
-        encoder.load_state_dict(ckpt["encoder_state"])
+        try:
+            encoder.load_state_dict(ckpt["encoder_state"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: the tokenizer checkpoint's encoder_state does not fit its encoder spec "
+                                  f"({e})") from e
         return encoder
     encoder = SpeechEncoder.from_spec(ckpt["hyper_parameters"]["encoder"])
     prefix = "student."

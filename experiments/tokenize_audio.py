@@ -1,0 +1,151 @@
+"""``syllablelm tokenize``: audio files, folders and file lists -> JSON lines of syllable units.
+
+    syllablelm tokenize --checkpoint runs/tiny/tokenizer.ckpt --input some/folder other/file.flac --output units.jsonl
+    syllablelm tokenize --checkpoint runs/tiny/tokenizer.ckpt --file-list files.txt --output units.jsonl
+
+Folders are searched recursively by :func:`syllablelm.audio.list_audio`, the listing the training manifests use:
+symbolic links to folders and files are followed, a folder reached twice (a link to an ancestor) is searched once,
+hidden names are skipped. A file list holds one audio path per line (``#`` comments and blank lines ignored;
+relative paths are relative to the list's folder). The same file reached twice is tokenized once, under the
+first path it was found by. Finding no audio at all is an error (exit status 2, the searched inputs named);
+unreadable files are logged, counted and skipped.
+
+The module level imports only the standard library, so ``syllablelm tokenize --help`` answers at once; torch and
+the tokenizer are imported once the arguments are parsed.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# syllablelm.units.UNIT_VARIANTS (importing it would import torch before --help; a test keeps the two equal)
+VARIANTS = ("authors_lm", "dedup")
+DEFAULT_VARIANT = "dedup"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="syllablelm tokenize", description="audio files -> JSON lines of units")
+    p.add_argument("--checkpoint", required=True, help="a tokenizer checkpoint (syllablelm quantize)")
+    p.add_argument("--input", nargs="+", default=[], metavar="PATH",
+                   help="audio files or folders (folders searched recursively, symbolic links followed)")
+    p.add_argument("--file-list", metavar="PATH", help="a text file of audio paths, one a line ('#' comments and "
+                   "blank lines ignored; relative paths are relative to the list's folder)")
+    p.add_argument("--output", required=True, help="JSON lines: {path, segments: [[start_s, end_s]], units}")
+    p.add_argument("--device")
+    p.add_argument("--variant", choices=VARIANTS, help="after k-means and the Ward merge: "
+                   "'authors_lm' keeps one merged unit per min-cut segment (what the authors' SpeechLM trained "
+                   "on: their data loader maps k-means ids through the Ward table and does not deduplicate "
+                   "again), 'dedup' collapses runs of equal units (their extraction script's output). "
+                   f"Default: {DEFAULT_VARIANT}")
+    p.add_argument("--no-dedup", action="store_true", help="the same as --variant authors_lm (kept for older "
+                   "commands; frame-unit baselines)")
+    return p
+
+
+def read_file_list(path: str | os.PathLike) -> list[Path]:
+    """The paths of a file list: one a line, ``#`` comment lines and blank lines ignored, relative paths relative
+    to the list's folder."""
+    path = Path(path)
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            out.append(path.parent / Path(line).expanduser())  # an absolute line stays absolute
+    return out
+
+
+def find_audio(inputs: list[str | os.PathLike], listed: list[Path] | None = None) -> list[Path]:
+    """The audio of ``inputs`` (files or folders, in the order given, each folder's files sorted), then the file
+    list's ``listed`` paths (a listed folder is searched too, a listed file taken as it is: a missing one is
+    reported as unreadable when it is tokenized). A file reached twice is kept once, under its first path.
+    Raises ``FileNotFoundError`` for a missing input."""
+    from syllablelm.audio import list_audio
+
+    files, seen = [], set()
+
+    def add(found: list[Path]) -> None:
+        for path in found:
+            real = os.path.realpath(path)
+            if real not in seen:
+                seen.add(real)
+                files.append(path)
+
+    for root in inputs:
+        add(list_audio(root))
+    for path in listed or []:
+        add(list_audio(path) if path.is_dir() else [path])
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if not args.input and not args.file_list:
+        p.error("give audio with --input PATH [PATH ...] and/or --file-list PATH")
+    if args.no_dedup and args.variant not in (None, "authors_lm"):
+        p.error(f"--no-dedup contradicts --variant {args.variant}")
+    variant = args.variant or ("authors_lm" if args.no_dedup else DEFAULT_VARIANT)
+    missing = [x for x in args.input if not os.path.exists(x)]
+    if missing:
+        print(f"{p.prog}: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        listed = read_file_list(args.file_list) if args.file_list else []
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"{p.prog}: cannot read the file list {args.file_list} ({getattr(e, 'strerror', None) or e})",
+              file=sys.stderr)
+        return 2
+
+    from syllablelm.audio import AUDIO_EXTENSIONS
+
+    files = find_audio(args.input, listed)
+    if not files:
+        searched = ", ".join(args.input)
+        if args.file_list:
+            searched += ("; " if searched else "") + f"file list {args.file_list}"
+        print(f"{p.prog}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) under: {searched}", file=sys.stderr)
+        return 2
+    return tokenize_files(files, args.checkpoint, args.output, variant, args.device)
+
+
+def tokenize_files(files: list[Path], checkpoint: str, output: str, variant: str, device: str | None) -> int:
+    """Tokenize ``files`` into the JSON lines file ``output``, written atomically; unreadable files are logged
+    and skipped. Exit status 1 when no file could be read."""
+    import json
+
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    from syllablelm.audio import AudioError
+    from syllablelm.fileio import atomic_write
+    from syllablelm.tokenizer import Tokenizer
+    from syllablelm.units import deduplicates
+
+    deduplicate = deduplicates(variant)
+    if not device:
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+    tok = Tokenizer.from_checkpoint(checkpoint, device=device)
+    failed = []
+    with atomic_write(output, "w") as f:  # nothing half-written: the file appears when complete
+        for path in tqdm(files, desc="tokenize", unit="file"):
+            try:
+                segments, ids = tok(str(path), deduplicate=deduplicate)
+            except AudioError as e:
+                failed.append(str(e))
+                continue
+            f.write(json.dumps({"path": str(path), "segments": np.round(segments, 4).tolist(),
+                                "units": ids.tolist()}) + "\n")
+    for problem in failed:
+        log.warning("skipped %s", problem)
+    log.info("tokenized %d of %d files into %s (%d unreadable)", len(files) - len(failed), len(files),
+             output, len(failed))
+    if len(failed) == len(files):
+        print(f"syllablelm tokenize: none of the {len(files)} audio files could be read", file=sys.stderr)
+        return 1
+    return 0
