@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from syllablelm.metrics import boundary_counts, boundary_scores
-from syllablelm.significance import paired_bootstrap
+from syllablelm.significance import paired_bootstrap, resample_indices
 
 
 def corpus(seed: int, n: int = 30):
@@ -63,3 +63,25 @@ def test_seeded_and_checked():
         paired_bootstrap(good[:-1], poor, refs)
     with pytest.raises(ValueError, match="level"):
         paired_bootstrap(good, poor, refs, level=1.0)
+
+
+def test_voices_bootstrap_widens_the_interval_when_voices_disagree():
+    """Two voices: ``a`` beats ``b`` on one and ties on the other. Resampling utterances alone sees a clear win;
+    resampling voices (then utterances within them) also draws the tied voice twice, so its interval is wider and
+    reaches zero."""
+    refs, good, poor = corpus(4, n=24)
+    voices = np.repeat(["v1", "v2"], 12)
+    pred_a = good[:12] + poor[12:]  # a: good on v1, as poor as b on v2
+    flat = paired_bootstrap(pred_a, poor, refs, n_resamples=500)
+    grouped = paired_bootstrap(pred_a, poor, refs, n_resamples=500, groups=voices)
+    assert grouped["n_groups"] == 2 and flat["n_groups"] is None
+    for m in ("f1", "r_value"):
+        assert grouped[m]["difference"] == flat[m]["difference"]  # the whole-set difference does not change
+        assert grouped[m]["high"] - grouped[m]["low"] > flat[m]["high"] - flat[m]["low"]
+        assert flat[m]["low"] > 0 and grouped[m]["low"] <= 0 < grouped[m]["high"]
+    draws = resample_indices(6, 50, np.random.default_rng(0), groups=["a", "a", "b", "b", "b", "c"])
+    assert draws.shape[0] == 50 and draws.max() < 6 and (draws >= -1).all()
+    # every row holds whole voices' worth of draws: 2, 3 or 1 utterances per drawn voice, three voices drawn
+    assert all(sum(1 for i in row if i >= 0) in range(3, 10) for row in draws)
+    with pytest.raises(ValueError, match="groups"):
+        paired_bootstrap(pred_a, poor, refs, groups=voices[:-1])
