@@ -1,26 +1,45 @@
 """Regenerate SylBoost's boundaries between iterations: the callback owns *when* and the communication.
 
-Iteration ``k`` (0-based) trains on boundary version ``k`` (version 0 = LossPred). At the end of its last epoch
-(every ``epochs_per_iteration`` epochs, after that epoch's validation) every rank runs the student's
+Iteration ``k`` (0-based) trains on boundary version ``k`` (version 0 = LossPred). Version ``v`` is due once
+``v x epochs_per_iteration`` epochs are complete and training is still on an older version (``done``, the
+callback's state, saved in every checkpoint through ``state_dict``). The rule is checked at three hooks, so that
+whatever point a run resumes from, each version is made exactly once:
+
+* ``on_train_epoch_end`` (the regular path): after an iteration's last epoch and its validation. A run resumed
+  from a checkpoint saved at that validation's end gets here too: Lightning resumes by finishing the epoch.
+* ``on_train_start``: a checkpoint saved during the epoch-end hooks before the regeneration was done (by an
+  earlier callback, or a preemption while it ran) resumes at the next epoch; the version is made before its first
+  batch. (That epoch's DataLoader was made before any fit hook: with workers, set the trainer's
+  ``reload_dataloaders_every_n_epochs: 1`` so that they serve the new version; the callback warns otherwise.)
+* ``on_fit_end``: a resumed run whose checkpoint left no epoch to train (the trainer skips training) still writes
+  the final version.
+
+A version already complete on disk and written by this module class is reused, not recomputed (a crash after the
+store was written but before a checkpoint recorded it). To make a version, every rank runs the student's
 ``extract_boundaries`` over its unrepeated contiguous shard of the training set (and dev), in eval + inference
-mode, one utterance at a time (so the result never depends on batch composition or world size); then:
+mode, one utterance at a time (so the result never depends on batch composition or world size); the segment
+counts and boundary metrics are summed over ranks; then:
 
     rank 0 invalidates version k+1 -> barrier -> every rank writes its shard atomically -> barrier
     -> rank 0 checks the shards and writes the manifest -> barrier -> every rank loads version k+1
 
 The DataModule swaps its boundaries in place, so the next epoch's dataloader iterator (its workers are forked
-anew each epoch) serves the new targets without rebuilding loaders. The module then re-initialises the student
-and the optimizer and LR schedule start again (unless it continues across iterations). After the last
-iteration the final version is written too (version = iterations), for evaluation and unit extraction.
+anew each epoch) serves the new targets without rebuilding loaders. Unless the version is the final one
+(``iterations``, for evaluation and unit extraction), the module then re-initialises the student
+(``start_iteration``) and the optimizer and LR schedule start again (unless training continues across
+iterations). With a segmenter that calibrates δ, δ is calibrated at fit start (so validation can cut before the
+first regeneration) and again before each regeneration.
 
-Resume: the completed-regeneration count is in the checkpoint. A checkpoint saved at validation end of an
-iteration's last epoch predates that iteration's regeneration; a run resumed from it regenerates at its start
-(before the first batch), reusing the version if it is already complete — never repeating or skipping one.
+Every version's rate and boundary scores are logged as ``regen/*`` through ``pl_module.log`` (identical values on
+every rank), so ``trainer.callback_metrics`` holds them for ``ModelCheckpoint(monitor=...)`` or ``EarlyStopping``
+and the loggers receive them at the epoch's end; only the ``on_fit_end`` path, where Lightning allows no
+``self.log``, writes them to the loggers directly.
 
     trainer = Trainer(max_epochs=10, callbacks=[BoundaryRegeneration()])   # iterations x epochs_per_iteration
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -30,12 +49,15 @@ import numpy as np
 import torch
 
 from datamodules.boundary_store import BoundaryStore
+from datamodules.dataset import is_empty
 from syllablelm.audio import SAMPLE_RATE
 from syllablelm.metrics import BoundaryMetric
 from syllablelm.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
-STATE_KEY = "boundary_regeneration"
+LEGACY_STATE_KEY = "boundary_regeneration"  # where checkpoints written before ``state_dict`` keep the state
+RECORD_KEYS = ("version", "epoch", "rate_hz", "delta", "metrics")
+SCORES = ("precision", "recall", "f1", "r_value")
 
 
 class BoundaryRegeneration(pl.Callback):
@@ -52,26 +74,18 @@ class BoundaryRegeneration(pl.Callback):
         self.calibration_utterances = calibration_utterances
         self.tier = tier
         self.done = 0  # regenerations completed = the boundary version training is on
-        self._pending_at_start = False
-        self._reset_optimizers = False
-        self.history: list[dict] = []  # per regeneration: version, rate, metrics (for reports)
+        self.history: list[dict] = []  # per version: version, epoch, rate, δ, metrics (for reports)
 
     # ---- state across checkpoints -------------------------------------------------------------------------
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        checkpoint[STATE_KEY] = {
-            "done": self.done, "epoch": trainer.current_epoch,
-            # a checkpoint written at the end of an epoch (validation end) resumes at the next epoch
-            "epoch_finished": bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch),
-            "history": self.history}
+    def state_dict(self) -> dict:
+        return {"done": self.done, "history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.done, self.history = int(state_dict["done"]), list(state_dict.get("history", []))
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
-        state = checkpoint.get(STATE_KEY)
-        if state is None:
-            return
-        self.done, self.history = int(state["done"]), list(state.get("history", []))
-        E = pl_module.hparams.epochs_per_iteration
-        next_epoch = state["epoch"] + (1 if state["epoch_finished"] else 0)
-        self._pending_at_start = next_epoch % E == 0 and next_epoch // E > self.done
+        if LEGACY_STATE_KEY in checkpoint:  # written before the state moved to state_dict (which, if present, wins)
+            self.load_state_dict(checkpoint[LEGACY_STATE_KEY])
 
     # ---- schedule -----------------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage):
@@ -86,113 +100,168 @@ class BoundaryRegeneration(pl.Callback):
                              "boundary_dir (and boundary_version: 0 for LossPred's boundaries)")
 
     def on_fit_start(self, trainer, pl_module):
-        if self._pending_at_start:  # resumed from a checkpoint that predates this iteration's regeneration
-            self._advance(trainer, pl_module, self.done + 1)
-            self._reset_optimizers = pl_module.hparams.reinit_each_iteration
-            self._pending_at_start = False
-        elif trainer.datamodule.version != self.done:
+        if trainer.datamodule.version != self.done:  # resumed: the version the checkpoint trained on
             trainer.datamodule.set_boundary_version(self.done)
         pl_module.iteration = min(self.done, pl_module.hparams.iterations - 1)
         if pl_module.segmenter.calibrate_to_hz is not None and torch.isnan(pl_module.delta):
-            # a δ for the starting weights, so that validation cuts before the first regeneration
-            was_training = pl_module.training
-            pl_module.eval()
-            with torch.inference_mode():
-                pl_module.delta.fill_(self._calibrate(trainer, pl_module))
-            pl_module.train(was_training)
+            self._recalibrate(trainer, pl_module)  # a δ for the starting weights: validation cuts before version 1
 
     def on_train_start(self, trainer, pl_module):
-        if self._reset_optimizers:  # after the trainer restored the previous iteration's optimizer state
-            trainer.strategy.setup_optimizers(trainer)
-            self._reset_optimizers = False
+        # trainer.current_epoch = epochs complete; on a fresh run 0, so nothing is due
+        regenerated = self._next_iteration(trainer, pl_module, trainer.current_epoch)
+        workers = getattr(trainer.datamodule.hparams, "num_workers", 0)
+        if regenerated and workers > 0 and not trainer.reload_dataloaders_every_n_epochs:
+            # the trainer made this epoch's loader (forking its workers) before any fit hook ran
+            log.warning("resumed before a regeneration: this epoch's DataLoader workers started before it and still "
+                        "serve the previous boundary version; trainer reload_dataloaders_every_n_epochs: 1 avoids it")
 
     def on_train_epoch_end(self, trainer, pl_module):
-        E = pl_module.hparams.epochs_per_iteration
-        finished = trainer.current_epoch + 1
-        if finished % E == 0 and finished // E > self.done:
-            self._advance(trainer, pl_module, finished // E)
-            if self.done < pl_module.hparams.iterations and pl_module.hparams.reinit_each_iteration:
-                trainer.strategy.setup_optimizers(trainer)
+        self._next_iteration(trainer, pl_module, trainer.current_epoch + 1)
 
-    def _advance(self, trainer, pl_module, version: int) -> None:
+    def on_fit_end(self, trainer, pl_module):
+        version = self._due(pl_module, trainer.current_epoch)
+        if version is None:  # the usual case: on_train_epoch_end wrote the final version
+            return
+        device = pl_module.device  # the strategy moved the module to the CPU when training ended
+        pl_module.to(trainer.strategy.root_device)
+        try:
+            self._advance(trainer, pl_module, version, via_module=False)
+        finally:
+            pl_module.to(device)
+
+    def _due(self, pl_module, epochs: int) -> int | None:
+        """The version due once ``epochs`` epochs are complete, or None."""
+        E = pl_module.hparams.epochs_per_iteration
+        return epochs // E if epochs % E == 0 and epochs // E > self.done else None
+
+    def _next_iteration(self, trainer, pl_module, epochs: int) -> bool:
+        """Make the version due after ``epochs`` epochs, if any, and start the next iteration; True if it did."""
+        version = self._due(pl_module, epochs)
+        if version is None:
+            return False
+        self._advance(trainer, pl_module, version)
+        hp = pl_module.hparams
+        if version < hp.iterations:  # another iteration follows
+            pl_module.start_iteration(version)
+            if hp.reinit_each_iteration:  # a fresh optimizer and LR schedule (after any restored from a checkpoint)
+                trainer.strategy.setup_optimizers(trainer)
+        return True
+
+    def _advance(self, trainer, pl_module, version: int, *, via_module: bool = True) -> None:
+        """Make (or reuse) ``version``, load it on every rank and log it."""
         version = int(trainer.strategy.broadcast(version, src=0))  # every rank follows rank 0's count
         store = BoundaryStore(trainer.datamodule.hparams.boundary_dir)
-        meta = store.manifest(version)["meta"] if store.is_complete(version) else {}
-        if meta.get("stage") == type(pl_module).__name__:  # written before a crash that predates the checkpoint
-            log.info("boundary version %d is already complete: reusing it", version)
-            self.history.append({k: meta[k] for k in ("version", "epoch", "rate_hz", "delta", "metrics")})
-        else:
-            self.regenerate(trainer, pl_module, store, version)
+        record = self._reusable(trainer, pl_module, store, version)
+        if record is None:
+            record = self.regenerate(trainer, pl_module, store, version)
         trainer.datamodule.set_boundary_version(version)
         self.done = version
-        if version < pl_module.hparams.iterations:
-            pl_module.start_iteration(version)
+        self.history.append(record)
+        self._log(trainer, pl_module, record, via_module=via_module)
+
+    def _reusable(self, trainer, pl_module, store: BoundaryStore, version: int) -> dict | None:
+        """The record of ``version`` if it is already complete and was written by this module class (before a
+        crash that predates the checkpoint); rank 0 decides for every rank."""
+        reuse = False
+        if trainer.is_global_zero and store.is_complete(version):
+            reuse = store.manifest(version)["meta"].get("stage") == type(pl_module).__name__
+        if not trainer.strategy.broadcast(reuse, src=0):
+            return None
+        log.info("boundary version %d is already complete: reusing it", version)
+        meta = store.manifest(version)["meta"]
+        if meta["delta"] is not None:  # the δ it was cut with, as if this run had made it
+            pl_module.delta.fill_(meta["delta"])
+        return {k: meta[k] for k in RECORD_KEYS}
 
     # ---- the regeneration itself --------------------------------------------------------------------------
     def regenerate(self, trainer, pl_module, store: BoundaryStore, version: int) -> dict:
-        dm, strategy = trainer.datamodule, trainer.strategy
-        was_training = pl_module.training
-        pl_module.eval()
-        with torch.inference_mode():
-            if pl_module.segmenter.calibrate_to_hz is not None:
-                pl_module.delta.fill_(self._calibrate(trainer, pl_module))
-            segments: dict[str, list[np.ndarray]] = {}
-            # a file in two splits is stored (and counted) once, by its first split; every rank knows every split's
-            # files, so shards on different ranks never hold the same utterance
-            owner: dict[str, str] = {}
-            for split in self.splits:
-                if dm.dirs.get(split):
-                    for entry in dm.manifest(split).entries:
-                        owner.setdefault(entry.id, split)
-            counts = torch.zeros(2, dtype=torch.float64, device=pl_module.device)  # segments, seconds
-            metrics = {}
-            for split in self.splits:
-                if not dm.dirs.get(split):
-                    continue
-                metric = BoundaryMetric(protocol="syllablelm").to(pl_module.device)
+        """Write ``version`` from the student's current weights (every rank calls this); returns its record."""
+        if pl_module.segmenter.calibrate_to_hz is not None:
+            self._recalibrate(trainer, pl_module)
+        segments, counts, metrics = self._extract(trainer, pl_module)
+        rate, scores = self._reduce(trainer, counts, metrics)
+        delta = float(pl_module.delta)
+        record = {"version": version, "epoch": version * pl_module.hparams.epochs_per_iteration - 1,
+                  "rate_hz": rate, "delta": None if math.isnan(delta) else delta, "metrics": scores}
+        self._write(trainer, store, version, segments, meta={"stage": type(pl_module).__name__, **record})
+        return record
+
+    def _extract(self, trainer, pl_module) -> tuple[dict[str, np.ndarray], tuple[int, float], dict]:
+        """This rank's shard of every split: segments per utterance, ``(segments, seconds)`` of the utterances
+        it stores, and per split a :class:`BoundaryMetric` updated on the utterances with references."""
+        dm = trainer.datamodule
+        splits = [split for split in self.splits if dm.dirs.get(split)]
+        # a file in two splits is stored (and counted) once, by its first split; every rank knows every split's
+        # files, so shards on different ranks never hold the same utterance
+        owner: dict[str, str] = {}
+        for split in splits:
+            for entry in dm.manifest(split).entries:
+                owner.setdefault(entry.id, split)
+        parts: dict[str, list[np.ndarray]] = {}
+        n_segments, seconds, metrics = 0, 0.0, {}
+        with _evaluating(pl_module):
+            for split in splits:
+                metrics[split] = metric = BoundaryMetric(protocol="syllablelm").to(trainer.strategy.root_device)
                 for batch in dm.offline_dataloader(split):
-                    if batch is None:
+                    if is_empty(batch):  # no readable file in it (the dataset named them)
                         continue
                     segs = pl_module.extract_boundaries(_to(batch, pl_module.device))
                     preds, refs = [], []
                     for b, (utt, s) in enumerate(zip(batch["ids"], segs)):
                         if owner.get(utt, split) == split:
-                            segments.setdefault(utt, []).append(s)  # chunks of one long file share the id
-                            counts += torch.tensor([len(s), float(batch["lengths"][b]) / SAMPLE_RATE],
-                                                   dtype=torch.float64, device=counts.device)
+                            parts.setdefault(utt, []).append(s)  # chunks of one long file share the id
+                            n_segments += len(s)
+                            seconds += float(batch["lengths"][b]) / SAMPLE_RATE
                         alignment = batch["alignments"][b]
                         if alignment is not None and self.tier in alignment:
                             preds.append(s)
                             refs.append(alignment[self.tier][0])
                     if preds:
                         metric.update(preds, refs)
+        return {u: _merge_chunks(p) for u, p in parts.items()}, (n_segments, seconds), metrics
+
+    def _reduce(self, trainer, counts: tuple[int, float], metrics: dict) -> tuple[float, dict]:
+        """The rate and boundary scores over all ranks (collectives: every rank calls this)."""
+        with torch.inference_mode():
+            total = torch.tensor(counts, dtype=torch.float64, device=trainer.strategy.root_device)
+            total = trainer.strategy.reduce(total, reduce_op="sum")
+            scores = {}
+            for split, metric in metrics.items():
                 with warnings.catch_warnings():  # a rank with no references never updated its metric
                     warnings.filterwarnings("ignore", message=".*compute.*before the ..update")
-                    scores = metric.compute()  # count states: exact under DDP (every rank calls compute)
-                if float(scores["n_ref"]) > 0:
-                    metrics[split] = {k: float(scores[k]) for k in ("precision", "recall", "f1", "r_value")}
-        pl_module.train(was_training)
-        merged = {u: np.concatenate(p)[np.argsort(np.concatenate(p)[:, 0], kind="stable")]
-                  for u, p in segments.items()}
-        counts = strategy.reduce(counts, reduce_op="sum")
-        rate = float(counts[0] / counts[1]) if counts[1] > 0 else 0.0
-        delta = float(pl_module.delta)
+                    result = metric.compute()  # count states: exact under DDP
+                if float(result["n_ref"]) > 0:
+                    scores[split] = {k: float(result[k]) for k in SCORES}
+        return (float(total[0] / total[1]) if total[1] > 0 else 0.0), scores
+
+    def _write(self, trainer, store: BoundaryStore, version: int, segments: dict, meta: dict) -> None:
+        """rank 0 invalidates -> barrier -> every rank writes its shard -> barrier -> rank 0 writes the manifest
+        -> barrier (after which every rank may load the version)."""
+        strategy = trainer.strategy
         if trainer.is_global_zero:
             store.invalidate(version)
         strategy.barrier()
-        store.write_shard(version, trainer.global_rank, trainer.world_size, merged)
+        store.write_shard(version, trainer.global_rank, trainer.world_size, segments)
         strategy.barrier()
-        record = {"version": version, "epoch": trainer.current_epoch, "rate_hz": rate,
-                  "delta": None if math.isnan(delta) else delta, "metrics": metrics}
         if trainer.is_global_zero:
-            store.finalize(version, trainer.world_size, meta={"stage": type(pl_module).__name__, **record})
-            flat = {"regen/rate_hz": rate, **{f"regen/{s}_{k}": v for s, m in metrics.items() for k, v in m.items()}}
+            store.finalize(version, trainer.world_size, meta=meta)
+        strategy.barrier()
+
+    def _log(self, trainer, pl_module, record: dict, *, via_module: bool) -> None:
+        flat = {"regen/rate_hz": record["rate_hz"],
+                **{f"regen/{split}_{k}": v for split, m in record["metrics"].items() for k, v in m.items()}}
+        if via_module:  # -> trainer.callback_metrics now, the loggers at the epoch's end; reduced already
+            pl_module.log_dict(flat, on_step=False, on_epoch=True, sync_dist=False, batch_size=1)
+        else:
             for logger in trainer.loggers:
                 logger.log_metrics(flat, step=trainer.global_step)
-            log.info("boundary version %d: %.2f Hz, %s", version, rate, metrics)
-        strategy.barrier()
-        self.history.append(record)
-        return record
+        if trainer.is_global_zero:
+            log.info("boundary version %d: %.2f Hz, %s", record["version"], record["rate_hz"], record["metrics"])
+
+    # ---- δ ------------------------------------------------------------------------------------------------
+    def _recalibrate(self, trainer, pl_module) -> None:
+        with _evaluating(pl_module):
+            pl_module.delta.fill_(self._calibrate(trainer, pl_module))
 
     def _calibrate(self, trainer, pl_module) -> float:
         """δ giving ``calibrate_to_hz`` on the first ``calibration_utterances`` training utterances (rank 0
@@ -209,6 +278,24 @@ class BoundaryRegeneration(pl.Callback):
                 waves.append(item["wave"])
             delta = Segmenter(pl_module.segmenter).calibrate(feats, waves)
         return float(trainer.strategy.broadcast(delta, src=0))
+
+
+@contextlib.contextmanager
+def _evaluating(module: torch.nn.Module):
+    """Eval + inference mode, restoring the module's training flag."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        module.train(was_training)
+
+
+def _merge_chunks(parts: list[np.ndarray]) -> np.ndarray:
+    """The segments of a file's chunks (one array per chunk) as one array sorted by start."""
+    segs = np.concatenate(parts)
+    return segs[np.argsort(segs[:, 0], kind="stable")]
 
 
 def _to(batch: dict, device) -> dict:

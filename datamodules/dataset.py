@@ -7,7 +7,14 @@ returns a whole padded batch (the samplers yield batches, see :mod:`datamodules.
      "offsets": (B,) float64 seconds where each wave starts in its file, "durations": (B,) file seconds,
      "segments": [(n, 2) float64 seconds, file time, clipped to the wave] or None per item,
      "alignments": [{tier: ((n, 2) seconds, labels)}, clipped] or None per item,
-     "labels": (B, F) long frame labels of each wave (-100 = none/padding) when a label version is loaded}
+     "labels": (B, F) long frame labels of each wave (-100 = none/padding) when a label version is loaded,
+     "unreadable": [str] paths of the batch's files that could not be read (dropped, each with a warning)}
+
+A batch none of whose files can be read (they broke after the manifest was built) is an *empty* batch (B = 0,
+:func:`is_empty`), never ``None``: Lightning's training loop would skip a ``None`` without calling
+``training_step``, and under DDP the other ranks would then wait forever in the gradient all-reduce of a backward
+that rank never runs. Every step and offline pass skips an empty batch its own way (a training step returns a
+zero loss, see :mod:`lightning_modules.skipped_batches`).
 
 Stored times stay in file time; a model converts with :func:`syllablelm.frames.seconds_to_frames`.
 """
@@ -35,6 +42,11 @@ class Item:
     entry: int  # index into the manifest entries
     offset: float  # seconds into the file
     duration: float  # seconds
+
+
+def is_empty(batch: dict | None) -> bool:
+    """A batch with no item (all its files unreadable); ``None`` counts as empty too."""
+    return batch is None or len(batch["ids"]) == 0
 
 
 def item_keys(batch: dict) -> list[tuple[str, int]]:
@@ -113,27 +125,28 @@ class SpeechDataset(Dataset):
             out["labels"] = self.labels[entry.id][first:first + num_frames(len(wave))]
         return out
 
-    def __getitem__(self, request: tuple[int, list[int]] | int) -> dict | None:
+    def __getitem__(self, request: tuple[int, list[int]] | int) -> dict:
         epoch, indices = (0, [request]) if isinstance(request, (int, np.integer)) else request
-        loaded = []
+        loaded, unreadable = [], []
         for i in indices:
             try:
                 loaded.append(self.load(i, epoch))
             except AudioError as e:  # checked at manifest time; a file that broke since is skipped, not fatal
                 log.warning("skipping %s", e)
-        return collate(loaded) if loaded else None
+                unreadable.append(e.path)
+        return collate(loaded, unreadable)  # empty when nothing could be read (module docstring)
 
 
-def keep_batch(batch: dict | None) -> dict | None:
+def keep_batch(batch: dict) -> dict:
     """The DataLoader's ``collate_fn``: the dataset already yields whole batches (:func:`collate`). The default
     (``default_convert``) would turn their numpy segments and alignments into tensors, which Lightning then moves
     to the GPU, where numpy cannot read them."""
     return batch
 
 
-def collate(items: list[dict]) -> dict:
+def collate(items: list[dict], unreadable: Sequence[str] = ()) -> dict:
     lengths = torch.tensor([len(it["wave"]) for it in items], dtype=torch.long)
-    waves = torch.zeros(len(items), int(lengths.max()))
+    waves = torch.zeros(len(items), int(lengths.max()) if items else 0)
     for b, it in enumerate(items):
         waves[b, : len(it["wave"])] = it["wave"]
     mask = (torch.arange(waves.shape[1])[None, :] < lengths[:, None]).long()  # (B, T)
@@ -153,4 +166,5 @@ def collate(items: list[dict]) -> dict:
         "segments": [it["segments"] for it in items],
         "alignments": [it["alignment"] for it in items],
         "labels": labels,
+        "unreadable": list(unreadable),
     }

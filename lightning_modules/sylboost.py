@@ -20,7 +20,8 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
-from datamodules.dataset import item_keys
+from datamodules.dataset import is_empty, item_keys
+from lightning_modules.skipped_batches import log_skipped, skipped_batch_loss
 from syllablelm.frames import seconds_to_frames
 from syllablelm.nn.data2vec2 import Data2Vec2AudioEncoder
 from syllablelm.nn.encoder import SpeechEncoder
@@ -107,8 +108,7 @@ class SylBoostModule(pl.LightningModule):
         return self
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        crop = getattr(getattr(dm, "hparams", None), "crop_mode", "first")
+        crop = getattr(getattr(self.trainer.datamodule, "hparams", None), "crop_mode", "first")  # setup has a trainer
         if self.hparams.cache_frozen and stage == "fit" and crop != "first":
             raise ValueError(f"cache_frozen needs the same crop of each file every epoch (data.crop_mode: first), "
                              f"got crop_mode {crop!r}: every epoch would add new crops to the cache")
@@ -164,16 +164,18 @@ class SylBoostModule(pl.LightningModule):
         return loss, n
 
     def training_step(self, batch, batch_idx):
-        """Mean squared error per real frame and dimension of this rank's batch (DDP averages gradients)."""
-        if batch is None:
-            return None
+        """Mean squared error per real frame and dimension of this rank's batch (DDP averages gradients). A batch
+        with no readable file gives a zero loss on every trainable parameter (:mod:`.skipped_batches`)."""
+        if is_empty(batch):
+            return skipped_batch_loss(self, batch, batch_idx)
+        log_skipped(self, False)
         loss, _ = self._shared_step(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
         self.log("train/iteration", float(self.iteration), batch_size=len(batch["ids"]))
         return loss
 
     def validation_step(self, batch, batch_idx):
-        if batch is None:
+        if is_empty(batch):
             return None
         out = {"ids": batch["ids"], "segments": self.extract_boundaries(batch)}
         if all(s is not None for s in batch["segments"]):
@@ -183,10 +185,10 @@ class SylBoostModule(pl.LightningModule):
         return out
 
     def test_step(self, batch, batch_idx):
-        return None if batch is None else {"ids": batch["ids"], "segments": self.extract_boundaries(batch)}
+        return None if is_empty(batch) else {"ids": batch["ids"], "segments": self.extract_boundaries(batch)}
 
     def predict_step(self, batch, batch_idx):
-        if batch is None:
+        if is_empty(batch):
             return {"ids": [], "segments": []}
         return {"ids": batch["ids"], "segments": self.extract_boundaries(batch)}
 

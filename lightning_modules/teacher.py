@@ -24,7 +24,8 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
-from datamodules.dataset import item_keys
+from datamodules.dataset import is_empty, item_keys
+from lightning_modules.skipped_batches import log_skipped, skipped_batch_loss
 from syllablelm.audio import SAMPLE_RATE, speech_frame_span, speech_regions
 from syllablelm.checkpoints import load_teacher
 from syllablelm.frames import HOP, frames_to_seconds, num_frames, samples_for_frames
@@ -131,9 +132,11 @@ class TeacherModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         """Mean cross-entropy over this rank's masked frames. DDP averages gradients over ranks, so the global
-        loss weights ranks equally (HuBERT's recipe does the same with equal-sized batches)."""
-        if batch is None:
-            return None
+        loss weights ranks equally (HuBERT's recipe does the same with equal-sized batches). A batch with no
+        readable file gives a zero loss on every trainable parameter (:mod:`.skipped_batches`)."""
+        if is_empty(batch):
+            return skipped_batch_loss(self, batch, batch_idx)
+        log_skipped(self, False)
         loss_sum, count, correct = self._masked_prediction(batch)
         loss = loss_sum / count.clamp(min=1)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
@@ -141,7 +144,7 @@ class TeacherModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        if batch is None:
+        if is_empty(batch):
             return None
         generator = torch.Generator().manual_seed(batch_idx)  # the same masks every validation
         loss_sum, count, correct = self._masked_prediction(batch, generator)
@@ -247,12 +250,12 @@ class TeacherModule(pl.LightningModule):
         return {"ids": list(batch["ids"]), "segments": segments, "matrices": matrices}
 
     def test_step(self, batch, batch_idx):
-        if batch is None:
+        if is_empty(batch):
             return None
         return self.losspred(batch, keep_matrices=self.losspred_config.keep_matrices if batch_idx == 0 else 0)
 
     def predict_step(self, batch, batch_idx):
-        if batch is None:
+        if is_empty(batch):
             return {"ids": [], "segments": []}
         keys = item_keys(batch)
         if self.predict_skip and all(k in self.predict_skip for k in keys):  # done by a stopped run (BoundaryWriter)

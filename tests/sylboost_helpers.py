@@ -1,6 +1,7 @@
 """Small SylBoost set-ups shared by the SylBoost tests and their DDP script."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning
@@ -29,9 +30,9 @@ def save_teacher(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def write_v0(corpus: Path, store_dir: Path, cache: str) -> list[str]:
+def write_v0(corpus: Path, store_dir: Path, cache: str, splits: tuple[str, ...] = ("train", "dev")) -> list[str]:
     """Version 0 (LossPred's place) from uniform segments: what SylBoost starts from."""
-    entries = build_manifest([corpus / "train", corpus / "dev"], cache_dir=cache, progress=False).entries
+    entries = build_manifest([corpus / s for s in splits], cache_dir=cache, progress=False).entries
     segs = {e.id: uniform_segments(read_audio(e.path).numpy(), 16000, rate_hz=5.0) for e in entries}
     store = BoundaryStore(store_dir)
     store.write_shard(0, 0, 1, segs)
@@ -44,6 +45,22 @@ def datamodule(corpus: Path, store_dir: Path, cache: str) -> SpeechDataModule:
                             alignment_dir=str(corpus / "alignments"), boundary_dir=str(store_dir),
                             boundary_version=0, require_boundaries=True, batch_size=4, crop_seconds=3.0,
                             num_workers=0, manifest_cache=cache)
+
+
+def one_file_batches(corpus: Path, store_dir: Path, cache: str) -> SpeechDataModule:
+    """Training only, one file per batch: a file that cannot be read empties its batch."""
+    return SpeechDataModule(train_dirs=[str(corpus / "train")], boundary_dir=str(store_dir), boundary_version=0,
+                            batch_size=1, crop_seconds=1.0, num_workers=0, manifest_cache=cache)
+
+
+def break_file(path: str | Path) -> Path:
+    """Overwrite an audio file with garbage of the same size and keep its mtime: a file that broke after the
+    manifest was built (the manifest cache still lists it as readable); reading it raises ``AudioError``."""
+    path = Path(path)
+    st = path.stat()
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, st.st_size, dtype=np.uint8).tobytes())
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return path
 
 
 def module(teacher_ckpt: Path, segmenter: dict | None = None) -> SylBoostModule:
@@ -60,7 +77,8 @@ def trainer(root: Path, callbacks=(), **kw) -> pl.Trainer:
                                         enable_version_counter=False, save_on_train_epoch_end=False)
     kw.setdefault("accelerator", "cpu")
     kw.setdefault("devices", 1)
-    return pl.Trainer(max_epochs=2, default_root_dir=root, logger=False, enable_progress_bar=False,
+    kw.setdefault("logger", False)
+    return pl.Trainer(max_epochs=2, default_root_dir=root, enable_progress_bar=False,
                       enable_model_summary=False, callbacks=[*callbacks, BoundaryRegeneration(), ckpt],
                       num_sanity_val_steps=0, **kw)
 

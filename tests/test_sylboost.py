@@ -1,6 +1,7 @@
 """SylBoost: distillation step, boundary regeneration across iterations, DDP exactness, resume, CLI."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -116,6 +117,41 @@ def test_two_iterations_write_versions_and_metrics(setup):
     assert all(np.array_equal(store.load(2)[u], final[u]) for u in ids)
 
 
+class Recorder(pl.Callback):
+    """Another callback: what it can read of the regeneration metrics at the start of each epoch."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        rate = trainer.callback_metrics.get("regen/rate_hz")
+        self.seen.append(None if rate is None else float(rate))
+
+
+def test_regeneration_metrics_reach_callback_metrics_monitors_and_the_logger(setup):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    corpus, tmp, teacher, cache, _ = setup
+    recorder = Recorder()
+    best = pl.callbacks.ModelCheckpoint(dirpath=tmp / "best", monitor="regen/val_f1", mode="max",
+                                        save_on_train_epoch_end=True, filename="{epoch}")
+    trainer = H.trainer(tmp, callbacks=[recorder, best], logger=TensorBoardLogger(tmp, name="tb", version=""))
+    trainer.fit(H.module(teacher), H.datamodule(corpus, tmp / "store", cache))
+    meta = {v: BoundaryStore(tmp / "store").manifest(v)["meta"] for v in (1, 2)}
+    approx = {v: pytest.approx(m["rate_hz"], rel=1e-5) for v, m in meta.items()}
+    assert recorder.seen == [None, approx[1]]  # version 1's rate, in the next iteration's first epoch
+    assert float(trainer.callback_metrics["regen/rate_hz"]) == approx[2]
+    assert float(trainer.callback_metrics["regen/val_f1"]) == pytest.approx(meta[2]["metrics"]["val"]["f1"], rel=1e-5)
+    assert float(trainer.callback_metrics["regen/train_r_value"]) == pytest.approx(
+        meta[2]["metrics"]["train"]["r_value"], rel=1e-5)
+    # a monitoring callback sees them (it raises on a missing key once validation has run)
+    assert float(best.best_model_score) == pytest.approx(max(m["metrics"]["val"]["f1"] for m in meta.values()),
+                                                         rel=1e-5)
+    events = EventAccumulator(str(tmp / "tb")).Reload()
+    assert [e.value for e in events.Scalars("regen/rate_hz")] == [approx[1], approx[2]]
+
+
 def test_a_file_in_two_splits_is_regenerated_once(setup):
     """Validation on (part of) the training folder: each utterance stored once, both splits still scored."""
     from datamodules.speech import SpeechDataModule
@@ -183,6 +219,71 @@ def test_resume_neither_repeats_nor_skips_an_iteration(setup, hook):
     for v in (1, 2):
         got, want = store.load(v), reference.load(v)
         assert set(got) == set(want) == set(ids)
+        assert all(np.allclose(got[u], want[u]) for u in ids), f"version {v} differs from the uninterrupted run"
+
+
+def crashed_fit(trainer, model, dm) -> None:
+    """A fit a callback interrupts (a node failure, a preemption)."""
+    with pytest.raises(SystemExit):  # Lightning turns the interrupt into a graceful stop + exit
+        try:
+            trainer.fit(model, dm)
+        except KeyboardInterrupt:
+            raise SystemExit from None
+        else:
+            raise SystemExit  # Lightning may swallow the interrupt: the run stopped either way
+
+
+class SaveAndCrash(pl.Callback):
+    """Saves a checkpoint and stops the run: at the end of epoch 0 (iteration 0) or of epoch 1 (the last), before
+    BoundaryRegeneration's hook made the next version (callbacks run in list order), or after epoch 1's first batch."""
+
+    def __init__(self, path, point):
+        self.path, self.point = path, point
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.point == "mid_epoch" and trainer.current_epoch == 1 and batch_idx == 0:
+            self._stop(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if (self.point, trainer.current_epoch) in (("end_of_iteration", 0), ("end_of_training", 1)):
+            self._stop(trainer)
+
+    def _stop(self, trainer):
+        trainer.save_checkpoint(self.path)
+        raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["end_of_iteration", "mid_epoch", "end_of_training"])
+def test_resume_from_a_checkpoint_saved_anywhere_makes_each_version_once(setup, point):
+    """Lightning resumes these differently: from the end of epoch 0 it starts at epoch 1 without re-running epoch
+    0's end (version 1 is made at train start); mid-epoch it finishes epoch 1; from the end of the last epoch it
+    has no epoch left to train (the final version is written at fit end)."""
+    corpus, tmp, teacher, cache, ids = setup
+    ref_store = tmp / "reference"
+    shutil.copytree(tmp / "store", ref_store)  # version 0 only
+    pl.seed_everything(0)
+    H.trainer(tmp / "ref").fit(H.module(teacher), H.datamodule(corpus, ref_store, cache))
+
+    pl.seed_everything(0)
+    crash = SaveAndCrash(tmp / "crash.ckpt", point)
+    crashed_fit(H.trainer(tmp / "a", callbacks=[crash]), H.module(teacher), H.datamodule(corpus, tmp / "store", cache))
+    store = BoundaryStore(tmp / "store")
+    assert store.versions() == ([0] if point == "end_of_iteration" else [0, 1])
+    written = {f: f.stat().st_mtime_ns for f in (tmp / "store").rglob("*") if f.is_file()}
+    model = H.module(teacher)
+    trainer = H.trainer(tmp / "b")
+    trainer.fit(model, H.datamodule(corpus, tmp / "store", cache), ckpt_path=str(crash.path))
+    regen = [cb for cb in trainer.callbacks if type(cb).__name__ == "BoundaryRegeneration"][0]
+    assert regen.done == 2 and [h["version"] for h in regen.history] == [1, 2]
+    assert store.versions() == [0, 1, 2]
+    assert all(f.stat().st_mtime_ns == t for f, t in written.items())  # nothing written before is written again
+    final = H.offline_boundaries(model, corpus, cache)  # the final version is the final weights' boundaries
+    assert all(np.array_equal(store.load(2)[u], final[u]) for u in ids)
+    # versions made from the same weights as in the uninterrupted run are the same (the first epoch after a resume
+    # sees its batches in another order: Lightning makes that loader before it sets the sampler's epoch)
+    for v in (1, 2) if point == "end_of_training" else (1,):
+        got, want = store.load(v), BoundaryStore(ref_store).load(v)
         assert all(np.allclose(got[u], want[u]) for u in ids), f"version {v} differs from the uninterrupted run"
 
 
