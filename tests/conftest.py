@@ -70,3 +70,15 @@ def clean_env(monkeypatch):
     for k in LAUNCH_VARS:
         monkeypatch.delenv(k, raising=False)
     return monkeypatch
+
+
+@pytest.fixture
+def sylboost_setup(synth_corpus, tmp_path):
+    """A random tiny teacher checkpoint and boundary version 0 (uniform segments) for SylBoost tests:
+    ``(corpus, tmp_path, teacher checkpoint, manifest cache, utterance ids)``."""
+    from tests import sylboost_helpers as H
+
+    cache = str(tmp_path / "cache")
+    teacher = H.save_teacher(tmp_path / "teacher.ckpt")
+    ids = H.write_v0(synth_corpus, tmp_path / "store", cache)
+    return synth_corpus, tmp_path, teacher, cache, ids

@@ -49,21 +49,13 @@ def test_segmenter_defaults_are_the_authors():
         SegmenterConfig.of({"vad": False})
 
 
-@pytest.fixture
-def setup(synth_corpus, tmp_path):
-    cache = str(tmp_path / "cache")
-    teacher = H.save_teacher(tmp_path / "teacher.ckpt")
-    ids = H.write_v0(synth_corpus, tmp_path / "store", cache)
-    return synth_corpus, tmp_path, teacher, cache, ids
-
-
-def test_regeneration_in_delta_mode_adapts_each_count(setup):
+def test_regeneration_in_delta_mode_adapts_each_count(sylboost_setup):
     """The default segmenter: δ calibrated before training (so validation can cut) and again before each
     regeneration; the count follows each utterance's features, not round(rate x seconds); the rate is logged."""
     from syllablelm.audio import read_audio
     from syllablelm.segmenter import Segmenter, SegmenterConfig
 
-    corpus, tmp, teacher, cache, ids = setup
+    corpus, tmp, teacher, cache, ids = sylboost_setup
     dm = H.datamodule(corpus, tmp / "store", cache)
     model = H.module(teacher, segmenter={})
     assert model.segmenter.mode == "delta" and torch.isnan(model.delta)

@@ -18,16 +18,8 @@ from tests.conftest import REPO
 from tests.test_datamodule_ddp import free_port
 
 
-@pytest.fixture
-def setup(synth_corpus, tmp_path):
-    cache = str(tmp_path / "cache")
-    teacher = H.save_teacher(tmp_path / "teacher.ckpt")
-    ids = H.write_v0(synth_corpus, tmp_path / "store", cache)
-    return synth_corpus, tmp_path, teacher, cache, ids
-
-
-def test_targets_loss_and_reinit(setup):
-    corpus, tmp, teacher, cache, _ = setup
+def test_targets_loss_and_reinit(sylboost_setup):
+    corpus, tmp, teacher, cache, _ = sylboost_setup
     model = H.module(teacher)
     dm = H.datamodule(corpus, tmp / "store", cache)
     dm.setup("fit")
@@ -50,8 +42,8 @@ def test_targets_loss_and_reinit(setup):
     assert all(np.array_equal(a, b) for a, b in zip(*segs))
 
 
-def test_the_frozen_feature_cache_changes_no_loss_gradient_or_boundary(setup):
-    corpus, tmp, teacher, cache, _ = setup
+def test_the_frozen_feature_cache_changes_no_loss_gradient_or_boundary(sylboost_setup):
+    corpus, tmp, teacher, cache, _ = sylboost_setup
     dm = H.datamodule(corpus, tmp / "store", cache)
     dm.hparams.crop_seconds = 30.0  # whole files: a padded batch
     dm.setup("fit")
@@ -98,8 +90,8 @@ def test_the_frozen_feature_cache_changes_no_loss_gradient_or_boundary(setup):
         H.trainer(tmp / "random").fit(model, random_crops)
 
 
-def test_two_iterations_write_versions_and_metrics(setup):
-    corpus, tmp, teacher, cache, ids = setup
+def test_two_iterations_write_versions_and_metrics(sylboost_setup):
+    corpus, tmp, teacher, cache, ids = sylboost_setup
     dm = H.datamodule(corpus, tmp / "store", cache)
     model = H.module(teacher)
     trainer = H.trainer(tmp)
@@ -128,11 +120,11 @@ class Recorder(pl.Callback):
         self.seen.append(None if rate is None else float(rate))
 
 
-def test_regeneration_metrics_reach_callback_metrics_monitors_and_the_logger(setup):
+def test_regeneration_metrics_reach_callback_metrics_monitors_and_the_logger(sylboost_setup):
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    corpus, tmp, teacher, cache, _ = setup
+    corpus, tmp, teacher, cache, _ = sylboost_setup
     recorder = Recorder()
     best = pl.callbacks.ModelCheckpoint(dirpath=tmp / "best", monitor="regen/val_f1", mode="max",
                                         save_on_train_epoch_end=True, filename="{epoch}")
@@ -152,11 +144,11 @@ def test_regeneration_metrics_reach_callback_metrics_monitors_and_the_logger(set
     assert [e.value for e in events.Scalars("regen/rate_hz")] == [approx[1], approx[2]]
 
 
-def test_a_file_in_two_splits_is_regenerated_once(setup):
+def test_a_file_in_two_splits_is_regenerated_once(sylboost_setup):
     """Validation on (part of) the training folder: each utterance stored once, both splits still scored."""
     from datamodules.speech import SpeechDataModule
 
-    corpus, tmp, teacher, cache, ids = setup
+    corpus, tmp, teacher, cache, ids = sylboost_setup
     dm = SpeechDataModule(train_dirs=[str(corpus / "train"), str(corpus / "dev")], val_dirs=[str(corpus / "dev")],
                           alignment_dir=str(corpus / "alignments"), boundary_dir=str(tmp / "store"),
                           boundary_version=0, require_boundaries=True, batch_size=4, crop_seconds=3.0,
@@ -188,8 +180,8 @@ class Crash(pl.Callback):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("hook", ["before_regeneration", "after_regeneration"])
-def test_resume_neither_repeats_nor_skips_an_iteration(setup, hook):
-    corpus, tmp, teacher, cache, ids = setup
+def test_resume_neither_repeats_nor_skips_an_iteration(sylboost_setup, hook):
+    corpus, tmp, teacher, cache, ids = sylboost_setup
     ref_store = tmp / "reference"
     (ref_store / "iter_0").mkdir(parents=True)
     for f in (tmp / "store" / "iter_0").iterdir():
@@ -255,11 +247,11 @@ class SaveAndCrash(pl.Callback):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["end_of_iteration", "mid_epoch", "end_of_training"])
-def test_resume_from_a_checkpoint_saved_anywhere_makes_each_version_once(setup, point):
+def test_resume_from_a_checkpoint_saved_anywhere_makes_each_version_once(sylboost_setup, point):
     """Lightning resumes these differently: from the end of epoch 0 it starts at epoch 1 without re-running epoch
     0's end (version 1 is made at train start); mid-epoch it finishes epoch 1; from the end of the last epoch it
     has no epoch left to train (the final version is written at fit end)."""
-    corpus, tmp, teacher, cache, ids = setup
+    corpus, tmp, teacher, cache, ids = sylboost_setup
     ref_store = tmp / "reference"
     shutil.copytree(tmp / "store", ref_store)  # version 0 only
     pl.seed_everything(0)
@@ -288,8 +280,8 @@ def test_resume_from_a_checkpoint_saved_anywhere_makes_each_version_once(setup, 
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process_regeneration(setup):
-    corpus, tmp, teacher, cache, ids = setup
+def test_two_process_ddp_matches_one_process_regeneration(sylboost_setup):
+    corpus, tmp, teacher, cache, ids = sylboost_setup
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), PYTHONPATH=str(REPO))
     env.pop("LOCAL_RANK", None)
     subprocess.run([sys.executable, str(REPO / "tests/ddp_scripts/sylboost_ddp.py"), "--corpus", str(corpus),
@@ -307,10 +299,10 @@ def test_two_process_ddp_matches_one_process_regeneration(setup):
     assert all(np.array_equal(final[u], offline[u]) for u in ids)
 
 
-def test_cli_fast_dev_run(setup):
+def test_cli_fast_dev_run(sylboost_setup):
     from experiments.cli import main
 
-    corpus, tmp, teacher, cache, _ = setup
+    corpus, tmp, teacher, cache, _ = sylboost_setup
     cfg = yaml.safe_load((REPO / "experiments/configs/tiny/sylboost.yaml").read_text())
     text = yaml.safe_dump(cfg).replace("data/synth", str(corpus)).replace("runs/tiny", str(tmp / "runs"))
     text = text.replace(str(tmp / "runs/teacher/checkpoints/last.ckpt"), str(teacher))
