@@ -48,6 +48,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                         "the reference syllables (optionally noisy) as a boundary version: SylBoost's upper bound"),
     "store-envelope": ("experiments.stores:envelope",
                        "the envelope-minima segmentation as a boundary version (unsupervised labels)"),
+    "sylboost-gain": ("experiments.sylboost_gain:main",
+                      "what SylBoost's iterations add over their start and LossPred, on held-out voices, by data size"),
     "pipeline": ("experiments.pipeline.runner:main",
                  "every stage in order, resumable, on torchrun/SLURM (--dry-run checks)"),
 }

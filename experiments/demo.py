@@ -14,22 +14,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import re
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from experiments.stage_runner import REPO, Runner, regenerate_test_too, write_config
 from syllablelm.fileio import write_json
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "experiments" / "configs" / "tiny"
 SHIPPED = REPO / "experiments" / "pretrained"  # the tiny models this project trained (see its README)
 # teacher.ckpt: HuBERT iteration 1 (MFCC k-means labels), the label model of
 # teacher_iter2.ckpt: iteration 2 (k-means of teacher.ckpt's layer 2, kmeans_layer2.npy), LossPred's teacher;
@@ -55,47 +48,6 @@ FULL = Size(utterances=250, speakers=20, teacher_epochs=30, sylboost_epochs=4, k
             pairs=40)
 TINY = Size(utterances=24, speakers=6, teacher_epochs=2, sylboost_epochs=1, kmeans=32, units=16, lm_steps=20,
             pairs=6)
-
-
-class Runner:
-    """Runs each stage as a ``syllablelm`` subprocess and records its wall time and peak memory."""
-
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.timings: dict[str, dict] = {}
-        self.env = dict(os.environ, HF_HUB_OFFLINE="1", SYLLABLELM_CACHE=str(workdir / "cache"),
-                        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-
-    def run(self, name: str, args: list[str], done: Path | None = None) -> None:
-        if done is not None and done.exists():
-            log.info("%s: already done (%s)", name, done)
-            self.timings.setdefault(name, {"skipped": True})
-            return
-        log.info("%s: syllablelm %s", name, " ".join(args))
-        logfile = self.workdir / "logs" / f"{name}.log"
-        logfile.parent.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        with open(logfile, "w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=self.workdir,
-                                    env=self.env, stdout=out, stderr=subprocess.STDOUT)
-            _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        if os.waitstatus_to_exitcode(status) != 0:
-            tail = logfile.read_text()[-3000:]
-            raise RuntimeError(f"stage {name} failed (log: {logfile}):\n{tail}")
-        self.timings[name] = {"seconds": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
-
-
-def write_config(src: str, dst: Path, workdir: Path, edit) -> Path:
-    """A tiny config with the workdir's paths, edited by ``edit(cfg)``. One pass over the config's own text, so a
-    workdir whose path contains ``runs/tiny`` or ``data/synth`` is never rewritten again."""
-    new = {"data/synth": str(workdir / "data/synth"), "runs/tiny": str(workdir / "runs")}
-    text = re.sub("|".join(map(re.escape, new)), lambda m: new[m.group(0)], (CONFIGS / src).read_text())
-    cfg = yaml.safe_load(text)
-    edit(cfg)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return dst
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         c["model"]["init_args"].update(epochs_per_iteration=size.sylboost_epochs,
                                        init_from=str(SHIPPED / "backbone" if shipped else teacher_ckpt)),
         c["data"]["init_args"].update(manifest_cache=str(wd / "cache")),
-        _regenerate_test_too(c)))
+        regenerate_test_too(c)))
     run.run("sylboost", ["fit", "--config", str(sylboost_cfg)], done=runs / "boundaries" / "iter_2" / "manifest.json")
     tokenizer = runs / "tokenizer.ckpt"
     run.run("quantize", ["quantize", "--checkpoint", str(runs / "sylboost" / "checkpoints" / "last.ckpt"), "--data",
@@ -206,10 +158,3 @@ def losspred_precision(choice: str, accelerator: str) -> str:
     if choice != "auto":
         return choice
     return "bf16-mixed" if native_bf16(accelerator) else "32-true"
-
-
-def _regenerate_test_too(cfg: dict) -> None:
-    """The report scores every stage on the held-out test split, so SylBoost writes test boundaries too."""
-    for cb in cfg["trainer"]["callbacks"]:
-        if cb["class_path"].endswith("BoundaryRegeneration"):
-            cb["init_args"] = {"splits": ["train", "val", "test"]}

@@ -88,7 +88,7 @@ def test_write_config_rewrites_each_path_once(tmp_path):
     """A workdir whose own path holds ``runs/tiny`` or ``data/synth`` (e.g. ``runs/tiny_fs``) stays as given."""
     import yaml
 
-    from experiments.demo import write_config
+    from experiments.stage_runner import write_config
 
     wd = tmp_path / "runs" / "tiny_fs" / "data" / "synth"
     cfg = yaml.safe_load(write_config("teacher.yaml", wd / "teacher.yaml", wd, lambda c: None).read_text())

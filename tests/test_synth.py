@@ -272,3 +272,24 @@ def test_shipped_text_has_no_blocked_words():
 
     text = (Path(__file__).resolve().parents[1] / "syllablelm/synth/data/sentences.txt").read_text()
     assert not BLOCKED & {w.lower() for w in re.findall(r"[A-Za-z]+", text)}
+
+
+def test_held_out_voices_are_spoken_by_the_test_split_only():
+    """Reserved variants: only the test split speaks them; a training corpus made with --exclude-held-out never
+    does; without them the plan is exactly the earlier one (the demo's corpus does not change)."""
+    held = set(plan.HELD_OUT_VARIANTS)
+    speakers, _ = plan.plan_corpus(num_utterances=400, seed=3, speakers=32, held_out=plan.HELD_OUT_VARIANTS,
+                                   split_speakers=[20, 4, 8])
+    variant = lambda s: s.voice.split("+")[1]  # noqa: E731
+    test = [s for s in speakers if s.split == "test"]
+    assert len(test) == 8 and {variant(s) for s in test} <= held and len({variant(s) for s in test}) >= 6
+    assert not any(variant(s) in held for s in speakers if s.split != "test")
+    training, _ = plan.plan_corpus(num_utterances=400, seed=3, speakers=32, held_out=plan.HELD_OUT_VARIANTS,
+                                   held_out_split=None)
+    assert not any(variant(s) in held for s in training)
+    assert plan.plan_corpus(num_utterances=400, seed=0, speakers=20, held_out=()) == \
+        plan.plan_corpus(num_utterances=400, seed=0, speakers=20)
+    with pytest.raises(ValueError, match="voice variants"):
+        plan.plan_corpus(num_utterances=40, seed=0, speakers=6, held_out=["nobody"])
+    with pytest.raises(ValueError, match="split_speakers"):
+        plan.plan_corpus(num_utterances=40, seed=0, speakers=6, split_speakers=[6, 0, 0])

@@ -36,7 +36,7 @@ import torchaudio
 from ..audio import SAMPLE_RATE, audio_info, write_audio
 from ..fileio import write_json, write_text
 from .espeak import ESpeak, align, words_of
-from .plan import DEFAULT_SPLITS, Speaker, Utterance, load_sentences, plan_corpus
+from .plan import DEFAULT_SPLITS, HELD_OUT_VARIANTS, Speaker, Utterance, load_sentences, plan_corpus
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,8 @@ def _synthesize_batch(out: Path, batch: list[Utterance]) -> list[float]:
 def synthesize_corpus(out_dir: str | Path, *, num_utterances: int | None = None, hours: float | None = None,
                       seed: int = 0, speakers: int | None = None,
                       splits: Sequence[tuple[str, float]] = DEFAULT_SPLITS, sentences: str | Path | None = None,
-                      workers: int = 1, progress: bool = True) -> dict:
+                      workers: int = 1, progress: bool = True, held_out: Sequence[str] = (),
+                      held_out_split: str | None = "test", split_speakers: Sequence[int] | None = None) -> dict:
     """Plan and synthesise a corpus under ``out_dir`` (see the module docstring); returns a summary dict
     ``{"out", "seed", "utterances", "hours", "synthesized", "skipped", "wall_seconds", "splits": {name:
     {"utterances", "speakers", "hours"}}}``. ``speakers=None`` picks about one speaker per 25 utterances."""
@@ -102,12 +103,16 @@ def synthesize_corpus(out_dir: str | Path, *, num_utterances: int | None = None,
     out = Path(out_dir)
     args = {"num_utterances": num_utterances, "hours": hours, "seed": seed, "speakers": speakers,
             "splits": [[n, float(f)] for n, f in splits], "sentences": None if sentences is None else str(sentences)}
+    if held_out or split_speakers is not None:  # recorded only when used: earlier corpora keep their manifest
+        args.update(held_out=list(held_out), held_out_split=held_out_split,
+                    split_speakers=None if split_speakers is None else list(split_speakers))
     manifest = out / "synth.json"
     if manifest.exists() and json.loads(manifest.read_text()).get("args") != args:
         raise FileExistsError(f"{out} holds a corpus made with other arguments ({manifest}); use another --out")
     pool = load_sentences(sentences) if sentences is not None else None
     spk_list, utts = plan_corpus(num_utterances=num_utterances, hours=hours, seed=seed, speakers=speakers,
-                                 splits=splits, sentences=pool)
+                                 splits=splits, sentences=pool, held_out=held_out, held_out_split=held_out_split,
+                                 split_speakers=split_speakers)
     if not manifest.exists():  # claim the folder first, so an interrupted run cannot be resumed with other args
         write_json(manifest, {"args": args}, indent=1)
     existing = sum(all(p.exists() for p in u.paths(out)) for u in utts)
@@ -181,12 +186,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sentences", type=Path, default=None, help="text file, one sentence a line (default: shipped)")
     p.add_argument("--workers", type=int, default=1, help="processes (each synthesises on one core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--held-out-variants", nargs="?", const=",".join(HELD_OUT_VARIANTS), default="",
+                   help="comma-separated eSpeak variants that only the test split speaks (no value: the project's "
+                        f"reserved set, {','.join(HELD_OUT_VARIANTS)}); a corpus for training a model should pass "
+                        "--exclude-held-out instead")
+    p.add_argument("--exclude-held-out", action="store_true",
+                   help="no split speaks the reserved held-out variants (corpora that train shipped models)")
+    p.add_argument("--split-speakers", type=lambda t: [int(x) for x in t.split(",")],
+                   help="speakers per split, comma-separated in split order (default: by the split fractions)")
     a = p.parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    held_out = [v for v in a.held_out_variants.split(",") if v]
+    if a.exclude_held_out and held_out:
+        raise SystemExit("syllablelm synth: give --held-out-variants or --exclude-held-out, not both")
     summary = synthesize_corpus(a.out, num_utterances=a.num_utterances, hours=a.hours, seed=a.seed,
                                 speakers=a.speakers, splits=a.splits, sentences=a.sentences, workers=a.workers,
-                                progress=not a.no_progress)
+                                progress=not a.no_progress, held_out=list(HELD_OUT_VARIANTS) if a.exclude_held_out
+                                else held_out, held_out_split=None if a.exclude_held_out else "test",
+                                split_speakers=a.split_speakers)
     splits = ", ".join(f"{k} {v['utterances']} utt / {v['speakers']} spk / {v['hours']:.3f} h"
                        for k, v in summary["splits"].items())
     print(f"{summary['out']}: {summary['utterances']} utterances, {summary['hours']:.3f} h ({splits}); "

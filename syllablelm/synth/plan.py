@@ -26,6 +26,9 @@ RATE_JITTER = 6  # per-utterance rate jitter (+-wpm), clipped to RATE_WPM
 SECONDS = (3.0, 15.0)  # utterance length the sentence packing aims for
 EDGE_SILENCE = (0.15, 0.35)  # leading/trailing silence (s): real corpora have it, and the detector's floor needs it
 UTTS_PER_CHAPTER = 25
+# voice variants this project reserves for held-out evaluation (synth --held-out-variants default set): corpora
+# that train a shipped model are made without them, so a test split speaking only these is unseen by every model
+HELD_OUT_VARIANTS = ("m7", "m8", "Mike", "quincy", "travis", "Andy", "aunty", "shelby")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,9 +95,16 @@ def _largest_remainder(total: int, fractions: Sequence[float], minimum: int = 0)
 
 def plan_corpus(*, num_utterances: int | None = None, hours: float | None = None, seed: int = 0,
                 speakers: int | None = None, splits: Sequence[tuple[str, float]] = DEFAULT_SPLITS,
-                sentences: Sequence[str] | None = None) -> tuple[list[Speaker], list[Utterance]]:
+                sentences: Sequence[str] | None = None, held_out: Sequence[str] = (),
+                held_out_split: str | None = "test", split_speakers: Sequence[int] | None = None,
+                ) -> tuple[list[Speaker], list[Utterance]]:
     """Draw speakers, texts and parameters for every utterance (no synthesis). Exactly one of
-    ``num_utterances`` and ``hours`` (estimated from the text, see :func:`estimate_seconds`)."""
+    ``num_utterances`` and ``hours`` (estimated from the text, see :func:`estimate_seconds`).
+
+    ``held_out``: eSpeak voice variants (e.g. ``("m7", "grandma")``) that only ``held_out_split`` speaks and no
+    other split ever does; ``held_out_split=None``: no split speaks them (a corpus to train a model on, which then
+    never hears those voices; :data:`HELD_OUT_VARIANTS` is the set this project reserves for held-out evaluation).
+    ``split_speakers``: speakers per split (default: in proportion to the split fractions)."""
     if (num_utterances is None) == (hours is None):
         raise ValueError("give exactly one of num_utterances and hours")
     splits = [(name, float(frac)) for name, frac in splits if float(frac) > 0]
@@ -118,18 +128,34 @@ def plan_corpus(*, num_utterances: int | None = None, hours: float | None = None
     # disjoint speakers and sentences: both are partitioned once, in proportion to the split fractions
     spk_ids = sorted(rng.choice(np.arange(100, 10_000), size=speakers, replace=False).tolist())
     chapter_ids = _distinct_ints(rng, 10_000, 400_000)
-    spk_counts = _largest_remainder(speakers, fractions, minimum=1)
+    spk_counts = _largest_remainder(speakers, fractions, minimum=1) if split_speakers is None else \
+        [int(n) for n in split_speakers]
+    if len(spk_counts) != len(splits) or sum(spk_counts) != speakers or min(spk_counts) < 1:
+        raise ValueError(f"split_speakers must give each of the {len(splits)} splits at least one of the {speakers} "
+                         f"speakers, got {list(spk_counts)}")
+    unknown = set(held_out) - set(MALE_VARIANTS) - set(FEMALE_VARIANTS)
+    if unknown or (held_out and held_out_split is not None and held_out_split not in {n for n, _ in splits}):
+        raise ValueError(f"held_out must name voice variants ({sorted(unknown)} are not) and held_out_split a "
+                         f"split ({held_out_split!r})")
     order = rng.permutation(len(pool))
     sent_counts = _largest_remainder(len(pool), fractions, minimum=1)
-    # variants are dealt from shuffled decks so that speakers share a variant only when the deck runs out
-    decks = {sex: [str(v) for _ in range(-(-speakers // len(deck))) for v in rng.permutation(deck)]
-             for sex, deck in (("M", MALE_VARIANTS), ("F", FEMALE_VARIANTS))}
+    # variants are dealt from shuffled decks so that speakers share a variant only when the deck runs out; with
+    # held-out variants, the held-out split deals from those only and every other split from the rest
+    def deck(variants):
+        return {sex: [str(v) for _ in range(-(-speakers // max(1, len(d)))) for v in rng.permutation(d)]
+                for sex, d in (("M", [v for v in MALE_VARIANTS if v in variants]),
+                               ("F", [v for v in FEMALE_VARIANTS if v in variants]))}
+    decks = deck(set(MALE_VARIANTS + FEMALE_VARIANTS) - set(held_out))
+    held_decks = deck(set(held_out)) if held_out else None
     all_speakers, utterances, s0, p0 = [], [], 0, 0
     for k, (split, frac) in enumerate(splits):
         split_speakers = []
         for spk_id in rng.permutation(spk_ids[s0:s0 + spk_counts[k]]).tolist():
             female = len(all_speakers) % 2 == 1  # alternate, as LibriSpeech balances sexes
-            variant = decks["F" if female else "M"].pop()
+            pool_decks = held_decks if held_out and split == held_out_split else decks
+            if not pool_decks["F" if female else "M"]:  # only one sex among the variants: use it
+                female = not female
+            variant = pool_decks["F" if female else "M"].pop()
             spk = Speaker(int(spk_id), "F" if female else "M", split, f"{rng.choice(LANGUAGES)}+{variant}",
                           int(rng.integers(RATE_WPM[0], RATE_WPM[1] + 1)), int(rng.integers(PITCH[0], PITCH[1] + 1)),
                           int(rng.integers(RANGE[0], RANGE[1] + 1)))
