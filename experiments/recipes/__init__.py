@@ -1,0 +1,1 @@
+"""Recipes that reproduce measured results (docs/results.md) end to end."""
