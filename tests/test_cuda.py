@@ -7,6 +7,7 @@ import torch
 
 from datamodules.boundary_store import BoundaryStore
 from lightning_modules.sylboost import SylBoostModule
+from syllablelm.nn.gpt import GPT, GPTConfig
 from syllablelm.segment import calibrate_delta, ncut_mincut_batch, sse_mincut_batch, sse_segment_batch
 from tests import sylboost_helpers as sb
 from tests.test_speechlm import tiny_gpt
@@ -114,3 +115,30 @@ def test_gpt_bf16_autocast_on_cuda_matches_fp32_cpu():
 def test_lightning_gpu_trainer_sees_the_device():
     trainer = pl.Trainer(accelerator="gpu", devices=1, logger=False, enable_progress_bar=False)
     assert trainer.strategy.root_device.type == "cuda"
+
+
+def first_low_margin_step(logits_steps, tolerance: float) -> int:
+    """Index of the first decode step whose top-2 logit margin is below ``tolerance`` (len if none)."""
+    for i, logits in enumerate(logits_steps):
+        top = torch.topk(logits.float(), 2, dim=-1).values
+        if bool(((top[..., 0] - top[..., 1]) < tolerance).any()):
+            return i
+    return len(logits_steps)
+
+
+def test_cuda_graph_decode_gives_the_eager_tokens():
+    """fp32: the captured step replays the eager path's greedy tokens exactly; bf16: the same tokens up to the
+    first step whose top-2 logit margin is below 0.05 (where rounding may legitimately flip the argmax)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.tiny(vocab_size=64)).eval().cuda()
+    prompt = torch.tensor([[64, 3, 5, 7], [64, 9, 9, 1]], device="cuda")
+    eager = model.generate(prompt, 120, temperature=0, decode="eager")
+    assert torch.equal(model.generate(prompt, 120, temperature=0, decode="cuda_graph"), eager)
+    assert torch.equal(model.generate(prompt, 120, temperature=0), eager)  # auto on CUDA = cuda_graph
+    bf16 = model.to(torch.bfloat16)
+    eager16 = bf16.generate(prompt, 120, temperature=0, decode="eager")
+    graph16 = bf16.generate(prompt, 120, temperature=0, decode="cuda_graph")
+    with torch.no_grad():  # the eager path's logits at every generated position, to find the first close call
+        steps = list(bf16(eager16[:, :-1])[0][:, prompt.shape[1] - 1:].transpose(0, 1))
+    k = first_low_margin_step(steps, 0.05)
+    assert torch.equal(graph16[:, :prompt.shape[1] + k], eager16[:, :prompt.shape[1] + k])

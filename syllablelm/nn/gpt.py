@@ -39,6 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import generation
+from .generation import KVCache
+
 STYLES = ("authors", "nanogpt")  # GPTConfig.style (module docstring)
 
 
@@ -96,27 +99,6 @@ def _inference(method):
     return wrapper
 
 
-class KVCache:
-    """Keys and values of every layer, preallocated to ``max_len`` positions and written in place (``torch.cat``
-    per step would copy the whole cache for every new token). ``length`` = positions already filled; the next
-    forward's tokens take positions ``length, length + 1, ...``."""
-
-    def __init__(self, config: GPTConfig, batch: int, max_len: int, device, dtype):
-        shape = (config.n_layer, batch, config.n_head, max_len, config.n_embd // config.n_head)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, H, max_len, hd)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``k, v`` (B, H, T, hd) after the filled positions; return all keys/values so far."""
-        end = self.length + k.shape[2]
-        if end > self.k.shape[3]:
-            raise ValueError(f"KV cache holds {self.k.shape[3]} positions, {end} needed")
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, H, end, hd)
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -129,10 +111,16 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.resid_dropout = nn.Dropout(config.dropout)  # after the output projection (both styles)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                pos: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        if pos is not None:  # static decode: one token at tensor position `pos`, the whole buffer behind a mask
+            k, v = cache.write_at(layer, k, v, pos)  # (B, H, max_len, hd)
+            visible = (torch.arange(k.shape[2], device=x.device) <= pos).view(1, 1, 1, -1)  # filled ones and this
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible)  # (B, H, 1, hd)
+            return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
         past = 0 if cache is None else cache.length
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, H, past + T, hd)
@@ -167,8 +155,9 @@ class Block(nn.Module):
         self.ln_1, self.attn = nn.LayerNorm(config.n_embd), CausalSelfAttention(config)
         self.ln_2, self.mlp = nn.LayerNorm(config.n_embd), MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                pos: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, pos)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -268,44 +257,17 @@ class GPT(nn.Module):
             logprob[rows] = -nll.view(len(rows), T).sum(1).double().cpu()  # ignored positions add 0
         return logprob, tokens
 
-    @_inference
-    def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 use_cache: bool = True, generator: torch.Generator | None = None, stop_at_eos: bool = False
-                 ) -> torch.Tensor:
-        """Continue ``prompt`` (T,) or (B, T) ids by ``max_new_tokens``: returns (B, T + new) (prompt included).
+    def decode_step(self, token: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One token per row ``token`` (B, 1) at position ``pos`` ((1,) long tensor) against ``cache``: its logits
+        (B, V + 1). Every shape is fixed (the whole cache behind a mask), so CUDA graphs and ``torch.compile`` can
+        capture it once; ``pos`` and ``token`` change in place between steps."""
+        x = self.transformer.drop(self.transformer.wte(token) + self.transformer.wpe(pos))  # (B, 1, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache, i, pos)
+        return self.lm_head(x)[:, -1]  # (B, V + 1)
 
-        The prompt is used as given: start it with ``self.bos`` to match training (an unconditional sample is
-        ``prompt=[[bos]]``). ``temperature=0`` is greedy; otherwise sampling from the softmax at ``temperature``,
-        restricted to the ``top_k`` most likely ids when given, drawing from ``generator``. With ``use_cache`` the
-        prompt runs once and every later step runs one token against the KV cache (same logits as a full
-        forward, up to float rounding). ``stop_at_eos``: finished rows are filled with EOS and the loop ends
-        when every row has produced one.
-        """
-        idx = prompt[None] if prompt.dim() == 1 else prompt
-        idx = idx.to(self.lm_head.weight.device, torch.long)
-        B, T = idx.shape
-        if T + max_new_tokens > self.config.block_size:
-            raise ValueError(f"{T} + {max_new_tokens} tokens exceed the model's {self.config.block_size} positions")
-        dtype = self.lm_head.weight.dtype
-        cache = KVCache(self.config, B, T + max_new_tokens, idx.device, dtype) if use_cache else None
-        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        step_input = idx
-        for _ in range(max_new_tokens):
-            logits, _ = self(step_input if use_cache else idx, cache=cache)
-            logits = logits[:, -1].float()  # (B, V + 1)
-            if temperature == 0:
-                nxt = logits.argmax(-1, keepdim=True)  # (B, 1)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, -float("inf"))
-                nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)  # (B, 1)
-            if stop_at_eos:
-                nxt = nxt.masked_fill(done[:, None], self.eos)
-                done |= nxt[:, 0] == self.eos
-            idx = torch.cat([idx, nxt], 1)
-            step_input = nxt
-            if stop_at_eos and bool(done.all()):
-                break
-        return idx
+    @_inference
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+        """Continue ``prompt`` by ``max_new_tokens`` (:func:`syllablelm.nn.generation.generate`: sampling,
+        greedy, EOS stops, and the decode modes that remove per-token overhead)."""
+        return generation.generate(self, prompt, max_new_tokens, **kwargs)
