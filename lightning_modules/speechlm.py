@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import SumMetric
 
+from syllablelm import flops
 from syllablelm.nn.gpt import GPT, GPTConfig
 from syllablelm.schedules import warmup_hold_decay
 
@@ -123,6 +124,7 @@ class SpeechLMModule(pl.LightningModule):
         over ranks, so the global loss is the mean of per-rank token means; with packed windows every rank
         holds the same number of tokens per step (bar a padded last window), so that equals the token mean of
         the global batch."""
+        self.flops_per_batch = flops.training(flops.gpt_forward(*batch["input"].shape, self.config))
         _, loss = self.net(batch["input"], batch["target"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input"]))
         return loss

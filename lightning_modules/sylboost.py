@@ -22,9 +22,10 @@ from torchmetrics import MeanMetric
 
 from datamodules.dataset import is_empty, item_keys
 from lightning_modules.skipped_batches import log_skipped, skipped_batch_loss
+from syllablelm import flops
 from syllablelm.frames import seconds_to_frames
 from syllablelm.nn.data2vec2 import Data2Vec2AudioEncoder
-from syllablelm.nn.encoder import SpeechEncoder
+from syllablelm.nn.encoder import D2V2_TYPE, SpeechEncoder
 from syllablelm.schedules import linear_warmup_decay
 from syllablelm.segmenter import Segmenter, SegmenterConfig
 from syllablelm.units import segment_mean_targets
@@ -163,12 +164,28 @@ class SylBoostModule(pl.LightningModule):
         loss = (((feats - targets) ** 2) * valid).sum() / max(1, n)
         return loss, n
 
+    def training_flops(self, samples: int, batch: int) -> int | None:
+        """Model FLOPs of one training step on ``batch`` crops of ``samples`` samples (syllablelm.flops): the
+        student's trainable layers 3x, a frozen CNN 1x (0 with the frozen-feature cache), the frozen teacher's
+        forward 1x (0 with the cache). None for encoders without a formula (data2vec 2.0)."""
+        spec = self.student.spec()
+        if spec["model_type"] == D2V2_TYPE:
+            return None
+        cfg, layers = spec["config"], spec["layer"]
+        body = flops.hubert_forward(samples, cfg, layers=layers, cnn=False)
+        cnn = flops.hubert_forward(samples, cfg, layers=layers) - body
+        cached = self.hparams.cache_frozen
+        cnn_trains = any(p.requires_grad for p in self.student.model.feature_extractor.parameters())
+        student = flops.training(body + (cnn if cnn_trains else 0), 0 if cached or cnn_trains else cnn)
+        return batch * (student + (0 if cached else body + cnn))
+
     def training_step(self, batch, batch_idx):
         """Mean squared error per real frame and dimension of this rank's batch (DDP averages gradients). A batch
         with no readable file gives a zero loss on every trainable parameter (:mod:`.skipped_batches`)."""
         if is_empty(batch):
             return skipped_batch_loss(self, batch, batch_idx)
         log_skipped(self, False)
+        self.flops_per_batch = self.training_flops(batch["waves"].shape[1], len(batch["ids"]))
         loss, _ = self._shared_step(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
         self.log("train/iteration", float(self.iteration), batch_size=len(batch["ids"]))

@@ -26,10 +26,11 @@ from torchmetrics import MeanMetric
 
 from datamodules.dataset import is_empty, item_keys
 from lightning_modules.skipped_batches import log_skipped, skipped_batch_loss
+from syllablelm import flops
 from syllablelm.audio import SAMPLE_RATE, speech_frame_span, speech_regions
 from syllablelm.checkpoints import load_teacher
 from syllablelm.frames import HOP, frames_to_seconds, num_frames, samples_for_frames
-from syllablelm.losspred import COUNT_RULES, loss_matrices, num_segments, similarity
+from syllablelm.losspred import COUNT_RULES, loss_matrices, mask_groups, num_segments, similarity
 from syllablelm.nn.hubert import SOFTMAX_ROWS, HubertTeacher, TeacherConfig, compute_span_mask
 from syllablelm.schedules import linear_warmup_decay
 from syllablelm.segment import ncut_mincut
@@ -137,6 +138,10 @@ class TeacherModule(pl.LightningModule):
         if is_empty(batch):
             return skipped_batch_loss(self, batch, batch_idx)
         log_skipped(self, False)
+        # model FLOPs of this step, for callbacks.throughput (MFU): the padded batch, every part trains
+        cfg = self.teacher.config
+        self.flops_per_batch = flops.training(len(batch["ids"]) * flops.hubert_forward(
+            batch["waves"].shape[1], cfg, head_rows=self.teacher.column_offset("labels") + cfg.num_labels))
         loss_sum, count, correct = self._masked_prediction(batch)
         loss = loss_sum / count.clamp(min=1)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
@@ -206,6 +211,16 @@ class TeacherModule(pl.LightningModule):
 
         mats = loss_matrices(run, lengths, gap=cfg.gap, exact=cfg.exact, exact_when_fits=cfg.exact_when_fits,
                              forward_batch=cfg.forward_batch)
+        # model FLOPs (callbacks.throughput): the front end once per utterance, the transformer and head once per
+        # mask pattern over the padded length
+        c = self.teacher.config
+        forwards = sum(len(mask_groups(T, gap=cfg.gap, exact=cfg.exact, exact_when_fits=cfg.exact_when_fits))
+                       for T in lengths)
+        rows = self.teacher.column_offset(cfg.softmax_rows) + c.num_labels
+        front = sum(flops.hubert_forward(samples_for_frames(T), c, layers=0) for T in lengths)
+        per_forward = flops.transformer(T_max, c.hidden_size, c.num_hidden_layers, c.intermediate_size) + \
+            2 * T_max * c.hidden_size * c.final_dim + 2 * T_max * c.final_dim * rows
+        self.flops_per_batch = front + forwards * per_forward
         return mats, lengths, trims
 
     @property
