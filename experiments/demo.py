@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         teacher_ckpt.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(SHIPPED / "teacher_iter2.ckpt", teacher_ckpt)
     else:
-        run.run("teacher", ["fit", "--config", str(teacher_cfg)], done=teacher_ckpt)
+        run.run("teacher", ["fit", "--config", str(teacher_cfg)], done=teacher_ckpt, resume=teacher_ckpt)
     run.run("losspred", ["predict", "--config", str(teacher_cfg), "--ckpt_path", str(teacher_ckpt),
                          f"--trainer.precision={precision}"],
             done=runs / "boundaries" / "iter_0" / "manifest.json")
@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                                        init_from=str(SHIPPED / "backbone" if shipped else teacher_ckpt)),
         c["data"]["init_args"].update(manifest_cache=str(wd / "cache")),
         regenerate_test_too(c)))
-    run.run("sylboost", ["fit", "--config", str(sylboost_cfg)], done=runs / "boundaries" / "iter_2" / "manifest.json")
+    run.run("sylboost", ["fit", "--config", str(sylboost_cfg)], done=runs / "boundaries" / "iter_2" / "manifest.json",
+            resume=runs / "sylboost" / "checkpoints" / "last.ckpt")
     tokenizer = runs / "tokenizer.ckpt"
     run.run("quantize", ["quantize", "--checkpoint", str(runs / "sylboost" / "checkpoints" / "last.ckpt"), "--data",
                          splits[0], "--k", str(size.kmeans), "--k-merged", str(size.units), "--hours", "1",
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         c["model"]["init_args"].update(warmup=size.lm_steps // 10, hold=size.lm_steps * 4 // 10,
                                        decay=size.lm_steps // 2)))
     lm = runs / "speechlm" / "checkpoints" / "last.ckpt"
-    run.run("speechlm", ["fit", "--config", str(lm_cfg)], done=lm)
+    run.run("speechlm", ["fit", "--config", str(lm_cfg)], done=lm, resume=lm)
     run.run("pairs", ["pairs", "--out", str(wd / "data" / "pairs"), "--num-pairs", str(size.pairs), "--seed",
                       str(args.seed), "--vocab-corpus", str(data)], done=wd / "data" / "pairs" / "pairs.json")
     run.run("evaluate", ["evaluate", "--checkpoint", str(tokenizer), "--data", splits[2], "--tune-data", splits[1],

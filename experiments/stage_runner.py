@@ -27,11 +27,17 @@ class Runner:
         self.env = dict(os.environ, HF_HUB_OFFLINE="1", SYLLABLELM_CACHE=str(workdir / "cache"),
                         PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
 
-    def run(self, name: str, args: list[str], done: Path | None = None) -> None:
-        if done is not None and done.exists():
-            log.info("%s: already done (%s)", name, done)
+    def run(self, name: str, args: list[str], done: Path | None = None, resume: Path | None = None) -> None:
+        """Run ``syllablelm ARGS`` unless it finished before: a finished stage leaves ``logs/NAME.done`` (and
+        its ``done`` output, when given). A ``fit`` interrupted after writing ``resume`` (its ``last.ckpt``)
+        continues from it (``--ckpt_path``) instead of starting again."""
+        marker = self.workdir / "logs" / f"{name}.done"
+        if marker.exists() and (done is None or done.exists()):
+            log.info("%s: already done (%s)", name, done or marker)
             self.timings.setdefault(name, {"skipped": True})
             return
+        if resume is not None and resume.exists():
+            args = [*args, "--ckpt_path", str(resume)]
         log.info("%s: syllablelm %s", name, " ".join(args))
         logfile = self.workdir / "logs" / f"{name}.log"
         logfile.parent.mkdir(parents=True, exist_ok=True)
@@ -45,6 +51,7 @@ class Runner:
             tail = logfile.read_text()[-3000:]
             raise RuntimeError(f"stage {name} failed (log: {logfile}):\n{tail}")
         self.timings[name] = {"seconds": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+        marker.write_text(" ".join(args) + "\n")
 
 
 def write_config(src: str, dst: Path, workdir: Path, edit) -> Path:

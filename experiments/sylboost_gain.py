@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             run.run(f"copy_{tag}", ["store-copy", "--store", str(args.boundaries.resolve()), "--version", "0",
                                     "--out", str(store)], done=store / "iter_0" / "manifest.json")
             cfg = sylboost_config(args, tag, backbone, hours, store)
-            run.run(f"sylboost_{tag}", ["fit", "--config", str(cfg)], done=store / "iter_2" / "manifest.json")
+            run.run(f"sylboost_{tag}", ["fit", "--config", str(cfg)], done=store / "iter_2" / "manifest.json",
+                    resume=out / "runs" / tag / "checkpoints" / "last.ckpt")
             boundaries = BoundaryStore(store)
             systems = {"LossPred": losspred,
                        "start": start_segments(out / "runs" / tag / "checkpoints" / "last.ckpt", splits),

@@ -95,3 +95,28 @@ def test_write_config_rewrites_each_path_once(tmp_path):
     assert cfg["data"]["init_args"]["train_dirs"] == [str(wd / "data/synth/train")]
     assert cfg["data"]["init_args"]["label_dir"] == str(wd / "runs/labels")
     assert cfg["trainer"]["default_root_dir"] == str(wd / "runs/teacher")
+
+
+def test_stage_runner_skips_finished_stages_and_resumes_interrupted_fits(tmp_path):
+    """A stage counts as finished only once it exited 0 (its marker), not because its output exists (a fit
+    writes last.ckpt after its first epoch); an interrupted fit continues from its checkpoint."""
+    from experiments.stage_runner import Runner
+
+    run = Runner(tmp_path)
+    out = tmp_path / "out.txt"
+    out.write_text("partial")  # what an interrupted stage leaves
+    run.run("help", ["synth", "--help"], done=out)
+    assert run.timings["help"]["seconds"] > 0 and (tmp_path / "logs" / "help.done").exists()
+    run.run("help", ["synth", "--help"], done=out)
+    assert run.timings["help"].get("seconds") is not None  # the first run's record: the rerun was skipped
+    run2 = Runner(tmp_path)
+    run2.run("help", ["synth", "--help"], done=out)
+    assert run2.timings["help"] == {"skipped": True}
+    (tmp_path / "logs" / "help.done").unlink()
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_text("x")
+    run2.run("help", ["synth", "--help"], done=out, resume=ckpt)
+    assert (tmp_path / "logs" / "help.done").read_text().split()[-2:] == ["--ckpt_path", str(ckpt)]
+    with pytest.raises(RuntimeError, match="stage bad failed"):
+        run2.run("bad", ["synth", "--no-such-option"])
+    assert not (tmp_path / "logs" / "bad.done").exists()

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, epochs in (("weak", args.weak_epochs), ("strong", args.strong_epochs)):
         cfg = teacher_config(wd, f"teacher_{name}", epochs)
         ckpt = runs / f"teacher_{name}" / "checkpoints" / "last.ckpt"
-        run.run(f"teacher_{name}", ["fit", "--config", str(cfg)], done=ckpt)
+        run.run(f"teacher_{name}", ["fit", "--config", str(cfg)], done=ckpt, resume=ckpt)
         backbones[name] = ckpt
     run.run("losspred", ["predict", "--config", str(wd / "configs" / "teacher_strong.yaml"), "--ckpt_path",
                          str(backbones["strong"])], done=runs / "boundaries" / "iter_0" / "manifest.json")
