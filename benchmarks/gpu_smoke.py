@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import torch
@@ -34,9 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 class Throughput(pl.Callback):
     """Per-batch wall time after ``warmup`` batches (CUDA-synchronised), items counted by ``count(batch)``."""
 
-    def __init__(self, name: str, count, warmup: int = 2):
-        self.name, self.count, self.warmup = name, count, warmup
-        self.times, self.items, self._t = [], [], 0.0
+    def __init__(self, name: str, count, warmup: int = 2, peak_flops: float | None = None):
+        self.name, self.count, self.warmup, self.peak_flops = name, count, warmup, peak_flops
+        self.times, self.items, self.flops, self._t = [], [], [], 0.0
         self.results: dict = {}
 
     def _start(self, *_):
@@ -49,6 +50,7 @@ class Throughput(pl.Callback):
             torch.cuda.synchronize()
         self.times.append(time.perf_counter() - self._t)
         self.items.append(self.count(batch))
+        self.flops.append(getattr(module, "flops_per_batch", None))  # syllablelm.flops, set by the step
 
     on_train_batch_start = on_predict_batch_start = _start
     on_train_batch_end = on_predict_batch_end = _end
@@ -58,8 +60,11 @@ class Throughput(pl.Callback):
         mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
         r = {"stage": self.name, "batches": len(self.times), "batches_per_s": len(t) / sum(t),
              f"{unit}_per_s": sum(n) / sum(t), "peak_gpu_gib": mem}
+        f = self.flops[self.warmup:] or self.flops
+        if f and all(x is not None for x in f) and self.peak_flops:
+            r["mfu"] = sum(f) / sum(t) / self.peak_flops
         print(f"{self.name:10s} {r['batches_per_s']:7.2f} batches/s  {r[f'{unit}_per_s']:10.1f} {unit}/s  "
-              f"peak GPU memory {mem:.1f} GiB", flush=True)
+              f"MFU {100 * r.get('mfu', float('nan')):.1f} %  peak GPU memory {mem:.1f} GiB", flush=True)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         return r
@@ -94,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="training steps per fit stage")
     p.add_argument("--utterances", type=int, default=48)
     p.add_argument("--out", help="also write the results as JSON here")
+    p.add_argument("--peak-flops", type=float, default=989e12, help="dense bf16 peak per device (H100/H200)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device (use --device cpu for the CPU path)")
@@ -102,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from datamodules.manifest import list_audio
     from experiments.cli import lightning_cli, run_command
+    from syllablelm import flops
     from syllablelm.audio import audio_info
     from syllablelm.nn.gpt import GPT, GPTConfig
     from syllablelm.nn.hubert import TeacherConfig
@@ -119,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         net = TeacherConfig.base(num_labels=100) if args.size == "base" else TeacherConfig.tiny()
         layer = net.num_hidden_layers - 2 if args.size == "base" else net.num_hidden_layers
 
-        tp = Throughput("teacher", _audio_seconds)
+        tp = Throughput("teacher", _audio_seconds, peak_flops=args.peak_flops)
         cfg = _config("teacher.yaml", work, lambda c: (
             _trainer(c, args, max_steps=args.steps, limit_val_batches=0),
             c["model"]["init_args"].update(network=dataclasses.asdict(net)),
@@ -128,11 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         results.append(tp.report("audio_s"))
         ckpt = str(work / "runs/teacher/checkpoints/last.ckpt")
 
-        tp = Throughput("losspred", lambda b: len(b["ids"]), warmup=1)
+        tp = Throughput("losspred", lambda b: len(b["ids"]), warmup=1, peak_flops=args.peak_flops)
         lightning_cli(["predict", "--config", cfg, "--ckpt_path", ckpt], trainer_defaults={"callbacks": [tp]})
         results.append(tp.report("utterances"))
 
-        tp = Throughput("sylboost", _audio_seconds)
+        tp = Throughput("sylboost", _audio_seconds, peak_flops=args.peak_flops)
         cfg = _config("sylboost.yaml", work, lambda c: (
             _trainer(c, args, max_epochs=1, limit_train_batches=args.steps, limit_val_batches=0),
             c["model"]["init_args"].update(init_from=ckpt, feature_layer=layer, iterations=1,
@@ -162,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
         context = min(1024, gpt.block_size)
         x = torch.randint(0, 8192, (8, context + 1), device=args.device)
-        tp = Throughput("speechlm", lambda b: b)
+        tp = Throughput("speechlm", lambda b: b, peak_flops=args.peak_flops)
+        lm_step = SimpleNamespace(flops_per_batch=flops.training(flops.gpt_forward(8, context, gpt)))
         for _ in range(args.steps):
             tp._start()
             with torch.autocast(args.device, dtype=dtype, enabled=args.device == "cuda"):
@@ -170,14 +178,14 @@ def main(argv: list[str] | None = None) -> int:
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            tp._end(None, None, None, 8 * context)
+            tp._end(None, lm_step, None, 8 * context)
         results.append(tp.report("tokens"))
         model.eval()
         with torch.autocast(args.device, dtype=dtype, enabled=args.device == "cuda"):
             prompt = torch.full((1, 1), model.bos, dtype=torch.long, device=args.device)
-            model.generate(prompt, 16, temperature=1.0, use_cache=True)
-            start = time.perf_counter()
-            model.generate(prompt, min(750, gpt.block_size - 1), temperature=1.0, use_cache=True)
+            model.generate(prompt, 16, temperature=1.0, use_cache=True, decode="eager")
+            start = time.perf_counter()  # the eager path under autocast; benchmarks/generation.py compares modes
+            model.generate(prompt, min(750, gpt.block_size - 1), temperature=1.0, use_cache=True, decode="eager")
             if args.device == "cuda":
                 torch.cuda.synchronize()
         rate = min(750, gpt.block_size - 1) / (time.perf_counter() - start)

@@ -22,6 +22,8 @@ def test_gpu_smoke_script_runs_every_stage_on_the_cpu(tmp_path):
         rates = [v for k, v in r.items() if k.endswith("_per_s")]
         assert rates and all(v > 0 for v in rates), r
     assert results["teacher"]["batches"] == 3 and results["speechlm"]["batches"] == 3
+    # MFU comes from the steps' FLOP counts (syllablelm.flops) over the given peak
+    assert all(0 < results[s]["mfu"] for s in ("teacher", "losspred", "sylboost", "speechlm"))
 
 
 def test_sylboost_cache_benchmark_runs_and_the_cache_changes_no_loss():
@@ -30,3 +32,22 @@ def test_sylboost_cache_benchmark_runs_and_the_cache_changes_no_loss():
                          check=True, env=env, capture_output=True, text=True, timeout=300).stdout
     line = next(x for x in out.splitlines() if "speed-up" in x)
     assert float(line.split("largest loss difference")[1]) < 1e-5
+
+
+def test_generation_matmul_benchmarks_and_the_table(tmp_path):
+    """CPU paths of the GPU check's generation and matmul parts, and the table it prints."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    for script, extra in (("generation.py", ["--size", "tiny", "--tokens", "40", "--repeats", "1", "--modes", "eager",
+                                             "static", "--json", str(tmp_path / "generation.json")]),
+                          ("matmul_peak.py", ["--size", "256", "--repeats", "3",
+                                              "--json", str(tmp_path / "matmul.json")])):
+        subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--device", "cpu", *extra], check=True,
+                       env=env, timeout=300, capture_output=True)
+    gen = json.loads((tmp_path / "generation.json").read_text())
+    assert [m["mode"] for m in gen["modes"]] == ["eager", "static"] and gen["modes"][0]["speedup_vs_eager"] == 1.0
+    (tmp_path / "gpu_smoke.json").write_text(json.dumps([{"stage": "speechlm", "batches": 3, "batches_per_s": 2.0,
+                                                          "tokens_per_s": 1000.0, "peak_gpu_gib": 1.5, "mfu": 0.4}]))
+    table = subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_table.py"), str(tmp_path)], check=True,
+                           env=env, capture_output=True, text=True, timeout=60).stdout
+    assert "| speechlm | 1,000.0 tokens/s | 40.0 %" in table and "| generate (static) |" in table
+    assert "bf16 matmul" in table and (tmp_path / "table.md").read_text() == table
