@@ -49,36 +49,43 @@ def stage_scores(wd: Path, cache: Path) -> dict:
     return out
 
 
-def significance(wd: Path, cache: Path, stages: dict, baselines: dict, test_split) -> dict:
-    """Paired bootstrap over the test utterances (:mod:`syllablelm.significance`) of each check's difference:
-    SylBoost iteration 2 - LossPred, and LossPred - uniform at LossPred's rate (recomputed on the same audio,
-    ``test_split`` as :func:`~datamodules.aligned.load_split` gives it, with the rate stored beside its
-    scores). Each system at its own dev-tuned shift."""
+# (name, system a, system b): "a beats b", each a check of the report with its paired bootstrap
+CHECKS = (("sylboost_beats_losspred", "SylBoost iteration 2", "LossPred"),
+          ("losspred_beats_uniform", "LossPred", "uniform at LossPred's rate"),
+          ("sylboost_beats_its_start", "SylBoost iteration 1", "SylBoost's start, untrained"),
+          ("iteration_2_vs_iteration_1", "SylBoost iteration 2", "SylBoost iteration 1"))
+
+
+def significance(wd: Path, cache: Path, stages: dict, baselines: dict, test_split, start_segments=None) -> dict:
+    """Paired bootstrap of each check's difference (:data:`CHECKS`), resampling the test voices and the utterances
+    within them (:mod:`syllablelm.significance`): boundary versions from the store, uniform at LossPred's rate
+    recomputed on the same audio (``test_split`` as :func:`~datamodules.aligned.load_split` gives it, the rate
+    stored beside its scores), SylBoost's start from ``start_segments`` (id -> segments). Each system at its own
+    dev-tuned shift."""
     from syllablelm.audio import speech_regions
     from syllablelm.baselines import uniform_segments
     from syllablelm.significance import paired_bootstrap
 
     store = BoundaryStore(wd / "runs/boundaries")
     test, refs = _split(wd, "test", cache)
-    shift = lambda res: res["syllablelm_tuned"]["shift"]  # noqa: E731
-    segs = {name: store.load(v) for v, name in STAGES.items() if name in stages}
-    out = {}
-    if {"LossPred", "SylBoost iteration 2"} <= set(segs):
-        lp, sb = segs["LossPred"], segs["SylBoost iteration 2"]
-        t = [e for e in test if e.id in lp and e.id in sb]
-        out["sylboost_beats_losspred"] = paired_bootstrap(
-            [sb[e.id] for e in t], [lp[e.id] for e in t], [refs[e.id][0] for e in t],
-            shift_a=shift(stages["SylBoost iteration 2"]), shift_b=shift(stages["LossPred"]))
+    systems = {name: (store.load(v), stages[name]) for v, name in STAGES.items() if name in stages}
     uniform = _losspred_uniform_name(baselines)
-    if "LossPred" in segs and uniform is not None:
-        lp, rate = segs["LossPred"], baselines[uniform]["params"]["rate_hz"]
-        t = [e for e in test if e.id in lp]
-        audio = dict(zip(test_split[2], test_split[0]))
-        flat = [uniform_segments(audio[e.id], SAMPLE_RATE, rate_hz=rate,
-                                 regions=speech_regions(audio[e.id], SAMPLE_RATE)) for e in t]
-        out["losspred_beats_uniform"] = paired_bootstrap(
-            [lp[e.id] for e in t], flat, [refs[e.id][0] for e in t],
-            shift_a=shift(stages["LossPred"]), shift_b=shift(baselines[uniform]))
+    if uniform is not None and "LossPred" in systems:
+        rate, audio = baselines[uniform]["params"]["rate_hz"], dict(zip(test_split[2], test_split[0]))
+        flat = {u: uniform_segments(w, SAMPLE_RATE, rate_hz=rate, regions=speech_regions(w, SAMPLE_RATE))
+                for u, w in audio.items()}
+        systems["uniform at LossPred's rate"] = (flat, baselines[uniform])
+    if start_segments is not None and SYLBOOST_START in baselines:
+        systems[SYLBOOST_START] = (start_segments, baselines[SYLBOOST_START])
+    out = {}
+    for name, a, b in CHECKS:
+        if a in systems and b in systems:
+            (sa, ra), (sb, rb) = systems[a], systems[b]
+            t = [e for e in test if e.id in sa and e.id in sb]
+            out[name] = paired_bootstrap([sa[e.id] for e in t], [sb[e.id] for e in t], [refs[e.id][0] for e in t],
+                                         shift_a=ra["syllablelm_tuned"]["shift"],
+                                         shift_b=rb["syllablelm_tuned"]["shift"],
+                                         groups=[e.id.split("-")[0] for e in t])  # the voice: <speaker>-...
     return out
 
 
@@ -133,10 +140,11 @@ def losspred_uniform(splits, losspred: dict) -> tuple[str, dict]:
 SYLBOOST_START = "SylBoost's start, untrained"
 
 
-def sylboost_start(checkpoint: Path, splits) -> dict:
+def sylboost_start(checkpoint: Path, splits) -> tuple[dict, dict]:
     """A SylBoost ``checkpoint``'s starting features (its frozen teacher: what every iteration starts from), cut by
     SylBoost's segmenter (same layer, mode and target rate; a δ calibrated to that rate is calibrated here on the
-    start's dev features), with no SylBoost training: what the training adds over its backbone."""
+    start's dev features), with no SylBoost training: what the training adds over its backbone. Returns its scores
+    and its test segments (utterance id -> segments)."""
     from lightning_modules.sylboost import SylBoostModule
 
     module = SylBoostModule.load_from_checkpoint(str(checkpoint), map_location="cpu")
@@ -150,7 +158,7 @@ def sylboost_start(checkpoint: Path, splits) -> dict:
     c = segmenter.config
     res["params"] = {"mode": c.mode, "rate_hz": c.rate_hz, "calibrate_to_hz": c.calibrate_to_hz,
                      "delta": segmenter.delta, "vad_trim": c.vad_trim, "layer": module.hparams.feature_layer}
-    return res
+    return res, dict(zip(splits[0][2], pred_test))
 
 
 def _losspred_uniform_name(baselines: dict) -> str | None:
@@ -171,8 +179,9 @@ def build_report(wd: Path, *, teacher_ckpt: Path, tokenizer: Path, timings: dict
         name, res = losspred_uniform(splits, stages["LossPred"])
         baselines[name if name not in baselines else f"{name}_losspred"] = res
     sylboost_ckpt = wd / "runs/sylboost/checkpoints/last.ckpt"
+    start_segments = None
     if sylboost_ckpt.exists():
-        baselines[SYLBOOST_START] = sylboost_start(sylboost_ckpt, splits)
+        baselines[SYLBOOST_START], start_segments = sylboost_start(sylboost_ckpt, splits)
     report = {
         "tokenizer_checkpoint": str(tokenizer), "tiny": tiny, "accelerator": accelerator,
         "losspred_precision": losspred_precision,
@@ -191,9 +200,12 @@ def build_report(wd: Path, *, teacher_ckpt: Path, tokenizer: Path, timings: dict
         uniform = baselines.get(_losspred_uniform_name(baselines))
         sb, lp = tuned(stages["SylBoost iteration 2"]), tuned(stages["LossPred"])
         beats = lambda a, b: {m: b is not None and a[m] > b[m] for m in ("f1", "r_value")}  # noqa: E731
+        start = baselines.get(SYLBOOST_START)
         report["checks"] = {"sylboost_beats_losspred": beats(sb, lp),
                             "losspred_beats_uniform": beats(lp, None if uniform is None else tuned(uniform))}
-        report["significance"] = significance(wd, cache, stages, baselines, splits[0])
+        if start is not None and "SylBoost iteration 1" in stages:
+            report["checks"]["sylboost_beats_its_start"] = beats(tuned(stages["SylBoost iteration 1"]), tuned(start))
+        report["significance"] = significance(wd, cache, stages, baselines, splits[0], start_segments)
     figures = wd / "figures"
     store = BoundaryStore(wd / "runs/boundaries")
     _example_figure(wd, teacher_ckpt, store, cache, figures / "boundaries.png")
@@ -212,9 +224,10 @@ def _significance_lines(sig: dict) -> list[str]:
     if not sig:
         return []
     first = next(iter(sig.values()))
-    lines = [f"How much of each difference the test split's size supports: paired bootstrap over its "
-             f"{first['n_utterances']} utterances ({first['n_resamples']} resamples, "
-             f"{100 * first['level']:.0f} % intervals, points of F1 / R-value):", ""]
+    lines = [f"How much of each difference the test split supports: paired bootstrap over its "
+             f"{first.get('n_groups') or 'its'} voices and the {first['n_utterances']} utterances within them "
+             f"({first['n_resamples']} resamples, {100 * first['level']:.0f} % intervals, points of F1 / "
+             "R-value; with few voices the intervals are wide):", ""]
     for name, res in sig.items():
         parts = [f"{m.replace('_', '-')} {100 * v['difference']:+.1f} [{100 * v['low']:+.1f}, {100 * v['high']:+.1f}], "
                  f"not better in {100 * v['p_not_better']:.0f} % of resamples"

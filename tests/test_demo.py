@@ -29,12 +29,17 @@ def test_tiny_demo_writes_a_report_and_a_working_tokenizer(tmp_path):
     assert uniform["rate_hz"] == pytest.approx(report["stages"]["LossPred"]["rate_hz"], rel=0.2)
     assert report["checks"]["losspred_beats_uniform"] == {
         m: lp[m] > uniform["syllablelm_tuned"][m] for m in ("f1", "r_value")}
+    it1 = report["stages"]["SylBoost iteration 1"]["syllablelm_tuned"]
+    start_scores = report["baselines"]["SylBoost's start, untrained"]["syllablelm_tuned"]
+    assert report["checks"]["sylboost_beats_its_start"] == {m: it1[m] > start_scores[m] for m in ("f1", "r_value")}
     for (name, a, b) in (("sylboost_beats_losspred", sb, lp),
-                         ("losspred_beats_uniform", lp, uniform["syllablelm_tuned"])):
+                         ("losspred_beats_uniform", lp, uniform["syllablelm_tuned"]),
+                         ("sylboost_beats_its_start", it1, start_scores), ("iteration_2_vs_iteration_1", sb, it1)):
         for m in ("f1", "r_value"):
             sig = report["significance"][name][m]
             assert sig["difference"] == pytest.approx(a[m] - b[m], abs=1e-9)
             assert sig["low"] <= sig["difference"] <= sig["high"] and 0 <= sig["p_not_better"] <= 1
+        assert report["significance"][name]["n_groups"] >= 1  # voices resampled, then utterances within them
     # SylBoost's untrained start is the shipped backbone, cut as SylBoost cuts: the same scores from the folder
     from datamodules.aligned import load_split
     from experiments.demo import SHIPPED
