@@ -26,8 +26,9 @@ from syllablelm.nn.gpt import GPT, GPTConfig
 BANDWIDTH = {"h200": 4.8e12, "h100": 3.35e12}  # bytes/s, HBM
 
 
-def timed(model: GPT, tokens: int, mode: str, device: torch.device, seed: int) -> float:
-    prompt = torch.full((1, 1), model.bos, dtype=torch.long, device=device)
+def timed(model: GPT, tokens: int, mode: str, device: torch.device, seed: int, batch: int = 1) -> float:
+    """Wall seconds of sampling ``tokens`` tokens (temperature 1, KV cache) for ``batch`` BOS prompts."""
+    prompt = torch.full((batch, 1), model.bos, dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -35,7 +36,7 @@ def timed(model: GPT, tokens: int, mode: str, device: torch.device, seed: int) -
     out = model.generate(prompt, tokens, temperature=1.0, generator=generator, decode=mode)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    assert out.shape == (1, tokens + 1)
+    assert out.shape == (batch, tokens + 1)
     return time.perf_counter() - start
 
 

@@ -15,26 +15,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from generation import timed  # benchmarks/generation.py (this script's folder is on the path)
 
 from syllablelm.nn.gpt import GPT, GPTConfig
 
 RATES = (6.25, 25.0)
-
-
-def timed_generate(model: GPT, tokens: int, batch: int, device: torch.device, seed: int) -> float:
-    prompt = torch.full((batch, 1), model.bos, dtype=torch.long, device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = model.generate(prompt, tokens, temperature=1.0, use_cache=True, generator=generator)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    assert out.shape == (batch, tokens + 1)
-    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--decode", default="auto", help="GPT.generate's decode mode (auto: cuda_graph on CUDA)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -59,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.size}: {config.n_layer} layers x {config.n_embd}, {config.n_head} heads, vocab {args.vocab}, "
           f"{model.num_parameters() / 1e6:.1f}M parameters; {device} {dtype}; batch {args.batch}; "
           f"median of {args.repeats}; torch threads {torch.get_num_threads()}")
-    timed_generate(model, 32, args.batch, device, seed=0)  # warm-up: kernels, allocator, thread pools
+    timed(model, 32, args.decode, device, seed=0, batch=args.batch)  # warm-up: kernels, allocator, thread pools
 
     header = f"{'speech':>8} | " + " | ".join(f"{r:>5} Hz: tokens     wall   speech s/s" for r in RATES) + " | ratio"
     print(header)
@@ -69,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         walls: list[list[float]] = [[] for _ in RATES]
         for k in range(args.repeats):  # the two rates alternate, so a change in machine load hits both
             for i, n in enumerate(tokens):
-                walls[i].append(timed_generate(model, n, args.batch, device, seed=k))
+                walls[i].append(timed(model, n, args.decode, device, seed=k, batch=args.batch))
         speed = [seconds * args.batch / statistics.median(w) for w in walls]
         cells = [f"{'':>9}{n:>6} {statistics.median(w):>7.2f}s {v:>11.1f}" for n, w, v in zip(tokens, walls, speed)]
         print(f"{seconds:>7.0f}s | " + " | ".join(cells) + f" | {speed[0] / speed[1]:>4.2f}x", flush=True)
