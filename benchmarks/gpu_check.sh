@@ -5,13 +5,16 @@
 #   3. benchmarks/gpu_smoke.py (paper-sized random networks in bf16: throughput, MFU and peak memory per stage),
 #   4. benchmarks/generation.py (batch-1 decoding: eager vs static vs CUDA graph vs compiled, side by side),
 #   5. benchmarks/matmul_peak.py (the bf16 matmul rate MFU is also reported against),
+#   6. benchmarks/train_speed.py (teacher, SylBoost and SpeechLM training steps: today's settings against fused
+#      AdamW and compiled layers, side by side),
 # then one table (benchmarks/gpu_table.py -> OUT_DIR/table.md).
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR [WORK_DIR]
 #
-# Each part has its own time limit (TESTS_S, DEMO_S, SMOKE_S, GEN_S seconds) and a failure does not stop the
-# next; PARTS="tests smoke" (or PARTS=gen,matmul) runs a subset. The default (all but the demo) fits in 5 minutes. OUT_DIR gets the logs and results (at most 8 small files), WORK_DIR
-# (default /tmp/gpu_check) the demo's workdir.
+# Each part has its own time limit (TESTS_S, DEMO_S, SMOKE_S, GEN_S, TRAIN_S seconds) and a failure does not stop the
+# next; PARTS="tests smoke" (or PARTS=gen,matmul) runs a subset. The default (all but the demo) takes about 5 minutes
+# (the limits cap it at 7.5). OUT_DIR gets the logs and results (at most 12 small files), WORK_DIR (default
+# /tmp/gpu_check) the demo's workdir.
 set -u
 out=${1:?usage: gpu_check.sh OUT_DIR [WORK_DIR]}
 work=${2:-/tmp/gpu_check}
@@ -22,7 +25,7 @@ cd "$(dirname "$0")/.."
 $py -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" 2>&1 | tee "$out/env.txt"
 nproc | tee -a "$out/env.txt"
 
-parts=" ${PARTS:-matmul gen tests smoke} "  # demo (about 3 minutes more) on request: PARTS=demo
+parts=" ${PARTS:-matmul gen train tests smoke} "  # demo (about 3 minutes more) on request: PARTS=demo
 parts=${parts//,/ }
 if [[ $parts == *" tests "* ]]; then
 start=$(date +%s)
@@ -54,6 +57,13 @@ start=$(date +%s)
 timeout "${GEN_S:-60}" $py benchmarks/generation.py --size base --json "$out/generation.json" > "$out/gen.log" 2>&1
 echo "gen: rc $? after $(( $(date +%s) - start )) s" | tee -a "$out/env.txt"
 tail -8 "$out/gen.log"
+fi
+
+if [[ $parts == *" train "* ]]; then
+start=$(date +%s)
+timeout "${TRAIN_S:-120}" $py benchmarks/train_speed.py --json "$out/train_speed.json" > "$out/train.log" 2>&1
+echo "train: rc $? after $(( $(date +%s) - start )) s" | tee -a "$out/env.txt"
+tail -9 "$out/train.log"
 fi
 
 $py benchmarks/gpu_table.py "$out"

@@ -29,6 +29,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import SumMetric
 
 from syllablelm import flops
+from syllablelm.nn import common
 from syllablelm.nn.gpt import GPT, GPTConfig
 from syllablelm.schedules import warmup_hold_decay
 
@@ -44,6 +45,8 @@ class SpeechLMModule(pl.LightningModule):
         optimizer: e.g. ``torch.optim.AdamW`` with the paper's arguments (fairseq's "adam" decays weights
             decoupled, i.e. AdamW); weight decay applies to every parameter, as in fairseq.
         warmup, hold, decay, final_lr_scale: the LR schedule in optimizer steps (:func:`warmup_hold_decay`).
+        compile_layers: ``torch.compile`` each transformer layer in place (opt-in: a speed-up on GPUs whose
+            kernels round differently from eager ones; not saved with the checkpoint).
     """
 
     def __init__(
@@ -55,10 +58,13 @@ class SpeechLMModule(pl.LightningModule):
         hold: int = 84_000,
         decay: int = 300_000,
         final_lr_scale: float = 0.1,
+        compile_layers: bool = False,
     ):
         super().__init__()
         net = GPTConfig(**network) if isinstance(network, dict) else (network or GPTConfig.tiny())
         self.net = GPT(net)
+        if compile_layers:
+            common.compile_layers(self.net)
         self.optimizer = optimizer
         # plain types only, so the checkpoint loads with torch's weights_only=True and rebuilds the network;
         # `_class_path` lets LightningCLI (--ckpt_path) re-apply these to the config, as its own hook would

@@ -24,6 +24,7 @@ from datamodules.dataset import is_empty, item_keys
 from lightning_modules.skipped_batches import log_skipped, skipped_batch_loss
 from syllablelm import flops
 from syllablelm.frames import seconds_to_frames
+from syllablelm.nn import common
 from syllablelm.nn.data2vec2 import Data2Vec2AudioEncoder
 from syllablelm.nn.encoder import D2V2_TYPE, SpeechEncoder
 from syllablelm.schedules import linear_warmup_decay
@@ -54,6 +55,8 @@ class SylBoostModule(pl.LightningModule):
             are the same (up to float rounding). Needs ``freeze_cnn`` and fixed crops (``data.crop_mode: first``);
             memory ~ frames x (CNN channels + hidden) x 4 bytes, so it is for small corpora and models (the demo:
             the CNN is most of a tiny model's cost), not for 100 h of LibriSpeech.
+        compile_layers: ``torch.compile`` each transformer layer of student and teacher in place (opt-in: a
+            speed-up on GPUs whose kernels round differently from eager ones; not saved with the checkpoint).
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class SylBoostModule(pl.LightningModule):
         cache_frozen: bool = False,
         segmenter: SegmenterConfig | None = None,
         encoder: dict | None = None,
+        compile_layers: bool = False,
     ):
         super().__init__()
         if encoder is not None:  # rebuilding from a checkpoint's hyper-parameters
@@ -87,6 +91,9 @@ class SylBoostModule(pl.LightningModule):
             self.student.freeze_cnn()
         elif cache_frozen:
             raise ValueError("cache_frozen needs freeze_cnn: a trained CNN's output cannot be cached")
+        if compile_layers:  # after deepcopy: student and teacher each compile their own layers
+            common.compile_layers(self.student)
+            common.compile_layers(self.teacher)
         self._frontend_cache: dict[tuple, torch.Tensor] = {}  # crop -> CNN output (T, C); frozen, identical in both
         self._target_cache: dict[tuple, torch.Tensor] = {}  # crop -> teacher features (T, H)
         seg = SegmenterConfig.of(segmenter)

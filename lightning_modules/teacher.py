@@ -31,6 +31,7 @@ from syllablelm.audio import SAMPLE_RATE, speech_frame_span, speech_regions
 from syllablelm.checkpoints import load_teacher
 from syllablelm.frames import HOP, frames_to_seconds, num_frames, samples_for_frames
 from syllablelm.losspred import COUNT_RULES, loss_matrices, mask_groups, num_segments, similarity
+from syllablelm.nn import common
 from syllablelm.nn.hubert import SOFTMAX_ROWS, HubertTeacher, TeacherConfig, compute_span_mask
 from syllablelm.schedules import linear_warmup_decay
 from syllablelm.segment import ncut_mincut
@@ -81,6 +82,8 @@ class TeacherModule(pl.LightningModule):
         optimizer: e.g. ``torch.optim.AdamW`` with its arguments; ``warmup`` is the warm-up fraction of all steps.
         mask_prob, mask_length: HuBERT span masking for training (0.8, 10).
         losspred: LossPred settings (:class:`LossPredConfig`).
+        compile_layers: ``torch.compile`` each transformer layer in place (opt-in: a speed-up on GPUs whose
+            kernels round differently from eager ones; not saved with the checkpoint).
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class TeacherModule(pl.LightningModule):
         mask_prob: float = 0.8,
         mask_length: int = 10,
         losspred: LossPredConfig | None = None,
+        compile_layers: bool = False,
     ):
         super().__init__()
         net = TeacherConfig(**network) if isinstance(network, dict) else (network or TeacherConfig.tiny())
@@ -101,6 +105,8 @@ class TeacherModule(pl.LightningModule):
             net = self.teacher.config
         else:
             self.teacher = HubertTeacher(net)
+        if compile_layers:
+            common.compile_layers(self.teacher)
         lp = LossPredConfig(**losspred) if isinstance(losspred, dict) else (losspred or LossPredConfig())
         self.optimizer = optimizer
         self.losspred_config = lp

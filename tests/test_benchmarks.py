@@ -51,3 +51,26 @@ def test_generation_matmul_benchmarks_and_the_table(tmp_path):
                            env=env, capture_output=True, text=True, timeout=60).stdout
     assert "| speechlm | 1,000.0 tokens/s | 40.0 %" in table and "| generate (static) |" in table
     assert "bf16 matmul" in table and (tmp_path / "table.md").read_text() == table
+
+
+def test_train_speed_runs_every_stage_and_fused_adamw_trains_the_same(tmp_path):
+    """The GPU check's training part on the CPU: today's settings and fused AdamW for each stage's real
+    training_step, side by side; the fused update follows the same trajectory (the same loss after two updates)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    out = tmp_path / "train_speed.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks/train_speed.py"), "--device", "cpu", "--size", "tiny",
+                    "--steps", "2", "--warmup", "1", "--batch", "2", "--seconds", "1", "--lm-batch", "2",
+                    "--context", "32", "--variants", "today", "fused", "--json", str(out)],
+                   check=True, env=env, timeout=300, capture_output=True)
+    rows = json.loads(out.read_text())
+    assert [(r["stage"], r["variant"]) for r in rows] == [(s, v) for s in ("teacher", "sylboost", "speechlm")
+                                                          for v in ("today", "fused")]
+    for today, fused in zip(rows[::2], rows[1::2]):
+        unit = "tokens_per_s" if today["stage"] == "speechlm" else "audio_s_per_s"
+        assert today[unit] > 0 and fused[unit] > 0 and today["speedup_vs_today"] == 1.0
+        assert fused["speedup_vs_today"] == pytest.approx(fused[unit] / today[unit])
+        assert fused["loss"] == pytest.approx(today["loss"], rel=1e-4)  # after 2 updates
+        assert abs(today["loss"] - today["first_loss"]) > 1e-3 * abs(today["first_loss"])  # which changed it
+    table = subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_table.py"), str(tmp_path)], check=True,
+                           env=env, capture_output=True, text=True, timeout=60).stdout
+    assert "| sylboost step (fused) |" in table and "audio s/s" in table

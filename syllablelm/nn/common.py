@@ -39,3 +39,34 @@ def parse_conv_spec(spec: str) -> list[tuple[int, int, int]]:
             return a + b if isinstance(node.op, ast.Add) else a * b
         raise ValueError(f"unsupported conv layer spec (conv_feature_layers / feature_encoder_spec): {spec!r}")
     return [tuple(layer) for layer in ev(ast.parse(spec, mode="eval").body)]
+
+
+def transformer_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The transformer layers of a network this project builds: ``HubertModel`` (and the teacher / encoder
+    wrappers around one), the data2vec 2.0 encoder, the GPT decoder."""
+    for attr in ("encoder", "teacher", "model"):  # wrappers: HubertTeacher.encoder, SpeechEncoder.model
+        inner = getattr(model, attr, None)
+        if isinstance(inner, torch.nn.Module) and not isinstance(inner, torch.nn.ModuleList):
+            try:
+                return transformer_blocks(inner)
+            except TypeError:
+                pass
+    for path in ("layers", "blocks", "transformer.h"):  # HubertEncoder, Data2Vec2AudioEncoder, GPT
+        node = model
+        for part in path.split("."):
+            node = getattr(node, part, None)
+            if node is None:
+                break
+        if isinstance(node, torch.nn.ModuleList):
+            return node
+    raise TypeError(f"no transformer layers found in {type(model).__name__}")
+
+
+def compile_layers(model: torch.nn.Module, **options) -> int:
+    """``torch.compile`` each transformer layer of ``model`` in place (``nn.Module.compile``: parameter names and
+    checkpoints stay as they are; variable lengths compile once with ``dynamic=True``). Opt-in: compiled kernels
+    round differently from eager ones. Returns the number of layers compiled."""
+    blocks = transformer_blocks(model)
+    for block in blocks:
+        block.compile(**{"dynamic": True, **options})
+    return len(blocks)
