@@ -53,7 +53,7 @@ def speech_batch(batch: int, seconds: float, num_labels: int, device: str, seed:
 
 
 def build(stage: str, size: str, variant: dict, work: Path):
-    """(module, batch maker, items per batch, unit) of one stage with one variant's settings."""
+    """(module, label or vocabulary count, throughput unit) of one stage with one variant's settings."""
     from lightning_modules.speechlm import SpeechLMModule
     from lightning_modules.sylboost import SylBoostModule
     from lightning_modules.teacher import TeacherModule

@@ -64,7 +64,7 @@ def significance(wd: Path, cache: Path, stages: dict, baselines: dict, test_spli
     dev-tuned shift."""
     from syllablelm.audio import speech_regions
     from syllablelm.baselines import uniform_segments
-    from syllablelm.significance import paired_bootstrap
+    from syllablelm.significance import paired_bootstrap, voice_of
 
     store = BoundaryStore(wd / "runs/boundaries")
     test, refs = _split(wd, "test", cache)
@@ -85,7 +85,7 @@ def significance(wd: Path, cache: Path, stages: dict, baselines: dict, test_spli
             out[name] = paired_bootstrap([sa[e.id] for e in t], [sb[e.id] for e in t], [refs[e.id][0] for e in t],
                                          shift_a=ra["syllablelm_tuned"]["shift"],
                                          shift_b=rb["syllablelm_tuned"]["shift"],
-                                         groups=[e.id.split("-")[0] for e in t])  # the voice: <speaker>-...
+                                         groups=[voice_of(e.id) for e in t])
     return out
 
 

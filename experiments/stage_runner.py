@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from syllablelm.fileio import write_text
+
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "experiments" / "configs" / "tiny"
@@ -51,7 +53,7 @@ class Runner:
             tail = logfile.read_text()[-3000:]
             raise RuntimeError(f"stage {name} failed (log: {logfile}):\n{tail}")
         self.timings[name] = {"seconds": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
-        marker.write_text(" ".join(args) + "\n")
+        write_text(marker, " ".join(args) + "\n")
 
 
 def write_config(src: str, dst: Path, workdir: Path, edit) -> Path:
@@ -61,9 +63,18 @@ def write_config(src: str, dst: Path, workdir: Path, edit) -> Path:
     text = re.sub("|".join(map(re.escape, new)), lambda m: new[m.group(0)], (CONFIGS / src).read_text())
     cfg = yaml.safe_load(text)
     edit(cfg)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    write_text(dst, yaml.safe_dump(cfg, sort_keys=False))
     return dst
+
+
+def place_run(cfg: dict, root: Path) -> None:
+    """Put a Lightning config's outputs under ``root``: its root dir, its checkpoints in ``root/checkpoints`` and
+    its TensorBoard run ``root.name`` under ``root.parent``."""
+    cfg["trainer"]["default_root_dir"] = str(root)
+    cfg["trainer"]["logger"]["init_args"].update(save_dir=str(root.parent), name=root.name)
+    for cb in cfg["trainer"]["callbacks"]:
+        if cb["class_path"].endswith("ModelCheckpoint"):
+            cb["init_args"]["dirpath"] = str(root / "checkpoints")
 
 
 def regenerate_test_too(cfg: dict) -> None:

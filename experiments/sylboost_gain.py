@@ -26,23 +26,15 @@ CHECKS = (("iteration 1", "LossPred"), ("iteration 1", "start"), ("iteration 2",
           ("iteration 2", "LossPred"), ("LossPred", "uniform at LossPred's rate"))
 
 
-def voice_of(utterance_id: str) -> str:
-    """The speaker of a LibriSpeech-layout utterance id (``<speaker>-<chapter>-<n>``)."""
-    return utterance_id.split("-")[0]
-
-
 def sylboost_config(args, name: str, backbone: str, hours: float, store: Path) -> Path:
-    from experiments.stage_runner import regenerate_test_too, write_config
+    from experiments.stage_runner import place_run, regenerate_test_too, write_config
 
     data, root = args.data.resolve(), args.out.resolve() / "runs" / name
 
     def edit(c):
-        c["trainer"].update(max_epochs=2 * args.epochs, enable_progress_bar=False, default_root_dir=str(root),
+        c["trainer"].update(max_epochs=2 * args.epochs, enable_progress_bar=False,
                             check_val_every_n_epoch=args.epochs)
-        c["trainer"]["logger"]["init_args"].update(save_dir=str(root.parent), name=name)
-        for cb in c["trainer"]["callbacks"]:
-            if cb["class_path"].endswith("ModelCheckpoint"):
-                cb["init_args"]["dirpath"] = str(root / "checkpoints")
+        place_run(c, root)
         seg = {"rate_hz": args.rate} if args.mode == "rate" else {"calibrate_to_hz": args.rate}
         c["model"]["init_args"].update(init_from=str(Path(backbone).resolve()), feature_layer=args.layer,
                                        epochs_per_iteration=args.epochs,
@@ -71,7 +63,7 @@ def score_run(systems: dict, splits, n_resamples: int) -> dict:
     :data:`CHECKS`."""
     from syllablelm.audio import SAMPLE_RATE
     from syllablelm.evaluation import tuned_scores
-    from syllablelm.significance import paired_bootstrap
+    from syllablelm.significance import paired_bootstrap, voice_of
 
     (test_waves, test_refs, test_ids), (_, dev_refs, _) = splits
     seconds = sum(len(w) for w in test_waves) / SAMPLE_RATE
@@ -90,18 +82,12 @@ def score_run(systems: dict, splits, n_resamples: int) -> dict:
 
 
 def uniform_at(rate_hz: float, splits) -> tuple[list, list]:
-    """Uniform segments inside speech regions at the per-speech-second rate giving ``rate_hz`` per second of
-    audio on each split (as many segments as a system of that achieved rate)."""
-    from syllablelm.audio import SAMPLE_RATE, speech_regions
-    from syllablelm.baselines import uniform_segments
+    """Uniform segments on each split, as many as a system whose achieved rate is ``rate_hz`` places."""
+    from syllablelm.audio import SAMPLE_RATE
+    from syllablelm.baselines import uniform_at_audio_rate
 
-    out = []
-    for waves, _, _ in splits:
-        regions = [speech_regions(w, SAMPLE_RATE) for w in waves]
-        speech = sum(float((r[:, 1] - r[:, 0]).sum()) for r in regions if len(r))
-        per_speech = rate_hz * (sum(len(w) for w in waves) / SAMPLE_RATE) / max(speech, 1e-9)
-        out.append([uniform_segments(w, SAMPLE_RATE, rate_hz=per_speech, regions=r) for w, r in zip(waves, regions)])
-    return out[0], out[1]
+    test, dev = (uniform_at_audio_rate(waves, SAMPLE_RATE, rate_hz) for waves, _, _ in splits)
+    return test, dev
 
 
 def stored(store, version: int, splits) -> tuple[list, list] | None:

@@ -43,6 +43,21 @@ def uniform_segments(wave, sample_rate: int, *, rate_hz: float = 4.5, regions: n
     return _regions_to_segments(regions, cuts)
 
 
+def speech_rate_for(waves: Sequence, regions: Sequence[np.ndarray], sample_rate: int, rate_hz: float) -> float:
+    """The rate per second of speech (inside ``regions``) that places ``rate_hz`` segments per second of audio
+    over all of ``waves``: how a baseline is matched to a system whose achieved rate is ``rate_hz``."""
+    speech = sum(float((r[:, 1] - r[:, 0]).sum()) for r in regions if len(r))
+    return rate_hz * (sum(len(w) for w in waves) / sample_rate) / max(speech, 1e-9)
+
+
+def uniform_at_audio_rate(waves: Sequence, sample_rate: int, rate_hz: float,
+                          regions: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+    """Uniform segments of every wave, as many in all as ``rate_hz`` per second of audio (:func:`speech_rate_for`)."""
+    regions = [speech_regions(w, sample_rate) for w in waves] if regions is None else regions
+    per_speech = speech_rate_for(waves, regions, sample_rate, rate_hz)
+    return [uniform_segments(w, sample_rate, rate_hz=per_speech, regions=r) for w, r in zip(waves, regions)]
+
+
 def amplitude_envelope(wave, sample_rate: int, *, cutoff_hz: float = 8.0) -> np.ndarray:
     """Rectified waveform, low-passed at ``cutoff_hz`` (4th-order Butterworth, zero phase), sampled at 100 Hz."""
     x = np.abs(_to_numpy(wave).astype(np.float64))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .audio import SAMPLE_RATE, speech_regions
-from .baselines import envelope_segments, mincut_segments, tune_envelope, uniform_segments
+from .baselines import envelope_segments, mincut_segments, speech_rate_for, tune_envelope, uniform_segments
 from .metrics import PROTOCOLS, boundary_scores, tune_shift
 
 
@@ -60,12 +60,8 @@ class _Baselines:
             raise ValueError(f"per must be 'speech' or 'file', got {per!r}")
         if per == "speech":
             return (rate_hz, rate_hz), {"rate_hz": rate_hz}
-
-        def speech_rate(waves, regions) -> float:
-            speech = sum(float((r[:, 1] - r[:, 0]).sum()) for r in regions if len(r))
-            return rate_hz * (sum(len(w) for w in waves) / SAMPLE_RATE) / max(speech, 1e-9)
-
-        rates = tuple(speech_rate(split[0], regions) for split, regions in zip((self.test, self.dev), self.regions))
+        rates = tuple(speech_rate_for(split[0], regions, SAMPLE_RATE, rate_hz)
+                      for split, regions in zip((self.test, self.dev), self.regions))
         return rates, {"rate_hz": rates[0], "per": per, "matched_hz": rate_hz}
 
     def add(self, name: str, fn, params=None, rates=(None, None)) -> str:

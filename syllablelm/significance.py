@@ -25,6 +25,11 @@ from syllablelm.metrics import boundary_counts, boundary_rates
 METRICS = ("f1", "r_value")
 
 
+def voice_of(utterance_id: str) -> str:
+    """The voice (speaker) of a LibriSpeech-layout utterance id ``<speaker>-<chapter>-<n>``: the bootstrap's group."""
+    return utterance_id.split("-")[0]
+
+
 def resample_indices(n: int, n_resamples: int, rng: np.random.Generator, groups=None) -> np.ndarray:
     """``(n_resamples, n)`` utterance indices: ``n`` draws with replacement, or, with ``groups`` (a label per
     utterance), as many groups as there are drawn with replacement and, for each drawn group, as many of its

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from experiments.cli import main
-from experiments.sylboost_gain import CHECKS, voice_of
+from experiments.sylboost_gain import CHECKS
+from syllablelm.significance import voice_of
 from tests import sylboost_helpers as H
 
 

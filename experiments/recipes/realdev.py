@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from syllablelm.audio import SAMPLE_RATE, read_audio, speech_regions
-    from syllablelm.baselines import envelope_segments, uniform_segments
+    from syllablelm.baselines import envelope_segments, uniform_at_audio_rate
     from syllablelm.fileio import write_json
     from syllablelm.metrics import boundary_scores
     from syllablelm.tokenizer import Tokenizer
@@ -69,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     ref = [np.asarray(refs[u][1]) for u in ids]
     seconds = sum(len(w) for w in waves) / SAMPLE_RATE
     regions = [speech_regions(w, SAMPLE_RATE) for w in waves]
-    speech = sum(float((r[:, 1] - r[:, 0]).sum()) for r in regions if len(r))
     systems: dict[str, list] = {}
     for item in args.tokenizer:
         name, ckpt = item.split("=", 1)
@@ -83,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                                       for w, r in zip(waves, regions)]
     for name in [n for n in systems if n.startswith("tokenizer")]:
         rate = sum(map(len, systems[name])) / seconds  # as many segments per second of audio as the tokenizer
-        systems[f"uniform at {name}'s rate"] = [uniform_segments(w, SAMPLE_RATE, rate_hz=rate * seconds / speech,
-                                                                 regions=r) for w, r in zip(waves, regions)]
+        systems[f"uniform at {name}'s rate"] = uniform_at_audio_rate(waves, SAMPLE_RATE, rate, regions)
     if args.findsylls_python:
         found = json.loads(subprocess.run([args.findsylls_python, "-c", FINDSYLLS, *[str(refs[u][0]) for u in ids]],
                                           check=True, capture_output=True, text=True).stdout)

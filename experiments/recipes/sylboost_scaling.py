@@ -25,16 +25,11 @@ log = logging.getLogger(__name__)
 
 
 def teacher_config(workdir: Path, name: str, epochs: int) -> Path:
-    from experiments.stage_runner import write_config
-
-    root = workdir / "runs" / name
+    from experiments.stage_runner import place_run, write_config
 
     def edit(c):
-        c["trainer"].update(max_epochs=epochs, enable_progress_bar=False, default_root_dir=str(root))
-        c["trainer"]["logger"]["init_args"].update(save_dir=str(workdir / "runs"), name=name)
-        for cb in c["trainer"]["callbacks"]:
-            if cb["class_path"].endswith("ModelCheckpoint"):
-                cb["init_args"]["dirpath"] = str(root / "checkpoints")
+        c["trainer"].update(max_epochs=epochs, enable_progress_bar=False)
+        place_run(c, workdir / "runs" / name)
         c["data"]["init_args"].update(manifest_cache=str(workdir / "cache"))
     return write_config("teacher.yaml", workdir / "configs" / f"{name}.yaml", workdir, edit)
 

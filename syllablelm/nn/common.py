@@ -42,23 +42,12 @@ def parse_conv_spec(spec: str) -> list[tuple[int, int, int]]:
 
 
 def transformer_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The transformer layers of a network this project builds: ``HubertModel`` (and the teacher / encoder
-    wrappers around one), the data2vec 2.0 encoder, the GPT decoder."""
-    for attr in ("encoder", "teacher", "model"):  # wrappers: HubertTeacher.encoder, SpeechEncoder.model
-        inner = getattr(model, attr, None)
-        if isinstance(inner, torch.nn.Module) and not isinstance(inner, torch.nn.ModuleList):
-            try:
-                return transformer_blocks(inner)
-            except TypeError:
-                pass
-    for path in ("layers", "blocks", "transformer.h"):  # HubertEncoder, Data2Vec2AudioEncoder, GPT
-        node = model
-        for part in path.split("."):
-            node = getattr(node, part, None)
-            if node is None:
-                break
-        if isinstance(node, torch.nn.ModuleList):
-            return node
+    """The transformer layers of a network this project builds, or of a wrapper around one: ``HubertModel``'s
+    ``encoder.layers``, the data2vec 2.0 encoder's ``blocks``, the GPT decoder's ``transformer.h``."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and (f".{name}").endswith((".encoder.layers", ".blocks",
+                                                                              ".transformer.h")):
+            return module
     raise TypeError(f"no transformer layers found in {type(model).__name__}")
 
 
