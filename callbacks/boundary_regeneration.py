@@ -9,8 +9,8 @@ whatever point a run resumes from, each version is made exactly once:
   from a checkpoint saved at that validation's end gets here too: Lightning resumes by finishing the epoch.
 * ``on_train_start``: a checkpoint saved during the epoch-end hooks before the regeneration was done (by an
   earlier callback, or a preemption while it ran) resumes at the next epoch; the version is made before its first
-  batch. (That epoch's DataLoader was made before any fit hook: with workers, set the trainer's
-  ``reload_dataloaders_every_n_epochs: 1`` so that they serve the new version; the callback warns otherwise.)
+  batch. (That epoch's DataLoader was made before any fit hook, but its batches get their segments from the
+  DataModule's current version in the main process, so they carry the new version: :mod:`datamodules.speech`.)
 * ``on_fit_end``: a resumed run whose checkpoint left no epoch to train (the trainer skips training) still writes
   the final version.
 
@@ -23,8 +23,9 @@ counts and boundary metrics are summed over ranks; then:
     rank 0 invalidates version k+1 -> barrier -> every rank writes its shard atomically -> barrier
     -> rank 0 checks the shards and writes the manifest -> barrier -> every rank loads version k+1
 
-The DataModule swaps its boundaries in place, so the next epoch's dataloader iterator (its workers are forked
-anew each epoch) serves the new targets without rebuilding loaders. Unless the version is the final one
+The DataModule swaps its boundaries in place and cuts every batch's targets from the version in use when the batch
+reaches the model, so training switches to the new version at once, whichever DataLoader workers prepared the
+batches. Unless the version is the final one
 (``iterations``, for evaluation and unit extraction), the module then re-initialises the student
 (``start_iteration``) and the optimizer and LR schedule start again (unless training continues across
 iterations). With a segmenter that calibrates δ, δ is calibrated at fit start (so validation can cut before the
@@ -50,7 +51,9 @@ import torch
 
 from datamodules.boundary_store import BoundaryStore
 from datamodules.dataset import is_empty
+from datamodules.shard_store import StoreError
 from syllablelm.audio import SAMPLE_RATE
+from syllablelm.faults import fault_point
 from syllablelm.metrics import BoundaryMetric
 from syllablelm.segmenter import Segmenter
 
@@ -108,12 +111,7 @@ class BoundaryRegeneration(pl.Callback):
 
     def on_train_start(self, trainer, pl_module):
         # trainer.current_epoch = epochs complete; on a fresh run 0, so nothing is due
-        regenerated = self._next_iteration(trainer, pl_module, trainer.current_epoch)
-        workers = getattr(trainer.datamodule.hparams, "num_workers", 0)
-        if regenerated and workers > 0 and not trainer.reload_dataloaders_every_n_epochs:
-            # the trainer made this epoch's loader (forking its workers) before any fit hook ran
-            log.warning("resumed before a regeneration: this epoch's DataLoader workers started before it and still "
-                        "serve the previous boundary version; trainer reload_dataloaders_every_n_epochs: 1 avoids it")
+        self._next_iteration(trainer, pl_module, trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer, pl_module):
         self._next_iteration(trainer, pl_module, trainer.current_epoch + 1)
@@ -154,6 +152,7 @@ class BoundaryRegeneration(pl.Callback):
         record = self._reusable(trainer, pl_module, store, version)
         if record is None:
             record = self.regenerate(trainer, pl_module, store, version)
+            fault_point("regeneration.written")  # on disk, not yet in any checkpoint (tests crash here)
         trainer.datamodule.set_boundary_version(version)
         self.done = version
         self.history.append(record)
@@ -163,8 +162,11 @@ class BoundaryRegeneration(pl.Callback):
         """The record of ``version`` if it is already complete and was written by this module class (before a
         crash that predates the checkpoint); rank 0 decides for every rank."""
         reuse = False
-        if trainer.is_global_zero and store.is_complete(version):
-            reuse = store.manifest(version)["meta"].get("stage") == type(pl_module).__name__
+        if trainer.is_global_zero:
+            try:  # complete, and every shard's bytes as written (a damaged version is made again)
+                reuse = store.verify(version, checksums=True)["meta"].get("stage") == type(pl_module).__name__
+            except StoreError:
+                reuse = False
         if not trainer.strategy.broadcast(reuse, src=0):
             return None
         log.info("boundary version %d is already complete: reusing it", version)

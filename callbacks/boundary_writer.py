@@ -26,6 +26,7 @@ import numpy as np
 
 from datamodules.boundary_store import BoundaryStore
 from datamodules.dataset import item_keys
+from syllablelm.faults import fault_point
 from syllablelm.fileio import weights_fingerprint, write_json, write_npz
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class BoundaryWriter(pl.Callback):
             self._segments.setdefault(utt, []).append(segs)
         if self.flush_every and (batch_idx + 1) % self.flush_every == 0:
             self._flush(trainer.global_rank)
+        fault_point("predict_batch_end", type(pl_module).__name__)
 
     def _flush(self, rank: int) -> None:
         if not self._pending:

@@ -13,9 +13,17 @@ import numpy as np
 
 from syllablelm.alignments import check_segments
 
-from .shard_store import MANIFEST, IncompleteVersionError, ShardStore
+from .shard_store import (
+    MANIFEST,
+    AbsentVersionError,
+    DamagedVersionError,
+    IncompleteVersionError,
+    ShardStore,
+    StoreError,
+)
 
-__all__ = ["BoundaryStore", "IncompleteVersionError", "MANIFEST"]
+__all__ = ["BoundaryStore", "IncompleteVersionError", "AbsentVersionError", "DamagedVersionError", "StoreError",
+           "MANIFEST"]
 
 
 class BoundaryStore(ShardStore):
@@ -25,6 +33,14 @@ class BoundaryStore(ShardStore):
 
     def encode(self, utt: str, value, version: int) -> np.ndarray:
         return check_segments(value, where=f"utterance {utt!r} (boundary version {version})")
+
+    def writer_hint(self, version: int) -> str:
+        if int(version) == 0:
+            return ("LossPred's `syllablelm predict` (the teacher checkpoint with the boundary writer), which writes "
+                    "boundary version 0 (or `syllablelm store-reference` / `store-envelope` / `store-copy`, if one "
+                    "of them made this store)")
+        return (f"the SylBoost `syllablelm fit` that writes boundary version {int(version)} (its boundary "
+                f"regeneration after iteration {int(version)})")
 
     def decode(self, utt: str, value: np.ndarray, where: str, durations: Mapping[str, float] | None):
         duration = None if durations is None else durations.get(utt)

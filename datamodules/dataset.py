@@ -1,14 +1,22 @@
 """The map-style dataset behind every stage: items are whole utterances or chunks of long files.
 
-An item is ``(entry, offset, duration)`` in seconds of the original file. ``dataset[(epoch, [i, j, ...])]``
-returns a whole padded batch (the samplers yield batches, see :mod:`datamodules.samplers`)::
+An item is ``(entry, offset, duration)`` in seconds of the original file. ``dataset[(epoch, [i, j, ...], k)]``
+returns a whole padded batch, batch ``k`` of ``epoch`` (the samplers yield batches, see
+:mod:`datamodules.samplers`)::
 
     {"ids": [str] * B, "waves": (B, T) float32, "attention_mask": (B, T) long, "lengths": (B,) long,
      "offsets": (B,) float64 seconds where each wave starts in its file, "durations": (B,) file seconds,
      "segments": [(n, 2) float64 seconds, file time, clipped to the wave] or None per item,
      "alignments": [{tier: ((n, 2) seconds, labels)}, clipped] or None per item,
      "labels": (B, F) long frame labels of each wave (-100 = none/padding) when a label version is loaded,
-     "unreadable": [str] paths of the batch's files that could not be read (dropped, each with a warning)}
+     "unreadable": [str] paths of the batch's files that could not be read (dropped, each with a warning),
+     "unreadable_problems": [str] why, one per path,
+     "position": (epoch, k)}
+
+``segments`` are cut from the boundaries the dataset holds when the batch is built, possibly in a DataLoader
+worker forked before a newer boundary version was loaded; the DataModule therefore cuts them again in the main
+process right before the batch is used (:func:`attach_segments` in ``on_before_batch_transfer``), so a batch
+always carries the version training is on.
 
 A batch none of whose files can be read (they broke after the manifest was built) is an *empty* batch (B = 0,
 :func:`is_empty`), never ``None``: Lightning's training loop would skip a ``None`` without calling
@@ -112,8 +120,7 @@ class SpeechDataset(Dataset):
         out = {"id": entry.id, "wave": wave, "offset": offset, "duration": entry.seconds,
                "segments": None, "alignment": None, "labels": None}
         end = offset + len(wave) / self.sample_rate
-        if self.boundaries is not None and entry.id in self.boundaries:
-            out["segments"] = clip_segments(self.boundaries[entry.id], offset, end)[0]
+        out["segments"] = window_segments(self.boundaries, entry.id, offset, end)
         if self.alignments is not None and entry.id in self.alignments:
             clipped = {}
             for tier, (times, labels) in self.alignments[entry.id].items():
@@ -125,16 +132,41 @@ class SpeechDataset(Dataset):
             out["labels"] = self.labels[entry.id][first:first + num_frames(len(wave))]
         return out
 
-    def __getitem__(self, request: tuple[int, list[int]] | int) -> dict:
-        epoch, indices = (0, [request]) if isinstance(request, (int, np.integer)) else request
-        loaded, unreadable = [], []
+    def __getitem__(self, request: tuple[int, list[int], int] | tuple[int, list[int]] | int) -> dict:
+        if isinstance(request, (int, np.integer)):
+            request = (0, [int(request)])
+        epoch, indices, *index = request
+        loaded, unreadable, problems = [], [], []
         for i in indices:
             try:
                 loaded.append(self.load(i, epoch))
             except AudioError as e:  # checked at manifest time; a file that broke since is skipped, not fatal
                 log.warning("skipping %s", e)
                 unreadable.append(e.path)
-        return collate(loaded, unreadable)  # empty when nothing could be read (module docstring)
+                problems.append(e.problem)
+        batch = collate(loaded, unreadable)  # empty when nothing could be read (module docstring)
+        batch["unreadable_problems"] = problems
+        batch["position"] = (int(epoch), int(index[0]) if index else -1)
+        return batch
+
+
+def window_segments(boundaries: Mapping[str, np.ndarray] | None, utt: str, start: float,
+                    end: float) -> np.ndarray | None:
+    """The stored segments of ``utt`` that overlap the window ``[start, end)`` seconds, clipped to it; None when
+    ``utt`` has no boundaries."""
+    if boundaries is None or utt not in boundaries:
+        return None
+    return clip_segments(boundaries[utt], start, end)[0]
+
+
+def attach_segments(batch: dict, boundaries: Mapping[str, np.ndarray] | None, sample_rate: int) -> dict:
+    """Cut every item's ``segments`` again from ``boundaries`` (the version in use now), in place."""
+    if is_empty(batch) or "segments" not in batch:
+        return batch
+    batch["segments"] = [
+        window_segments(boundaries, utt, float(off), float(off) + int(n) / sample_rate)
+        for utt, off, n in zip(batch["ids"], batch["offsets"], batch["lengths"])]
+    return batch
 
 
 def keep_batch(batch: dict) -> dict:

@@ -29,11 +29,18 @@ def broadcast(obj, trainer=None):
 
 def resolve_version(store, version, trainer=None) -> int:
     """A store version number; ``"latest"`` is resolved on rank 0 and broadcast, so every rank reads the same
-    version even when their views of a shared filesystem lag."""
+    version even when their views of a shared filesystem lag. When rank 0 cannot resolve it (no complete version,
+    or a damaged one newer than the newest complete: :meth:`~datamodules.shard_store.ShardStore.latest_version`),
+    its error is broadcast and raised on every rank, instead of leaving the others waiting."""
     if version != "latest":
         return int(version)
-    latest = store.latest_version() if rank_world(trainer)[0] == 0 else None
-    latest = broadcast(latest, trainer)
-    if latest is None:
-        raise FileNotFoundError(f"{store.root}: no complete {store.kind} version to read")
-    return int(latest)
+    answer = None
+    if rank_world(trainer)[0] == 0:
+        try:
+            answer = store.resolve("latest")
+        except Exception as e:  # every error must reach the ranks that wait for the answer
+            answer = e
+    answer = broadcast(answer, trainer)
+    if isinstance(answer, BaseException):
+        raise answer
+    return int(answer)

@@ -28,6 +28,10 @@ class LabelStore(ShardStore):
                                f"non-negative integer labels, got {labels.dtype} {labels.shape}")
         return labels.astype(np.int32)
 
+    def writer_hint(self, version: int) -> str:
+        return (f"`syllablelm labels --out {self.root} --version {int(version)}` with the features, checkpoint and "
+                "k-means it was written from")
+
     def decode(self, utt: str, value: np.ndarray, where: str, num_samples: Mapping[str, int] | None):
         if num_samples is not None and utt in num_samples:
             expected = num_frames(num_samples[utt])

@@ -1,9 +1,12 @@
 """Audio manifests: one scan of a corpus folder (LibriSpeech or LibriLight layout), cached on disk.
 
 A manifest row is ``(id, path, num_samples, sample_rate, channels)``. Files that cannot be used — unreadable,
-empty, truncated, too short — are dropped *here*, once, with a logged count and their names, so that no epoch
-can crash halfway on a bad file. The cache keeps every file's ``(size, mtime)``: a rescan reuses the rows of
-unchanged files and only opens new or modified ones.
+empty, truncated, with NaN or infinite samples (``verify="decode"``: every sample is decoded once), too short —
+are dropped *here*, once, with a logged count and their names, so that no epoch can crash halfway on a bad file.
+Each dropped file is also recorded as skipped (:func:`syllablelm.outcome.record_skip`, ``where="manifest"``), so
+the command line's summary and exit status 4 cover every stage that reads audio through a manifest. The cache keeps
+every file's ``(size, mtime)`` and its verdict: a rescan reuses the rows of unchanged files and only opens new or
+modified ones (a cached "bad" verdict is reported and recorded again, as a fresh one).
 
 Files are found by :func:`syllablelm.audio.list_audio` (the listing ``syllablelm tokenize`` uses too): symbolic
 links to folders and files are followed, a folder reached twice is searched once, hidden names are skipped.
@@ -29,11 +32,12 @@ from tqdm.auto import tqdm
 
 from syllablelm.audio import AudioError, audio_info, decoded_length, list_audio
 from syllablelm.fileio import write_json
+from syllablelm.outcome import record_skip
 
 log = logging.getLogger(__name__)
 
 LIBRISPEECH_ID = re.compile(r"^\d+-\d+-\d+$")
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: the decode check refuses NaN/inf samples (caches of older checks are rebuilt once)
 Verify = Literal["header", "decode"]
 
 
@@ -119,7 +123,9 @@ def build_manifest(
     """Scan ``roots`` (folders or single files), reusing the on-disk cache, and return the usable files.
 
     Raises ``FileNotFoundError`` for a missing root, ``ValueError`` for duplicate ids or when no usable file
-    is left (the message lists the first problems found).
+    is left (the message lists the first problems found). Every file left out is in ``Manifest.skipped`` with its
+    problem and recorded as skipped by the manifest (:func:`syllablelm.outcome.record_skip`: each logged once per
+    process, counted in the command line's summary).
     """
     roots = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
     entries: list[Entry] = []
@@ -133,6 +139,8 @@ def build_manifest(
         if e.id in seen:
             raise ValueError(f"duplicate utterance id {e.id!r}: {seen[e.id]} and {e.path}")
         seen[e.id] = e.path
+    for path, problem in skipped.items():
+        record_skip(path, problem, "manifest")
     if skipped:
         reasons: dict[str, int] = {}
         for problem in skipped.values():

@@ -1,7 +1,7 @@
 """Length-bucketed batch samplers that are exact under DDP.
 
-Both samplers yield whole batches, ``(epoch, [dataset indices])``, and the DataLoader runs with
-``batch_size=None`` so the dataset builds (and pads) each batch itself. They subclass ``DistributedSampler``
+Both samplers yield whole batches, ``(epoch, [dataset indices], batch index in the epoch)``, and the DataLoader
+runs with ``batch_size=None`` so the dataset builds (and pads) each batch itself. They subclass ``DistributedSampler``
 only so that Lightning recognises them as already distributed and leaves them alone; their sharding is
 their own:
 
@@ -10,6 +10,12 @@ their own:
   divide evenly), which DDP training needs to stay in lock-step.
 - :class:`EvalBatchSampler` — no shuffling, no repeats: it batches one rank's own dataset (built from an
   unrepeated contiguous shard, see :func:`syllablelm.fileio.shard_range`), longest first.
+
+Resuming (:mod:`datamodules.resume`): the batches of an epoch are a function of ``(seed, epoch)``, and
+:meth:`EpochBatchSampler.resume` makes the next iterator start at a given batch of a given epoch, so a run restarted
+from a checkpoint serves exactly the batches the interrupted run had not trained on yet. The batch index travels
+with each batch (the datasets put it in ``batch["position"]``), which is how the DataModule knows where training
+stands when a checkpoint is saved.
 """
 from __future__ import annotations
 
@@ -40,7 +46,7 @@ def make_batches(order: Sequence[int], seconds: np.ndarray, batch_size: int,
     return batches
 
 
-class _BatchSampler(DistributedSampler):
+class EpochBatchSampler(DistributedSampler):
     def __init__(self, seconds: Sequence[float], *, batch_size: int, max_batch_seconds: float | None,
                  rank: int, world_size: int, shuffle: bool, seed: int):
         if batch_size < 1:
@@ -50,23 +56,54 @@ class _BatchSampler(DistributedSampler):
         self.batch_size = batch_size
         self.max_batch_seconds = max_batch_seconds
         self._cache: tuple[int, list[list[int]]] | None = None
+        self._resume: tuple[int, int] | None = None
 
-    def _batches(self) -> list[list[int]]:
-        if self._cache is None or self._cache[0] != self.epoch:
-            self._cache = (self.epoch, self._make())
+    def _batches(self, epoch: int | None = None) -> list[list[int]]:
+        epoch = self.epoch if epoch is None else epoch
+        if self._cache is None or self._cache[0] != epoch:
+            saved, self.epoch = self.epoch, epoch
+            try:
+                self._cache = (epoch, self._make())
+            finally:
+                self.epoch = saved
         return self._cache[1]
 
     def _make(self) -> list[list[int]]:
         raise NotImplementedError
 
-    def __iter__(self) -> Iterator[tuple[int, list[int]]]:
-        return iter([(self.epoch, b) for b in self._batches()])
+    def resume(self, epoch: int, start: int) -> None:
+        """Make the next iterator serve ``epoch`` from its batch ``start`` on (once; later iterators follow
+        ``set_epoch`` again). ``start`` at or past the epoch's last batch means the epoch is over: the next
+        iterator serves epoch ``epoch + 1`` from its first batch."""
+        if start >= len(self._batches(epoch)):
+            epoch, start = epoch + 1, 0
+        self._resume = (int(epoch), int(start))
+        self.set_epoch(epoch)
+
+    @property
+    def resuming(self) -> bool:
+        """True until the iterator that :meth:`resume` set up has served its first batch."""
+        return self._resume is not None
+
+    @property
+    def next_epoch(self) -> int:
+        """The epoch the next iterator serves."""
+        return self._resume[0] if self._resume is not None else self.epoch
+
+    def __iter__(self) -> Iterator[tuple[int, list[int], int]]:
+        # a generator: the resume point is taken when the first batch is, not when the iterator is made (a
+        # multi-process DataLoader iterator calls iter() on its sampler twice and uses the second)
+        epoch, start = self._resume if self._resume is not None else (self.epoch, 0)
+        self._resume = None
+        batches = self._batches(epoch)
+        for i in range(start, len(batches)):
+            yield epoch, batches[i], i
 
     def __len__(self) -> int:
         return len(self._batches())
 
 
-class TrainBatchSampler(_BatchSampler):
+class TrainBatchSampler(EpochBatchSampler):
     """Shuffled, length-bucketed batches, sharded round-robin across ranks with equal counts per rank.
 
     Each epoch: a seeded permutation (seed + epoch; identical on every rank) is cut into windows of
@@ -96,7 +133,7 @@ class TrainBatchSampler(_BatchSampler):
         return padded[self.rank::self.num_replicas]
 
 
-class EvalBatchSampler(_BatchSampler):
+class EvalBatchSampler(EpochBatchSampler):
     """Every item of a rank-local dataset exactly once, longest first, never shuffled or repeated."""
 
     def __init__(self, seconds: Sequence[float], *, batch_size: int, max_batch_seconds: float | None = None):

@@ -9,6 +9,11 @@ Under DDP, training batches are sharded by rank (equal counts per rank); validat
 offline passes of later stages (:meth:`offline_dataloader`) read an unrepeated contiguous shard per rank, so
 every utterance is seen exactly once and metrics are exact. Long files are cut at pauses into chunks of at most
 ``chunk_seconds`` for offline passes; each chunk's ``offset`` maps results back to file time.
+
+Checkpoints hold the boundary version in use and the next training batch (:mod:`datamodules.resume`): a run
+restarted from one reads the same version and serves exactly the batches the interrupted run had not trained on.
+Each batch's ``segments`` are cut from the version in use when the batch reaches the model (in the main process),
+never from what a DataLoader worker forked before a regeneration still holds.
 """
 from __future__ import annotations
 
@@ -22,21 +27,23 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from syllablelm.alignments import SegmentError, index_alignments, load_alignment
-from syllablelm.audio import SAMPLE_RATE, chunk_at_pauses, pause_chunks, read_audio
+from syllablelm.audio import SAMPLE_RATE, AudioError, chunk_at_pauses, pause_chunks, read_audio
 from syllablelm.fileio import shard_range
+from syllablelm.outcome import record_skip
 
 from .boundary_store import BoundaryStore
-from .dataset import CropMode, Item, SpeechDataset, keep_batch
+from .dataset import CropMode, Item, SpeechDataset, attach_segments, keep_batch
 from .distributed import rank_world, resolve_version
 from .label_store import LabelStore
 from .manifest import Entry, Manifest, Verify, build_manifest, librilight_voice_activity
+from .resume import ResumableData, SeededLoader
 from .samplers import EvalBatchSampler, TrainBatchSampler
 
 log = logging.getLogger(__name__)
 Split = Literal["train", "val", "test", "predict"]
 
 
-class SpeechDataModule(pl.LightningDataModule):
+class SpeechDataModule(ResumableData, pl.LightningDataModule):
     """Audio (+ optional alignments, + optional boundary-store version) for every stage.
 
     Args:
@@ -125,6 +132,26 @@ class SpeechDataModule(pl.LightningDataModule):
 
     def _resolve(self, store, version) -> int:
         return resolve_version(store, version, self.trainer)
+
+    # ---- checkpoint state and the batches' segments ---------------------------------------------------
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.version is not None:
+            state["boundary_version"] = int(self.version)
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the training position and the boundary version the checkpointed run was on."""
+        super().load_state_dict(state_dict)
+        version = state_dict.get("boundary_version")
+        if version is not None and self.hparams.boundary_dir is not None and version != self.version:
+            self.set_boundary_version(int(version))
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        batch = super().on_before_batch_transfer(batch, dataloader_idx)
+        if self.boundaries is not None and isinstance(batch, dict):
+            attach_segments(batch, self.boundaries, self.hparams.sample_rate)
+        return batch
 
     def _maybe_manifest(self, split: str) -> None:
         if self.dirs[split] or (split == "predict" and self.dirs["train"]):
@@ -221,7 +248,11 @@ class SpeechDataModule(pl.LightningDataModule):
                 vad = librilight_voice_activity(e.path)
                 plan = None if vad is None else chunk_at_pauses(e.seconds, vad, max_seconds=chunk_seconds)
                 if plan is None:
-                    wave = read_audio(e.path, self.hparams.sample_rate)
+                    try:
+                        wave = read_audio(e.path, self.hparams.sample_rate)
+                    except AudioError as err:  # broke after the manifest was built: skipped, not fatal
+                        record_skip(err.path, err.problem, f"{split} chunking")
+                        continue
                     plan = pause_chunks(wave, self.hparams.sample_rate, max_seconds=chunk_seconds)
                 items += [Item(k, a, b - a) for a, b in plan]
             else:
@@ -231,11 +262,11 @@ class SpeechDataModule(pl.LightningDataModule):
                              alignments=self.alignments(split) if self.hparams.alignment_dir else None,
                              labels=self.labels)
 
-    def _loader(self, dataset: SpeechDataset, sampler) -> DataLoader:
+    def _loader(self, dataset: SpeechDataset, sampler, *, training: bool = False) -> DataLoader:
         n = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=n, collate_fn=keep_batch,
-                          persistent_workers=False, pin_memory=torch.cuda.is_available(),
-                          prefetch_factor=2 if n > 0 else None)
+        return SeededLoader(dataset, sampler=sampler, seed=self.hparams.seed, num_workers=n, collate_fn=keep_batch,
+                            epoch_of=self.training_epoch if training else None, persistent_workers=False,
+                            pin_memory=torch.cuda.is_available(), prefetch_factor=2 if n > 0 else None)
 
     def offline_dataloader(self, split: str = "predict", *, crop_seconds: float | None = None,
                            chunk_seconds: float | None = None) -> DataLoader:
@@ -253,7 +284,7 @@ class SpeechDataModule(pl.LightningDataModule):
         ds = self.dataset("train", crop_seconds=hp.crop_seconds, crop_mode=hp.crop_mode)
         sampler = TrainBatchSampler(ds.seconds, batch_size=hp.batch_size, max_batch_seconds=hp.max_batch_seconds,
                                     rank=rank, world_size=world, seed=hp.seed)
-        return self._loader(ds, sampler)
+        return self._loader(ds, self.resumable(sampler), training=True)
 
     def val_dataloader(self) -> DataLoader:
         return self.offline_dataloader("val", crop_seconds=self.hparams.eval_crop_seconds)

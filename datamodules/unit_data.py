@@ -14,6 +14,8 @@ A *window* is a slice of ``context_length + 1`` tokens; the model reads ``window
   to a random window (seeded by seed, epoch and item: identical on every rank and in any worker); validation
   splits them into consecutive windows instead, so every token is still scored exactly once.
 
+Resume: a checkpoint holds the next training batch and a restarted run serves from there (:mod:`datamodules.resume`).
+
 Sharding. Training: :class:`~datamodules.samplers.TrainBatchSampler` over window lengths — the same seeded
 per-epoch shuffle on every rank, batches dealt round-robin with equal counts per rank (DDP steps in lock-step;
 a few batches repeat when they do not divide evenly). Packed windows all have one length, so its length
@@ -44,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 from syllablelm.fileio import shard_range
 
 from .distributed import rank_world, resolve_version
+from .resume import ResumableData, SeededLoader
 from .samplers import EvalBatchSampler, TrainBatchSampler
 from .unit_store import UnitStore
 
@@ -70,7 +73,8 @@ def split_windows(start: int, length: int, context_length: int) -> tuple[np.ndar
 
 
 class UnitWindows(Dataset):
-    """Windows ``stream[s : s + l]`` as batches. Items are ``(epoch, [window indices])`` from the batch samplers;
+    """Windows ``stream[s : s + l]`` as batches. Items are ``(epoch, [window indices], batch index)`` from the
+    batch samplers (the batch keeps ``position = (epoch, batch index)``, :mod:`datamodules.resume`);
     a window longer than ``context_length + 1`` is cropped at a random offset seeded by (seed, epoch, index)."""
 
     def __init__(self, stream: np.ndarray, starts: np.ndarray, lengths: np.ndarray, *, context_length: int,
@@ -93,8 +97,8 @@ class UnitWindows(Dataset):
             n = self.context_length + 1
         return self.stream[s:s + n].astype(np.int64)
 
-    def __getitem__(self, item: tuple[int, list[int]]) -> dict[str, torch.Tensor]:
-        epoch, indices = item
+    def __getitem__(self, item: tuple[int, list[int], int]) -> dict:
+        epoch, indices, *index = item
         windows = [self.window(i, epoch) for i in indices]
         T = max(len(w) for w in windows) - 1
         inp = torch.full((len(windows), T), self.pad_id, dtype=torch.long)
@@ -102,10 +106,11 @@ class UnitWindows(Dataset):
         for b, w in enumerate(windows):
             w = torch.from_numpy(w)
             inp[b, :len(w) - 1], tgt[b, :len(w) - 1] = w[:-1], w[1:]
-        return {"input": inp, "target": tgt}  # (B, T) each
+        return {"input": inp, "target": tgt,  # (B, T) each
+                "position": (int(epoch), int(index[0]) if index else -1)}
 
 
-class UnitsDataModule(pl.LightningDataModule):
+class UnitsDataModule(ResumableData, pl.LightningDataModule):
     """Unit sequences for the SpeechLM (module docstring: packing, cropping, sharding).
 
     Args:
@@ -157,7 +162,7 @@ class UnitsDataModule(pl.LightningDataModule):
         if self._vocab is None:
             store = UnitStore(self.hparams.unit_dir)
             v = self.hparams.version
-            self._vocab = store.vocab_size(store.latest_version() if v == "latest" else int(v))
+            self._vocab = store.vocab_size(store.resolve(v))
         return self._vocab
 
     @property
@@ -166,7 +171,7 @@ class UnitsDataModule(pl.LightningDataModule):
         if self._variant is None:
             store = UnitStore(self.hparams.unit_dir)
             v = self.hparams.version
-            self._variant = (store.variant(store.latest_version() if v == "latest" else int(v)),)
+            self._variant = (store.variant(store.resolve(v)),)
         return self._variant[0]
 
     # ---- setup --------------------------------------------------------------------------------------------
@@ -230,18 +235,19 @@ class UnitsDataModule(pl.LightningDataModule):
         return UnitWindows(stream, w_starts, w_lengths, context_length=C, pad_id=sep, seed=self.hparams.seed)
 
     # ---- loaders ------------------------------------------------------------------------------------------
-    def _loader(self, dataset: UnitWindows, sampler) -> DataLoader:
+    def _loader(self, dataset: UnitWindows, sampler, *, training: bool = False) -> DataLoader:
         n = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=n, persistent_workers=False,
-                          pin_memory=torch.cuda.is_available(), prefetch_factor=2 if n > 0 else None)
+        return SeededLoader(dataset, sampler=sampler, seed=self.hparams.seed, num_workers=n, persistent_workers=False,
+                            epoch_of=self.training_epoch if training else None, pin_memory=torch.cuda.is_available(),
+                            prefetch_factor=2 if n > 0 else None)
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         rank, world = self._rank_world()
         ds = self.datasets["train"]
-        return self._loader(ds, TrainBatchSampler(ds.sizes, batch_size=hp.batch_size,
-                                                  max_batch_seconds=hp.max_batch_tokens, rank=rank,
-                                                  world_size=world, seed=hp.seed))
+        return self._loader(ds, self.resumable(TrainBatchSampler(ds.sizes, batch_size=hp.batch_size,
+                                                                 max_batch_seconds=hp.max_batch_tokens, rank=rank,
+                                                                 world_size=world, seed=hp.seed)), training=True)
 
     def val_dataloader(self) -> DataLoader | list:
         if "val" not in self.datasets:

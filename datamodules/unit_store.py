@@ -27,7 +27,7 @@ from syllablelm.alignments import SegmentError, check_segments
 from syllablelm.fileio import write_json
 from syllablelm.units import check_variant
 
-from .shard_store import IncompleteVersionError, ShardStore
+from .shard_store import ShardStore, StoreError
 
 VARIANT_FILE = "unit_variant.json"  # beside the shards while a version is written: resumes must not mix variants
 
@@ -56,6 +56,10 @@ class UnitStore(ShardStore):
                                f"{ids.shape} for {len(seg)} segments")
         return np.concatenate([seg, ids[:, None].astype(np.float64)], 1)
 
+    def writer_hint(self, version: int) -> str:
+        return (f"`syllablelm units --out {self.root} --version {int(version)}` with the tokenizer checkpoint, "
+                "data and --variant it was written from")
+
     def decode(self, utt: str, value: np.ndarray, where: str, durations: Mapping[str, float] | None):
         value = value.reshape(-1, 3)
         duration = None if durations is None else durations.get(utt)
@@ -78,9 +82,9 @@ class UnitStore(ShardStore):
         complete version's manifest, or the variant file an earlier, stopped run left beside its shards);
         otherwise record ``variant`` beside the shards. Every rank may call it (same content, atomic write)."""
         check_variant(variant)
-        try:
-            done = self.variant(version)
-        except IncompleteVersionError:
+        try:  # the manifest as recorded: a rerun that regenerates a damaged version must get past this
+            done = variant_of_meta(self.manifest(version, check_shards=False)["meta"])
+        except StoreError:  # absent, incomplete, or a manifest that does not read: nothing to disagree with
             done = None
         marker = self.version_dir(version) / VARIANT_FILE
         started = json.loads(marker.read_text())["variant"] if marker.is_file() else None

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import re
 import sys
+
+from syllablelm.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE, finish, reset_skips
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 # name -> ("module:function", one-line help). Later stages add their commands here.
@@ -57,10 +61,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def lightning_cli(args: list[str] | None, **kwargs):
     """LightningCLI with the project's defaults: subclass mode for model and data (the config's class_path
-    picks the stage), a fixed default seed, and a saved config that a repeated run may overwrite."""
+    picks the stage), a fixed default seed, a saved config that a repeated run may overwrite, and the
+    :class:`~callbacks.exact_resume.ExactResume` callback in every stage (a resumed run draws the same random
+    numbers as an uninterrupted one)."""
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
+    from callbacks.exact_resume import ExactResume
+
+    kwargs.setdefault("trainer_defaults", {"callbacks": [ExactResume()]})
     kwargs.setdefault("subclass_mode_model", True)
     kwargs.setdefault("subclass_mode_data", True)
     kwargs.setdefault("seed_everything_default", 0)
@@ -100,20 +109,99 @@ def _setup_logging() -> None:
             logger.propagate = False
 
 
-def main(argv: list[str] | None = None):
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit status (:mod:`syllablelm.outcome`: 0 done, 1 failed, 2 usage error,
+    4 done with skipped inputs). An error ends in one line on stderr; ``--debug`` (anywhere on the command line, or
+    ``SYLLABLELM_DEBUG=1``) shows the traceback instead, and ``--verbose`` (or ``SYLLABLELM_VERBOSE=1``) keeps the
+    tips and deprecation warnings of Lightning and other libraries that are filtered out otherwise."""
     from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("SYLLABLELM_DEBUG") == "1"
+    verbose = "--verbose" in argv or os.environ.get("SYLLABLELM_VERBOSE") == "1"
+    argv = [a for a in argv if a not in ("--debug", "--verbose")]
+    if from_sys:
+        sys.argv = [sys.argv[0], *argv]  # LightningCLI reads sys.argv itself when run as a script
     _setup_logging()
+    if not verbose:
+        quiet_libraries()
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
-        return 0
-    if argv[0] in COMMANDS:
-        return run_command(argv[0], argv[1:])
-    if argv[0] in LIGHTNING_COMMANDS or argv[0].startswith("-"):
-        lightning_cli(None if from_sys else argv)  # LightningCLI reads sys.argv itself when run as a script
-        return 0
-    print(f"syllablelm: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
-    return 2
+        return EXIT_OK
+    command = argv[0]
+    if command not in COMMANDS and command not in LIGHTNING_COMMANDS and not command.startswith("-"):
+        print(f"syllablelm: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return EXIT_USAGE
+    reset_skips()  # this command's skips only (tests and the pipeline run several commands in one process)
+    try:
+        if command in COMMANDS:
+            status = run_command(command, argv[1:])
+        else:
+            lightning_cli(None if from_sys else argv)
+            status = EXIT_OK
+    except KeyboardInterrupt:
+        print(f"syllablelm {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # SystemExit (argparse, explicit exits) passes through
+        if debug:
+            raise
+        logging.getLogger(__name__).debug("%s failed", command, exc_info=True)
+        print(f"syllablelm {command}: error: {error_line(e)}\n  (run again with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return finish(status)
+
+
+def error_line(e: BaseException) -> str:
+    """The message of an error as one line: its first line, with the exception type when the message alone would
+    not say what happened."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else ""
+    if not first or type(e).__name__ in ("KeyError", "IndexError", "AssertionError", "AttributeError", "TypeError",
+                                        "ZeroDivisionError", "NameError"):
+        return f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return first + (" [...]" if len(text.splitlines()) > 1 else "")
+
+
+# Library chatter that fills stage logs without telling a user anything about their run. ``--verbose`` keeps it.
+QUIET_MESSAGES = (
+    r".*Tip:.*",                                    # Lightning's product tips (litlogger, litmodels)
+    r".*litlogger.*", r".*litmodels.*",
+    r"(GPU|TPU|HPU) available: .*",                 # hardware inventory lines
+    r"`Trainer\(limit_.*",
+)
+QUIET_WARNINGS = (
+    r".*does not have many workers which may be a bottleneck.*",
+    r".*Found \d+ module\(s\) in eval mode.*",     # SylBoost's frozen teacher is in eval mode on purpose
+    r".*is smaller than the logging interval.*",
+    r".*srun.*command is available on your system.*",
+    r".*`isinstance\(treespec, LeafSpec\)`.*",
+)
+
+
+class _DropMatching(logging.Filter):
+    def __init__(self, patterns):
+        super().__init__()
+        self.patterns = [re.compile(p, re.S) for p in patterns]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(p.match(message) for p in self.patterns)
+
+
+def quiet_libraries() -> None:
+    """Filter deprecation warnings, Lightning's tips and its known-noise warnings out of this process's output."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    drop = _DropMatching(QUIET_MESSAGES)
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
+                 "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMatching) for f in logger.filters):
+            logger.addFilter(drop)
 
 
 if __name__ == "__main__":

@@ -7,20 +7,28 @@ synth -> labels -> teacher (the shipped tiny teachers, or ``--from-scratch``) ->
 from the shipped backbone: ``experiments/pretrained/README.md`` says why and how it was made) -> quantize -> units
 -> SpeechLM -> evaluation (boundaries of every stage and the baselines on the held-out test split with the shift
 tuned on dev, clustering, bitrates, LM pair accuracy) -> ``DIR/report.json`` and ``DIR/report.md`` with figures.
-Every stage runs as its own ``syllablelm`` process (its wall time and peak memory are measured) and is skipped
-when its output already exists, so an interrupted demo resumes.
+Every stage runs as its own ``syllablelm`` process (its wall time and peak memory are measured and kept in its
+marker, ``DIR/logs/STAGE.done.json``; each attempt's log is ``DIR/logs/STAGE.attempt-K.log``) and is skipped on a
+rerun once it finished with its outputs whole (:mod:`experiments.stage_state`), so an interrupted demo resumes and its
+report keeps the original timings. Progress goes to stdout (``[k/N] stage: running``, a line every 15 s with the
+elapsed time and the stage's latest log line, ``done in X s`` or ``skipped``). SIGTERM or Ctrl-C stops the running
+stage, waits for it and exits (143 / 130). Exit status: 0 with a whole report; 1 when a stage failed (one line:
+the stage, its exit status, its last error line and its log) or the report misses a section (each named in the
+report, as ``missing: what (why)``, and in one line on stderr).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.stage_runner import REPO, Runner, regenerate_test_too, write_config
-from syllablelm.fileio import write_json
+from experiments.stage_runner import REPO, Runner, StageFailed, regenerate_test_too, write_config
+from experiments.stage_state import StoreVersion, duration
+from syllablelm.outcome import EXIT_FAILED, EXIT_OK
 
 log = logging.getLogger(__name__)
 SHIPPED = REPO / "experiments" / "pretrained"  # the tiny models this project trained (see its README)
@@ -69,8 +77,42 @@ def main(argv: list[str] | None = None) -> int:
     wd = args.workdir.resolve()
     wd.mkdir(parents=True, exist_ok=True)
     size = TINY if args.tiny else FULL
-    run = Runner(wd)
+    missing = [f for f in SHIPPED_FILES if not (SHIPPED / f).exists()]
+    if missing and not args.from_scratch:  # never a silently different demo (e.g. an install without them)
+        raise SystemExit(f"syllablelm demo: shipped models missing from {SHIPPED}: {', '.join(missing)} "
+                         "(reinstall, or run with --from-scratch to train a teacher here)")
+    shipped = not args.from_scratch
     t0 = time.perf_counter()
+    run = Runner(wd, total=len(STAGES) - shipped)  # the shipped teachers are copied, not trained
+    try:
+        teacher_ckpt, tokenizer = run_stages(run, wd, size, args, precision, shipped)
+    except StageFailed as e:
+        print(f"syllablelm demo: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+    from experiments.report import build_report
+
+    print(f"report: writing {wd / 'report.md'}", flush=True)
+    report = build_report(wd, teacher_ckpt=teacher_ckpt, tokenizer=tokenizer, timings=run.timings,
+                          seconds=time.perf_counter() - t0 - run.ran_seconds, tiny=args.tiny,
+                          shipped_teacher=shipped, accelerator=args.accelerator, losspred_precision=precision)
+    if report["missing"]:  # one line: what is missing and why, the sections that need it counted
+        causes = report.get("missing_causes") or report["missing"]
+        more = len(report["missing"]) - len(causes)
+        print(f"syllablelm demo: the report misses {len(report['missing'])} section(s): {'; '.join(causes)}"
+              f"{f' (and {more} that need them)' if more else ''}; see {wd / 'report.md'}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"report: {wd / 'report.md'} (total {duration(report['total_seconds'])}, each stage as recorded when it "
+          f"ran; this run {duration(time.perf_counter() - t0)})")
+    return EXIT_OK
+
+
+# every stage the demo runs, in order (``teacher`` only with --from-scratch)
+STAGES = ("synth", "labels", "teacher", "losspred", "sylboost", "quantize", "units", "speechlm", "pairs", "evaluate")
+
+
+def run_stages(run: Runner, wd: Path, size: Size, args, precision: str, shipped: bool) -> tuple[Path, Path]:
+    """Run (or skip) every stage; returns the teacher checkpoint LossPred used and the tokenizer checkpoint."""
     data, runs = wd / "data" / "synth", wd / "runs"
     splits = [str(data / s) for s in ("train", "dev", "test")]
     cache = ["--manifest-cache", str(wd / "cache")]
@@ -79,18 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     run.run("synth", ["synth", "--out", str(data), "--num-utterances", str(size.utterances), "--speakers",
                       str(size.speakers), "--seed", str(args.seed), "--no-progress"], done=data / "synth.json")
     teacher_ckpt = runs / "teacher" / "checkpoints" / "last.ckpt"
-    missing = [f for f in SHIPPED_FILES if not (SHIPPED / f).exists()]
-    if missing and not args.from_scratch:  # never a silently different demo (e.g. an install without them)
-        raise SystemExit(f"syllablelm demo: shipped models missing from {SHIPPED}: {', '.join(missing)} "
-                         "(reinstall, or run with --from-scratch to train a teacher here)")
-    shipped = not args.from_scratch
     labels = ["labels", "--data", *splits, "--out", str(runs / "labels"), *cache, *device]
     if shipped:  # the paper's arrangement: LossPred's teacher predicts k-means labels of another model's layer
         labels += ["--features", "teacher", "--checkpoint", str(SHIPPED / "teacher.ckpt"), "--layer", "2",
                    "--kmeans", str(SHIPPED / "kmeans_layer2.npy")]
     else:
         labels += ["--num-clusters", "100", "--fit-hours", "0.3"]
-    run.run("labels", labels, done=runs / "labels" / "iter_0" / "manifest.json")
+    run.run("labels", labels, done=StoreVersion(runs / "labels", 0, "labels"))
     teacher_cfg = write_config("teacher.yaml", wd / "configs" / "teacher.yaml", wd, lambda c: (
         c["trainer"].update(max_epochs=size.teacher_epochs, enable_progress_bar=False, accelerator=args.accelerator),
         c["data"]["init_args"].update(test_dirs=[splits[2]], predict_dirs=splits, manifest_cache=str(wd / "cache"))))
@@ -99,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy(SHIPPED / "teacher_iter2.ckpt", teacher_ckpt)
     else:
         run.run("teacher", ["fit", "--config", str(teacher_cfg)], done=teacher_ckpt, resume=teacher_ckpt)
+    boundaries = runs / "boundaries"
     run.run("losspred", ["predict", "--config", str(teacher_cfg), "--ckpt_path", str(teacher_ckpt),
-                         f"--trainer.precision={precision}"],
-            done=runs / "boundaries" / "iter_0" / "manifest.json")
+                         f"--trainer.precision={precision}"], done=StoreVersion(boundaries, 0, "boundary"))
     sylboost_cfg = write_config("sylboost.yaml", wd / "configs" / "sylboost.yaml", wd, lambda c: (
         c["trainer"].update(max_epochs=2 * size.sylboost_epochs, enable_progress_bar=False,
                             check_val_every_n_epoch=max(1, size.sylboost_epochs // 2), accelerator=args.accelerator),
@@ -109,14 +146,15 @@ def main(argv: list[str] | None = None) -> int:
                                        init_from=str(SHIPPED / "backbone" if shipped else teacher_ckpt)),
         c["data"]["init_args"].update(manifest_cache=str(wd / "cache")),
         regenerate_test_too(c)))
-    run.run("sylboost", ["fit", "--config", str(sylboost_cfg)], done=runs / "boundaries" / "iter_2" / "manifest.json",
-            resume=runs / "sylboost" / "checkpoints" / "last.ckpt")
+    sylboost_ckpt = runs / "sylboost" / "checkpoints" / "last.ckpt"
+    run.run("sylboost", ["fit", "--config", str(sylboost_cfg)], resume=sylboost_ckpt,
+            done=[StoreVersion(boundaries, 1, "boundary"), StoreVersion(boundaries, 2, "boundary"), sylboost_ckpt])
     tokenizer = runs / "tokenizer.ckpt"
-    run.run("quantize", ["quantize", "--checkpoint", str(runs / "sylboost" / "checkpoints" / "last.ckpt"), "--data",
-                         splits[0], "--k", str(size.kmeans), "--k-merged", str(size.units), "--hours", "1",
-                         "--out", str(tokenizer), *cache, *device], done=tokenizer)
+    run.run("quantize", ["quantize", "--checkpoint", str(sylboost_ckpt), "--data", splits[0], "--k",
+                         str(size.kmeans), "--k-merged", str(size.units), "--hours", "1", "--out", str(tokenizer),
+                         *cache, *device], done=tokenizer)
     run.run("units", ["units", "--checkpoint", str(tokenizer), "--data", *splits[:2], "--out", str(runs / "units"),
-                      *cache, *device], done=runs / "units" / "iter_0" / "manifest.json")
+                      *cache, *device], done=StoreVersion(runs / "units", 0, "units"))
     lm_cfg = write_config("speechlm.yaml", wd / "configs" / "speechlm.yaml", wd, lambda c: (
         c["trainer"].update(max_steps=size.lm_steps, enable_progress_bar=False, check_val_every_n_epoch=1,
                             accelerator=args.accelerator),
@@ -131,15 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                          "--alignments", str(data / "alignments"), "--baselines", "--lm", str(lm), "--pairs",
                          str(wd / "data" / "pairs"), "--out", str(runs / "evaluate.json"), *cache, *device],
             done=runs / "evaluate.json")
-
-    from experiments.report import build_report
-
-    report = build_report(wd, teacher_ckpt=teacher_ckpt, tokenizer=tokenizer, timings=run.timings,
-                          seconds=time.perf_counter() - t0, tiny=args.tiny, shipped_teacher=shipped,
-                          accelerator=args.accelerator, losspred_precision=precision)
-    write_json(wd / "report.json", report, indent=1)
-    print(f"report: {wd / 'report.md'} ({report['total_seconds']:.0f} s)")
-    return 0
+    return teacher_ckpt, tokenizer
 
 
 def native_bf16(accelerator: str) -> bool:

@@ -10,10 +10,18 @@ Sharded like fairseq's label steps: ``--rank/--world-size`` (default: torchrun's
 contiguous shard of the files; a finished shard is not redone (rerun one shard by giving its rank). Ranks meet
 through the filesystem: rank 0 fits k-means first (others wait for ``kmeans.npy``), every rank writes its shard
 atomically, and rank 0 writes the manifest once all shards exist.
+
+A file the audio reader refuses (unreadable, no samples, NaN or infinite samples: :class:`AudioError`) is skipped,
+not fatal: the manifest drops what its decode check finds, and a file that fails when read for its labels (or for
+the k-means sample) is left out of its shard, logged and recorded (:func:`syllablelm.outcome.record_skip`,
+``where="labels"``). Every skipped file is listed with its reason in the version's ``meta["skipped"]``
+(:func:`write_shard_skips` / :func:`version_skips`, which ``syllablelm units`` uses too), and the command line
+exits with status 4.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import time
@@ -24,13 +32,16 @@ import torch
 from tqdm.auto import tqdm
 
 from datamodules.label_store import LabelStore
+from datamodules.shard_store import ShardStore
 from datamodules.speech import SpeechDataModule
-from syllablelm.audio import SAMPLE_RATE, read_audio
+from syllablelm.audio import SAMPLE_RATE, AudioError, read_audio
 from syllablelm.checkpoints import KMeansLabeler, load_kmeans_centroids
 from syllablelm.clustering import kmeans
-from syllablelm.fileio import atomic_write
+from syllablelm.faults import fault_point
+from syllablelm.fileio import atomic_write, write_json
 from syllablelm.frames import FRAME_SECONDS, num_frames, seconds_to_frames
 from syllablelm.labels import HiddenFeatures, mfcc_features
+from syllablelm.outcome import record_skip
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +79,51 @@ def _windows(seconds: float, size: float) -> list[tuple[float, float]]:
     if len(starts) > 1 and seconds - starts[-1] < 1.0:
         starts.pop()
     return [(float(a), float((starts[i + 1] if i + 1 < len(starts) else seconds) - a)) for i, a in enumerate(starts)]
+
+
+def _skips_path(store: ShardStore, version: int, shard: int, n_shards: int) -> Path:
+    return store.version_dir(version) / f"skipped-{shard:05d}-of-{n_shards:05d}.json"
+
+
+def write_shard_skips(store: ShardStore, version: int, shard: int, n_shards: int, skipped: dict[str, str]) -> None:
+    """Keep the files a shard left out (``{path: reason}``) beside it, for rank 0's :func:`version_skips` (the
+    ranks of an offline pass share no process group). Call it *before* the shard is written, so a finished shard
+    always has its record; a redone shard without skips removes the record of an earlier attempt."""
+    path = _skips_path(store, version, shard, n_shards)
+    if skipped:
+        write_json(path, dict(sorted(skipped.items())))
+    else:
+        path.unlink(missing_ok=True)
+
+
+def version_skips(store: ShardStore, version: int, n_shards: int, manifest_skipped: dict[str, str]
+                  ) -> dict[str, str]:
+    """Every file a version left out, ``{path: reason}`` (sorted by path): those the manifest dropped and those
+    each of the ``n_shards`` shards skipped. Records of another shard count (an earlier attempt) are removed."""
+    out = dict(manifest_skipped)
+    keep = {_skips_path(store, version, s, n_shards) for s in range(n_shards)}
+    for path in store.version_dir(version).glob("skipped-*-of-*.json"):
+        if path in keep:
+            out.update(json.loads(path.read_text()))
+        else:
+            path.unlink(missing_ok=True)
+    return dict(sorted(out.items()))
+
+
+def _skip(path: str, problem: str, skipped: dict[str, str]) -> None:
+    record_skip(path, problem, "labels")
+    skipped[path] = problem
+
+
+def wait_for_shards(store: ShardStore, version: int, n_shards: int, timeout: float) -> None:
+    """Rank 0 of an offline pass: wait until every shard file of ``version`` exists (the other ranks write
+    theirs); raises ``TimeoutError`` naming the missing ones."""
+    start = time.time()
+    while missing := store.missing_shards(version, n_shards):
+        if time.time() - start > timeout:
+            raise TimeoutError(f"{store.version_dir(version)}: after {timeout:.0f} s the shards {missing} (of "
+                               f"{n_shards}) are still missing")
+        time.sleep(2.0)
 
 
 def _wait_for(path: Path, what: str, timeout: float) -> None:
@@ -124,16 +180,25 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if args.rank == 0 and not centroids_path.exists():
             rng = np.random.default_rng(args.seed)
-            sample, hours = [], 0.0
+            sample, hours, sample_skips = [], 0.0, {}
             for i in tqdm(rng.permutation(len(entries)), desc="k-means sample", unit="file"):
                 if hours >= args.fit_hours:
                     break
-                e = entries[i]
-                for offset, duration in _windows(e.seconds, args.chunk_seconds):  # an hour-long file: not at once
-                    if hours >= args.fit_hours:
-                        break
-                    sample.append(_chunk_features(fn, e, offset, duration).numpy())
-                    hours += duration / 3600
+                e, part, part_hours = entries[i], [], 0.0
+                try:
+                    for offset, duration in _windows(e.seconds, args.chunk_seconds):  # an hour: not at once
+                        if hours + part_hours >= args.fit_hours:
+                            break
+                        part.append(_chunk_features(fn, e, offset, duration).numpy())
+                        part_hours += duration / 3600
+                except AudioError as err:  # broke after the manifest was built: left out of the sample
+                    _skip(e.path, err.problem, sample_skips)
+                    continue
+                sample += part
+                hours += part_hours
+            if not sample:
+                raise RuntimeError(f"no file of the k-means sample could be read ({len(sample_skips)} skipped, "
+                                   "each named above with its reason)")
             vectors = np.concatenate(sample)
             log.info("fitting k-means: %d clusters on %d frames (%.2f h)", args.num_clusters, len(vectors), hours)
             centroids = kmeans(vectors, args.num_clusters, seed=args.seed)
@@ -149,14 +214,21 @@ def main(argv: list[str] | None = None) -> int:
         chunks: dict[int, list[tuple[float, float]]] = {}
         for item in ds.items:
             chunks.setdefault(item.entry, []).append((item.offset, item.duration))
-        out = {}
+        out, skipped = {}, {}
         with torch.inference_mode():
             for k, spans in tqdm(chunks.items(), desc=f"labels rank {args.rank} shard {shard}", unit="file"):
-                out[ds.entries[k].id] = _file_labels(fn, labeler, ds.entries[k], spans)
+                try:
+                    out[ds.entries[k].id] = _file_labels(fn, labeler, ds.entries[k], spans)
+                except AudioError as e:  # broke after the manifest was built: left out of the shard
+                    _skip(ds.entries[k].path, e.problem, skipped)
+        write_shard_skips(store, args.version, shard, n_shards, skipped)
         store.write_shard(args.version, shard, n_shards, out)
+        fault_point("shard.written")  # a crash between shards: the rerun writes only the missing ones
     if args.rank == 0:
+        wait_for_shards(store, args.version, n_shards, args.wait_timeout)  # then every shard's skips are there
+        skipped = version_skips(store, args.version, n_shards, dm.manifest("predict").skipped)
         store.finalize_when_complete(args.version, n_shards, timeout=args.wait_timeout, meta={
             "num_labels": int(len(centroids)), "features": args.features, "checkpoint": args.checkpoint,
-            "layer": args.layer, "kmeans": args.kmeans or str(centroids_path)})
-        log.info("label version %d complete: %s", args.version, vdir)
+            "layer": args.layer, "kmeans": args.kmeans or str(centroids_path), "skipped": skipped})
+        log.info("label version %d complete: %s (%d files skipped)", args.version, vdir, len(skipped))
     return 0

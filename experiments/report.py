@@ -2,10 +2,19 @@
 
 Boundary scores are on the held-out test split, protocol "syllablelm" (and "sdhubert"), with the shift tuned on
 dev (docs/algorithms.md, "Evaluation"): LossPred = boundary version 0, SylBoost after iteration k = version k.
+
+A report never drops a section silently: every section it knows it should have (each stage's boundary row, the
+baselines, uniform at LossPred's rate, SylBoost's start, each check with its bootstrap, the figures, the units, the
+LM pairs) is either there or replaced by a line ``missing: what (why: which file is absent or damaged, which stage
+to rerun)``; report.json lists them in ``"missing"`` (and by section in ``"missing_sections"``), and the demo then
+exits 1. Timings come from the stages' markers (:mod:`experiments.stage_state`): a stage skipped on a rerun keeps
+the seconds and memory of the run that made it; the total is their sum plus this run's own time.
 """
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from pathlib import Path
 
 import matplotlib
@@ -18,12 +27,40 @@ import torch  # noqa: E402
 from datamodules.aligned import aligned_entries, load_split  # noqa: E402
 from datamodules.boundary_store import BoundaryStore  # noqa: E402
 from datamodules.label_store import LabelStore  # noqa: E402
+from experiments.stage_state import StoreVersion  # noqa: E402
 from syllablelm.audio import SAMPLE_RATE, read_audio  # noqa: E402
 from syllablelm.evaluation import tuned_scores, uniform_baseline  # noqa: E402
-from syllablelm.fileio import write_text  # noqa: E402
+from syllablelm.fileio import write_json, write_text  # noqa: E402
 from syllablelm.plots import boundary_figure, save_png  # noqa: E402
 
 STAGES = {0: "LossPred", 1: "SylBoost iteration 1", 2: "SylBoost iteration 2"}
+MADE_BY = {0: "losspred", 1: "sylboost", 2: "sylboost"}  # the demo stage that writes each boundary version
+# what reading a damaged or absent input can raise (store errors are ValueErrors naming the file; torch.load of a
+# truncated checkpoint raises RuntimeError or an unpickling error)
+READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError)
+CKPT_ERRORS = (*READ_ERRORS, RuntimeError)
+
+
+class Missing:
+    """The sections a report lacks, each ``what (why)``, by section (``boundaries``, ``checks``, ``figures``,
+    ``units``, ``lm_pairs``). ``because`` marks one that is missing only because another is (the demo's one-line
+    message names the causes first)."""
+
+    def __init__(self, wd: Path):
+        self.wd, self.items = wd, []
+
+    def add(self, section: str, what: str, why: str, because: bool = False) -> None:
+        why = why.replace(f"{self.wd}/", "")  # paths relative to the workdir
+        self.items.append({"section": section, "what": what, "why": why, "because": because})
+
+    def lines(self) -> list[str]:
+        return [f"{m['what']} ({m['why']})" for m in self.items]
+
+    def by_section(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for m in self.items:
+            out.setdefault(m["section"], []).append(f"{m['what']} ({m['why']})")
+        return out
 
 
 def _split(wd: Path, split: str, cache: Path):
@@ -31,14 +68,23 @@ def _split(wd: Path, split: str, cache: Path):
     return entries, {e.id: a["syllables"] for e, a in zip(entries, alignments)}
 
 
-def stage_scores(wd: Path, cache: Path) -> dict:
+def stage_scores(wd: Path, cache: Path, missing: Missing | None = None) -> dict:
+    """Each stage's boundary scores (:data:`STAGES`); a version that is not whole is left out, and named in
+    ``missing`` with why."""
     store = BoundaryStore(wd / "runs/boundaries")
     (test, ref_t), (dev, ref_d) = _split(wd, "test", cache), _split(wd, "dev", cache)
     out = {}
     for version, name in STAGES.items():
-        if not store.is_complete(version):
+        problem = StoreVersion(store.root, version, "boundary").problem()
+        if problem is None:
+            try:
+                segs = store.load(version)
+            except READ_ERRORS as e:
+                problem = str(e)
+        if problem is not None:
+            if missing is not None:
+                missing.add("boundaries", f"{name} boundaries", f"{problem}; rerun stage {MADE_BY[version]}")
             continue
-        segs = store.load(version)
         t = [e for e in test if e.id in segs]
         d = [e for e in dev if e.id in segs]
         res = tuned_scores([segs[e.id] for e in t], [ref_t[e.id][0] for e in t],
@@ -169,19 +215,50 @@ def _losspred_uniform_name(baselines: dict) -> str | None:
 
 def build_report(wd: Path, *, teacher_ckpt: Path, tokenizer: Path, timings: dict, seconds: float, tiny: bool,
                  shipped_teacher: bool, accelerator: str = "cpu", losspred_precision: str | None = None) -> dict:
+    """Score everything in ``wd``, draw the figures and write ``report.json`` and ``report.md``; returns the report.
+    ``timings``: each stage's record as its marker has it (:attr:`experiments.stage_runner.Runner.timings`);
+    ``seconds``: this run's own time outside the stages. Sections whose inputs are absent or damaged are listed in
+    ``report["missing"]`` (empty when the report is whole)."""
     cache = wd / "cache"
-    evaluation = json.loads((wd / "runs/evaluate.json").read_text())
-    stages = stage_scores(wd, cache)
-    baselines = dict(evaluation.get("baselines", {}))
-    splits = [load_split([str(wd / "data/synth" / s)], str(wd / "data/synth/alignments"), cache=str(cache))
-              for s in ("test", "dev")]
-    if baselines and "LossPred" in stages:
+    missing = Missing(wd)
+    evaluation = _evaluation(wd, missing)
+    try:
+        splits = [load_split([str(wd / "data/synth" / s)], str(wd / "data/synth/alignments"), cache=str(cache))
+                  for s in ("test", "dev")]
+        stages = stage_scores(wd, cache, missing)
+    except READ_ERRORS as e:
+        splits, stages = None, {}
+        missing.add("boundaries", "every score on the test split (each stage's boundaries, SylBoost's start, the "
+                    "checks, the figures)", f"the corpus in data/synth cannot be read: {e}; rerun stage synth")
+    baselines = dict((evaluation or {}).get("baselines") or {})
+    if evaluation is not None and not baselines:
+        missing.add("boundaries", "baselines (uniform, envelope, log-mel min-cut)",
+                    "runs/evaluate.json has none; rerun stage evaluate with --baselines")
+    if splits is not None and "LossPred" in stages:
         name, res = losspred_uniform(splits, stages["LossPred"])
         baselines[name if name not in baselines else f"{name}_losspred"] = res
-    sylboost_ckpt = wd / "runs/sylboost/checkpoints/last.ckpt"
+    elif splits is not None:
+        missing.add("boundaries", UNIFORM_AT_LOSSPRED, "needs LossPred's boundaries, missing above", because=True)
     start_segments = None
-    if sylboost_ckpt.exists():
-        baselines[SYLBOOST_START], start_segments = sylboost_start(sylboost_ckpt, splits)
+    sylboost_ckpt = wd / "runs/sylboost/checkpoints/last.ckpt"
+    if splits is not None:
+        if not sylboost_ckpt.is_file():
+            missing.add("boundaries", SYLBOOST_START, f"{sylboost_ckpt} is absent; rerun stage sylboost")
+        else:
+            try:
+                baselines[SYLBOOST_START], start_segments = sylboost_start(sylboost_ckpt, splits)
+            except CKPT_ERRORS as e:
+                missing.add("boundaries", SYLBOOST_START, f"{sylboost_ckpt} cannot be read: {e}; rerun stage sylboost")
+    units = (evaluation or {}).get("tokenizer")
+    if evaluation is not None and units is None:
+        missing.add("units", "units (clustering, token rates, bitrates)", "runs/evaluate.json has no 'tokenizer' "
+                    "scores; rerun stage evaluate")
+    lm_pairs = (evaluation or {}).get("lm_pairs")
+    if evaluation is not None and not lm_pairs:
+        missing.add("lm_pairs", "SpeechLM pair accuracy", "runs/evaluate.json has no 'lm_pairs'; rerun stage "
+                    "evaluate with --lm and --pairs")
+    recorded = [t for t in timings.values() if t.get("seconds") is not None]
+    peaks = [t["peak_rss_mb"] for t in timings.values() if t.get("peak_rss_mb") is not None]
     report = {
         "tokenizer_checkpoint": str(tokenizer), "tiny": tiny, "accelerator": accelerator,
         "losspred_precision": losspred_precision,
@@ -190,33 +267,103 @@ def build_report(wd: Path, *, teacher_ckpt: Path, tokenizer: Path, timings: dict
                            "layer 2); SylBoost starts from the shipped backbone (iteration 1 distilled on envelope "
                            "segments of the recipe corpus: a syllabic prior)" if shipped_teacher else
                            "one teacher trained here on MFCC k-means labels: LossPred and SylBoost's start"),
-        "stages": stages, "baselines": baselines,
-        "units": evaluation["tokenizer"], "lm_pairs": evaluation.get("lm_pairs"),
-        "timings": timings, "total_seconds": round(seconds, 1),
-        "peak_rss_mb": max((t.get("peak_rss_mb", 0) for t in timings.values()), default=0),
+        "stages": stages, "baselines": baselines, "units": units, "lm_pairs": lm_pairs,
+        "timings": timings, "own_seconds": round(seconds, 1),
+        "total_seconds": round(sum(t["seconds"] for t in recorded) + seconds, 1),
+        "timings_unknown": [s for s, t in timings.items() if t.get("seconds") is None],
+        "peak_rss_mb": max(peaks) if peaks else None,
     }
+    _checks(report, wd, cache, splits, start_segments, missing)
+    _figures(report, wd, teacher_ckpt, cache, splits, missing)
+    report["missing"], report["missing_sections"] = missing.lines(), missing.by_section()
+    report["missing_causes"] = [f"{m['what']} ({m['why']})" for m in missing.items if not m["because"]]
+    write_text(wd / "report.md", markdown(report))
+    write_json(wd / "report.json", report, indent=1)
+    return report
+
+
+UNIFORM_AT_LOSSPRED = "uniform at LossPred's rate"
+
+
+def _evaluation(wd: Path, missing: Missing) -> dict | None:
+    """``runs/evaluate.json`` (units, baselines, LM pairs), or None with every section it holds named missing."""
+    path = wd / "runs/evaluate.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        why = f"{path} is absent; rerun stage evaluate"
+    except (OSError, ValueError) as e:
+        why = f"{path} is damaged ({e}); rerun stage evaluate"
+    missing.add("boundaries", "baselines (uniform, envelope, log-mel min-cut)", why)
+    missing.add("units", "units (clustering, token rates, bitrates)", why)
+    missing.add("lm_pairs", "SpeechLM pair accuracy", why)
+    return None
+
+
+def _checks(report: dict, wd: Path, cache: Path, splits, start_segments, missing: Missing) -> None:
+    """Each check of :data:`CHECKS` ("a beats b", on the tuned test scores) and its paired bootstrap, or a missing
+    line naming the system it lacks."""
+    stages, baselines = report["stages"], report["baselines"]
     tuned = lambda res: res["syllablelm_tuned"]  # noqa: E731
-    if "LossPred" in stages and "SylBoost iteration 2" in stages:
-        uniform = baselines.get(_losspred_uniform_name(baselines))
-        sb, lp = tuned(stages["SylBoost iteration 2"]), tuned(stages["LossPred"])
-        beats = lambda a, b: {m: b is not None and a[m] > b[m] for m in ("f1", "r_value")}  # noqa: E731
-        start = baselines.get(SYLBOOST_START)
-        report["checks"] = {"sylboost_beats_losspred": beats(sb, lp),
-                            "losspred_beats_uniform": beats(lp, None if uniform is None else tuned(uniform))}
-        if start is not None and "SylBoost iteration 1" in stages:
-            report["checks"]["sylboost_beats_its_start"] = beats(tuned(stages["SylBoost iteration 1"]), tuned(start))
-        report["significance"] = significance(wd, cache, stages, baselines, splits[0], start_segments)
-    figures = wd / "figures"
-    store = BoundaryStore(wd / "runs/boundaries")
-    _example_figure(wd, teacher_ckpt, store, cache, figures / "boundaries.png")
-    groups = {name: (tuned(r)["f1"], tuned(r)["r_value"]) for name, r in {**stages, **baselines}.items()}
-    _bars(figures / "f1_rvalue.png", groups, "boundaries on the test split (shift tuned on dev)")
+    uniform = _losspred_uniform_name(baselines)
+    rows = {**stages, **({UNIFORM_AT_LOSSPRED: baselines[uniform]} if uniform else {}),
+            **({SYLBOOST_START: baselines[SYLBOOST_START]} if SYLBOOST_START in baselines else {})}
+    checks = {}
+    for name, a, b in CHECKS:
+        absent = [x for x in (a, b) if x not in rows]
+        if absent:
+            missing.add("checks", f"check '{name.replace('_', ' ')}' and its bootstrap",
+                        f"needs {' and '.join(absent)}, missing above", because=True)
+            continue
+        checks[name] = {m: tuned(rows[a])[m] > tuned(rows[b])[m] for m in ("f1", "r_value")}
+    report["checks"] = checks
+    report["significance"] = {}
+    if checks:
+        try:
+            sig = significance(wd, cache, stages, baselines, splits[0], start_segments)
+        except READ_ERRORS as e:
+            missing.add("checks", "the paired bootstraps", f"{e}; rerun the stage that wrote it")
+            return
+        report["significance"] = {k: v for k, v in sig.items() if k in checks}
+
+
+def _figures(report: dict, wd: Path, teacher_ckpt: Path, cache: Path, splits, missing: Missing) -> None:
+    """Draw the figures into ``wd/figures``; each one that cannot be drawn is named missing with why."""
+    figures, store = wd / "figures", BoundaryStore(wd / "runs/boundaries")
+    report["figures"] = []
+    labels = LabelStore(wd / "runs/labels")
+    why = None
+    if splits is None:
+        why = "the corpus cannot be read, see above"
+    elif not report["stages"]:
+        why = "no boundary version is whole, see above"
+    elif not teacher_ckpt.is_file():
+        why = f"{teacher_ckpt} is absent; rerun the demo (it copies the shipped teacher there) or stage teacher"
+    if why is None:
+        try:
+            if labels.latest_version() is None:
+                why = f"{labels.root} has no complete version; rerun stage labels"
+            else:
+                _example_figure(wd, teacher_ckpt, store, cache, figures / "boundaries.png")
+                report["figures"].append("boundaries.png")
+        except CKPT_ERRORS as e:
+            why = f"{e}; rerun the stage that wrote it"
+    if why is not None:
+        missing.add("figures", "figure boundaries.png (spectrogram, boundaries, LossPred matrix)", why,
+                    because=why.endswith("see above"))
+    tuned = lambda res: res["syllablelm_tuned"]  # noqa: E731
+    groups = {name: (tuned(r)["f1"], tuned(r)["r_value"]) for name, r in {**report["stages"],
+                                                                         **report["baselines"]}.items()}
+    if groups:
+        _bars(figures / "f1_rvalue.png", groups, "boundaries on the test split (shift tuned on dev)")
+        report["figures"].append("f1_rvalue.png")
+    else:
+        missing.add("figures", "figure f1_rvalue.png", "no boundary row, see above", because=True)
     if report["lm_pairs"]:
         lm = {f"{s} ({m})": (r[m]["all"]["accuracy"],) for s, r in report["lm_pairs"].items()
               for m in ("summed", "normalised")}
         _bars(figures / "lm_pairs.png", lm, "SpeechLM pair accuracy", labels=("accuracy",), chance=0.5)
-    write_text(wd / "report.md", markdown(report))
-    return report
+        report["figures"].append("lm_pairs.png")
 
 
 def _significance_lines(sig: dict) -> list[str]:
@@ -247,23 +394,41 @@ def _start_lines(r: dict) -> list[str]:
             ""]
 
 
+def _missing_lines(r: dict, section: str) -> list[str]:
+    """The ``missing: what (why)`` lines of one section (with a blank line after), or none."""
+    items = r.get("missing_sections", {}).get(section, [])
+    return [*(f"- missing: {m}" for m in items), ""] if items else []
+
+
+def _header_timing(r: dict) -> str:
+    """``total X s (...)``, from the stages' markers plus this run's own time; peak memory over the stages."""
+    unknown = r.get("timings_unknown") or []
+    total = f"total {r['total_seconds']:.0f} s" + (f" plus {', '.join(unknown)} (not recorded)" if unknown else "")
+    own = r.get("own_seconds")
+    total += f" (each stage as recorded when it ran, plus {own:.0f} s of this run's own)" if own is not None else ""
+    peak = r.get("peak_rss_mb")
+    return f"{total}, peak memory {'unknown' if peak is None else f'{peak:.0f} MB'}"
+
+
 def markdown(r: dict) -> str:
     rows = ["| segmenter | rate (Hz) | P | R | F1 | R-value | shift (ms) |", "|---|---|---|---|---|---|---|"]
     for name, res in {**r["stages"], **r["baselines"]}.items():
         t = res["syllablelm_tuned"]
         rows.append(f"| {name} | {res['rate_hz']:.2f} | {100 * t['precision']:.1f} | {100 * t['recall']:.1f} | "
                     f"{100 * t['f1']:.1f} | {100 * t['r_value']:.1f} | {1000 * t['shift']:+.0f} |")
-    u = r["units"]
-    c, k = u["clustering"], u["tokens"]
+    missing = r.get("missing") or []
+    figures = r.get("figures", ["f1_rvalue.png", "boundaries.png", "lm_pairs.png"])
     lines = [
         "# SyllableLM demo report", "",
+        *([f"**Incomplete report: {len(missing)} section(s) missing**, each marked `missing:` where it belongs:", "",
+           *(f"- {m}" for m in missing), ""] if missing else []),
         f"Teacher: {r['teacher']} ({r.get('teacher_detail', '')}); {'tiny run' if r['tiny'] else 'full demo'}; "
-        f"on {r.get('accelerator', 'cpu').upper()}; "
-        f"total {r['total_seconds']:.0f} s, "
-        f"peak memory {r['peak_rss_mb']:.0f} MB. Tokenizer checkpoint: `{r['tokenizer_checkpoint']}`.", "",
+        f"on {r.get('accelerator', 'cpu').upper()}; {_header_timing(r)}. "
+        f"Tokenizer checkpoint: `{r['tokenizer_checkpoint']}`.", "",
         "Synthetic eSpeak speech is far easier than LibriSpeech (the envelope baseline shows it): compare rows, "
         "do not quote absolute numbers.", "",
         "## Boundaries (held-out test split, protocol \"syllablelm\", 50 ms, shift tuned on dev)", "", *rows, "",
+        *_missing_lines(r, "boundaries"),
         "Each check compares at a matched rate: LossPred with uniform at LossPred's rate "
         f"(`{_losspred_uniform_name(r['baselines'])}`), SylBoost with `evaluate`'s uniform and log-mel min-cut at "
         "the tokenizer's rate. LossPred's inference precision: "
@@ -271,22 +436,38 @@ def markdown(r: dict) -> str:
         "Checks (higher on the test split): " + "; ".join(
             f"{name.replace('_', ' ')}: " + ", ".join(f"{m.replace('_', '-')} {'yes' if ok else 'no'}"
                                                       for m, ok in res.items())
-            for name, res in r.get("checks", {}).items()), "", *_significance_lines(r.get("significance", {})),
-        "![F1 and R-value](figures/f1_rvalue.png)", "",
-        "![boundaries over a spectrogram and the LossPred matrix](figures/boundaries.png)", "",
+            for name, res in r.get("checks", {}).items()), "", *_missing_lines(r, "checks"),
+        *_significance_lines(r.get("significance", {})),
+        *(["![F1 and R-value](figures/f1_rvalue.png)", ""] if "f1_rvalue.png" in figures else []),
+        *(["![boundaries over a spectrogram and the LossPred matrix](figures/boundaries.png)", ""]
+          if "boundaries.png" in figures else []),
+        *_missing_lines(r, "figures"),
         "## Units", "",
-        f"Clustering (protocol \"{c.get('protocol', 'overlap')}\": Hungarian IoU matching): "
-        f"CPur {100 * c['cpur']:.1f} %, SPur {100 * c['spur']:.1f} %, SNMI {100 * c['snmi']:.1f} %; "
-        f"token rate {k['token_rate']:.2f} /s with one unit per segment (variant `authors_lm`, the authors' LM "
-        f"input), {k['dedup_token_rate']:.2f} /s deduplicated after the merge (variant `dedup`); "
-        f"{k['dedup_nominal_bps']:.0f} bps nominal, {k['dedup_entropy_bps']:.0f} bps entropy (after dedup).", "",
     ]
+    if r.get("units"):
+        c, k = r["units"]["clustering"], r["units"]["tokens"]
+        lines += [
+            f"Clustering (protocol \"{c.get('protocol', 'overlap')}\": Hungarian IoU matching): "
+            f"CPur {100 * c['cpur']:.1f} %, SPur {100 * c['spur']:.1f} %, SNMI {100 * c['snmi']:.1f} %; "
+            f"token rate {k['token_rate']:.2f} /s with one unit per segment (variant `authors_lm`, the authors' LM "
+            f"input), {k['dedup_token_rate']:.2f} /s deduplicated after the merge (variant `dedup`); "
+            f"{k['dedup_nominal_bps']:.0f} bps nominal, {k['dedup_entropy_bps']:.0f} bps entropy (after dedup).", ""]
+    lines += _missing_lines(r, "units")
+    lines += ["## SpeechLM pair accuracy (chance 50 %)", ""]
     if r.get("lm_pairs"):
-        lines += ["## SpeechLM pair accuracy (chance 50 %)", "", "| set | pairs | summed | length-normalised |",
-                  "|---|---|---|---|"]
+        lines += ["| set | pairs | summed | length-normalised |", "|---|---|---|---|"]
         lines += [f"| {s} | {v['num_pairs']} | {100 * v['summed']['all']['accuracy']:.1f} | "
                   f"{100 * v['normalised']['all']['accuracy']:.1f} |" for s, v in r["lm_pairs"].items()]
         lines += ["", "![LM pairs](figures/lm_pairs.png)", ""]
-    lines += ["## Stages", "", "| stage | seconds | peak RSS (MB) |", "|---|---|---|"]
-    lines += [f"| {s} | {t.get('seconds', 'skipped')} | {t.get('peak_rss_mb', '')} |" for s, t in r["timings"].items()]
+    lines += _missing_lines(r, "lm_pairs")
+    lines += ["## Stages", "", "Times and memory as recorded when each stage ran (a stage skipped by a rerun keeps "
+              "the record of the run that made it).", "",
+              "| stage | seconds | peak RSS (MB) | attempt | this run |", "|---|---|---|---|---|"]
+    for stage, t in r["timings"].items():
+        seconds = t.get("seconds", "not recorded")
+        peak = t.get("peak_rss_mb", "")
+        if t.get("peak_rss_scope") == "process":
+            peak = f"{peak} (process)"
+        lines.append(f"| {stage} | {seconds} | {peak} | {t.get('attempt', '')} | "
+                     f"{'skipped (finished before)' if t.get('skipped') else 'ran'} |")
     return "\n".join(lines) + "\n"

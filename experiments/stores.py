@@ -6,7 +6,8 @@
 
 The use: a second SylBoost run (another rate or backbone) starts from LossPred's version 0 but keeps its own
 later versions. Shards are copied atomically and the manifest is written last, so an interrupted copy is an
-incomplete version (never read) and a rerun replaces it.
+incomplete version (never read) and a rerun replaces it. The source must be complete and whole (sizes and
+checksums are verified first); otherwise the store's own error says what is wrong and how to regenerate it.
 
 ``syllablelm store-reference``: the reference segmentation (syllables by default) of every aligned utterance as
 a boundary version, optionally with label noise of a known kind (boundaries dropped, jittered, inserted).
@@ -29,19 +30,26 @@ The shipped SylBoost backbone (``experiments/pretrained/README.md``) was distill
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
 
 from datamodules.boundary_store import BoundaryStore
 from datamodules.label_store import LabelStore
-from datamodules.shard_store import MANIFEST
+from datamodules.shard_store import MANIFEST, ShardStore, StoreError
 from datamodules.unit_store import UnitStore
 
 log = logging.getLogger(__name__)
 STORES = {cls.kind: cls for cls in (BoundaryStore, LabelStore, UnitStore)}
+
+
+class AnyStore(ShardStore):
+    """A store of a kind not known yet (its manifest says which): for the errors of a version without one."""
+
+    kind = "store"
+
+    def writer_hint(self, version: int) -> str:
+        return f"the step that writes version {int(version)} of this store"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,12 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="the destination store root")
     p.add_argument("--out-version", type=int, help="the version number in the destination (default: the same)")
     args = p.parse_args(argv)
-    manifest = Path(args.store) / f"iter_{args.version}" / MANIFEST
-    if not manifest.is_file():
-        raise SystemExit(f"syllablelm store-copy: {manifest} does not exist (no complete version {args.version})")
-    kind = json.loads(manifest.read_text()).get("kind")
+    source = AnyStore(args.store)
+    kind = source.manifest(args.version, check_shards=False).get("kind")  # absent / incomplete: the store's error
     if kind not in STORES:
-        raise SystemExit(f"syllablelm store-copy: {manifest}: unknown store kind {kind!r}")
+        raise StoreError(f"{source.version_dir(args.version) / MANIFEST}: unknown store kind {kind!r} (expected one "
+                         f"of {', '.join(sorted(STORES))})")
     cls = STORES[kind]
     copied = cls(args.store).copy_version(args.version, cls(args.out), args.out_version)
     log.info("copied %s version %d (%d utterances) to %s", kind, args.version, copied["num_utterances"], args.out)

@@ -13,7 +13,8 @@ that many hours of the training split (``data.train_hours``). Every system is sc
 by the same segmenter, layer and target rate); iterations 1 and 2; uniform segments at LossPred's rate. Each
 comparison gets a paired bootstrap that resamples voices, then utterances within them
 (:mod:`syllablelm.significance`): the difference, its 95 % interval, how often the first is not better.
-Writes ``OUT/gain.json``, ``OUT/gain.md`` and ``OUT/gain.png``; finished runs are skipped on a rerun.
+Writes ``OUT/gain.json``, ``OUT/gain.md`` and ``OUT/gain.png``; finished runs are skipped on a rerun (their markers
+and logs are in ``OUT/logs``; their training time is the one recorded when they ran).
 """
 from __future__ import annotations
 
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    run = Runner(out)
+    run = Runner(out, total=2 * len(backbones) * len(args.hours))
     cache = str(out / "cache")
     splits = [load_split([str(args.data / s)], str(args.data / "alignments"), cache=cache) for s in ("test", "dev")]
     losspred = stored(BoundaryStore(args.boundaries), 0, splits)
@@ -189,8 +190,9 @@ def main(argv: list[str] | None = None) -> int:
             run.run(f"copy_{tag}", ["store-copy", "--store", str(args.boundaries.resolve()), "--version", "0",
                                     "--out", str(store)], done=store / "iter_0" / "manifest.json")
             cfg = sylboost_config(args, tag, backbone, hours, store)
-            run.run(f"sylboost_{tag}", ["fit", "--config", str(cfg)], done=store / "iter_2" / "manifest.json",
-                    resume=out / "runs" / tag / "checkpoints" / "last.ckpt")
+            last = out / "runs" / tag / "checkpoints" / "last.ckpt"
+            run.run(f"sylboost_{tag}", ["fit", "--config", str(cfg)], done=[store / "iter_1", store / "iter_2", last],
+                    resume=last)
             boundaries = BoundaryStore(store)
             systems = {"LossPred": losspred,
                        "start": start_segments(out / "runs" / tag / "checkpoints" / "last.ckpt", splits),

@@ -7,8 +7,14 @@ Folders are searched recursively by :func:`syllablelm.audio.list_audio`, the lis
 symbolic links to folders and files are followed, a folder reached twice (a link to an ancestor) is searched once,
 hidden names are skipped. A file list holds one audio path per line (``#`` comments and blank lines ignored;
 relative paths are relative to the list's folder). The same file reached twice is tokenized once, under the
-first path it was found by. Finding no audio at all is an error (exit status 2, the searched inputs named);
-unreadable files are logged, counted and skipped.
+first path it was found by. Finding no audio at all is an error (exit status 2, the searched inputs named).
+
+A file that cannot be used — unreadable, 0 bytes, truncated, no samples, NaN or infinite samples
+(:func:`syllablelm.audio.read_audio` refuses it with :class:`~syllablelm.audio.AudioError`) — is skipped: its path
+and the reason are logged and recorded (:func:`syllablelm.outcome.record_skip`), the other files are tokenized,
+and the command line ends with a summary line and exit status 4. The output is written atomically (it appears
+complete, or not at all); when no file at all could be tokenized no output is written and the command fails
+(exit status 1).
 
 The module level imports only the standard library, so ``syllablelm tokenize --help`` answers at once; torch and
 the tokenizer are imported once the arguments are parsed.
@@ -114,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def tokenize_files(files: list[Path], checkpoint: str, output: str, variant: str, device: str | None) -> int:
-    """Tokenize ``files`` into the JSON lines file ``output``, written atomically; unreadable files are logged
-    and skipped. Exit status 1 when no file could be read."""
+    """Tokenize ``files`` into the JSON lines file ``output``, written atomically (module docstring): a file the
+    audio reader refuses is skipped and recorded (``where="tokenize"``); returns 0 when at least one file was
+    tokenized (the command line makes it 4 when any was skipped), 1 — with no output written — when none was.
+    Any other error stops the run, names the file and leaves no output (an earlier ``output`` stays as it was)."""
+    import contextlib
     import json
 
     import numpy as np
@@ -124,6 +133,7 @@ def tokenize_files(files: list[Path], checkpoint: str, output: str, variant: str
 
     from syllablelm.audio import AudioError
     from syllablelm.fileio import atomic_write
+    from syllablelm.outcome import record_skip
     from syllablelm.tokenizer import Tokenizer
     from syllablelm.units import deduplicates
 
@@ -131,21 +141,26 @@ def tokenize_files(files: list[Path], checkpoint: str, output: str, variant: str
     if not device:
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
     tok = Tokenizer.from_checkpoint(checkpoint, device=device)
-    failed = []
-    with atomic_write(output, "w") as f:  # nothing half-written: the file appears when complete
+    skipped, written = 0, 0
+    with contextlib.ExitStack() as stack:  # the output is opened at the first result: none, no file
+        f = None
         for path in tqdm(files, desc="tokenize", unit="file"):
             try:
                 segments, ids = tok(str(path), deduplicate=deduplicate)
             except AudioError as e:
-                failed.append(str(e))
+                record_skip(str(path), e.problem, "tokenize")
+                skipped += 1
                 continue
+            except Exception as e:  # not the audio: a failure of the run, but say which file it was on
+                raise RuntimeError(f"{path}: tokenizing failed ({type(e).__name__}: {e})") from e
+            if f is None:  # nothing half-written: the file appears when complete (renamed as the stack closes)
+                f = stack.enter_context(atomic_write(output, "w"))
             f.write(json.dumps({"path": str(path), "segments": np.round(segments, 4).tolist(),
                                 "units": ids.tolist()}) + "\n")
-    for problem in failed:
-        log.warning("skipped %s", problem)
-    log.info("tokenized %d of %d files into %s (%d unreadable)", len(files) - len(failed), len(files),
-             output, len(failed))
-    if len(failed) == len(files):
-        print(f"syllablelm tokenize: none of the {len(files)} audio files could be read", file=sys.stderr)
+            written += 1
+    if not written:
+        print(f"syllablelm tokenize: none of the {len(files)} audio files could be read ({skipped} skipped, each "
+              f"named above with its reason); no output written", file=sys.stderr)
         return 1
+    log.info("tokenized %d of %d files into %s (%d skipped)", written, len(files), output, skipped)
     return 0

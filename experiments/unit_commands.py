@@ -12,6 +12,12 @@ the segmenter, the quantizer and metadata), the one file ``tokenize`` needs.
 rank 0 writes the manifest once every shard exists). ``units --variant`` picks the unit variant the store holds
 and records it in the manifest (:mod:`datamodules.unit_store`): ``dedup`` (default) or ``authors_lm``, what the
 authors' SpeechLM trained on (the paper pipeline configs ask for it).
+
+Both skip a file the audio reader refuses (unreadable, no samples, NaN or infinite samples: :class:`AudioError`)
+instead of failing: the manifest drops what its decode check finds, and a file that fails when read is logged and
+recorded (:func:`syllablelm.outcome.record_skip`, ``where="quantize"`` / ``"units"``); the command line then exits
+with status 4. ``units`` lists every file it left out, with its reason, in the version's ``meta["skipped"]``
+(``{path: reason}``, gathered from every shard like the label step's).
 """
 from __future__ import annotations
 
@@ -30,8 +36,11 @@ from tqdm.auto import tqdm
 from datamodules.manifest import build_manifest
 from datamodules.speech import SpeechDataModule
 from datamodules.unit_store import UnitStore
+from experiments.frame_labels import version_skips, wait_for_shards, write_shard_skips
 from syllablelm.audio import AudioError
+from syllablelm.faults import fault_point
 from syllablelm.fileio import weights_fingerprint, write_json, write_npz
+from syllablelm.outcome import record_skip
 from syllablelm.tokenizer import Tokenizer, save_tokenizer
 from syllablelm.units import UNIT_VARIANTS, UnitQuantizer, deduplicates, pool_segments
 
@@ -122,8 +131,8 @@ def quantize(argv: list[str] | None = None) -> int:
         position += 1
         try:
             wave = tok._load(entries[i].path, None)
-        except AudioError as e:
-            log.warning("skipping %s", e)
+        except AudioError as e:  # broke after the manifest was built: left out of the sample
+            record_skip(entries[i].path, e.problem, "quantize")
             continue
         feats = tok.features(wave)
         bounds = tok.boundaries([feats], [wave])[0]
@@ -184,6 +193,25 @@ def units_parser() -> argparse.ArgumentParser:
     return p
 
 
+def tokenize_readable(tok: Tokenizer, paths: list[str], deduplicate: bool, skipped: dict[str, str],
+                      where: str = "units") -> list[tuple[int, tuple[np.ndarray, np.ndarray]]]:
+    """``[(index in paths, (segments, units)), ...]`` of the files of one batch that could be read. The batch
+    goes through the tokenizer at once; when the audio reader refuses one of its files (:class:`AudioError`) the
+    batch is tokenized again file by file, and each refused file is recorded as skipped (in ``skipped`` too)."""
+    try:
+        return list(enumerate(tok.batch(paths, deduplicate=deduplicate)))
+    except AudioError:
+        pass
+    done = []
+    for i, path in enumerate(paths):
+        try:
+            done.append((i, tok.batch([path], deduplicate=deduplicate)[0]))
+        except AudioError as e:
+            record_skip(path, e.problem, where)
+            skipped[str(path)] = e.problem
+    return done
+
+
 def units(argv: list[str] | None = None) -> int:
     p = units_parser()
     args = p.parse_args(argv)
@@ -195,18 +223,23 @@ def units(argv: list[str] | None = None) -> int:
     dm = SpeechDataModule(predict_dirs=args.data, manifest_cache=args.manifest_cache, num_workers=0)
     for shard in todo:
         ds = dm.dataset("predict", rank=shard, world_size=n_shards)  # whole files of this shard
-        out = {}
+        out, skipped = {}, {}
         paths = [(ds.entries[it.entry].id, ds.entries[it.entry].path) for it in ds.items]
         for start in tqdm(range(0, len(paths), args.batch_size), desc=f"units rank {args.rank} shard {shard}",
                           unit="batch"):
             chunk = paths[start:start + args.batch_size]
-            for (utt, _), result in zip(chunk, tok.batch([p for _, p in chunk], deduplicate=deduplicates(variant))):
-                out[utt] = result
+            for i, result in tokenize_readable(tok, [p for _, p in chunk], deduplicates(variant), skipped):
+                out[chunk[i][0]] = result
+        write_shard_skips(store, args.version, shard, n_shards, skipped)  # before the shard: it names them
         store.write_shard(args.version, shard, n_shards, out)
+        fault_point("shard.written")  # a crash between shards: the rerun writes only the missing ones
     if args.rank == 0:
+        wait_for_shards(store, args.version, n_shards, args.wait_timeout)  # then every shard's skips are there
+        skipped = version_skips(store, args.version, n_shards, dm.manifest("predict").skipped)
         store.finalize_when_complete(args.version, n_shards, timeout=args.wait_timeout, meta={
             "vocab_size": tok.vocab_size, "checkpoint": args.checkpoint, "data": args.data,
-            "variant": variant, "deduplicated": deduplicates(variant)})
-        log.info("unit version %d complete (%s units): %s", args.version, variant, store.version_dir(args.version))
+            "variant": variant, "deduplicated": deduplicates(variant), "skipped": skipped})
+        log.info("unit version %d complete (%s units): %s (%d files skipped)", args.version, variant,
+                 store.version_dir(args.version), len(skipped))
     return 0
 

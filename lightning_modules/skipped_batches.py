@@ -9,6 +9,11 @@ gradients; the optimizer steps on every rank alike).
 
 Every training step logs ``train/skipped_batches`` (0 or 1; summed over the epoch and over ranks at its end), so
 the key exists on every rank and the epoch-end sum is a collective that every rank joins.
+
+The files a batch left out (``batch["unreadable"]``, empty batch or not) are recorded as skipped inputs of this
+process by :func:`record_unreadable` (:func:`syllablelm.outcome.record_skip`, ``where="training"``), so the command
+line names them in its summary and exits with status 4. Batches are built in DataLoader worker processes, whose
+records would be lost: the record is made here, in the training process, from the batch.
 """
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ import logging
 
 import lightning.pytorch as pl
 import torch
+
+from syllablelm.outcome import record_skip
 
 log = logging.getLogger(__name__)
 SKIPPED_BATCHES = "train/skipped_batches"
@@ -27,10 +34,21 @@ def log_skipped(module: pl.LightningModule, skipped: bool) -> None:
                batch_size=1)
 
 
+def record_unreadable(batch: dict | None, where: str = "training") -> list[str]:
+    """Record every file of ``batch["unreadable"]`` as skipped by ``where`` (each path logged once per process);
+    returns those paths. A module's ``training_step`` calls it with every batch: a batch that lost only some of its
+    files trains on the rest, and the lost ones are still counted."""
+    paths = [str(p) for p in (batch or {}).get("unreadable") or ()]
+    problems = list((batch or {}).get("unreadable_problems") or ())
+    for i, path in enumerate(paths):
+        record_skip(path, problems[i] if i < len(problems) else f"unreadable when read for {where}", where)
+    return paths
+
+
 def skipped_batch_loss(module: pl.LightningModule, batch: dict | None, batch_idx: int) -> torch.Tensor:
     """The loss of an empty training batch, logged as a skipped batch: ``0 x`` the sum of every trainable
     parameter (zero and finite, with zero gradients on every trainable parameter)."""
-    names = (batch or {}).get("unreadable") or ["?"]
+    names = record_unreadable(batch) or ["?"]
     log.warning("training batch %d on rank %d has no readable file (%s): skipped with a zero loss", batch_idx,
                 module.global_rank, ", ".join(names))
     log_skipped(module, True)

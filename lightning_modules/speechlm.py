@@ -30,7 +30,7 @@ from torchmetrics import SumMetric
 
 from syllablelm import flops
 from syllablelm.nn import common
-from syllablelm.nn.gpt import GPT, GPTConfig
+from syllablelm.nn.gpt import GPT, GPTConfig, at_least_float32
 from syllablelm.schedules import warmup_hold_decay
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,8 @@ class SpeechLMModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         logits, _ = self.net(batch["input"])
         target = batch["target"]
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=-100, reduction="sum")
+        nll = F.cross_entropy(at_least_float32(logits.flatten(0, 1)), target.flatten(), ignore_index=-100,
+                              reduction="sum")
         self.val_nll.update(nll.double())
         self.val_tokens.update((target != -100).sum().double())
 

@@ -21,7 +21,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
 from datamodules.dataset import is_empty, item_keys
-from lightning_modules.skipped_batches import log_skipped, skipped_batch_loss
+from lightning_modules.skipped_batches import log_skipped, record_unreadable, skipped_batch_loss
 from syllablelm import flops
 from syllablelm.frames import seconds_to_frames
 from syllablelm.nn import common
@@ -84,6 +84,10 @@ class SylBoostModule(pl.LightningModule):
         else:
             raise ValueError("SylBoostModule needs init_from (a teacher .ckpt, a fairseq .pt or an HF model dir)")
         self.student = copy.deepcopy(self.teacher)
+        # the loaders return eval-mode models and Lightning keeps a module's mode at fit start: without this the
+        # student of iteration 1 trained without dropout, and later iterations (after a regeneration restored train
+        # mode) with it, and a run resumed inside iteration 2 without it again
+        self.student.train()
         self.teacher.requires_grad_(False).eval()
         if freeze_cnn is None:
             freeze_cnn = not isinstance(self.teacher.model, Data2Vec2AudioEncoder)
@@ -192,6 +196,7 @@ class SylBoostModule(pl.LightningModule):
         if is_empty(batch):
             return skipped_batch_loss(self, batch, batch_idx)
         log_skipped(self, False)
+        record_unreadable(batch)
         self.flops_per_batch = self.training_flops(batch["waves"].shape[1], len(batch["ids"]))
         loss, _ = self._shared_step(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))

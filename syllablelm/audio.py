@@ -121,33 +121,90 @@ def read_audio(
 
     Multi-channel audio is averaged to mono; other rates are resampled with torchaudio's windowed sinc.
     Only the requested region is decoded, so long LibriLight chapters can be read chunk by chunk.
+
+    Every command reads audio here, so this is where audio that cannot be used as speech is refused, once:
+    :class:`AudioError` (naming the file) for an unreadable file, for a file or region that yields no samples
+    (a 0-sample WAV, an offset past the end) and for NaN or infinite samples (how many, and where the first one
+    is in seconds of the file; float WAV/FLAC can hold them, and one would turn every feature into NaN). The
+    finiteness check is one float64 sum over the samples already in memory (exact: a sum of float32 values
+    cannot overflow float64); only a file that fails it is looked at sample by sample.
     """
     try:
         with sf.SoundFile(str(path)) as f:
-            sr = f.samplerate
+            sr, total = f.samplerate, f.frames
             start = int(round(offset * sr))
             if start:
-                f.seek(min(start, f.frames))
+                f.seek(min(start, total))
             frames = -1 if duration is None else int(round(duration * sr))
             data = f.read(frames, dtype="float32", always_2d=True)  # (T, C)
     except Exception as e:
         raise AudioError(path, f"unreadable audio ({e})") from e
+    if len(data) == 0:
+        if total == 0:
+            raise AudioError(path, "empty (no samples)")
+        end = "the end" if duration is None else f"{offset + duration:.3f} s"
+        raise AudioError(path, f"no samples from {offset:.3f} s to {end} (the file has {total / sr:.3f} s)")
+    check_finite(path, data, sr, start=min(start, total))
     wave = torch.from_numpy(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0])
     if sr != sample_rate:
         wave = AF.resample(wave, sr, sample_rate)
     return wave.contiguous()
 
 
+def check_finite(path: str | os.PathLike, data: np.ndarray, sample_rate: int, *, start: int = 0) -> None:
+    """Raise :class:`AudioError` when ``data`` (``(T, C)`` samples that begin ``start`` samples into the file)
+    holds NaN or infinite samples; one pass (a float64 sum) when it does not."""
+    if _all_finite(data):
+        return
+    nan, inf = _non_finite(data)
+    first = int(np.flatnonzero(~np.isfinite(data).all(axis=1))[0])
+    raise AudioError(path, non_finite_problem(nan, inf, (start + first) / sample_rate))
+
+
+def _all_finite(data: np.ndarray) -> bool:
+    """One pass, no copy: the float64 sum of float32 samples is finite exactly when every sample is."""
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is the NaN we test for, not news
+        return bool(np.isfinite(data.sum(dtype=np.float64)))
+
+
+def _non_finite(data: np.ndarray) -> tuple[int, int]:
+    """(NaN samples, infinite samples) of a block (every channel counted)."""
+    return int(np.isnan(data).sum()), int(np.isinf(data).sum())
+
+
+def non_finite_problem(nan: int, inf: int, first_seconds: float) -> str:
+    """The problem of audio with NaN or infinite samples, as :class:`AudioError` states it."""
+    counts = " and ".join(f"{n} {what}" for n, what in ((nan, "NaN"), (inf, "infinite")) if n)
+    return f"non-finite audio: {counts} sample(s), the first at {first_seconds:.3f} s"
+
+
 def decoded_length(path: str | os.PathLike, block_seconds: float = 30.0) -> int:
     """Samples (per channel) a full decode yields, decoding block by block so memory stays one block whatever
-    the file's length; a truncated stream decodes to fewer samples than its header says."""
+    the file's length; a truncated stream decodes to fewer samples than its header says.
+
+    Raises :class:`AudioError` for what :func:`read_audio` would refuse: an unreadable stream, no samples at all,
+    NaN or infinite samples (checked block by block as decoded, with the same one-sum test; the error counts
+    them over the whole file and says where the first one is). The manifest's decode verification calls it, so a
+    file :func:`read_audio` cannot use never enters a manifest."""
+    first, nan, inf = None, 0, 0
     try:
         with sf.SoundFile(str(path)) as f:
-            block, n = max(1, int(block_seconds * f.samplerate)), 0
+            sr, total = f.samplerate, f.frames
+            block, n = max(1, int(block_seconds * sr)), 0
             while len(data := f.read(block, dtype="float32", always_2d=True)):
+                if not _all_finite(data):
+                    a, b = _non_finite(data)
+                    nan, inf = nan + a, inf + b
+                    if first is None:
+                        first = n + int(np.flatnonzero(~np.isfinite(data).all(axis=1))[0])
                 n += len(data)
     except Exception as e:
         raise AudioError(path, f"unreadable audio ({e})") from e
+    if n == 0:
+        raise AudioError(path, "empty (no samples)" if total == 0 else
+                         f"no samples decoded (the header says {total})")
+    if first is not None:
+        raise AudioError(path, non_finite_problem(nan, inf, first / sr))
     return n
 
 

@@ -49,6 +49,18 @@ def cache_dir(tmp_path) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """One finished ``syllablelm demo --tiny`` per test session (its work directory): the demo test checks it, and
+    the fault tests copy it, damage the copy and rerun (tests/test_faults.py). Treat it as read-only."""
+    from experiments.cli import main
+
+    workdir = tmp_path_factory.mktemp("tiny_demo") / "demo"
+    status = main(["demo", "--workdir", str(workdir), "--tiny"])
+    assert status == 0, f"the tiny demo exited {status} (its logs: {workdir / 'logs'})"
+    return workdir
+
+
+@pytest.fixture(scope="session")
 def synth_corpus(tmp_path_factory) -> Path:
     """A small eSpeak corpus (train/dev/test + alignments), made once per test session."""
     from syllablelm.synth.corpus import synthesize_corpus

@@ -131,20 +131,33 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
 
 
 def test_store_copy_command_copies_a_complete_version(tmp_path):
-    from experiments.cli import main
+    from datamodules.shard_store import AbsentVersionError, DamagedVersionError
+    from experiments.stores import main
 
     src, dst = BoundaryStore(tmp_path / "a"), BoundaryStore(tmp_path / "b")
+    copy = ["--store", str(tmp_path / "a"), "--out", str(tmp_path / "b")]
+    with pytest.raises(AbsentVersionError, match=r"a/iter_0: store version 0 does not exist .*does not exist"):
+        main(copy)
     for rank in range(2):
         src.write_shard(0, rank, 2, {f"u{rank}": np.array([[0.0, 0.5], [0.5, 1.0 + rank]])})
-    with pytest.raises(SystemExit, match="no complete version 0"):
-        main(["store-copy", "--store", str(tmp_path / "a"), "--out", str(tmp_path / "b")])
-    src.finalize(0, 2, meta={"stage": "TeacherModule"})
-    assert main(["store-copy", "--store", str(tmp_path / "a"), "--out", str(tmp_path / "b")]) == 0
+    with pytest.raises(IncompleteVersionError, match=r"a/iter_0: store version 0 is incomplete .*2 shard file"):
+        main(copy)
+    src.finalize(0, 2, meta={"stage": "TeacherModule", "command_line": ["syllablelm", "predict", "-c", "x.yaml"]})
+    assert main(copy) == 0
     a, b = src.load(0), dst.load(0)
     assert sorted(a) == sorted(b) == ["u0", "u1"] and all(np.array_equal(a[k], b[k]) for k in a)
-    meta = dst.manifest(0)["meta"]
+    meta, source = dst.manifest(0)["meta"], src.manifest(0)
     assert meta["stage"] == "TeacherModule" and meta["copied_from"].endswith("iter_0")
+    assert meta["command_line"] != source["meta"]["command_line"]  # the copy records the command that copied it
+    assert [s["files"] for s in dst.manifest(0)["shards"]] == [s["files"] for s in source["shards"]]
     assert dst.versions() == [0]
+    # a damaged source is refused with the boundary store's error, naming the shard and the recorded command
+    path = src.shard_path(0, 1, 2)
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(DamagedVersionError, match=r"shard-00001-of-00002.npz: boundary version 0 is damaged: .*"
+                       r"truncated: .*rerun `syllablelm predict -c x.yaml`"):
+        main([*copy, "--out-version", "1"])
+    assert not BoundaryStore(tmp_path / "b").version_dir(1).exists()
 
 
 def test_noisy_segments_keeps_gaps_and_run_edges():

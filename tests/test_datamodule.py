@@ -52,22 +52,23 @@ def test_train_sampler_shards_equally_and_covers_everything(world):
     seconds = np.random.default_rng(0).uniform(1, 10, size=53)
     per_rank = [list(TrainBatchSampler(seconds, batch_size=4, rank=r, world_size=world, seed=7)) for r in range(world)]
     assert len({len(p) for p in per_rank}) == 1  # equal step counts keep DDP in lock-step
-    items = [i for p in per_rank for _, b in p for i in b]
+    items = [i for p in per_rank for _, b, _ in p for i in b]
     assert set(items) == set(range(53))
     assert len(items) - 53 < 4 * world  # repeats only to even out the last round
     # same seed + epoch -> same batches; another epoch -> another order
     s = TrainBatchSampler(seconds, batch_size=4, seed=7)
-    first = [b for _, b in s]
-    assert first == [b for _, b in TrainBatchSampler(seconds, batch_size=4, seed=7)]
+    first = [b for _, b, _ in s]
+    assert first == [b for _, b, _ in TrainBatchSampler(seconds, batch_size=4, seed=7)]
+    assert [k for _, _, k in s] == list(range(len(first)))  # each batch knows its index in the epoch
     s.set_epoch(1)
-    assert [b for _, b in s] != first and all(e == 1 for e, _ in s)
+    assert [b for _, b, _ in s] != first and all(e == 1 for e, _, _ in s)
 
 
 def test_batches_respect_padded_seconds_budget():
     seconds = np.array([9.0, 8.0, 3.0, 2.0, 2.0, 1.0])
     batches = make_batches(np.argsort(-seconds), seconds, batch_size=10, max_batch_seconds=10.0)
     assert batches == [[0], [1], [2, 3, 4], [5]]
-    assert list(EvalBatchSampler(seconds, batch_size=2)) == [(0, [0, 1]), (0, [2, 3]), (0, [4, 5])]
+    assert list(EvalBatchSampler(seconds, batch_size=2)) == [(0, [0, 1], 0), (0, [2, 3], 1), (0, [4, 5], 2)]
 
 
 def test_eval_shards_cover_every_utterance_once(tmp_path, cache_dir):

@@ -5,15 +5,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from experiments.cli import main
 from experiments.demo import losspred_precision
 from syllablelm import Tokenizer
 
 
 @pytest.mark.slow
-def test_tiny_demo_writes_a_report_and_a_working_tokenizer(tmp_path):
-    assert main(["demo", "--workdir", str(tmp_path / "demo"), "--tiny"]) == 0
-    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+def test_tiny_demo_writes_a_report_and_a_working_tokenizer(tiny_demo, tmp_path):
+    report = json.loads((tiny_demo / "report.json").read_text())
     assert report["accelerator"] == "cpu" and report["teacher"] == "shipped"
     for stage in ("LossPred", "SylBoost iteration 1", "SylBoost iteration 2"):
         scores = report["stages"][stage]
@@ -49,7 +47,7 @@ def test_tiny_demo_writes_a_report_and_a_working_tokenizer(tmp_path):
     from syllablelm.segmenter import Segmenter, SegmenterConfig
 
     start = report["baselines"][SYLBOOST_START]
-    wd = tmp_path / "demo"
+    wd = tiny_demo
     splits = [load_split([str(wd / "data/synth" / s)], str(wd / "data/synth/alignments")) for s in ("test", "dev")]
     backbone = SpeechEncoder.load(SHIPPED / "backbone", layer=start["params"]["layer"]).eval()
     seg = Segmenter(SegmenterConfig.at_rate(start["params"]["rate_hz"], "rate", vad_trim=True))
@@ -62,10 +60,10 @@ def test_tiny_demo_writes_a_report_and_a_working_tokenizer(tmp_path):
     assert set(report["lm_pairs"]) == {"lexical", "syntactic", "tsc"}
     for stage in ("synth", "labels", "losspred", "sylboost", "quantize", "units", "speechlm", "evaluate"):
         assert report["timings"][stage]["seconds"] > 0 and report["timings"][stage]["peak_rss_mb"] > 0
-    md = (tmp_path / "demo" / "report.md").read_text()
+    md = (tiny_demo / "report.md").read_text()
     assert "sylboost beats losspred: f1 " in md and "paired bootstrap over its" in md
     for figure in ("f1_rvalue.png", "boundaries.png", "lm_pairs.png"):
-        assert f"figures/{figure}" in md and (tmp_path / "demo" / "figures" / figure).stat().st_size > 1000
+        assert f"figures/{figure}" in md and (tiny_demo / "figures" / figure).stat().st_size > 1000
     # the checkpoint named in the report tokenizes a file it has never seen, at another sample rate
     t = np.arange(3 * 22050) / 22050
     wave = np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t)) * 0.3
@@ -111,17 +109,128 @@ def test_stage_runner_skips_finished_stages_and_resumes_interrupted_fits(tmp_pat
     out = tmp_path / "out.txt"
     out.write_text("partial")  # what an interrupted stage leaves
     run.run("help", ["synth", "--help"], done=out)
-    assert run.timings["help"]["seconds"] > 0 and (tmp_path / "logs" / "help.done").exists()
+    marker = tmp_path / "logs" / "help.done.json"
+    assert run.timings["help"]["seconds"] > 0 and marker.exists()
     run.run("help", ["synth", "--help"], done=out)
     assert run.timings["help"].get("seconds") is not None  # the first run's record: the rerun was skipped
     run2 = Runner(tmp_path)
     run2.run("help", ["synth", "--help"], done=out)
-    assert run2.timings["help"] == {"skipped": True}
-    (tmp_path / "logs" / "help.done").unlink()
+    assert run2.timings["help"] == {**json_timing(marker), "skipped": True}  # the original timing, read back
+    marker.unlink()
     ckpt = tmp_path / "last.ckpt"
     ckpt.write_text("x")
     run2.run("help", ["synth", "--help"], done=out, resume=ckpt)
-    assert (tmp_path / "logs" / "help.done").read_text().split()[-2:] == ["--ckpt_path", str(ckpt)]
-    with pytest.raises(RuntimeError, match="stage bad failed"):
+    assert json.loads(marker.read_text())["argv"][-2:] == ["--ckpt_path", str(ckpt)]
+    with pytest.raises(RuntimeError, match="stage bad failed \\(exit 2\\): syllablelm synth: error: .*; log: "):
         run2.run("bad", ["synth", "--no-such-option"])
-    assert not (tmp_path / "logs" / "bad.done").exists()
+    assert not (tmp_path / "logs" / "bad.done.json").exists()
+
+
+def json_timing(marker) -> dict:
+    m = json.loads(marker.read_text())
+    return {k: m[k] for k in ("seconds", "peak_rss_mb", "attempt", "finished", "peak_rss_scope")}
+
+
+def _fake_demo_workdir(wd):
+    """A demo workdir as a rerun finds it after boundary version 2 lost a shard (issue 25, item 4): a 2-voice test
+    and dev split with alignments, boundary versions 0 and 1, version 2's manifest without its shard, an
+    evaluation with a baseline, units and LM pairs; no teacher or SylBoost checkpoint."""
+    import soundfile as sf
+
+    from datamodules.aligned import load_split
+    from datamodules.boundary_store import BoundaryStore
+    from syllablelm.evaluation import uniform_baseline
+    from tests.conftest import burst_wave
+
+    rng = np.random.default_rng(0)
+    refs = {}
+    for split, speakers in (("test", (1, 2)), ("dev", (3, 4))):
+        for spk in speakers:
+            for n in range(3):
+                uid = f"{spk}-100-{n:04d}"
+                wave, regions = burst_wave(rng, 2.0)
+                (wd / "data/synth" / split / str(spk) / "100").mkdir(parents=True, exist_ok=True)
+                sf.write(wd / "data/synth" / split / str(spk) / "100" / f"{uid}.flac", wave, 16000)
+                rows = [[a, b, "s"] for a, b in regions]
+                (wd / "data/synth/alignments").mkdir(parents=True, exist_ok=True)
+                (wd / "data/synth/alignments" / f"{uid}.json").write_text(json.dumps(
+                    {"words": rows, "syllables": rows, "phones": rows}))
+                refs[uid] = np.array(regions)
+    store = BoundaryStore(wd / "runs/boundaries")
+    for version in (0, 1, 2):
+        store.write_shard(version, 0, 1, {u: r + 0.01 * version for u, r in refs.items()})
+        store.finalize(version, 1)
+    store.shard_path(2, 0, 1).unlink()
+    splits = [load_split([str(wd / "data/synth" / s)], str(wd / "data/synth/alignments")) for s in ("test", "dev")]
+    _, baselines = uniform_baseline(*splits, 4.5, per="file")
+    (wd / "runs/evaluate.json").write_text(json.dumps({
+        "baselines": baselines,
+        "tokenizer": {"clustering": {"cpur": 0.5, "spur": 0.5, "snmi": 0.5},
+                      "tokens": {"token_rate": 5.0, "dedup_token_rate": 4.0, "dedup_nominal_bps": 20.0,
+                                 "dedup_entropy_bps": 18.0}},
+        "lm_pairs": {"lexical": {"num_pairs": 6, "summed": {"all": {"accuracy": 0.5}},
+                                 "normalised": {"all": {"accuracy": 0.6}}}}}))
+
+
+def test_a_report_names_every_missing_section_and_keeps_recorded_timings(tmp_path):
+    """Never a silently shorter report: the lost iteration-2 version, SylBoost's start and the figure that need
+    absent files each get a ``missing:`` line saying why and which stage to rerun, the checks that need them too;
+    the header's timings are the stages' recorded ones plus this run's own."""
+    from experiments.report import build_report
+
+    wd = tmp_path / "demo"
+    _fake_demo_workdir(wd)
+    timings = {"losspred": {"seconds": 10.0, "peak_rss_mb": 300.0, "attempt": 1, "skipped": True},
+               "sylboost": {"seconds": 20.0, "peak_rss_mb": 500.0, "attempt": 2}}
+    report = build_report(wd, teacher_ckpt=wd / "runs/teacher/last.ckpt", tokenizer=wd / "runs/tokenizer.ckpt",
+                          timings=timings, seconds=5.0, tiny=True, shipped_teacher=True)
+    assert json.loads((wd / "report.json").read_text())["missing"] == report["missing"]
+    assert report["total_seconds"] == 35.0 and report["peak_rss_mb"] == 500.0
+    assert set(report["stages"]) == {"LossPred", "SylBoost iteration 1"}
+    whats = [m.split(" (")[0] for m in report["missing"]]
+    assert whats == ["SylBoost iteration 2 boundaries", "SylBoost's start, untrained",
+                     "check 'sylboost beats losspred' and its bootstrap",
+                     "check 'sylboost beats its start' and its bootstrap",
+                     "check 'iteration 2 vs iteration 1' and its bootstrap",
+                     "figure boundaries.png"]
+    it2 = report["missing"][0]
+    assert "runs/boundaries/iter_2" in it2 and "shard-00000-of-00001.npz" in it2 and "rerun stage sylboost" in it2
+    assert "runs/sylboost/checkpoints/last.ckpt is absent; rerun stage sylboost" in report["missing"][1]
+    assert report["missing_causes"] == [report["missing"][i] for i in (0, 1, 5)]
+    assert set(report["checks"]) == set(report["significance"]) == {"losspred_beats_uniform"}
+    md = (wd / "report.md").read_text()
+    assert "Incomplete report: 6 section(s) missing" in md and "total 35 s" in md and "peak memory 500 MB" in md
+    for line in report["missing"]:
+        assert f"- missing: {line}" in md
+    assert "| SylBoost iteration 1 |" in md and "| lexical | 6 | 50.0 | 60.0 |" in md
+    assert "| losspred | 10.0 | 300.0 | 1 | skipped (finished before) |" in md
+    assert "figures/f1_rvalue.png" in md and "figures/boundaries.png" not in md
+    # the evaluation lost too: its three sections are named, not dropped
+    (wd / "runs/evaluate.json").unlink()
+    report = build_report(wd, teacher_ckpt=wd / "runs/teacher/last.ckpt", tokenizer=wd / "runs/tokenizer.ckpt",
+                          timings={}, seconds=1.0, tiny=True, shipped_teacher=True)
+    gone = [m for m in report["missing"] if "runs/evaluate.json is absent; rerun stage evaluate" in m]
+    assert [m.split(" (")[0] for m in gone] == ["baselines", "units", "SpeechLM pair accuracy"]
+    assert report["peak_rss_mb"] is None and "peak memory unknown" in (wd / "report.md").read_text()
+
+
+def test_the_demo_exits_1_with_one_line_when_a_stage_fails_or_the_report_misses_a_section(tmp_path, monkeypatch,
+                                                                                         capsys):
+    import experiments.demo as demo
+    import experiments.report as report
+    from experiments.stage_runner import StageFailed
+
+    def failing(run, *args):
+        raise StageFailed("stage sylboost failed (exit 1): RuntimeError: boom; log: L")
+
+    monkeypatch.setattr(demo, "run_stages", failing)
+    assert demo.main(["--workdir", str(tmp_path), "--tiny"]) == 1
+    assert capsys.readouterr().err == "syllablelm demo: stage sylboost failed (exit 1): RuntimeError: boom; log: L\n"
+    monkeypatch.setattr(demo, "run_stages", lambda run, *args: (tmp_path / "t.ckpt", tmp_path / "tok.ckpt"))
+    monkeypatch.setattr(report, "build_report", lambda wd, **kw: {
+        "missing": ["SylBoost iteration 2 boundaries (x)", "check (needs it)"],
+        "missing_causes": ["SylBoost iteration 2 boundaries (x)"], "total_seconds": 1.0})
+    assert demo.main(["--workdir", str(tmp_path), "--tiny"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"syllablelm demo: the report misses 2 section(s): SylBoost iteration 2 boundaries (x) (and 1 "
+                   f"that need them); see {tmp_path / 'report.md'}"]

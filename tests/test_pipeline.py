@@ -315,3 +315,47 @@ def test_the_whole_paper_pipeline_as_two_simulated_nodes(workspace, tmp_path):
     for stage in ("quantize", "units", "units_dev", "speechlm"):
         assert (runs / f"pipeline_whole/{stage}.done.json").is_file()
     assert (runs / "librilight/speechlm_base/checkpoints/last.ckpt").is_file()
+
+
+# ------------------------------------------------------------------------------------------ markers (stage_state)
+def test_pipeline_markers_share_the_stage_state_format_and_old_ones_still_count(tmp_path, monkeypatch, clean_env):
+    """One stage (a store copy) run in this process: its marker is the shared format, its attempt log holds this
+    rank's project logs, a rerun skips it, a lost shard reruns it, and after a crash between its exit and its marker
+    (``SYLLABLELM_FAULT=stage.finished:copy``) its whole store version counts as done; a marker of the old format
+    still counts."""
+    from syllablelm.faults import InjectedFault
+
+    monkeypatch.chdir(tmp_path)
+    source = BoundaryStore(tmp_path / "source")
+    source.write_shard(0, 0, 1, {"a": [[0.0, 0.5]], "b": [[0.1, 0.4]]})
+    source.finalize(0, 1)
+    cfg = {"state_dir": "state", "stages": [{"name": "copy", "command": "store-copy", "complete":
+                                             "copied/iter_0/manifest.json", "args": ["--store", "source", "--out",
+                                                                                      "copied"]}]}
+    path = _write(tmp_path / "p.yaml", cfg)
+    assert pl.main(["--config", str(path)]) == 0
+    pipe = pl.load_pipeline(path)
+    marker = json.loads(pipe.marker(pipe.stages[0]).read_text())
+    assert marker["format"] == 1 and marker["stage"] == "copy" and marker["world_size"] == 1
+    assert marker["peak_rss_scope"] == "process" and marker["attempt"] == 1 and marker["seconds"] >= 0
+    assert marker["outputs"] == [{"store": "copied", "version": 0}]
+    assert "syllablelm store-copy --store source" in (tmp_path / "state/copy.attempt-1.log").read_text()
+    assert pipe.is_complete(pipe.stages[0])
+    assert pl.main(["--config", str(path)]) == 0  # skipped: no new attempt
+    assert not (tmp_path / "state/copy.attempt-2.log").exists()
+    BoundaryStore(tmp_path / "copied").shard_path(0, 0, 1).unlink()
+    assert not pipe.is_complete(pipe.stages[0])
+    assert pl.main(["--config", str(path)]) == 0 and json.loads(pipe.marker(pipe.stages[0]).read_text())["attempt"] == 2
+    pipe.marker(pipe.stages[0]).unlink()
+    assert pipe.is_complete(pipe.stages[0])  # its only output is a whole store version: finished, marker or not
+    clean_env.setenv("SYLLABLELM_FAULT", "stage.finished:copy")
+    BoundaryStore(tmp_path / "copied").shard_path(0, 0, 1).unlink()
+    with pytest.raises(InjectedFault):  # ran again, and crashed between its end and its marker
+        pl.main(["--config", str(path)])
+    clean_env.delenv("SYLLABLELM_FAULT")
+    assert not pipe.marker(pipe.stages[0]).exists() and BoundaryStore(tmp_path / "copied").is_complete(0)
+    assert pipe.is_complete(pipe.stages[0])  # so the rerun skips it
+    # a marker written before the shared format (stage, argv, world_size, seconds, finished) still counts
+    pipe.marker(pipe.stages[0]).write_text(json.dumps({"stage": "copy", "argv": ["store-copy"], "world_size": 2,
+                                                       "seconds": 3.5, "finished": "2025-01-01T00:00:00"}))
+    assert pipe.is_complete(pipe.stages[0]) and pipe.state.timings()["copy"]["seconds"] == 3.5

@@ -198,7 +198,7 @@ def test_two_ranks_train_equal_and_val_exactly_once(tmp_path, pack):
         for loader in loaders:
             loader.sampler.set_epoch(epoch)
         assert len(loaders[0]) == len(loaders[1]) > 0
-        batches = [[idx for _, idx in loader.sampler] for loader in loaders]
+        batches = [[idx for _, idx, _ in loader.sampler] for loader in loaders]
         covered = sorted(i for rank in batches for b in rank for i in b)
         assert set(covered) == set(range(len(dms[0].datasets["train"])))  # every window, some repeated
     # validation: the ranks' windows predict every position of the val stream exactly once
@@ -208,7 +208,7 @@ def test_two_ranks_train_equal_and_val_exactly_once(tmp_path, pack):
         ds = dm.datasets["val"]
         assert len(ds) > 0 and np.array_equal(ds.stream, stream)
         positions += [p for s, n in zip(ds.starts, ds.lengths) for p in range(s + 1, s + n)]
-        for _, idx in dm.val_dataloader().sampler:
+        for _, idx, _ in dm.val_dataloader().sampler:
             t = ds[(0, idx)]["target"]
             targets += t[t != -100].tolist()
     assert sorted(positions) == list(range(1, len(stream)))  # no repeats, no gaps

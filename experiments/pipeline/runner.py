@@ -12,8 +12,12 @@ that group, and the offline commands (``labels``, ``units``) get this process's 
 Commands marked ``ranks: zero`` (``quantize``) run on global rank 0 while the others wait. All ranks meet at a
 barrier after every stage.
 
-A stage is skipped when its output is complete (its ``complete`` file exists, or else the pipeline's own
-``STATE_DIR/<stage>.done.json``), and resumed when it is partial: ``fit`` from the newest of the stage's
+A stage is skipped when it finished before and its output is whole: its marker ``STATE_DIR/<stage>.done.json``
+exists and its ``complete`` path, if it names one, is whole (a store version's ``iter_K/manifest.json``: the
+store's ``is_complete``; another file: present, not empty); :mod:`experiments.stage_state` has the marker format,
+the rule and why an output alone is not enough. Each attempt's log (this rank 0's project logs) is
+``STATE_DIR/<stage>.attempt-K.log``; markers of older runs (``seconds``/``argv``/``world_size`` only) still count.
+A stage is resumed when it is partial: ``fit`` from the newest of the stage's
 ``last.ckpt`` and Lightning's SLURM ``hpc_ckpt_*.ckpt``; ``labels``/``units`` keep the shards already written;
 LossPred's ``predict`` reuses the partial files its ``BoundaryWriter`` flushed; ``quantize`` the pooled-feature
 parts it saved (outputs are written atomically, so a stopped run leaves nothing half-written). On SLURM,
@@ -28,9 +32,11 @@ names, every input path exists (or is made by an earlier stage) in the right for
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -52,7 +58,8 @@ from experiments.pipeline.launch import (
     shutdown_distributed,
 )
 from experiments.pipeline.stage_configs import fit_resume_checkpoint, flag_values
-from syllablelm.fileio import write_json
+from experiments.stage_state import Output, StageState, as_output, outputs_problem
+from syllablelm.outcome import EXIT_REQUEUED
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +67,7 @@ LIGHTNING = ("fit", "validate", "test", "predict")
 OFFLINE_SHARDED = ("labels", "units")  # commands that take --rank/--world-size
 OFFLINE = (*OFFLINE_SHARDED, "quantize", "evaluate", "baselines", "synth", "pairs", "tokenize", "store-copy",
            "references", "import-sylboost")
-REQUEUED = 3  # exit status of a process that asked SLURM to requeue the job
+REQUEUED = EXIT_REQUEUED  # exit status of a process that asked SLURM to requeue the job (syllablelm.outcome)
 
 
 # ---------------------------------------------------------------------------------------------- the config
@@ -86,11 +93,19 @@ class Pipeline:
     source: Path
     lightning_args: list[str] = field(default_factory=list)  # added to every Lightning stage
 
+    @property
+    def state(self) -> StageState:
+        return StageState(self.state_dir)
+
     def marker(self, stage: Stage) -> Path:
-        return self.state_dir / f"{stage.name}.done.json"
+        return self.state.marker_path(stage.name)
+
+    def outputs(self, stage: Stage) -> list[Output]:
+        return [as_output(stage.complete)] if stage.complete else []
 
     def is_complete(self, stage: Stage) -> bool:
-        return Path(stage.complete).exists() if stage.complete else self.marker(stage).exists()
+        """The skip rule (:meth:`experiments.stage_state.StageState.check`): a marker and whole outputs."""
+        return self.state.check(stage.name, self.outputs(stage)).skip
 
 
 def load_pipeline(path: str | os.PathLike) -> Pipeline:
@@ -192,6 +207,43 @@ def run_stage(stage: Stage, argv: list[str], launch: Launch) -> None:
         raise PipelineError(f"stage {stage.name!r}: `syllablelm {' '.join(argv)}` exited with status {status}")
 
 
+def _not_made(stage: Stage, pipe: Pipeline, decision) -> str | None:
+    """Rank 0, after a stage ran: None when its output is whole, else the error every rank stops with."""
+    problem = outputs_problem(pipe.outputs(stage))
+    if problem is None:
+        return None
+    hint = ""
+    if stage.command == "fit" and decision is not None and decision.marker is not None:
+        hint = (" (it had finished before, so it resumed from its final checkpoint and redid nothing: move that "
+                "checkpoint aside to train the stage again)")
+    return (f"stage {stage.name!r} finished but its output is not whole: {problem}{hint}; check the stage's "
+            "'complete' path against its output")
+
+
+@contextlib.contextmanager
+def _logging_to(path: Path | None):
+    """Copy the project's log records (and Lightning's) into ``path`` while a stage runs (nothing when None)."""
+    if path is None:
+        yield
+        return
+    from experiments.cli import PROJECT_LOGGERS
+
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(n) for n in (*PROJECT_LOGGERS, "lightning.pytorch")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield
+    except BaseException as e:
+        log.error("stage stopped: %s: %s", type(e).__name__, e)
+        raise
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        handler.close()
+
+
 def select(stages: list[Stage], only: list[str] | None, start: str | None) -> list[Stage]:
     names = [s.name for s in stages]
     for n in (only or []) + ([start] if start else []):
@@ -243,24 +295,29 @@ def _main(args) -> int:
         shutdown_distributed()
         return 0
     _requeue_on_sigusr1(launch)
+    state = pipe.state
     for stage in stages:
-        done = gather(pipe.is_complete(stage) if launch.rank == 0 else None)[0]  # rank 0's view decides
+        decision = state.check(stage.name, pipe.outputs(stage)) if launch.rank == 0 else None
+        done = gather(decision.skip if decision is not None else None)[0]  # rank 0's view decides
         if done:
             log.info("stage %s: complete, skipped", stage.name)
             continue
         argv = stage_argv(stage, pipe, launch, extra)
+        if decision is not None and decision.marker is not None:
+            log.warning("stage %s: %s: running it again", stage.name, decision.reason)
         log.info("stage %s: syllablelm %s", stage.name, " ".join(argv))
-        start = time.perf_counter()
-        run_stage(stage, argv, launch)
+        attempt = state.begin(stage.name, argv, header=f"{launch.world_size} process(es); rank 0's project logs "
+                              "follow, the rest is in the job's output") if launch.rank == 0 else None
+        with _logging_to(attempt.log if attempt else None):
+            run_stage(stage, argv, launch)
         barrier()
-        made = gather((not stage.complete or Path(stage.complete).exists()) if launch.rank == 0 else None)[0]
-        if not made:  # every rank stops, not only rank 0
-            raise PipelineError(f"stage {stage.name!r} finished but {stage.complete} does not exist: check the "
-                                "stage's 'complete' path against its output")
-        if launch.rank == 0:
-            write_json(pipe.marker(stage), {"stage": stage.name, "argv": argv, "world_size": launch.world_size,
-                                            "seconds": round(time.perf_counter() - start, 1),
-                                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1)
+        problem = gather(_not_made(stage, pipe, decision) if launch.rank == 0 else None)[0]
+        if problem:  # every rank stops, not only rank 0
+            raise PipelineError(problem)
+        if attempt is not None:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+            state.finish(attempt, argv, outputs=pipe.outputs(stage), seconds=time.perf_counter() - attempt.started,
+                         peak_rss_mb=peak, peak_rss_scope="process", world_size=launch.world_size)
         barrier()
     if launch.rank == 0:
         print(json.dumps({s.name: "done" for s in stages}))

@@ -13,7 +13,8 @@ train any model here (alignments only score).
 5. ``syllablelm sylboost-gain`` from both backbones at each ``--hours`` (layer 2, fixed 6.25 segments per
    second of speech span, 2 iterations x ``--epochs``).
 
-Every stage is a ``syllablelm`` process, skipped when its output exists, so an interrupted study resumes.
+Every stage is a ``syllablelm`` process, skipped on a rerun once it finished (its marker in ``WORKDIR/logs``) with its
+output whole, so an interrupted study resumes; progress goes to stdout.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     wd = args.workdir.resolve()
     wd.mkdir(parents=True, exist_ok=True)
-    run = Runner(wd)
+    run = Runner(wd, total=6)
     data, runs = wd / "data" / "synth", wd / "runs"
     splits = [str(data / s) for s in ("train", "dev", "test")]
     run.run("synth", ["synth", "--out", str(data), "--num-utterances", str(args.utterances), "--speakers", "48",
