@@ -97,6 +97,6 @@ class ResumableData:
         """The training sampler, set to resume where the restored checkpoint stopped (once)."""
         if self._resume_at is not None:
             sampler.resume(*self._resume_at)
-            log.info("training data resumes at epoch %d, batch %d (from the checkpoint)", *self._resume_at)
+            log.info("training data resumes at epoch %d, batch %d (from the checkpoint)", *sampler.resume_point)
             self._resume_at = None
         return sampler

@@ -81,6 +81,11 @@ class EpochBatchSampler(DistributedSampler):
         self.set_epoch(epoch)
 
     @property
+    def resume_point(self) -> tuple[int, int] | None:
+        """``(epoch, batch)`` the next iterator starts at after :meth:`resume`, until it serves its first batch."""
+        return self._resume
+
+    @property
     def resuming(self) -> bool:
         """True until the iterator that :meth:`resume` set up has served its first batch."""
         return self._resume is not None

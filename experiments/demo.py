@@ -102,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"syllablelm demo: the report misses {len(report['missing'])} section(s): {'; '.join(causes)}"
               f"{f' (and {more} that need them)' if more else ''}; see {wd / 'report.md'}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"report: {wd / 'report.md'} (total {duration(report['total_seconds'])}, each stage as recorded when it "
-          f"ran; this run {duration(time.perf_counter() - t0)})")
+    stages = report["total_seconds"] - (report.get("own_seconds") or 0.0)
+    print(f"report: {wd / 'report.md'} (the stages took {duration(stages)} when they ran; this invocation "
+          f"{duration(time.perf_counter() - t0)}, the report included)")
     return EXIT_OK
 
 
