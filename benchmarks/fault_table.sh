@@ -9,6 +9,7 @@
 # code; every fault works on a copy of it under OUT. The tests inject the same faults through SYLLABLELM_FAULT
 # (tests/test_faults.py); this script uses only what a user can do: bad files, damaged shards, kill -9, SIGTERM.
 set -uo pipefail
+python -c "import torch, lightning" 2>/dev/null || { echo "run it in the project's environment (. .venv/bin/activate)" >&2; exit 2; }
 CODE=$(realpath "$1"); BASE=$(realpath "$2"); OUT=$(realpath -m "$3")
 rm -rf "$OUT"; mkdir -p "$OUT"; cd "$OUT"   # not a checkout: `python -m` puts the working directory on sys.path first
 export PYTHONPATH="$CODE" HF_HUB_OFFLINE=1
@@ -28,7 +29,7 @@ fresh() {  # a copy of BASE without the stages from SylBoost (or from $2) on
 }
 echo "| fault | exit | what the user sees (last line) |" > "$OUT/table.md"; echo "|---|---|---|" >> "$OUT/table.md"
 
-# ---- bad audio: NaN, inf, 0-sample and 0-byte WAVs among six good files
+# ---- bad audio: NaN, inf, 0-sample and 0-byte WAVs beside the good files of the test split (at most six)
 python - "$BASE/data/synth/test" "$OUT/audio" <<'PY'
 import shutil, sys, pathlib, numpy as np, soundfile as sf
 src, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]); out.mkdir(parents=True)
@@ -39,11 +40,12 @@ nan, inf = w.copy(), w.copy(); nan[1000:1100] = np.nan; inf[2000:2010] = np.inf
 sf.write(out / "nan.wav", nan, sr, subtype="FLOAT"); sf.write(out / "inf.wav", inf, sr, subtype="FLOAT")
 sf.write(out / "empty.wav", np.zeros(0, np.float32), sr, subtype="FLOAT"); (out / "zero_bytes.wav").write_bytes(b"")
 PY
+good=$(ls "$OUT"/audio/*.flac | wc -l)
 for bad in nan inf empty zero_bytes; do
   mkdir -p "$OUT/in_$bad"; cp "$OUT"/audio/*.flac "$OUT/audio/$bad.wav" "$OUT/in_$bad/"
   o=$("${S[@]}" tokenize --checkpoint "$BASE/runs/tokenizer.ckpt" --input "$OUT/in_$bad" --output "$OUT/tok_$bad.jsonl" \
       --device cpu 2>&1); st=$?
-  row "tokenize: 6 good files + $bad.wav (lines written: $([ -f "$OUT/tok_$bad.jsonl" ] && wc -l < "$OUT/tok_$bad.jsonl" || echo none))" $st "$o"
+  row "tokenize: $good good files + $bad.wav (lines written: $([ -f "$OUT/tok_$bad.jsonl" ] && wc -l < "$OUT/tok_$bad.jsonl" || echo none))" $st "$o"
 done
 mkdir -p "$OUT/only_zero"; cp "$OUT/audio/zero_bytes.wav" "$OUT/only_zero/"
 o=$("${S[@]}" tokenize --checkpoint "$BASE/runs/tokenizer.ckpt" --input "$OUT/only_zero" --output "$OUT/tok_only.jsonl" \
@@ -51,10 +53,10 @@ o=$("${S[@]}" tokenize --checkpoint "$BASE/runs/tokenizer.ckpt" --input "$OUT/on
 row "tokenize: only a 0-byte file (output: $([ -f "$OUT/tok_only.jsonl" ] && echo "$(stat -c %s "$OUT/tok_only.jsonl") bytes" || echo none))" $st "$o"
 o=$("${S[@]}" units --checkpoint "$BASE/runs/tokenizer.ckpt" --data "$OUT/in_nan" --out "$OUT/units_nan" --device cpu \
     --manifest-cache "$OUT/cache" 2>&1); st=$?
-row "units: 6 good files + nan.wav" $st "$o"
+row "units: $good good files + nan.wav" $st "$o"
 o=$("${S[@]}" labels --data "$OUT/in_inf" --out "$OUT/labels_inf" --num-clusters 8 --fit-hours 0.01 \
     --manifest-cache "$OUT/cache" 2>&1); st=$?
-row "labels (MFCC): 6 good files + inf.wav" $st "$o"
+row "labels (MFCC): $good good files + inf.wav" $st "$o"
 
 # ---- damaged stores under a finished demo, then the same demo command again
 for case in truncated_unit_shard bitflipped_boundary_v1 deleted_boundary_v2_shard; do

@@ -155,6 +155,11 @@ def error_line(e: BaseException) -> str:
     """The message of an error as one line: its first line, with the exception type when the message alone would
     not say what happened."""
     text = str(e).strip()
+    if "Does not validate against any of the Union subtypes" in text:  # jsonargparse wraps a class's own error
+        reasons = [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("- ")]
+        reasons = [r for r in reasons if not r.startswith(("Expected a ", "Problem with given class_path"))]
+        if reasons:
+            return reasons[0]
     first = text.splitlines()[0] if text else ""
     if not first or type(e).__name__ in ("KeyError", "IndexError", "AssertionError", "AttributeError", "TypeError",
                                         "ZeroDivisionError", "NameError"):

@@ -129,8 +129,9 @@ def run_stages(run: Runner, wd: Path, size: Size, args, precision: str, shipped:
     else:
         labels += ["--num-clusters", "100", "--fit-hours", "0.3"]
     run.run("labels", labels, done=StoreVersion(runs / "labels", 0, "labels"))
+    # progress bars on: they go to each stage's log, whose last line the runner shows as the stage's progress
     teacher_cfg = write_config("teacher.yaml", wd / "configs" / "teacher.yaml", wd, lambda c: (
-        c["trainer"].update(max_epochs=size.teacher_epochs, enable_progress_bar=False, accelerator=args.accelerator),
+        c["trainer"].update(max_epochs=size.teacher_epochs, enable_progress_bar=True, accelerator=args.accelerator),
         c["data"]["init_args"].update(test_dirs=[splits[2]], predict_dirs=splits, manifest_cache=str(wd / "cache"))))
     if shipped:
         teacher_ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +142,7 @@ def run_stages(run: Runner, wd: Path, size: Size, args, precision: str, shipped:
     run.run("losspred", ["predict", "--config", str(teacher_cfg), "--ckpt_path", str(teacher_ckpt),
                          f"--trainer.precision={precision}"], done=StoreVersion(boundaries, 0, "boundary"))
     sylboost_cfg = write_config("sylboost.yaml", wd / "configs" / "sylboost.yaml", wd, lambda c: (
-        c["trainer"].update(max_epochs=2 * size.sylboost_epochs, enable_progress_bar=False,
+        c["trainer"].update(max_epochs=2 * size.sylboost_epochs, enable_progress_bar=True,
                             check_val_every_n_epoch=max(1, size.sylboost_epochs // 2), accelerator=args.accelerator),
         c["model"]["init_args"].update(epochs_per_iteration=size.sylboost_epochs,
                                        init_from=str(SHIPPED / "backbone" if shipped else teacher_ckpt)),
@@ -157,7 +158,7 @@ def run_stages(run: Runner, wd: Path, size: Size, args, precision: str, shipped:
     run.run("units", ["units", "--checkpoint", str(tokenizer), "--data", *splits[:2], "--out", str(runs / "units"),
                       *cache, *device], done=StoreVersion(runs / "units", 0, "units"))
     lm_cfg = write_config("speechlm.yaml", wd / "configs" / "speechlm.yaml", wd, lambda c: (
-        c["trainer"].update(max_steps=size.lm_steps, enable_progress_bar=False, check_val_every_n_epoch=1,
+        c["trainer"].update(max_steps=size.lm_steps, enable_progress_bar=True, check_val_every_n_epoch=1,
                             accelerator=args.accelerator),
         c["model"]["init_args"]["network"].update(vocab_size=size.units),
         c["model"]["init_args"].update(warmup=size.lm_steps // 10, hold=size.lm_steps * 4 // 10,

@@ -33,7 +33,7 @@ def sylboost_config(args, name: str, backbone: str, hours: float, store: Path) -
     data, root = args.data.resolve(), args.out.resolve() / "runs" / name
 
     def edit(c):
-        c["trainer"].update(max_epochs=2 * args.epochs, enable_progress_bar=False,
+        c["trainer"].update(max_epochs=2 * args.epochs, enable_progress_bar=True,
                             check_val_every_n_epoch=args.epochs)
         place_run(c, root)
         seg = {"rate_hz": args.rate} if args.mode == "rate" else {"calibrate_to_hz": args.rate}

@@ -29,7 +29,7 @@ def teacher_config(workdir: Path, name: str, epochs: int) -> Path:
     from experiments.stage_runner import place_run, write_config
 
     def edit(c):
-        c["trainer"].update(max_epochs=epochs, enable_progress_bar=False)
+        c["trainer"].update(max_epochs=epochs, enable_progress_bar=True)
         place_run(c, workdir / "runs" / name)
         c["data"]["init_args"].update(manifest_cache=str(workdir / "cache"))
     return write_config("teacher.yaml", workdir / "configs" / f"{name}.yaml", workdir, edit)
