@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 
 from syllablelm.audio import AudioError, read_audio
 from syllablelm.frames import FRAME_SECONDS, num_frames, seconds_to_frames
+from syllablelm.outcome import record_skip
 
 from .manifest import Entry
 
@@ -167,6 +168,16 @@ def attach_segments(batch: dict, boundaries: Mapping[str, np.ndarray] | None, sa
         window_segments(boundaries, utt, float(off), float(off) + int(n) / sample_rate)
         for utt, off, n in zip(batch["ids"], batch["offsets"], batch["lengths"])]
     return batch
+
+
+def record_unreadable(batch: dict | None, where: str = "training") -> list[str]:
+    """Record every file of ``batch["unreadable"]`` as skipped by ``where``, with the reader's reason (each path
+    logged once per process, :func:`syllablelm.outcome.record_skip`); returns those paths."""
+    paths = [str(p) for p in (batch or {}).get("unreadable") or ()]
+    problems = list((batch or {}).get("unreadable_problems") or ())
+    for i, path in enumerate(paths):
+        record_skip(path, problems[i] if i < len(problems) else f"unreadable when read for {where}", where)
+    return paths
 
 
 def keep_batch(batch: dict) -> dict:

@@ -56,7 +56,7 @@ class SeededLoader(DataLoader):
 
     def __iter__(self):
         epoch = self.epoch_of() if self.epoch_of is not None else None
-        if epoch is not None and not self.sampler.resuming:
+        if epoch is not None and self.sampler.resume_point is None:
             self.sampler.set_epoch(epoch)
         self.generator.manual_seed(derive(self.seed, self.sampler.next_epoch, 0x5EED))
         return super().__iter__()

@@ -86,11 +86,6 @@ class EpochBatchSampler(DistributedSampler):
         return self._resume
 
     @property
-    def resuming(self) -> bool:
-        """True until the iterator that :meth:`resume` set up has served its first batch."""
-        return self._resume is not None
-
-    @property
     def next_epoch(self) -> int:
         """The epoch the next iterator serves."""
         return self._resume[0] if self._resume is not None else self.epoch

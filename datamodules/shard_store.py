@@ -131,7 +131,7 @@ def command_text(argv: list[str]) -> str:
 class ShardStore:
     """Read and write ``iter_K`` versions under ``root``; values are numpy arrays concatenated along axis 0."""
 
-    kind = "values"
+    kind = "store"  # what the messages call a store of no known kind; subclasses name theirs
     empty_shape: tuple[int, ...] = (0,)
     dtype: Any = np.float64
 
@@ -152,7 +152,7 @@ class ShardStore:
         """The step that writes ``version`` of this store kind: what an error tells the user to rerun when the
         version records no command line (it is incomplete, absent, or was written before commands were
         recorded)."""
-        return f"the step that writes this {self.kind} store"
+        return f"the step that writes version {int(version)} of this store"
 
     # ---- paths --------------------------------------------------------------------------------------------
     def version_dir(self, version: int) -> Path:
@@ -324,11 +324,25 @@ class ShardStore:
                 f"{self.regenerate_hint(version, manifest)}")
 
     # ---- writing ------------------------------------------------------------------------------------------
-    def write_shard(self, version: int, rank: int, world_size: int, entries: Mapping[str, Any]) -> Path:
-        """Write one rank's utterances atomically. Entries are checked before anything is written."""
+    def skipped_path(self, version: int, rank: int, world_size: int) -> Path:
+        """Where a shard keeps the inputs it left out (:meth:`write_shard`'s ``skipped``) until :meth:`finalize`."""
+        return self.version_dir(version) / f"skipped-{rank:05d}-of-{world_size:05d}.json"
+
+    def write_shard(self, version: int, rank: int, world_size: int, entries: Mapping[str, Any],
+                    skipped: Mapping[str, str] | None = None) -> Path:
+        """Write one rank's utterances atomically. Entries are checked before anything is written. ``skipped``
+        (``{path: reason}``, the inputs this shard left out) is kept beside the shard, written before it so a
+        finished shard always has its record, and gathered into the manifest's ``meta["skipped"]`` by
+        :meth:`finalize` (the ranks of an offline pass share no process group); a shard written again without
+        skips drops the record of an earlier attempt."""
         ids = sorted(entries)
         values = [self.encode(i, entries[i], version) for i in ids]
         lengths = np.array([len(v) for v in values], dtype=np.int64)
+        record = self.skipped_path(version, rank, world_size)
+        if skipped:
+            write_json(record, dict(sorted(skipped.items())))
+        else:
+            record.unlink(missing_ok=True)
         path = self.shard_path(version, rank, world_size)
         joined = np.concatenate(values) if values else np.zeros(self.empty_shape, dtype=self.dtype)
         write_npz(path, ids=np.array(ids, dtype=str), offsets=np.concatenate([[0], np.cumsum(lengths)]),
@@ -353,9 +367,11 @@ class ShardStore:
     def finalize(self, version: int, world_size: int, meta: Mapping | None = None) -> dict:
         """Rank 0, after a barrier: check that every shard of ``world_size`` exists, then write the manifest with
         each shard's files, sizes and checksums (:meth:`shard_record`) and, in ``meta``, the command line of this
-        process (``command_line``, ``cwd``) unless ``meta`` gives one.
+        process (``command_line``, ``cwd``) unless ``meta`` gives one. The inputs the shards left out
+        (:meth:`write_shard`'s ``skipped``) join ``meta["skipped"]`` (``{path: reason}``, sorted by path).
 
-        Shards of an earlier attempt with another world size are removed first so a version never mixes runs.
+        Shards of an earlier attempt with another world size (and their skip records) are removed first so a
+        version never mixes runs.
         Reading every shard once for its checksum costs about a second per GB on rank 0.
         """
         vdir = self.version_dir(version)
@@ -367,9 +383,17 @@ class ShardStore:
         if missing:
             raise IncompleteVersionError(f"{vdir}: shards of ranks {missing} (of {world_size}) are missing")
         expected = {self.shard_path(version, r, world_size).name for r in range(world_size)}
-        for stale in vdir.glob("shard-*.npz"):
+        expected |= {self.skipped_path(version, r, world_size).name for r in range(world_size)}
+        for stale in [*vdir.glob("shard-*.npz"), *vdir.glob("skipped-*-of-*.json")]:
             if stale.name not in expected:
                 stale.unlink()
+        records = [self.skipped_path(version, r, world_size) for r in range(world_size)]
+        if "skipped" in meta or any(r.is_file() for r in records):
+            skipped = dict(meta.get("skipped") or {})
+            for record in records:
+                if record.is_file():
+                    skipped.update(json.loads(record.read_text()))
+            meta["skipped"] = dict(sorted(skipped.items()))
         command = f"`{command_text(meta['command_line'])}`"
         shards = [self.shard_record(version, r, world_size, command) for r in range(world_size)]
         manifest = {"kind": self.kind, "version": int(version), "world_size": world_size,
@@ -388,7 +412,7 @@ class ShardStore:
                 raise TimeoutError(f"{self.version_dir(version)}: after {timeout:.0f} s the shards of ranks "
                                    f"{missing} are still missing")
             time.sleep(poll)
-        return self.finalize(version, world_size, meta)
+        return self.finalize(version, world_size, meta)  # every shard's skip record was written before it
 
     def shards_to_write(self, version: int, rank: int, world_size: int, shards: int | None = None
                         ) -> tuple[int, list[int]]:

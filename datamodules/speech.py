@@ -32,7 +32,7 @@ from syllablelm.fileio import shard_range
 from syllablelm.outcome import record_skip
 
 from .boundary_store import BoundaryStore
-from .dataset import CropMode, Item, SpeechDataset, attach_segments, keep_batch
+from .dataset import CropMode, Item, SpeechDataset, attach_segments, keep_batch, record_unreadable
 from .distributed import rank_world, resolve_version
 from .label_store import LabelStore
 from .manifest import Entry, Manifest, Verify, build_manifest, librilight_voice_activity
@@ -148,9 +148,15 @@ class SpeechDataModule(ResumableData, pl.LightningDataModule):
             self.set_boundary_version(int(version))
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """In the main process, right before the batch is used: its segments from the boundary version in use, and
+        the files it lost recorded as skipped inputs (a worker's own records would be lost)."""
         batch = super().on_before_batch_transfer(batch, dataloader_idx)
-        if self.boundaries is not None and isinstance(batch, dict):
-            attach_segments(batch, self.boundaries, self.hparams.sample_rate)
+        if isinstance(batch, dict):
+            if self.boundaries is not None:
+                attach_segments(batch, self.boundaries, self.hparams.sample_rate)
+            trainer = self.trainer
+            training = trainer is None or trainer.training
+            record_unreadable(batch, "training" if training else getattr(trainer.state.stage, "value", "evaluation"))
         return batch
 
     def _maybe_manifest(self, split: str) -> None:

@@ -15,13 +15,12 @@ A file the audio reader refuses (unreadable, no samples, NaN or infinite samples
 not fatal: the manifest drops what its decode check finds, and a file that fails when read for its labels (or for
 the k-means sample) is left out of its shard, logged and recorded (:func:`syllablelm.outcome.record_skip`,
 ``where="labels"``). Every skipped file is listed with its reason in the version's ``meta["skipped"]``
-(:func:`write_shard_skips` / :func:`version_skips`, which ``syllablelm units`` uses too), and the command line
-exits with status 4.
+(each shard keeps its own, :meth:`~datamodules.shard_store.ShardStore.write_shard`, and the manifest gathers
+them), and the command line exits with status 4.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -32,13 +31,12 @@ import torch
 from tqdm.auto import tqdm
 
 from datamodules.label_store import LabelStore
-from datamodules.shard_store import ShardStore
 from datamodules.speech import SpeechDataModule
 from syllablelm.audio import SAMPLE_RATE, AudioError, read_audio
 from syllablelm.checkpoints import KMeansLabeler, load_kmeans_centroids
 from syllablelm.clustering import kmeans
 from syllablelm.faults import fault_point
-from syllablelm.fileio import atomic_write, write_json
+from syllablelm.fileio import atomic_write
 from syllablelm.frames import FRAME_SECONDS, num_frames, seconds_to_frames
 from syllablelm.labels import HiddenFeatures, mfcc_features
 from syllablelm.outcome import record_skip
@@ -81,49 +79,9 @@ def _windows(seconds: float, size: float) -> list[tuple[float, float]]:
     return [(float(a), float((starts[i + 1] if i + 1 < len(starts) else seconds) - a)) for i, a in enumerate(starts)]
 
 
-def _skips_path(store: ShardStore, version: int, shard: int, n_shards: int) -> Path:
-    return store.version_dir(version) / f"skipped-{shard:05d}-of-{n_shards:05d}.json"
-
-
-def write_shard_skips(store: ShardStore, version: int, shard: int, n_shards: int, skipped: dict[str, str]) -> None:
-    """Keep the files a shard left out (``{path: reason}``) beside it, for rank 0's :func:`version_skips` (the
-    ranks of an offline pass share no process group). Call it *before* the shard is written, so a finished shard
-    always has its record; a redone shard without skips removes the record of an earlier attempt."""
-    path = _skips_path(store, version, shard, n_shards)
-    if skipped:
-        write_json(path, dict(sorted(skipped.items())))
-    else:
-        path.unlink(missing_ok=True)
-
-
-def version_skips(store: ShardStore, version: int, n_shards: int, manifest_skipped: dict[str, str]
-                  ) -> dict[str, str]:
-    """Every file a version left out, ``{path: reason}`` (sorted by path): those the manifest dropped and those
-    each of the ``n_shards`` shards skipped. Records of another shard count (an earlier attempt) are removed."""
-    out = dict(manifest_skipped)
-    keep = {_skips_path(store, version, s, n_shards) for s in range(n_shards)}
-    for path in store.version_dir(version).glob("skipped-*-of-*.json"):
-        if path in keep:
-            out.update(json.loads(path.read_text()))
-        else:
-            path.unlink(missing_ok=True)
-    return dict(sorted(out.items()))
-
-
 def _skip(path: str, problem: str, skipped: dict[str, str]) -> None:
     record_skip(path, problem, "labels")
     skipped[path] = problem
-
-
-def wait_for_shards(store: ShardStore, version: int, n_shards: int, timeout: float) -> None:
-    """Rank 0 of an offline pass: wait until every shard file of ``version`` exists (the other ranks write
-    theirs); raises ``TimeoutError`` naming the missing ones."""
-    start = time.time()
-    while missing := store.missing_shards(version, n_shards):
-        if time.time() - start > timeout:
-            raise TimeoutError(f"{store.version_dir(version)}: after {timeout:.0f} s the shards {missing} (of "
-                               f"{n_shards}) are still missing")
-        time.sleep(2.0)
 
 
 def _wait_for(path: Path, what: str, timeout: float) -> None:
@@ -221,14 +179,13 @@ def main(argv: list[str] | None = None) -> int:
                     out[ds.entries[k].id] = _file_labels(fn, labeler, ds.entries[k], spans)
                 except AudioError as e:  # broke after the manifest was built: left out of the shard
                     _skip(ds.entries[k].path, e.problem, skipped)
-        write_shard_skips(store, args.version, shard, n_shards, skipped)
-        store.write_shard(args.version, shard, n_shards, out)
+        store.write_shard(args.version, shard, n_shards, out, skipped=skipped)
         fault_point("shard.written")  # a crash between shards: the rerun writes only the missing ones
     if args.rank == 0:
-        wait_for_shards(store, args.version, n_shards, args.wait_timeout)  # then every shard's skips are there
-        skipped = version_skips(store, args.version, n_shards, dm.manifest("predict").skipped)
-        store.finalize_when_complete(args.version, n_shards, timeout=args.wait_timeout, meta={
+        manifest = store.finalize_when_complete(args.version, n_shards, timeout=args.wait_timeout, meta={
             "num_labels": int(len(centroids)), "features": args.features, "checkpoint": args.checkpoint,
-            "layer": args.layer, "kmeans": args.kmeans or str(centroids_path), "skipped": skipped})
-        log.info("label version %d complete: %s (%d files skipped)", args.version, vdir, len(skipped))
+            "layer": args.layer, "kmeans": args.kmeans or str(centroids_path),
+            "skipped": dm.manifest("predict").skipped})  # with every shard's own skips
+        log.info("label version %d complete: %s (%d files skipped)", args.version, vdir,
+                 len(manifest["meta"]["skipped"]))
     return 0

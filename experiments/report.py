@@ -27,7 +27,6 @@ import torch  # noqa: E402
 from datamodules.aligned import aligned_entries, load_split  # noqa: E402
 from datamodules.boundary_store import BoundaryStore  # noqa: E402
 from datamodules.label_store import LabelStore  # noqa: E402
-from experiments.stage_state import StoreVersion  # noqa: E402
 from syllablelm.audio import SAMPLE_RATE, read_audio  # noqa: E402
 from syllablelm.evaluation import tuned_scores, uniform_baseline  # noqa: E402
 from syllablelm.fileio import write_json, write_text  # noqa: E402
@@ -75,15 +74,11 @@ def stage_scores(wd: Path, cache: Path, missing: Missing | None = None) -> dict:
     (test, ref_t), (dev, ref_d) = _split(wd, "test", cache), _split(wd, "dev", cache)
     out = {}
     for version, name in STAGES.items():
-        problem = StoreVersion(store.root, version, "boundary").problem()
-        if problem is None:
-            try:
-                segs = store.load(version)
-            except READ_ERRORS as e:
-                problem = str(e)
-        if problem is not None:
+        try:  # load verifies sizes and checksums first: a damaged version is a store error naming the file
+            segs = store.load(version)
+        except READ_ERRORS as e:
             if missing is not None:
-                missing.add("boundaries", f"{name} boundaries", f"{problem}; rerun stage {MADE_BY[version]}")
+                missing.add("boundaries", f"{name} boundaries", f"{e}; rerun stage {MADE_BY[version]}")
             continue
         t = [e for e in test if e.id in segs]
         d = [e for e in dev if e.id in segs]

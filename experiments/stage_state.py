@@ -39,7 +39,6 @@ reports the seconds and memory they took when they ran.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import re
@@ -55,8 +54,6 @@ MARKER_FORMAT = 1
 MARKER_SUFFIX = ".done.json"
 LEGACY_SUFFIX = ".done"  # the demo's old marker: one line, the stage's arguments
 _VERSION_DIR = re.compile(r"^iter_(\d+)$")
-_STORES = {"boundary": ("datamodules.boundary_store", "BoundaryStore"),
-           "labels": ("datamodules.label_store", "LabelStore"), "units": ("datamodules.unit_store", "UnitStore")}
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -110,12 +107,9 @@ class StoreVersion:
         return None
 
     def _store(self):
-        kind = self.kind
-        if kind is None:
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                kind = json.loads((Path(self.root) / f"iter_{self.version}" / "manifest.json").read_text()).get("kind")
-        module, name = _STORES.get(kind, ("datamodules.shard_store", "ShardStore"))  # imported on demand
-        return getattr(importlib.import_module(module), name)(self.root)
+        from datamodules.store_kinds import open_store  # imported on demand: this module stays light
+
+        return open_store(self.root, self.kind, self.version)
 
     def to_json(self) -> dict:
         return {"store": str(self.root), "version": int(self.version), **({"kind": self.kind} if self.kind else {})}

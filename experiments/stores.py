@@ -35,23 +35,10 @@ import logging
 import numpy as np
 
 from datamodules.boundary_store import BoundaryStore
-from datamodules.label_store import LabelStore
 from datamodules.shard_store import MANIFEST, ShardStore, StoreError
-from datamodules.unit_store import UnitStore
+from datamodules.store_kinds import STORE_CLASSES
 
 log = logging.getLogger(__name__)
-STORES = {cls.kind: cls for cls in (BoundaryStore, LabelStore, UnitStore)}
-
-
-class AnyStore(ShardStore):
-    """A store of a kind not known yet (its manifest says which): for the errors of a version without one."""
-
-    kind = "store"
-
-    def writer_hint(self, version: int) -> str:
-        return f"the step that writes version {int(version)} of this store"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="syllablelm store-copy", description=__doc__.split("\n")[0])
     p.add_argument("--store", required=True, help="the source store root (holds iter_K/ folders)")
@@ -59,12 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="the destination store root")
     p.add_argument("--out-version", type=int, help="the version number in the destination (default: the same)")
     args = p.parse_args(argv)
-    source = AnyStore(args.store)
+    source = ShardStore(args.store)
     kind = source.manifest(args.version, check_shards=False).get("kind")  # absent / incomplete: the store's error
-    if kind not in STORES:
+    if kind not in STORE_CLASSES:
         raise StoreError(f"{source.version_dir(args.version) / MANIFEST}: unknown store kind {kind!r} (expected one "
-                         f"of {', '.join(sorted(STORES))})")
-    cls = STORES[kind]
+                         f"of {', '.join(sorted(STORE_CLASSES))})")
+    cls = STORE_CLASSES[kind]
     copied = cls(args.store).copy_version(args.version, cls(args.out), args.out_version)
     log.info("copied %s version %d (%d utterances) to %s", kind, args.version, copied["num_utterances"], args.out)
     return 0

@@ -17,7 +17,7 @@ Both skip a file the audio reader refuses (unreadable, no samples, NaN or infini
 instead of failing: the manifest drops what its decode check finds, and a file that fails when read is logged and
 recorded (:func:`syllablelm.outcome.record_skip`, ``where="quantize"`` / ``"units"``); the command line then exits
 with status 4. ``units`` lists every file it left out, with its reason, in the version's ``meta["skipped"]``
-(``{path: reason}``, gathered from every shard like the label step's).
+(``{path: reason}``, gathered from every shard by the store).
 """
 from __future__ import annotations
 
@@ -36,7 +36,6 @@ from tqdm.auto import tqdm
 from datamodules.manifest import build_manifest
 from datamodules.speech import SpeechDataModule
 from datamodules.unit_store import UnitStore
-from experiments.frame_labels import version_skips, wait_for_shards, write_shard_skips
 from syllablelm.audio import AudioError
 from syllablelm.faults import fault_point
 from syllablelm.fileio import weights_fingerprint, write_json, write_npz
@@ -230,16 +229,14 @@ def units(argv: list[str] | None = None) -> int:
             chunk = paths[start:start + args.batch_size]
             for i, result in tokenize_readable(tok, [p for _, p in chunk], deduplicates(variant), skipped):
                 out[chunk[i][0]] = result
-        write_shard_skips(store, args.version, shard, n_shards, skipped)  # before the shard: it names them
-        store.write_shard(args.version, shard, n_shards, out)
+        store.write_shard(args.version, shard, n_shards, out, skipped=skipped)
         fault_point("shard.written")  # a crash between shards: the rerun writes only the missing ones
     if args.rank == 0:
-        wait_for_shards(store, args.version, n_shards, args.wait_timeout)  # then every shard's skips are there
-        skipped = version_skips(store, args.version, n_shards, dm.manifest("predict").skipped)
-        store.finalize_when_complete(args.version, n_shards, timeout=args.wait_timeout, meta={
+        manifest = store.finalize_when_complete(args.version, n_shards, timeout=args.wait_timeout, meta={
             "vocab_size": tok.vocab_size, "checkpoint": args.checkpoint, "data": args.data,
-            "variant": variant, "deduplicated": deduplicates(variant), "skipped": skipped})
+            "variant": variant, "deduplicated": deduplicates(variant),
+            "skipped": dm.manifest("predict").skipped})  # with every shard's own skips
         log.info("unit version %d complete (%s units): %s (%d files skipped)", args.version, variant,
-                 store.version_dir(args.version), len(skipped))
+                 store.version_dir(args.version), len(manifest["meta"]["skipped"]))
     return 0
 

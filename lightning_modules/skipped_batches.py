@@ -10,10 +10,11 @@ gradients; the optimizer steps on every rank alike).
 Every training step logs ``train/skipped_batches`` (0 or 1; summed over the epoch and over ranks at its end), so
 the key exists on every rank and the epoch-end sum is a collective that every rank joins.
 
-The files a batch left out (``batch["unreadable"]``, empty batch or not) are recorded as skipped inputs of this
-process by :func:`record_unreadable` (:func:`syllablelm.outcome.record_skip`, ``where="training"``), so the command
-line names them in its summary and exits with status 4. Batches are built in DataLoader worker processes, whose
-records would be lost: the record is made here, in the training process, from the batch.
+The files a batch left out (``batch["unreadable"]``) are recorded as skipped inputs of this process by
+:func:`datamodules.dataset.record_unreadable` (:func:`syllablelm.outcome.record_skip`), so the command line names
+them in its summary and exits with status 4: for every batch of every loop by the DataModule, in the main process
+(batches are built in DataLoader workers, whose records would be lost), and here again for an empty training batch
+of any loader (recorded once per path).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import logging
 import lightning.pytorch as pl
 import torch
 
-from syllablelm.outcome import record_skip
+from datamodules.dataset import record_unreadable
 
 log = logging.getLogger(__name__)
 SKIPPED_BATCHES = "train/skipped_batches"
@@ -32,17 +33,6 @@ def log_skipped(module: pl.LightningModule, skipped: bool) -> None:
     """Count this training step in ``train/skipped_batches`` (call it at every step, skipped or not)."""
     module.log(SKIPPED_BATCHES, float(skipped), on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True,
                batch_size=1)
-
-
-def record_unreadable(batch: dict | None, where: str = "training") -> list[str]:
-    """Record every file of ``batch["unreadable"]`` as skipped by ``where`` (each path logged once per process);
-    returns those paths. A module's ``training_step`` calls it with every batch: a batch that lost only some of its
-    files trains on the rest, and the lost ones are still counted."""
-    paths = [str(p) for p in (batch or {}).get("unreadable") or ()]
-    problems = list((batch or {}).get("unreadable_problems") or ())
-    for i, path in enumerate(paths):
-        record_skip(path, problems[i] if i < len(problems) else f"unreadable when read for {where}", where)
-    return paths
 
 
 def skipped_batch_loss(module: pl.LightningModule, batch: dict | None, batch_idx: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
 from datamodules.dataset import is_empty, item_keys
-from lightning_modules.skipped_batches import log_skipped, record_unreadable, skipped_batch_loss
+from lightning_modules.skipped_batches import log_skipped, skipped_batch_loss
 from syllablelm import flops
 from syllablelm.frames import seconds_to_frames
 from syllablelm.nn import common
@@ -196,7 +196,6 @@ class SylBoostModule(pl.LightningModule):
         if is_empty(batch):
             return skipped_batch_loss(self, batch, batch_idx)
         log_skipped(self, False)
-        record_unreadable(batch)
         self.flops_per_batch = self.training_flops(batch["waves"].shape[1], len(batch["ids"]))
         loss, _ = self._shared_step(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))

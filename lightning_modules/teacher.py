@@ -25,7 +25,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
 from datamodules.dataset import is_empty, item_keys
-from lightning_modules.skipped_batches import log_skipped, record_unreadable, skipped_batch_loss
+from lightning_modules.skipped_batches import log_skipped, skipped_batch_loss
 from syllablelm import flops
 from syllablelm.audio import SAMPLE_RATE, speech_frame_span, speech_regions
 from syllablelm.checkpoints import load_teacher
@@ -144,7 +144,6 @@ class TeacherModule(pl.LightningModule):
         if is_empty(batch):
             return skipped_batch_loss(self, batch, batch_idx)
         log_skipped(self, False)
-        record_unreadable(batch)
         # model FLOPs of this step, for callbacks.throughput (MFU): the padded batch, every part trains
         cfg = self.teacher.config
         self.flops_per_batch = flops.training(len(batch["ids"]) * flops.hubert_forward(

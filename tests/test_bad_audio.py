@@ -17,13 +17,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from datamodules.dataset import collate, is_empty
+from datamodules.dataset import collate, is_empty, record_unreadable
 from datamodules.label_store import LabelStore
 from datamodules.manifest import build_manifest
 from datamodules.speech import SpeechDataModule
 from datamodules.unit_store import UnitStore
 from experiments.cli import main
-from lightning_modules.skipped_batches import record_unreadable
 from syllablelm import outcome
 from syllablelm.audio import AudioError, decoded_length, read_audio
 from syllablelm.tokenizer import Tokenizer

@@ -110,4 +110,4 @@ def test_the_fault_table_script_parses():
 
     from tests.conftest import REPO
 
-    subprocess.run(["bash", "-n", str(REPO / "benchmarks/fault_table.sh")], check=True)
+    assert subprocess.run(["bash", "-n", str(REPO / "benchmarks/fault_table.sh")]).returncode == 0

@@ -13,9 +13,10 @@ Commands marked ``ranks: zero`` (``quantize``) run on global rank 0 while the ot
 barrier after every stage.
 
 A stage is skipped when it finished before and its output is whole: its marker ``STATE_DIR/<stage>.done.json``
-exists and its ``complete`` path, if it names one, is whole (a store version's ``iter_K/manifest.json``: the
-store's ``is_complete``; another file: present, not empty); :mod:`experiments.stage_state` has the marker format,
-the rule and why an output alone is not enough. Each attempt's log (this rank 0's project logs) is
+exists and its ``complete`` path, if it names one, is whole (a store version's ``iter_K/manifest.json``: complete,
+its shards matching their recorded sizes and checksums; another file: present, not empty), or, without a marker,
+when that path is a whole store version; :mod:`experiments.stage_state` has the marker format, the rule and why
+other outputs alone are not enough. Each attempt's log (this rank 0's project logs) is
 ``STATE_DIR/<stage>.attempt-K.log``; markers of older runs (``seconds``/``argv``/``world_size`` only) still count.
 A stage is resumed when it is partial: ``fit`` from the newest of the stage's
 ``last.ckpt`` and Lightning's SLURM ``hpc_ckpt_*.ckpt``; ``labels``/``units`` keep the shards already written;
