@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from syllablelm.nn.generation import DECODE_MODES
-from syllablelm.nn.gpt import GPT, GPTConfig
+from syllablelm.models.generation import DECODE_MODES
+from syllablelm.models.gpt import GPT, GPTConfig
 
 BANDWIDTH = {"h200": 4.8e12, "h100": 3.35e12}  # bytes/s, HBM
 

@@ -50,7 +50,7 @@ class Throughput(pl.Callback):
             torch.cuda.synchronize()
         self.times.append(time.perf_counter() - self._t)
         self.items.append(self.count(batch))
-        self.flops.append(getattr(module, "flops_per_batch", None))  # syllablelm.flops, set by the step
+        self.flops.append(getattr(module, "flops_per_batch", None))  # syllablelm.models.flops, set by the step
 
     on_train_batch_start = on_predict_batch_start = _start
     on_train_batch_end = on_predict_batch_end = _end
@@ -108,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from datamodules.manifest import list_audio
     from experiments.cli import lightning_cli, run_command
-    from syllablelm import flops
-    from syllablelm.audio import audio_info
-    from syllablelm.nn.gpt import GPT, GPTConfig
-    from syllablelm.nn.hubert import TeacherConfig
-    from syllablelm.synth.corpus import synthesize_corpus
-    from syllablelm.tokenizer import Tokenizer
+    from syllablelm.audio.io import audio_info
+    from syllablelm.models import flops
+    from syllablelm.models.gpt import GPT, GPTConfig
+    from syllablelm.models.hubert import TeacherConfig
+    from syllablelm.synthesis.corpus import synthesize_corpus
+    from syllablelm.units.tokenizer import Tokenizer
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,7 +19,7 @@ import statistics
 import torch
 from generation import timed  # benchmarks/generation.py (this script's folder is on the path)
 
-from syllablelm.nn.gpt import GPT, GPTConfig
+from syllablelm.models.gpt import GPT, GPTConfig
 
 RATES = (6.25, 25.0)
 

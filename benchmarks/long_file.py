@@ -39,7 +39,7 @@ def make_long_file(path: Path, minutes: float, corpus: Path) -> float:
     import soundfile as sf
 
     from datamodules.manifest import list_audio
-    from syllablelm.audio import read_audio
+    from syllablelm.audio.io import read_audio
 
     waves = [read_audio(p).numpy() for p in list_audio(corpus)]
     pause = np.zeros(8000, dtype=np.float32)  # 0.5 s
@@ -73,7 +73,7 @@ def child(pass_: str, audio: str, tokenizer: str, work: str) -> None:
     """One pass over one file in this (fresh) process; prints JSON with the peak RSS."""
     start = time.perf_counter()
     if pass_ == "units":
-        from syllablelm.tokenizer import Tokenizer
+        from syllablelm.units.tokenizer import Tokenizer
 
         segs, units = Tokenizer.from_checkpoint(tokenizer, chunk_seconds=60.0)(audio)
         n = len(units)
@@ -96,7 +96,7 @@ def main() -> None:
     if args.child:
         child(*args.child)
         return
-    from syllablelm.synth.corpus import synthesize_corpus
+    from syllablelm.synthesis.corpus import synthesize_corpus
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

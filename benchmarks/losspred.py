@@ -17,13 +17,13 @@ import numpy as np
 import torch
 
 from lightning_modules.teacher import LossPredConfig, TeacherModule
-from syllablelm.audio import read_audio
+from syllablelm.audio.io import read_audio
 from syllablelm.checkpoints import KMeansLabeler
-from syllablelm.clustering import kmeans
-from syllablelm.labels import mfcc_features
-from syllablelm.metrics import boundary_scores
-from syllablelm.nn.hubert import TeacherConfig
-from syllablelm.synth.corpus import synthesize_corpus
+from syllablelm.evaluation.boundary_metrics import boundary_scores
+from syllablelm.models.hubert import TeacherConfig
+from syllablelm.synthesis.corpus import synthesize_corpus
+from syllablelm.units.clustering import kmeans
+from syllablelm.units.frame_labels import mfcc_features
 
 
 def make_batch(paths: list[str], num_labels: int, seed: int) -> dict:
@@ -83,7 +83,7 @@ def main() -> None:
     n = len(frames)
     print(f"teacher: {'checkpoint ' + args.checkpoint if args.checkpoint else 'random ' + args.size}, "
           f"device {args.device}, {n} utterances, {seconds:.1f} s of audio, forward batch {args.forward_batch}")
-    from syllablelm.losspred import mask_groups
+    from syllablelm.boundaries.losspred import mask_groups
 
     print(f"forwards per utterance: gap path {np.mean([len(mask_groups(T)) for T in frames]):.0f} "
           f"(one span per forward when T <= 150, as the authors), "

@@ -20,8 +20,8 @@ import time
 import numpy as np
 import torch
 
-from syllablelm import mincut_dp as _dp
-from syllablelm.segment import _search_range, calibrate_delta, sse_segment_batch
+from syllablelm.boundaries import dp as _dp
+from syllablelm.boundaries.mincut import calibrate_delta, search_range, sse_segment_batch
 
 
 class PeakMemory:
@@ -156,7 +156,7 @@ def main():
 
     same_rate = all(o.tolist() == b for o, b in zip(ours, base))
     # Every count the search may visit, on a few utterances (untimed): our backtrack vs the baseline's.
-    lo, hi = _search_range(a.T, a.min_len, a.max_len, 0.2)
+    lo, hi = search_range(a.T, a.min_len, a.max_len, 0.2)
     xs, ls = x[:4], lengths[:4].to(dev)
     cost = _dp.sse_cost_table(xs, ls, a.min_len, a.max_len)
     _, bp = _dp.min_cut_dp(cost, ls, hi, a.min_len)

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from syllablelm.synth.corpus import synthesize_corpus
-from syllablelm.synth.espeak import ESpeak
+from syllablelm.synthesis.corpus import synthesize_corpus
+from syllablelm.synthesis.espeak import ESpeak
 
 
 def main() -> None:

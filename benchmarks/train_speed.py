@@ -8,7 +8,7 @@ speed-ups, side by side in one process (issue 21, item 3):
 Each stage's real ``training_step`` runs on random inputs of a fixed shape (random weights; no corpus, no
 Trainer, no data loading: data loading is measured by the Lightning runs of ``gpu_smoke.py``), so the numbers
 isolate the model step. Printed per stage and variant: audio seconds (or tokens) per second, MFU against
-``--peak-flops`` (from ``syllablelm.flops``, the formulas in docs/algorithms.md), speed-up over ``today``, peak
+``--peak-flops`` (from ``syllablelm.models.flops``, the formulas in docs/algorithms.md), speed-up over ``today``, peak
 GPU memory.
 
     python benchmarks/train_speed.py --json OUT.json                  # CUDA, base sizes
@@ -57,8 +57,8 @@ def build(stage: str, size: str, variant: dict, work: Path):
     from lightning_modules.speechlm import SpeechLMModule
     from lightning_modules.sylboost import SylBoostModule
     from lightning_modules.teacher import TeacherModule
-    from syllablelm.nn.gpt import GPTConfig
-    from syllablelm.nn.hubert import HubertTeacher, TeacherConfig
+    from syllablelm.models.gpt import GPTConfig
+    from syllablelm.models.hubert import HubertTeacher, TeacherConfig
 
     compile_layers = variant.get("compile_layers", False)
     net = TeacherConfig.base(num_labels=500) if size == "base" else TeacherConfig.tiny()

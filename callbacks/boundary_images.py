@@ -13,8 +13,8 @@ import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from syllablelm.audio import SAMPLE_RATE
-from syllablelm.plots import boundary_figure, save_png
+from syllablelm.audio.io import SAMPLE_RATE
+from syllablelm.evaluation.plots import boundary_figure, save_png
 
 
 class BoundaryImages(pl.Callback):

@@ -52,10 +52,10 @@ import torch
 from datamodules.boundary_store import BoundaryStore
 from datamodules.dataset import is_empty
 from datamodules.shard_store import StoreError
-from syllablelm.audio import SAMPLE_RATE
-from syllablelm.faults import fault_point
-from syllablelm.metrics import BoundaryMetric
-from syllablelm.segmenter import Segmenter
+from syllablelm.audio.io import SAMPLE_RATE
+from syllablelm.boundaries.segmenter import Segmenter
+from syllablelm.evaluation.boundary_metrics import BoundaryMetric
+from syllablelm.runtime.faults import fault_point
 
 log = logging.getLogger(__name__)
 LEGACY_STATE_KEY = "boundary_regeneration"  # where checkpoints written before ``state_dict`` keep the state

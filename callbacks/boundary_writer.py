@@ -26,8 +26,8 @@ import numpy as np
 
 from datamodules.boundary_store import BoundaryStore
 from datamodules.dataset import item_keys
-from syllablelm.faults import fault_point
-from syllablelm.fileio import weights_fingerprint, write_json, write_npz
+from syllablelm.runtime.faults import fault_point
+from syllablelm.runtime.fileio import weights_fingerprint, write_json, write_npz
 
 log = logging.getLogger(__name__)
 

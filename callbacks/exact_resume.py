@@ -6,7 +6,7 @@ generators, and whatever ran before training (model construction, the sanity che
 them by the time a restarted run trains again. This callback makes training's randomness independent of that:
 
 * at the start of every training epoch, Python's, numpy's and torch's generators (every CUDA device included) are
-  seeded from ``(seed, epoch)`` (:func:`syllablelm.seeding.derive`), so an epoch replays identically whatever
+  seeded from ``(seed, epoch)`` (:func:`syllablelm.runtime.seeding.derive`), so an epoch replays identically whatever
   happened before it;
 * every checkpoint also holds the generators' exact states and the position they belong to (epoch, batches done);
   a run restarted from a checkpoint saved *inside* an epoch (``every_n_train_steps``, a SLURM requeue) restores
@@ -16,7 +16,7 @@ them by the time a restarted run trains again. This callback makes training's ra
 ``seed``: None takes the run's seed (``seed_everything``, i.e. ``PL_GLOBAL_SEED``; 0 if unset). The ``syllablelm``
 command line adds this callback to every Lightning stage; add it yourself when you drive a ``Trainer`` directly.
 
-It also hosts the fault point ``train_batch_end:<LightningModule class>`` (:mod:`syllablelm.faults`): after a
+It also hosts the fault point ``train_batch_end:<LightningModule class>`` (:mod:`syllablelm.runtime.faults`): after a
 batch's optimizer step, before the checkpoint callbacks of that step.
 """
 from __future__ import annotations
@@ -26,8 +26,8 @@ import os
 
 import lightning.pytorch as pl
 
-from syllablelm.faults import fault_point
-from syllablelm.seeding import derive, rng_states, seed_all, set_rng_states
+from syllablelm.runtime.faults import fault_point
+from syllablelm.runtime.seeding import derive, rng_states, seed_all, set_rng_states
 
 log = logging.getLogger(__name__)
 

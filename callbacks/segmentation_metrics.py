@@ -2,7 +2,8 @@
 
 A LightningModule's ``validation_step``/``test_step`` returns ``{"segments": [(n, 2) seconds, file time], ...}``
 (one entry per batch item); this callback pairs them with the batch's reference syllables and accumulates the
-count-state metrics of :mod:`syllablelm.metrics` (both protocols, every shift of the tuning grid), plus the
+count-state metrics of :mod:`syllablelm.evaluation.boundary_metrics` (both protocols, every shift of the tuning
+grid), plus the
 achieved segment rate. At epoch end it logs, per split and protocol:
 
 - ``{split}/{protocol}_{f1,precision,recall,r_value,os}`` at shift 0;
@@ -22,8 +23,8 @@ import lightning.pytorch as pl
 import torch
 from torchmetrics import SumMetric
 
-from syllablelm.audio import SAMPLE_RATE
-from syllablelm.metrics import BoundaryMetric
+from syllablelm.audio.io import SAMPLE_RATE
+from syllablelm.evaluation.boundary_metrics import BoundaryMetric
 
 PROTOCOLS = ("syllablelm", "sdhubert")
 SCORES = ("precision", "recall", "f1", "r_value", "os")

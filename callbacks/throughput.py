@@ -9,7 +9,7 @@ Lightning's :class:`~lightning.pytorch.callbacks.ThroughputMonitor` with what th
 - the batch measures of each stage: samples = utterances (speech stages) or sequences (the SpeechLM); lengths =
   audio samples at 16 kHz, or target tokens. ``train/audio_seconds_per_sec`` (speech) and
   ``train/tokens_per_sec`` (the LM) are logged beside Lightning's ``train/items_per_sec``;
-- the module's ``flops_per_batch`` (set by each training step from :mod:`syllablelm.flops`) counted for training
+- the module's ``flops_per_batch`` (set by each training step from :mod:`syllablelm.models.flops`) counted for training
   only (validation batches report throughput, not MFU).
 
     trainer = Trainer(callbacks=[StageThroughput(peak_flops=989e12)])
@@ -20,7 +20,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
 
-from syllablelm.frames import SAMPLE_RATE
+from syllablelm.audio.frames import SAMPLE_RATE
 
 
 def batch_size(batch) -> int:

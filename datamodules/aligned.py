@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
-from syllablelm.alignments import index_alignments, load_alignment
-from syllablelm.audio import read_audio
+from syllablelm.audio.alignments import index_alignments, load_alignment
+from syllablelm.audio.io import read_audio
 
 from .manifest import build_manifest
 

@@ -11,7 +11,7 @@ from typing import Mapping
 
 import numpy as np
 
-from syllablelm.alignments import check_segments
+from syllablelm.audio.alignments import check_segments
 
 from .shard_store import (
     MANIFEST,

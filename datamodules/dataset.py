@@ -24,7 +24,7 @@ A batch none of whose files can be read (they broke after the manifest was built
 that rank never runs. Every step and offline pass skips an empty batch its own way (a training step returns a
 zero loss, see :mod:`lightning_modules.skipped_batches`).
 
-Stored times stay in file time; a model converts with :func:`syllablelm.frames.seconds_to_frames`.
+Stored times stay in file time; a model converts with :func:`syllablelm.audio.frames.seconds_to_frames`.
 """
 from __future__ import annotations
 
@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from syllablelm.audio import AudioError, read_audio
-from syllablelm.frames import FRAME_SECONDS, num_frames, seconds_to_frames
-from syllablelm.outcome import record_skip
+from syllablelm.audio.frames import FRAME_SECONDS, num_frames, seconds_to_frames
+from syllablelm.audio.io import AudioError, read_audio
+from syllablelm.runtime.outcome import record_skip
 
 from .manifest import Entry
 
@@ -172,7 +172,7 @@ def attach_segments(batch: dict, boundaries: Mapping[str, np.ndarray] | None, sa
 
 def record_unreadable(batch: dict | None, where: str = "training") -> list[str]:
     """Record every file of ``batch["unreadable"]`` as skipped by ``where``, with the reader's reason (each path
-    logged once per process, :func:`syllablelm.outcome.record_skip`); returns those paths."""
+    logged once per process, :func:`syllablelm.runtime.outcome.record_skip`); returns those paths."""
     paths = [str(p) for p in (batch or {}).get("unreadable") or ()]
     problems = list((batch or {}).get("unreadable_problems") or ())
     for i, path in enumerate(paths):

@@ -11,8 +11,8 @@ from typing import Mapping
 
 import numpy as np
 
-from syllablelm.alignments import SegmentError
-from syllablelm.frames import num_frames
+from syllablelm.audio.alignments import SegmentError
+from syllablelm.audio.frames import num_frames
 
 from .shard_store import ShardStore
 

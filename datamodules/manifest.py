@@ -3,12 +3,12 @@
 A manifest row is ``(id, path, num_samples, sample_rate, channels)``. Files that cannot be used — unreadable,
 empty, truncated, with NaN or infinite samples (``verify="decode"``: every sample is decoded once), too short —
 are dropped *here*, once, with a logged count and their names, so that no epoch can crash halfway on a bad file.
-Each dropped file is also recorded as skipped (:func:`syllablelm.outcome.record_skip`, ``where="manifest"``), so
+Each dropped file is also recorded as skipped (:func:`syllablelm.runtime.outcome.record_skip`, ``where="manifest"``), so
 the command line's summary and exit status 4 cover every stage that reads audio through a manifest. The cache keeps
 every file's ``(size, mtime)`` and its verdict: a rescan reuses the rows of unchanged files and only opens new or
 modified ones (a cached "bad" verdict is reported and recorded again, as a fresh one).
 
-Files are found by :func:`syllablelm.audio.list_audio` (the listing ``syllablelm tokenize`` uses too): symbolic
+Files are found by :func:`syllablelm.audio.io.list_audio` (the listing ``syllablelm tokenize`` uses too): symbolic
 links to folders and files are followed, a folder reached twice is searched once, hidden names are skipped.
 
 Ids: LibriSpeech file stems (``<speaker>-<chapter>-<utt>``) are globally unique and are the ids; for any other
@@ -30,9 +30,9 @@ from typing import Iterable, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from syllablelm.audio import AudioError, audio_info, decoded_length, list_audio
-from syllablelm.fileio import write_json
-from syllablelm.outcome import record_skip
+from syllablelm.audio.io import AudioError, audio_info, decoded_length, list_audio
+from syllablelm.runtime.fileio import write_json
+from syllablelm.runtime.outcome import record_skip
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,8 @@ def build_manifest(
 
     Raises ``FileNotFoundError`` for a missing root, ``ValueError`` for duplicate ids or when no usable file
     is left (the message lists the first problems found). Every file left out is in ``Manifest.skipped`` with its
-    problem and recorded as skipped by the manifest (:func:`syllablelm.outcome.record_skip`: each logged once per
+    problem and recorded as skipped by the manifest (:func:`syllablelm.runtime.outcome.record_skip`: each logged once
+    per
     process, counted in the command line's summary).
     """
     roots = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)

@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader
 
-from syllablelm.seeding import derive, seed_worker
+from syllablelm.runtime.seeding import derive, seed_worker
 
 from .samplers import EpochBatchSampler
 

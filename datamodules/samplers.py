@@ -9,7 +9,7 @@ their own:
   round-robin; ranks get equal batch counts (the last batches are repeated from the start when they do not
   divide evenly), which DDP training needs to stay in lock-step.
 - :class:`EvalBatchSampler` — no shuffling, no repeats: it batches one rank's own dataset (built from an
-  unrepeated contiguous shard, see :func:`syllablelm.fileio.shard_range`), longest first.
+  unrepeated contiguous shard, see :func:`syllablelm.runtime.fileio.shard_range`), longest first.
 
 Resuming (:mod:`datamodules.resume`): the batches of an epoch are a function of ``(seed, epoch)``, and
 :meth:`EpochBatchSampler.resume` makes the next iterator start at a given batch of a given epoch, so a run restarted

@@ -67,8 +67,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from syllablelm.alignments import SegmentError
-from syllablelm.fileio import atomic_write, write_json, write_npz
+from syllablelm.audio.alignments import SegmentError
+from syllablelm.runtime.fileio import atomic_write, write_json, write_npz
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -83,7 +83,8 @@ _READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zli
 
 class StoreError(SegmentError):
     """A store version that cannot be read as asked. The message (one line) names the version folder or the file,
-    says what is wrong and how to regenerate it. A :class:`~syllablelm.alignments.SegmentError` (a ``ValueError``),
+    says what is wrong and how to regenerate it. A :class:`~syllablelm.audio.alignments.SegmentError` (a
+    ``ValueError``),
     as the store's read errors have always been."""
 
 

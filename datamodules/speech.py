@@ -26,10 +26,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from syllablelm.alignments import SegmentError, index_alignments, load_alignment
-from syllablelm.audio import SAMPLE_RATE, AudioError, chunk_at_pauses, pause_chunks, read_audio
-from syllablelm.fileio import shard_range
-from syllablelm.outcome import record_skip
+from syllablelm.audio.alignments import SegmentError, index_alignments, load_alignment
+from syllablelm.audio.io import SAMPLE_RATE, AudioError, chunk_at_pauses, pause_chunks, read_audio
+from syllablelm.runtime.fileio import shard_range
+from syllablelm.runtime.outcome import record_skip
 
 from .boundary_store import BoundaryStore
 from .dataset import CropMode, Item, SpeechDataset, attach_segments, keep_batch, record_unreadable

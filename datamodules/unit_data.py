@@ -2,7 +2,7 @@
 
     dm = UnitsDataModule(unit_dir="runs/tiny/units", val_fraction=0.1, context_length=256, batch_size=16)
 
-Sequences. BOS and EOS are one id, ``S = vocab_size`` (:mod:`syllablelm.nn.gpt`), so one ``S`` both ends an
+Sequences. BOS and EOS are one id, ``S = vocab_size`` (:mod:`syllablelm.models.gpt`), so one ``S`` both ends an
 utterance and starts the next: utterances (sorted by id) become the stream ``S u1 .. un S v1 .. vm S ...``.
 A *window* is a slice of ``context_length + 1`` tokens; the model reads ``window[:-1]`` and predicts
 ``window[1:]`` (padding: target -100).
@@ -21,12 +21,12 @@ per-epoch shuffle on every rank, batches dealt round-robin with equal counts per
 a few batches repeat when they do not divide evenly). Packed windows all have one length, so its length
 bucketing is a no-op there and only matters for ``pack=False``. Validation: the windows of the whole split are
 built identically on every rank and each rank takes an unrepeated contiguous range of them
-(:func:`~syllablelm.fileio.shard_range`); summing token log-likelihoods and token counts over ranks gives the
+(:func:`~syllablelm.runtime.fileio.shard_range`); summing token log-likelihoods and token counts over ranks gives the
 exact corpus perplexity.
 
 ``unit_variant`` is the training store's unit variant (``authors_lm`` or ``dedup``, :mod:`datamodules.unit_store`;
 None for a store that does not record one); a separate validation store must hold the same variant. The SpeechLM
-keeps it in its checkpoints so pair scoring can tokenize the same way (:mod:`syllablelm.lm_pairs`).
+keeps it in its checkpoints so pair scoring can tokenize the same way (:mod:`syllablelm.evaluation.lm_scoring`).
 
 ``vocab_size`` comes from the store manifest; the SpeechLM's ``network.vocab_size`` must equal it (configs
 write it explicitly; the module checks at setup). Memory: the stream is one uint16 array (2 bytes per unit);
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from syllablelm.fileio import shard_range
+from syllablelm.runtime.fileio import shard_range
 
 from .distributed import rank_world, resolve_version
 from .resume import ResumableData, SeededLoader

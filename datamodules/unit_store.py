@@ -5,7 +5,8 @@ Same layout and protocol as the boundary store (:mod:`datamodules.shard_store`).
 ``[start, end, unit]`` (unit ids are exact in float64 up to 2^53). The manifest's ``meta`` records
 ``vocab_size`` (units are ``0 .. vocab_size - 1``), the unit ``variant`` and how they were made.
 
-Unit variants (:data:`syllablelm.units.UNIT_VARIANTS`, ``syllablelm units --variant``), after k-means and Ward:
+Unit variants (:data:`syllablelm.units.quantizer.UNIT_VARIANTS`, ``syllablelm units --variant``), after k-means and
+Ward:
 
 - ``"authors_lm"``: one merged unit per min-cut segment, consecutive equal units kept. What the authors' LM
   trained on: their data loader maps each segment's k-means id through the Ward table
@@ -23,9 +24,9 @@ from typing import Mapping
 
 import numpy as np
 
-from syllablelm.alignments import SegmentError, check_segments
-from syllablelm.fileio import write_json
-from syllablelm.units import check_variant
+from syllablelm.audio.alignments import SegmentError, check_segments
+from syllablelm.runtime.fileio import write_json
+from syllablelm.units.quantizer import check_variant
 
 from .shard_store import ShardStore, StoreError
 

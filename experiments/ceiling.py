@@ -26,8 +26,8 @@ import argparse
 import logging
 
 from datamodules.aligned import load_split
-from syllablelm.evaluation import tuned_scores
-from syllablelm.fileio import write_json
+from syllablelm.evaluation.scoring import tuned_scores
+from syllablelm.runtime.fileio import write_json
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,9 @@ def ceiling_scores(encoder, stored: dict, test, dev, rates, where: str = "the bo
     """``test``/``dev`` are ``(waves, refs, ids)``; ``stored`` maps ids to ``(n, 2)`` seconds (``where`` names it
     in errors); ``vad_trim`` cuts only each utterance's speech span, as SylBoost's ``segmenter.vad_trim``;
     ``mode`` "rate" cuts a fixed count per second, "delta" runs the δ search calibrated to each rate on dev."""
-    from syllablelm.frames import seconds_to_frames
-    from syllablelm.segmenter import Segmenter, SegmenterConfig
-    from syllablelm.units import segment_mean_targets
+    from syllablelm.audio.frames import seconds_to_frames
+    from syllablelm.boundaries.segmenter import Segmenter, SegmenterConfig
+    from syllablelm.units.quantizer import segment_mean_targets
 
     def targets(feats, segments):
         return [segment_mean_targets(f, seconds_to_frames(s), len(f)) for f, s in zip(feats, segments)]
@@ -65,7 +65,7 @@ def _require(stored: dict, test, dev, where: str) -> None:
 
 def agreement(student: dict, stored: dict, test, dev, where: str = "the student's version") -> dict:
     """Boundary scores of ``student`` segments with ``stored`` ones as the reference, per split (no shift)."""
-    from syllablelm.metrics import boundary_scores
+    from syllablelm.evaluation.boundary_metrics import boundary_scores
 
     _require(student, test, dev, where)
     return {name: boundary_scores([student[i] for i in split[2]], [stored[i] for i in split[2]], protocol="syllablelm")
@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--manifest-cache")
     args = p.parse_args(argv)
     from datamodules.boundary_store import BoundaryStore
-    from syllablelm.nn.encoder import SpeechEncoder
+    from syllablelm.checkpoints import load_encoder
 
-    encoder = SpeechEncoder.load(args.checkpoint, layer=args.layer).eval()
+    encoder = load_encoder(args.checkpoint, layer=args.layer).eval()
     stored = BoundaryStore(args.boundaries).load(args.version)
     test = load_split(args.data, args.alignments, args.limit, args.manifest_cache)
     dev = load_split(args.tune_data, args.alignments, args.limit, args.manifest_cache)

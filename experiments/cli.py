@@ -15,14 +15,14 @@ import os
 import re
 import sys
 
-from syllablelm.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE, finish, reset_skips
+from syllablelm.runtime.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE, finish, reset_skips
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 # name -> ("module:function", one-line help). Later stages add their commands here.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("syllablelm.synth.corpus:main",
+    "synth": ("experiments.synth:main",
               "synthesise a LibriSpeech-layout corpus with alignments (eSpeak NG)"),
-    "pairs": ("syllablelm.synth.pairs:main",
+    "pairs": ("experiments.pairs:main",
               "synthesise sWUGGY / sBLIMP / tSC-style mini-sets (ZeroSpeech layout)"),
     "labels": ("experiments.frame_labels:main",
                "k-means frame labels (MFCC or a teacher layer) into a label store"),
@@ -110,7 +110,7 @@ def _setup_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; returns its exit status (:mod:`syllablelm.outcome`: 0 done, 1 failed, 2 usage error,
+    """Run one command; returns its exit status (:mod:`syllablelm.runtime.outcome`: 0 done, 1 failed, 2 usage error,
     4 done with skipped inputs). An error ends in one line on stderr; ``--debug`` (anywhere on the command line, or
     ``SYLLABLELM_DEBUG=1``) shows the traceback instead, and ``--verbose`` (or ``SYLLABLELM_VERBOSE=1``) keeps the
     tips and deprecation warnings of Lightning and other libraries that are filtered out otherwise."""

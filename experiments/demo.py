@@ -28,7 +28,7 @@ from pathlib import Path
 
 from experiments.stage_runner import REPO, Runner, StageFailed, regenerate_test_too, write_config
 from experiments.stage_state import StoreVersion, duration
-from syllablelm.outcome import EXIT_FAILED, EXIT_OK
+from syllablelm.runtime.outcome import EXIT_FAILED, EXIT_OK
 
 log = logging.getLogger(__name__)
 SHIPPED = REPO / "experiments" / "pretrained"  # the tiny models this project trained (see its README)

@@ -20,10 +20,10 @@ import argparse
 import logging
 
 from datamodules.aligned import aligned_entries, read_waves
-from syllablelm.audio import SAMPLE_RATE
-from syllablelm.evaluation import run_baselines, tuned_scores
-from syllablelm.fileio import write_json
-from syllablelm.metrics import cluster_scores, token_stats
+from syllablelm.audio.io import SAMPLE_RATE
+from syllablelm.evaluation.boundary_metrics import cluster_scores, token_stats
+from syllablelm.evaluation.scoring import run_baselines, tuned_scores
+from syllablelm.runtime.fileio import write_json
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the report as JSON here")
     p.add_argument("--manifest-cache")
     args = p.parse_args(argv)
-    from syllablelm.tokenizer import Tokenizer
+    from syllablelm.units.tokenizer import Tokenizer
 
     if bool(args.data) != bool(args.alignments) or bool(args.data) != bool(args.tune_data):
         p.error("--data, --tune-data and --alignments go together")
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             report["baselines"] = run_baselines(test[:2], dev[:2], rate_hz=report["tokenizer"]["segments_hz"],
                                                 per="file")  # as many segments per second of audio
     if args.lm and args.pairs:
-        from syllablelm.lm_pairs import score_pairs
+        from syllablelm.evaluation.lm_scoring import score_pairs
 
         report["lm_pairs"] = score_pairs(args.lm, tok, args.pairs, device=args.device, split=args.split,
                                          deduplicate=not args.no_dedup)

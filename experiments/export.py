@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from syllablelm.fileio import current_umask, write_json
+from syllablelm.runtime.fileio import current_umask, write_json
 
 log = logging.getLogger(__name__)
 

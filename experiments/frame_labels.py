@@ -13,7 +13,7 @@ atomically, and rank 0 writes the manifest once all shards exist.
 
 A file the audio reader refuses (unreadable, no samples, NaN or infinite samples: :class:`AudioError`) is skipped,
 not fatal: the manifest drops what its decode check finds, and a file that fails when read for its labels (or for
-the k-means sample) is left out of its shard, logged and recorded (:func:`syllablelm.outcome.record_skip`,
+the k-means sample) is left out of its shard, logged and recorded (:func:`syllablelm.runtime.outcome.record_skip`,
 ``where="labels"``). Every skipped file is listed with its reason in the version's ``meta["skipped"]``
 (each shard keeps its own, :meth:`~datamodules.shard_store.ShardStore.write_shard`, and the manifest gathers
 them), and the command line exits with status 4.
@@ -32,14 +32,14 @@ from tqdm.auto import tqdm
 
 from datamodules.label_store import LabelStore
 from datamodules.speech import SpeechDataModule
-from syllablelm.audio import SAMPLE_RATE, AudioError, read_audio
+from syllablelm.audio.frames import FRAME_SECONDS, num_frames, seconds_to_frames
+from syllablelm.audio.io import SAMPLE_RATE, AudioError, read_audio
 from syllablelm.checkpoints import KMeansLabeler, load_kmeans_centroids
-from syllablelm.clustering import kmeans
-from syllablelm.faults import fault_point
-from syllablelm.fileio import atomic_write
-from syllablelm.frames import FRAME_SECONDS, num_frames, seconds_to_frames
-from syllablelm.labels import HiddenFeatures, mfcc_features
-from syllablelm.outcome import record_skip
+from syllablelm.runtime.faults import fault_point
+from syllablelm.runtime.fileio import atomic_write
+from syllablelm.runtime.outcome import record_skip
+from syllablelm.units.clustering import kmeans
+from syllablelm.units.frame_labels import HiddenFeatures, mfcc_features
 
 log = logging.getLogger(__name__)
 

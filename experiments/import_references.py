@@ -7,7 +7,7 @@ SD-HuBERT JSON, Peng et al. alignment JSON or MFA TextGrids become one alignment
     syllablelm evaluate --checkpoint runs/ls/tokenizer.ckpt --data LibriSpeech/test-clean \
         --tune-data LibriSpeech/dev-clean --alignments data/ls_refs --out runs/ls/eval.json
 
-Formats and their sources: :mod:`syllablelm.references`. Files land at ``OUT/<speaker>/<chapter>/<id>.json``
+Formats and their sources: :mod:`syllablelm.audio.references`. Files land at ``OUT/<speaker>/<chapter>/<id>.json``
 (``OUT/<id>.json`` for non-LibriSpeech ids), each written atomically; ``--format auto`` detects the format from
 the input. Several inputs (dev and test) may share one ``--out``; an utterance already there is overwritten.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from syllablelm.references import FORMATS, read_references, write_references
+from syllablelm.audio.references import FORMATS, read_references, write_references
 
 log = logging.getLogger(__name__)
 

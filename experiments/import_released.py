@@ -4,13 +4,13 @@
         --agglom SylBoost_625Hz_agglom.npy --rate 6.25Hz --out runs/released/tokenizer_625.ckpt
     syllablelm tokenize --checkpoint runs/released/tokenizer_625.ckpt --input some/folder --output units.jsonl
 
-Details (layer, segmenter, quantizer, trusted-file caveat): ``syllablelm/released.py``.
+Details (layer, segmenter, quantizer, trusted-file caveat): ``syllablelm/units/released.py``.
 """
 from __future__ import annotations
 
 import argparse
 
-from syllablelm.released import RELEASED_SYLBOOST, import_released_sylboost
+from syllablelm.units.released import RELEASED_SYLBOOST, import_released_sylboost
 
 
 def main(argv: list[str] | None = None) -> int:

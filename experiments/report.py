@@ -27,10 +27,10 @@ import torch  # noqa: E402
 from datamodules.aligned import aligned_entries, load_split  # noqa: E402
 from datamodules.boundary_store import BoundaryStore  # noqa: E402
 from datamodules.label_store import LabelStore  # noqa: E402
-from syllablelm.audio import SAMPLE_RATE, read_audio  # noqa: E402
-from syllablelm.evaluation import tuned_scores, uniform_baseline  # noqa: E402
-from syllablelm.fileio import write_json, write_text  # noqa: E402
-from syllablelm.plots import boundary_figure, save_png  # noqa: E402
+from syllablelm.audio.io import SAMPLE_RATE, read_audio  # noqa: E402
+from syllablelm.evaluation.plots import boundary_figure, save_png  # noqa: E402
+from syllablelm.evaluation.scoring import tuned_scores, uniform_baseline  # noqa: E402
+from syllablelm.runtime.fileio import write_json, write_text  # noqa: E402
 
 STAGES = {0: "LossPred", 1: "SylBoost iteration 1", 2: "SylBoost iteration 2"}
 MADE_BY = {0: "losspred", 1: "sylboost", 2: "sylboost"}  # the demo stage that writes each boundary version
@@ -99,13 +99,14 @@ CHECKS = (("sylboost_beats_losspred", "SylBoost iteration 2", "LossPred"),
 
 def significance(wd: Path, cache: Path, stages: dict, baselines: dict, test_split, start_segments=None) -> dict:
     """Paired bootstrap of each check's difference (:data:`CHECKS`), resampling the test voices and the utterances
-    within them (:mod:`syllablelm.significance`): boundary versions from the store, uniform at LossPred's rate
+    within them (:mod:`syllablelm.evaluation.significance`): boundary versions from the store, uniform at LossPred's
+    rate
     recomputed on the same audio (``test_split`` as :func:`~datamodules.aligned.load_split` gives it, the rate
     stored beside its scores), SylBoost's start from ``start_segments`` (id -> segments). Each system at its own
     dev-tuned shift."""
-    from syllablelm.audio import speech_regions
-    from syllablelm.baselines import uniform_segments
-    from syllablelm.significance import paired_bootstrap, voice_of
+    from syllablelm.audio.io import speech_regions
+    from syllablelm.boundaries.baselines import uniform_segments
+    from syllablelm.evaluation.significance import paired_bootstrap, voice_of
 
     store = BoundaryStore(wd / "runs/boundaries")
     test, refs = _split(wd, "test", cache)

@@ -13,8 +13,8 @@ import argparse
 import logging
 
 from datamodules.aligned import load_split
-from syllablelm.evaluation import run_baselines
-from syllablelm.fileio import write_json
+from syllablelm.evaluation.scoring import run_baselines
+from syllablelm.runtime.fileio import write_json
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from typing import TextIO
 import yaml
 
 from experiments.stage_state import Output, StageState, duration, error_line, last_line, outputs_of
-from syllablelm.fileio import write_text
-from syllablelm.outcome import EXIT_OK, EXIT_SKIPPED
+from syllablelm.runtime.fileio import write_text
+from syllablelm.runtime.outcome import EXIT_OK, EXIT_SKIPPED
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]

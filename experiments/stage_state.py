@@ -46,9 +46,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from syllablelm.faults import fault_point
-from syllablelm.fileio import write_json
-from syllablelm.outcome import EXIT_OK, EXIT_SKIPPED
+from syllablelm.runtime.faults import fault_point
+from syllablelm.runtime.fileio import write_json
+from syllablelm.runtime.outcome import EXIT_OK, EXIT_SKIPPED
 
 MARKER_FORMAT = 1
 MARKER_SUFFIX = ".done.json"

@@ -98,7 +98,7 @@ def noisy_segments(segments, rng: np.random.Generator, *, drop: float = 0.0, ins
 def reference(argv: list[str] | None = None) -> int:
     """``syllablelm store-reference``: see the module docstring."""
     from datamodules.aligned import aligned_entries
-    from syllablelm.alignments import TIERS
+    from syllablelm.audio.alignments import TIERS
 
     p = argparse.ArgumentParser(prog="syllablelm store-reference",
                                 description="the reference segmentation (optionally noisy) as a boundary version")
@@ -147,8 +147,9 @@ def envelope(argv: list[str] | None = None) -> int:
 
     from datamodules.aligned import load_split
     from datamodules.manifest import build_manifest
-    from syllablelm.audio import SAMPLE_RATE, read_audio
-    from syllablelm.baselines import envelope_segments, tune_envelope
+    from syllablelm.audio.io import SAMPLE_RATE, read_audio
+    from syllablelm.boundaries.baselines import envelope_segments
+    from syllablelm.evaluation.scoring import tune_envelope
 
     p = argparse.ArgumentParser(prog="syllablelm store-envelope",
                                 description="the envelope-minima segmentation as a boundary version")

@@ -12,7 +12,7 @@ that many hours of the training split (``data.train_hours``). Every system is sc
 "syllablelm", 50 ms, each at the shift tuned on dev): LossPred; SylBoost's start (the backbone's own features cut
 by the same segmenter, layer and target rate); iterations 1 and 2; uniform segments at LossPred's rate. Each
 comparison gets a paired bootstrap that resamples voices, then utterances within them
-(:mod:`syllablelm.significance`): the difference, its 95 % interval, how often the first is not better.
+(:mod:`syllablelm.evaluation.significance`): the difference, its 95 % interval, how often the first is not better.
 Writes ``OUT/gain.json``, ``OUT/gain.md`` and ``OUT/gain.png``; finished runs are skipped on a rerun (their markers
 and logs are in ``OUT/logs``; their training time is the one recorded when they ran).
 """
@@ -62,9 +62,9 @@ def start_segments(checkpoint: Path, splits) -> tuple[list, list]:
 def score_run(systems: dict, splits, n_resamples: int) -> dict:
     """``systems``: name -> (test segments, dev segments). Scores, rates and the paired two-level bootstraps of
     :data:`CHECKS`."""
-    from syllablelm.audio import SAMPLE_RATE
-    from syllablelm.evaluation import tuned_scores
-    from syllablelm.significance import paired_bootstrap, voice_of
+    from syllablelm.audio.io import SAMPLE_RATE
+    from syllablelm.evaluation.scoring import tuned_scores
+    from syllablelm.evaluation.significance import paired_bootstrap, voice_of
 
     (test_waves, test_refs, test_ids), (_, dev_refs, _) = splits
     seconds = sum(len(w) for w in test_waves) / SAMPLE_RATE
@@ -84,8 +84,8 @@ def score_run(systems: dict, splits, n_resamples: int) -> dict:
 
 def uniform_at(rate_hz: float, splits) -> tuple[list, list]:
     """Uniform segments on each split, as many as a system whose achieved rate is ``rate_hz`` places."""
-    from syllablelm.audio import SAMPLE_RATE
-    from syllablelm.baselines import uniform_at_audio_rate
+    from syllablelm.audio.io import SAMPLE_RATE
+    from syllablelm.boundaries.baselines import uniform_at_audio_rate
 
     test, dev = (uniform_at_audio_rate(waves, SAMPLE_RATE, rate_hz) for waves, _, _ in splits)
     return test, dev
@@ -128,7 +128,7 @@ def figure(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from syllablelm.plots import save_png
+    from syllablelm.evaluation.plots import save_png
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
     for ax, check in zip(axes, ("iteration 1 - start", "iteration 1 - LossPred")):
@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     from datamodules.aligned import load_split
     from datamodules.boundary_store import BoundaryStore
     from experiments.stage_runner import Runner
-    from syllablelm.audio import SAMPLE_RATE
-    from syllablelm.fileio import write_json, write_text
+    from syllablelm.audio.io import SAMPLE_RATE
+    from syllablelm.runtime.fileio import write_json, write_text
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -3,15 +3,15 @@
     syllablelm tokenize --checkpoint runs/tiny/tokenizer.ckpt --input some/folder other/file.flac --output units.jsonl
     syllablelm tokenize --checkpoint runs/tiny/tokenizer.ckpt --file-list files.txt --output units.jsonl
 
-Folders are searched recursively by :func:`syllablelm.audio.list_audio`, the listing the training manifests use:
+Folders are searched recursively by :func:`syllablelm.audio.io.list_audio`, the listing the training manifests use:
 symbolic links to folders and files are followed, a folder reached twice (a link to an ancestor) is searched once,
 hidden names are skipped. A file list holds one audio path per line (``#`` comments and blank lines ignored;
 relative paths are relative to the list's folder). The same file reached twice is tokenized once, under the
 first path it was found by. Finding no audio at all is an error (exit status 2, the searched inputs named).
 
 A file that cannot be used — unreadable, 0 bytes, truncated, no samples, NaN or infinite samples
-(:func:`syllablelm.audio.read_audio` refuses it with :class:`~syllablelm.audio.AudioError`) — is skipped: its path
-and the reason are logged and recorded (:func:`syllablelm.outcome.record_skip`), the other files are tokenized,
+(:func:`syllablelm.audio.io.read_audio` refuses it with :class:`~syllablelm.audio.io.AudioError`) — is skipped: its path
+and the reason are logged and recorded (:func:`syllablelm.runtime.outcome.record_skip`), the other files are tokenized,
 and the command line ends with a summary line and exit status 4. The output is written atomically (it appears
 complete, or not at all); when no file at all could be tokenized no output is written and the command fails
 (exit status 1).
@@ -29,7 +29,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# syllablelm.units.UNIT_VARIANTS (importing it would import torch before --help; a test keeps the two equal)
+# syllablelm.units.quantizer.UNIT_VARIANTS (importing it would import torch before --help; a test keeps the two equal)
 VARIANTS = ("authors_lm", "dedup")
 DEFAULT_VARIANT = "dedup"
 
@@ -70,7 +70,7 @@ def find_audio(inputs: list[str | os.PathLike], listed: list[Path] | None = None
     list's ``listed`` paths (a listed folder is searched too, a listed file taken as it is: a missing one is
     reported as unreadable when it is tokenized). A file reached twice is kept once, under its first path.
     Raises ``FileNotFoundError`` for a missing input."""
-    from syllablelm.audio import list_audio
+    from syllablelm.audio.io import list_audio
 
     files, seen = [], set()
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
 
-    from syllablelm.audio import AUDIO_EXTENSIONS
+    from syllablelm.audio.io import AUDIO_EXTENSIONS
 
     files = find_audio(args.input, listed)
     if not files:
@@ -131,11 +131,11 @@ def tokenize_files(files: list[Path], checkpoint: str, output: str, variant: str
     import torch
     from tqdm.auto import tqdm
 
-    from syllablelm.audio import AudioError
-    from syllablelm.fileio import atomic_write
-    from syllablelm.outcome import record_skip
-    from syllablelm.tokenizer import Tokenizer
-    from syllablelm.units import deduplicates
+    from syllablelm.audio.io import AudioError
+    from syllablelm.runtime.fileio import atomic_write
+    from syllablelm.runtime.outcome import record_skip
+    from syllablelm.units.quantizer import deduplicates
+    from syllablelm.units.tokenizer import Tokenizer
 
     deduplicate = deduplicates(variant)
     if not device:

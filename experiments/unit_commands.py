@@ -6,7 +6,7 @@
 
 ``quantize`` pools SylBoost features inside SylBoost segments (drop-edge-frames pooling, per-vector
 standardisation) on a seeded sample of the training set, fits k-means (K) and the Ward reduction (K'), and writes
-the lean *tokenizer checkpoint* (:func:`syllablelm.tokenizer.save_tokenizer`: the student up to its feature layer,
+the lean *tokenizer checkpoint* (:func:`syllablelm.units.tokenizer.save_tokenizer`: the student up to its feature layer,
 the segmenter, the quantizer and metadata), the one file ``tokenize`` needs.
 ``units`` shards by ``--rank/--world-size`` like the label step (contiguous file shards, atomic shard files,
 rank 0 writes the manifest once every shard exists). ``units --variant`` picks the unit variant the store holds
@@ -15,7 +15,8 @@ authors' SpeechLM trained on (the paper pipeline configs ask for it).
 
 Both skip a file the audio reader refuses (unreadable, no samples, NaN or infinite samples: :class:`AudioError`)
 instead of failing: the manifest drops what its decode check finds, and a file that fails when read is logged and
-recorded (:func:`syllablelm.outcome.record_skip`, ``where="quantize"`` / ``"units"``); the command line then exits
+recorded (:func:`syllablelm.runtime.outcome.record_skip`, ``where="quantize"`` / ``"units"``); the command line then
+exits
 with status 4. ``units`` lists every file it left out, with its reason, in the version's ``meta["skipped"]``
 (``{path: reason}``, gathered from every shard by the store).
 """
@@ -36,12 +37,12 @@ from tqdm.auto import tqdm
 from datamodules.manifest import build_manifest
 from datamodules.speech import SpeechDataModule
 from datamodules.unit_store import UnitStore
-from syllablelm.audio import AudioError
-from syllablelm.faults import fault_point
-from syllablelm.fileio import weights_fingerprint, write_json, write_npz
-from syllablelm.outcome import record_skip
-from syllablelm.tokenizer import Tokenizer, save_tokenizer
-from syllablelm.units import UNIT_VARIANTS, UnitQuantizer, deduplicates, pool_segments
+from syllablelm.audio.io import AudioError
+from syllablelm.runtime.faults import fault_point
+from syllablelm.runtime.fileio import weights_fingerprint, write_json, write_npz
+from syllablelm.runtime.outcome import record_skip
+from syllablelm.units.quantizer import UNIT_VARIANTS, UnitQuantizer, deduplicates, pool_segments
+from syllablelm.units.tokenizer import Tokenizer, save_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def quantize(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True, help="a SylBoost checkpoint (or a tokenizer checkpoint)")
     p.add_argument("--data", nargs="+", required=True, help="training audio folders")
     p.add_argument("--out", required=True, help="the tokenizer checkpoint to write (.ckpt): the student encoder, "
-                   "segmenter and quantizer only (syllablelm.tokenizer)")
+                   "segmenter and quantizer only (syllablelm.units.tokenizer)")
     p.add_argument("--k", type=int, default=24576, help="k-means clusters (paper: 24576)")
     p.add_argument("--k-merged", type=int, default=8192, help="units after Ward merging (paper: 2048..16384; "
                    "0 = no merging)")

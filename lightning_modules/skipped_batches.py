@@ -11,7 +11,8 @@ Every training step logs ``train/skipped_batches`` (0 or 1; summed over the epoc
 the key exists on every rank and the epoch-end sum is a collective that every rank joins.
 
 The files a batch left out (``batch["unreadable"]``) are recorded as skipped inputs of this process by
-:func:`datamodules.dataset.record_unreadable` (:func:`syllablelm.outcome.record_skip`), so the command line names
+:func:`datamodules.dataset.record_unreadable` (:func:`syllablelm.runtime.outcome.record_skip`), so the command line
+names
 them in its summary and exits with status 4: for every batch of every loop by the DataModule, in the main process
 (batches are built in DataLoader workers, whose records would be lost), and here again for an empty training batch
 of any loader (recorded once per path).

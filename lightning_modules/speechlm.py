@@ -1,4 +1,4 @@
-"""Stage 4: the SpeechLM, a GPT over syllable units (:mod:`syllablelm.nn.gpt`), trained on a unit store.
+"""Stage 4: the SpeechLM, a GPT over syllable units (:mod:`syllablelm.models.gpt`), trained on a unit store.
 
     syllablelm units --checkpoint runs/tiny/tokenizer.ckpt --data data/synth/train --out runs/tiny/units
     syllablelm fit --config experiments/configs/tiny/speechlm.yaml
@@ -10,7 +10,7 @@
     sample = lm.generate(torch.tensor([[lm.bos]]), 200, temperature=0.8, top_k=50)
 
 The decoder is the authors' ``cluster_alan`` model by default (``network.style: authors``; ``nanogpt`` is this
-project's earlier variant, :mod:`syllablelm.nn.gpt`). The unit variant of the training store (``authors_lm`` or
+project's earlier variant, :mod:`syllablelm.models.gpt`). The unit variant of the training store (``authors_lm`` or
 ``dedup``, :mod:`datamodules.unit_store`) is kept in every checkpoint as ``checkpoint["unit_variant"]`` and as
 :attr:`SpeechLMModule.unit_variant` after loading, so pair scoring tokenizes the way the LM was trained.
 
@@ -28,10 +28,9 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import SumMetric
 
-from syllablelm import flops
-from syllablelm.nn import common
-from syllablelm.nn.gpt import GPT, GPTConfig, at_least_float32
-from syllablelm.schedules import warmup_hold_decay
+from syllablelm.models import common, flops
+from syllablelm.models.gpt import GPT, GPTConfig, at_least_float32
+from syllablelm.models.schedules import warmup_hold_decay
 
 log = logging.getLogger(__name__)
 

@@ -22,14 +22,14 @@ from torchmetrics import MeanMetric
 
 from datamodules.dataset import is_empty, item_keys
 from lightning_modules.skipped_batches import log_skipped, skipped_batch_loss
-from syllablelm import flops
-from syllablelm.frames import seconds_to_frames
-from syllablelm.nn import common
-from syllablelm.nn.data2vec2 import Data2Vec2AudioEncoder
-from syllablelm.nn.encoder import D2V2_TYPE, SpeechEncoder
-from syllablelm.schedules import linear_warmup_decay
-from syllablelm.segmenter import Segmenter, SegmenterConfig
-from syllablelm.units import segment_mean_targets
+from syllablelm.audio.frames import seconds_to_frames
+from syllablelm.boundaries.segmenter import Segmenter, SegmenterConfig
+from syllablelm.checkpoints import load_encoder
+from syllablelm.models import common, flops
+from syllablelm.models.data2vec2 import Data2Vec2AudioEncoder
+from syllablelm.models.encoder import D2V2_TYPE, SpeechEncoder
+from syllablelm.models.schedules import linear_warmup_decay
+from syllablelm.units.quantizer import segment_mean_targets
 
 
 class SylBoostModule(pl.LightningModule):
@@ -80,7 +80,7 @@ class SylBoostModule(pl.LightningModule):
         if encoder is not None:  # rebuilding from a checkpoint's hyper-parameters
             self.teacher = SpeechEncoder.from_spec(encoder)
         elif init_from:
-            self.teacher = SpeechEncoder.load(init_from, layer=feature_layer, normalize_waveform=normalize_waveform)
+            self.teacher = load_encoder(init_from, layer=feature_layer, normalize_waveform=normalize_waveform)
         else:
             raise ValueError("SylBoostModule needs init_from (a teacher .ckpt, a fairseq .pt or an HF model dir)")
         self.student = copy.deepcopy(self.teacher)
@@ -176,7 +176,7 @@ class SylBoostModule(pl.LightningModule):
         return loss, n
 
     def training_flops(self, samples: int, batch: int) -> int | None:
-        """Model FLOPs of one training step on ``batch`` crops of ``samples`` samples (syllablelm.flops): the
+        """Model FLOPs of one training step on ``batch`` crops of ``samples`` samples (syllablelm.models.flops): the
         student's trainable layers 3x, a frozen CNN 1x (0 with the frozen-feature cache), the frozen teacher's
         forward 1x (0 with the cache). None for encoders without a formula (data2vec 2.0)."""
         spec = self.student.spec()

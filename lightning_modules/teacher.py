@@ -26,15 +26,14 @@ from torchmetrics import MeanMetric
 
 from datamodules.dataset import is_empty, item_keys
 from lightning_modules.skipped_batches import log_skipped, skipped_batch_loss
-from syllablelm import flops
-from syllablelm.audio import SAMPLE_RATE, speech_frame_span, speech_regions
+from syllablelm.audio.frames import HOP, frames_to_seconds, num_frames, samples_for_frames
+from syllablelm.audio.io import SAMPLE_RATE, speech_frame_span, speech_regions
+from syllablelm.boundaries.losspred import COUNT_RULES, loss_matrices, mask_groups, num_segments, similarity
+from syllablelm.boundaries.mincut import ncut_mincut
 from syllablelm.checkpoints import load_teacher
-from syllablelm.frames import HOP, frames_to_seconds, num_frames, samples_for_frames
-from syllablelm.losspred import COUNT_RULES, loss_matrices, mask_groups, num_segments, similarity
-from syllablelm.nn import common
-from syllablelm.nn.hubert import SOFTMAX_ROWS, HubertTeacher, TeacherConfig, compute_span_mask
-from syllablelm.schedules import linear_warmup_decay
-from syllablelm.segment import ncut_mincut
+from syllablelm.models import common, flops
+from syllablelm.models.hubert import SOFTMAX_ROWS, HubertTeacher, TeacherConfig, compute_span_mask
+from syllablelm.models.schedules import linear_warmup_decay
 
 WAVEFORM_INPUTS = ("raw", "pretrained")
 

@@ -8,7 +8,7 @@ __all__ = ["Tokenizer"]
 
 def __getattr__(name):
     if name == "Tokenizer":
-        from .tokenizer import Tokenizer
+        from syllablelm.units.tokenizer import Tokenizer
 
         return Tokenizer
     raise AttributeError(f"module 'syllablelm' has no attribute {name!r}")

@@ -63,7 +63,7 @@ def tiny_demo(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synth_corpus(tmp_path_factory) -> Path:
     """A small eSpeak corpus (train/dev/test + alignments), made once per test session."""
-    from syllablelm.synth.corpus import synthesize_corpus
+    from syllablelm.synthesis.corpus import synthesize_corpus
 
     out = tmp_path_factory.mktemp("synth")
     synthesize_corpus(out, num_utterances=36, seed=3, speakers=6)

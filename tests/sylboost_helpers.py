@@ -15,9 +15,9 @@ from datamodules.manifest import build_manifest
 from datamodules.speech import SpeechDataModule
 from lightning_modules.sylboost import SylBoostModule
 from lightning_modules.teacher import TeacherModule
-from syllablelm.audio import read_audio
-from syllablelm.baselines import uniform_segments
-from syllablelm.nn.hubert import TeacherConfig
+from syllablelm.audio.io import read_audio
+from syllablelm.boundaries.baselines import uniform_segments
+from syllablelm.models.hubert import TeacherConfig
 
 
 def save_teacher(path: Path, seed: int = 0) -> Path:

@@ -23,9 +23,9 @@ from datamodules.manifest import build_manifest
 from datamodules.speech import SpeechDataModule
 from datamodules.unit_store import UnitStore
 from experiments.cli import main
-from syllablelm import outcome
-from syllablelm.audio import AudioError, decoded_length, read_audio
-from syllablelm.tokenizer import Tokenizer
+from syllablelm.audio.io import AudioError, decoded_length, read_audio
+from syllablelm.runtime import outcome
+from syllablelm.units.tokenizer import Tokenizer
 from tests.conftest import burst_wave
 from tests.test_reliability import tiny_teacher
 from tests.test_teacher import fake_batch
@@ -83,7 +83,7 @@ def no_skips_yet():
 
 @pytest.fixture
 def skip_log():
-    """The warnings of :func:`syllablelm.outcome.record_skip` (one line per skipped path and place)."""
+    """The warnings of :func:`syllablelm.runtime.outcome.record_skip` (one line per skipped path and place)."""
     lines: list[str] = []
 
     class Keep(logging.Handler):

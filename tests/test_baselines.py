@@ -1,7 +1,8 @@
 import numpy as np
 
-from syllablelm.baselines import envelope_segments, mincut_segments, tune_envelope, uniform_segments
-from syllablelm.metrics import boundary_scores
+from syllablelm.boundaries.baselines import envelope_segments, mincut_segments, uniform_segments
+from syllablelm.evaluation.boundary_metrics import boundary_scores
+from syllablelm.evaluation.scoring import tune_envelope
 
 SR = 16000
 
@@ -51,7 +52,7 @@ def test_mincut_baseline_stays_inside_speech_at_the_asked_rate():
 def test_baselines_at_a_matched_rate_place_as_many_segments_per_second_of_audio():
     import pytest
 
-    from syllablelm.evaluation import run_baselines, uniform_baseline
+    from syllablelm.evaluation.scoring import run_baselines, uniform_baseline
 
     waves, refs = [], []
     for seed in range(3):  # 2.2 s of speech in 2.8 s of audio

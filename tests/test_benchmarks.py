@@ -22,7 +22,7 @@ def test_gpu_smoke_script_runs_every_stage_on_the_cpu(tmp_path):
         rates = [v for k, v in r.items() if k.endswith("_per_s")]
         assert rates and all(v > 0 for v in rates), r
     assert results["teacher"]["batches"] == 3 and results["speechlm"]["batches"] == 3
-    # MFU comes from the steps' FLOP counts (syllablelm.flops) over the given peak
+    # MFU comes from the steps' FLOP counts (syllablelm.models.flops) over the given peak
     assert all(0 < results[s]["mfu"] for s in ("teacher", "losspred", "sylboost", "speechlm"))
 
 

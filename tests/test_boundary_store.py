@@ -3,7 +3,7 @@ import pytest
 
 from datamodules.boundary_store import BoundaryStore, IncompleteVersionError
 from datamodules.manifest import build_manifest
-from syllablelm.alignments import SegmentError
+from syllablelm.audio.alignments import SegmentError
 
 SEGS = {"a": np.array([[0.1, 0.3], [0.3, 0.5], [0.8, 1.0]]), "b": np.array([[0.0, 0.2]]), "c": np.zeros((0, 2))}
 
@@ -85,7 +85,7 @@ def test_duplicate_utterances_across_shards_are_an_error(tmp_path):
 
 def test_label_store_checks_labels_and_frame_counts(tmp_path):
     from datamodules.label_store import LabelStore
-    from syllablelm.frames import num_frames
+    from syllablelm.audio.frames import num_frames
 
     store = LabelStore(tmp_path)
     assert num_frames(16000) == 49 and num_frames(399) == 0
@@ -120,7 +120,7 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
     import os
     import stat
 
-    from syllablelm.fileio import write_json
+    from syllablelm.runtime.fileio import write_json
 
     old = os.umask(0o022)
     try:
@@ -162,7 +162,7 @@ def test_store_copy_command_copies_a_complete_version(tmp_path):
 
 def test_noisy_segments_keeps_gaps_and_run_edges():
     from experiments.stores import noisy_segments, touching_runs
-    from syllablelm.metrics import boundary_scores
+    from syllablelm.evaluation.boundary_metrics import boundary_scores
 
     ref = np.array([[0.1, 0.3], [0.3, 0.5], [0.5, 0.8], [1.2, 1.4], [1.4, 1.7]])  # a pause 0.8-1.2
     assert [len(r) for r in touching_runs(ref)] == [3, 2]
@@ -191,7 +191,7 @@ def test_store_reference_command_writes_the_aligned_syllables(synth_corpus, tmp_
     from pathlib import Path
 
     from experiments.cli import main
-    from syllablelm.alignments import index_alignments, load_alignment
+    from syllablelm.audio.alignments import index_alignments, load_alignment
 
     folders = [str(synth_corpus / s) for s in ("train", "dev")]
     out = tmp_path / "ref"
@@ -214,8 +214,8 @@ def test_store_reference_command_writes_the_aligned_syllables(synth_corpus, tmp_
 
 def test_store_envelope_command_writes_the_envelope_baseline(synth_corpus, tmp_path):
     from experiments.cli import main
-    from syllablelm.audio import read_audio
-    from syllablelm.baselines import envelope_segments
+    from syllablelm.audio.io import read_audio
+    from syllablelm.boundaries.baselines import envelope_segments
 
     folders = [str(synth_corpus / s) for s in ("train", "dev")]
     out, cache = tmp_path / "env", str(tmp_path / "cache")

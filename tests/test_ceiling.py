@@ -4,7 +4,7 @@ import re
 
 from datamodules.boundary_store import BoundaryStore
 from experiments.cli import main
-from syllablelm.alignments import index_alignments, load_alignment
+from syllablelm.audio.alignments import index_alignments, load_alignment
 from tests import sylboost_helpers as H
 
 

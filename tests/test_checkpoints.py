@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from syllablelm import checkpoints as ck
-from syllablelm.checkpoints import hubert_write as cw
-from syllablelm.nn.hubert import HubertTeacher, TeacherConfig
+from syllablelm.checkpoints import fairseq_hubert_write as cw
+from syllablelm.models.hubert import HubertTeacher, TeacherConfig
 
 NO_DROPOUT = dict(hidden_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0)
 
@@ -29,7 +29,7 @@ def _losses(teacher: HubertTeacher, seed: int = 0) -> torch.Tensor:
 
 
 def _span(fm):
-    from syllablelm.nn.hubert import compute_span_mask
+    from syllablelm.models.hubert import compute_span_mask
     return compute_span_mask(fm, mask_prob=0.5, mask_length=5, generator=torch.Generator().manual_seed(3))
 
 
@@ -226,7 +226,7 @@ def test_kmeans_joblib_and_npy(tmp_path):
 
 
 def test_conv_layer_spec_parser():
-    from syllablelm.nn.common import parse_conv_spec
+    from syllablelm.models.common import parse_conv_spec
 
     assert parse_conv_spec("[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2") == \
         [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2

@@ -1,5 +1,6 @@
 """What a user sees when a command fails: one line naming the problem (the traceback behind --debug), the exit
-statuses of syllablelm.outcome, and no library chatter unless --verbose (docs/architecture.md, "Reliability")."""
+statuses of syllablelm.runtime.outcome, and no library chatter unless --verbose (docs/architecture.md,
+"Reliability")."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +8,7 @@ import logging
 import pytest
 
 from experiments import cli
-from syllablelm import outcome
+from syllablelm.runtime import outcome
 
 
 def test_an_error_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys):

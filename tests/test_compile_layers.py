@@ -6,11 +6,11 @@ import torch
 
 from lightning_modules.speechlm import SpeechLMModule
 from lightning_modules.teacher import TeacherModule
-from syllablelm.nn.common import compile_layers, transformer_blocks
-from syllablelm.nn.data2vec2 import Data2Vec2AudioEncoder, Data2Vec2Config
-from syllablelm.nn.encoder import SpeechEncoder
-from syllablelm.nn.gpt import GPT, GPTConfig
-from syllablelm.nn.hubert import HubertTeacher, TeacherConfig
+from syllablelm.models.common import compile_layers, transformer_blocks
+from syllablelm.models.data2vec2 import Data2Vec2AudioEncoder, Data2Vec2Config
+from syllablelm.models.encoder import SpeechEncoder
+from syllablelm.models.gpt import GPT, GPTConfig
+from syllablelm.models.hubert import HubertTeacher, TeacherConfig
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))

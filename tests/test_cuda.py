@@ -7,8 +7,8 @@ import torch
 
 from datamodules.boundary_store import BoundaryStore
 from lightning_modules.sylboost import SylBoostModule
-from syllablelm.nn.gpt import GPT, GPTConfig
-from syllablelm.segment import calibrate_delta, ncut_mincut_batch, sse_mincut_batch, sse_segment_batch
+from syllablelm.boundaries.mincut import calibrate_delta, ncut_mincut_batch, sse_mincut_batch, sse_segment_batch
+from syllablelm.models.gpt import GPT, GPTConfig
 from tests import sylboost_helpers as sb
 from tests.test_speechlm import tiny_gpt
 from tests.test_teacher import fake_batch, tiny_module

@@ -8,10 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from syllablelm.checkpoints import CheckpointError, stub_pickle
-from syllablelm.checkpoints import data2vec2 as d2c
-from syllablelm.nn.data2vec2 import Data2Vec2AudioEncoder, Data2Vec2Config, alibi_slopes
-from syllablelm.nn.encoder import SpeechEncoder
+from syllablelm.checkpoints import CheckpointError, load_encoder, stub_pickle
+from syllablelm.checkpoints import fairseq_data2vec2 as d2c
+from syllablelm.models.data2vec2 import Data2Vec2AudioEncoder, Data2Vec2Config, alibi_slopes
 
 A = "modality_encoders.AUDIO."
 
@@ -220,7 +219,7 @@ def test_speech_encoder_and_sylboost_use_a_data2vec2_file(tmp_path):
 
     path = tmp_path / "data2vec2.pt"
     d2c.save_fairseq_style_data2vec2(_model(), path)
-    enc = SpeechEncoder.load(path, layer=2)
+    enc = load_encoder(path, layer=2)
     assert enc.normalize_waveform and len(enc.model.blocks) == 2 and enc.model.final_norm is None
     waves, mask = _waves()
     torch.manual_seed(0)

@@ -6,8 +6,8 @@ import torch
 from datamodules.boundary_store import BoundaryStore
 from datamodules.samplers import EvalBatchSampler, TrainBatchSampler, make_batches
 from datamodules.speech import SpeechDataModule
-from syllablelm.audio import pause_chunks, speech_regions
-from syllablelm.fileio import shard_range
+from syllablelm.audio.io import pause_chunks, speech_regions
+from syllablelm.runtime.fileio import shard_range
 from tests.conftest import burst_wave, make_librispeech
 
 
@@ -157,7 +157,7 @@ def test_latest_without_complete_version_is_a_clear_error(tmp_path, cache_dir):
 
 def test_frame_labels_follow_the_crop(tmp_path, cache_dir):
     from datamodules.label_store import LabelStore
-    from syllablelm.frames import num_frames
+    from syllablelm.audio.frames import num_frames
 
     dm = _dm(tmp_path, cache_dir)
     dm.setup("fit")

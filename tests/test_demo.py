@@ -42,14 +42,14 @@ def test_tiny_demo_writes_a_report_and_a_working_tokenizer(tiny_demo, tmp_path):
     from datamodules.aligned import load_split
     from experiments.demo import SHIPPED
     from experiments.report import SYLBOOST_START
-    from syllablelm.evaluation import tuned_scores
-    from syllablelm.nn.encoder import SpeechEncoder
-    from syllablelm.segmenter import Segmenter, SegmenterConfig
+    from syllablelm.boundaries.segmenter import Segmenter, SegmenterConfig
+    from syllablelm.checkpoints import load_encoder
+    from syllablelm.evaluation.scoring import tuned_scores
 
     start = report["baselines"][SYLBOOST_START]
     wd = tiny_demo
     splits = [load_split([str(wd / "data/synth" / s)], str(wd / "data/synth/alignments")) for s in ("test", "dev")]
-    backbone = SpeechEncoder.load(SHIPPED / "backbone", layer=start["params"]["layer"]).eval()
+    backbone = load_encoder(SHIPPED / "backbone", layer=start["params"]["layer"]).eval()
     seg = Segmenter(SegmenterConfig.at_rate(start["params"]["rate_hz"], "rate", vad_trim=True))
     pred = [seg.segments(backbone.utterance_features(w), w) for w, _, _ in splits]
     again = tuned_scores(pred[0], splits[0][1], pred[1], splits[1][1])["syllablelm_tuned"]
@@ -139,7 +139,7 @@ def _fake_demo_workdir(wd):
 
     from datamodules.aligned import load_split
     from datamodules.boundary_store import BoundaryStore
-    from syllablelm.evaluation import uniform_baseline
+    from syllablelm.evaluation.scoring import uniform_baseline
     from tests.conftest import burst_wave
 
     rng = np.random.default_rng(0)

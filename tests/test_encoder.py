@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import Data2VecAudioConfig, Data2VecAudioModel, HubertConfig, HubertModel, WavLMConfig, WavLMModel
 
-from syllablelm.nn.encoder import SpeechEncoder
+from syllablelm.models.encoder import SpeechEncoder
 
 SMALL = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, conv_dim=[16] * 7,
              num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
@@ -30,7 +30,7 @@ def test_padding_never_changes_a_feature(config, model):
 
 
 def _d2v2(mode: str) -> SpeechEncoder:
-    from syllablelm.nn.data2vec2 import Data2Vec2AudioEncoder, Data2Vec2Config
+    from syllablelm.models.data2vec2 import Data2Vec2AudioEncoder, Data2Vec2Config
 
     return SpeechEncoder(Data2Vec2AudioEncoder(Data2Vec2Config.tiny(extractor_mode=mode)), layer=2,
                          normalize_waveform=False)

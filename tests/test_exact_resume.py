@@ -1,4 +1,5 @@
-"""Exact resume: a fit crashed at a named point (syllablelm.faults) and restarted from its last checkpoint ends with
+"""Exact resume: a fit crashed at a named point (syllablelm.runtime.faults) and restarted from its last checkpoint
+ends with
 the same weights and the same boundary versions as a fit that never stopped, bit for bit (docs/architecture.md,
 "Reliability"). Dropout and random crops are on, so a replay that drew other random numbers or served other
 batches could not match; DataLoader workers differ between the runs, so where a batch is made cannot matter."""
@@ -18,9 +19,9 @@ from datamodules.unit_data import UnitsDataModule
 from lightning_modules.speechlm import SpeechLMModule
 from lightning_modules.sylboost import SylBoostModule
 from lightning_modules.teacher import TeacherModule
-from syllablelm import faults
-from syllablelm.nn.gpt import GPTConfig
-from syllablelm.nn.hubert import TeacherConfig
+from syllablelm.models.gpt import GPTConfig
+from syllablelm.models.hubert import TeacherConfig
+from syllablelm.runtime import faults
 from tests import sylboost_helpers as H
 from tests.test_speechlm import V, write_store
 

@@ -1,5 +1,6 @@
 """Faults injected into a finished tiny demo (docs/architecture.md, "Reliability"): a copy of the session's demo
-work directory is damaged or crashed at named points (``SYLLABLELM_FAULT``, :mod:`syllablelm.faults`) and the same
+work directory is damaged or crashed at named points (``SYLLABLELM_FAULT``, :mod:`syllablelm.runtime.faults`) and the
+same
 command is run again; it must end with exactly the numbers of the run that never failed, and the stages it did not
 need to redo keep their recorded timings. The store, bad-audio and exact-resume tests at the unit level are in
 tests/test_store_faults.py, tests/test_bad_audio.py and tests/test_exact_resume.py."""
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from experiments.cli import main
-from syllablelm import faults
+from syllablelm.runtime import faults
 
 # what a report computes (timings, paths and this run's own seconds differ between runs by design)
 SCORED = ("stages", "baselines", "units", "lm_pairs", "checks", "significance", "missing")

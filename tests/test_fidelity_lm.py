@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from datamodules.unit_data import UnitsDataModule
 from datamodules.unit_store import UnitStore
 from lightning_modules.speechlm import SpeechLMModule
-from syllablelm.nn.gpt import GPT, GPTConfig
-from syllablelm.units import UnitQuantizer, deduplicates
+from syllablelm.models.gpt import GPT, GPTConfig
+from syllablelm.units.quantizer import UnitQuantizer, deduplicates
 from tests.conftest import make_librispeech
 
 V = 10
@@ -293,7 +293,7 @@ def test_datamodule_reads_the_variant_and_refuses_mixed_train_and_val(tmp_path):
 def test_lm_checkpoint_records_the_unit_variant_and_pair_scoring_follows_it(tmp_path, monkeypatch):
     import lightning.pytorch as pl
 
-    from syllablelm import lm_pairs
+    from syllablelm.evaluation import lm_scoring as lm_pairs
 
     _store(tmp_path / "units", {"variant": "authors_lm"})
     dm = UnitsDataModule(unit_dir=str(tmp_path / "units"), context_length=8, batch_size=2, pack=True, num_workers=0)

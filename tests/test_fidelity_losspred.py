@@ -12,9 +12,9 @@ import torch
 
 from lightning_modules.teacher import LossPredConfig, TeacherModule
 from syllablelm import checkpoints as ck
-from syllablelm.checkpoints import hubert_write as cw
-from syllablelm.losspred import group_span_mask, loss_matrices, mask_groups, num_segments
-from syllablelm.nn.hubert import HubertTeacher, TeacherConfig
+from syllablelm.boundaries.losspred import group_span_mask, loss_matrices, mask_groups, num_segments
+from syllablelm.checkpoints import fairseq_hubert_write as cw
+from syllablelm.models.hubert import HubertTeacher, TeacherConfig
 from tests.test_teacher import fake_batch
 
 LEFT, RIGHT = 25, 26  # the notebook's ssl, ssr for window_size = 51

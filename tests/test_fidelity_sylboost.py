@@ -38,7 +38,7 @@ def test_paper_configs_regenerate_with_the_official_rate_search():
 
 
 def test_segmenter_defaults_are_the_authors():
-    from syllablelm.segmenter import SegmenterConfig
+    from syllablelm.boundaries.segmenter import SegmenterConfig
 
     c = SegmenterConfig()
     assert c.mode == "delta" and c.calibrate_to_hz == 6.25 and c.quantile == 0.75 and not c.vad_trim
@@ -52,8 +52,8 @@ def test_segmenter_defaults_are_the_authors():
 def test_regeneration_in_delta_mode_adapts_each_count(sylboost_setup):
     """The default segmenter: δ calibrated before training (so validation can cut) and again before each
     regeneration; the count follows each utterance's features, not round(rate x seconds); the rate is logged."""
-    from syllablelm.audio import read_audio
-    from syllablelm.segmenter import Segmenter, SegmenterConfig
+    from syllablelm.audio.io import read_audio
+    from syllablelm.boundaries.segmenter import Segmenter, SegmenterConfig
 
     corpus, tmp, teacher, cache, ids = sylboost_setup
     dm = H.datamodule(corpus, tmp / "store", cache)
@@ -89,7 +89,7 @@ def test_segmentation_metrics_tune_the_test_shift_on_validation():
     from torch.utils.data import DataLoader
 
     from callbacks.segmentation_metrics import SegmentationMetrics
-    from syllablelm.metrics import boundary_scores, tune_shift
+    from syllablelm.evaluation.boundary_metrics import boundary_scores, tune_shift
 
     rng = np.random.default_rng(0)
 

@@ -1,4 +1,4 @@
-"""The FLOP formulas of syllablelm.flops against torch's FlopCounterMode on real networks (MFU divides by them).
+"""The FLOP formulas of syllablelm.models.flops against torch's FlopCounterMode on real networks (MFU divides by them).
 
 SDPA runs on the math backend here: the counter sees its batched matmuls (fused kernels are not counted)."""
 import pytest
@@ -6,9 +6,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from syllablelm import flops
-from syllablelm.nn.gpt import GPT, GPTConfig
-from syllablelm.nn.hubert import HubertTeacher, TeacherConfig
+from syllablelm.models import flops
+from syllablelm.models.gpt import GPT, GPTConfig
+from syllablelm.models.hubert import HubertTeacher, TeacherConfig
 
 
 def counted(fn) -> int:
@@ -48,7 +48,7 @@ def test_gpt_formulas_forward_training_and_decode_step():
         loss.backward()
     # every matmul of the decoder trains (the embedding lookups are no matmul): backward = 2x forward
     assert counted(train_step) == flops.training(flops.gpt_forward(2, 50, cfg))
-    from syllablelm.nn.generation import KVCache
+    from syllablelm.models.generation import KVCache
 
     model.eval()
     cache = KVCache(cfg, 2, 80, "cpu", torch.float32)

@@ -1,10 +1,10 @@
-"""Generation without per-token overhead (syllablelm.nn.gpt): the static decode step (fixed shapes, the whole KV
+"""Generation without per-token overhead (syllablelm.models.gpt): the static decode step (fixed shapes, the whole KV
 cache behind a mask) and its compiled form give the eager path's tokens; CUDA graphs are checked in
 tests/test_cuda.py."""
 import pytest
 import torch
 
-from syllablelm.nn.gpt import GPT, GPTConfig, KVCache
+from syllablelm.models.gpt import GPT, GPTConfig, KVCache
 
 
 @pytest.fixture(scope="module")

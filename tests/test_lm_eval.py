@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from syllablelm import lm_eval as L
+from syllablelm.evaluation import pair_sets as L
 
 
 def _write_set(folder: Path, header: str, rows: list[str], touch: bool = True) -> Path:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from syllablelm.losspred import (
+from syllablelm.boundaries.losspred import (
     GAP,
     HALF,
     group_span_mask,

@@ -5,7 +5,7 @@ import pytest
 import soundfile as sf
 
 from datamodules.manifest import build_manifest, utterance_id
-from syllablelm.audio import read_audio
+from syllablelm.audio.io import read_audio
 from tests.conftest import make_librispeech
 
 

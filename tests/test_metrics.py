@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from syllablelm import metrics, metrics_cluster, metrics_tokens
-from syllablelm.metrics import (
+from syllablelm.evaluation import boundary_metrics as metrics
+from syllablelm.evaluation import cluster_metrics as metrics_cluster
+from syllablelm.evaluation import token_metrics as metrics_tokens
+from syllablelm.evaluation.boundary_metrics import (
     SDHUBERT_SHIFTS,
     SYLLABLELM_SHIFTS,
     BoundaryMetric,
@@ -282,5 +284,6 @@ def test_doctests(module):
 
 
 def test_metrics_do_not_import_lightning():
-    code = "import sys, syllablelm.metrics; assert not {'lightning', 'pytorch_lightning'} & set(sys.modules)"
+    code = ("import sys, syllablelm.evaluation.boundary_metrics; "
+            "assert not {'lightning', 'pytorch_lightning'} & set(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

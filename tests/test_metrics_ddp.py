@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from syllablelm.metrics import (
+from syllablelm.evaluation.boundary_metrics import (
     BoundaryMetric,
     ClusterMetric,
     TokenRateMetric,

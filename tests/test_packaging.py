@@ -33,7 +33,7 @@ def test_the_wheel_lists_every_shipped_file(wheel):
     assert "experiments/pretrained/backbone/model.safetensors" in names
     assert set(SHIPPED) <= names, sorted(set(SHIPPED) - names)
     assert set(CONFIGS) <= names, sorted(set(CONFIGS) - names)
-    assert "syllablelm/synth/data/sentences.txt" in names
+    assert "syllablelm/synthesis/data/sentences.txt" in names
     assert not any(n.startswith("tests/") for n in names)
 
 

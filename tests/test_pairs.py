@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from syllablelm import lm_eval as L
-from syllablelm.synth import pair_sentences as S
-from syllablelm.synth import pairs as P
-from syllablelm.synth import plan
+from syllablelm.evaluation import pair_sets as L
+from syllablelm.synthesis import pair_sentences as S
+from syllablelm.synthesis import pairs as P
+from syllablelm.synthesis import plan
 
 N = 6  # pairs per set: lexical gets round(6 * 0.34) = 2 oov words
 

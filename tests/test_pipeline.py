@@ -307,7 +307,7 @@ def test_the_whole_paper_pipeline_as_two_simulated_nodes(workspace, tmp_path):
     dev = {p.stem for p in (workspace / "LibriSpeech/dev-clean").rglob("*.flac")}
     assert dev <= set(bounds.load(0))  # LossPred's predict_extra_dirs: SylBoost validates on dev-clean
     from datamodules.unit_store import UnitStore
-    from syllablelm.tokenizer import Tokenizer
+    from syllablelm.units.tokenizer import Tokenizer
 
     units = UnitStore(runs / "librilight/units")
     assert len(list(units.version_dir(0).glob("shard-*-of-00004.npz"))) == 4 and len(units.load(0)) == 3
@@ -323,7 +323,7 @@ def test_pipeline_markers_share_the_stage_state_format_and_old_ones_still_count(
     rank's project logs, a rerun skips it, a lost shard reruns it, and after a crash between its exit and its marker
     (``SYLLABLELM_FAULT=stage.finished:copy``) its whole store version counts as done; a marker of the old format
     still counts."""
-    from syllablelm.faults import InjectedFault
+    from syllablelm.runtime.faults import InjectedFault
 
     monkeypatch.chdir(tmp_path)
     source = BoundaryStore(tmp_path / "source")

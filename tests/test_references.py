@@ -8,10 +8,8 @@ import pytest
 from datamodules.aligned import load_split
 from experiments.evaluate import evaluate_tokenizer
 from experiments.import_references import main as references_main
-from syllablelm.alignments import SegmentError, index_alignments, load_alignment
-from syllablelm.metrics import boundary_scores, cluster_scores
-from syllablelm.metrics_cluster import strip_stress
-from syllablelm.references import (
+from syllablelm.audio.alignments import SegmentError, index_alignments, load_alignment
+from syllablelm.audio.references import (
     alignment_path,
     detect_format,
     parse_peng,
@@ -19,6 +17,8 @@ from syllablelm.references import (
     read_references,
     write_references,
 )
+from syllablelm.evaluation.boundary_metrics import boundary_scores, cluster_scores
+from syllablelm.evaluation.cluster_metrics import strip_stress
 from tests.conftest import make_librispeech
 
 # "extra abstract", then "this time" (no pause between the two words), then an <unk> (spn) and silences
@@ -63,7 +63,7 @@ def test_textgrid_maximal_onset_inside_words_with_gaps(tmp_path, caplog):
     (tmp_path / "spk" / "19-198-0001.TextGrid").write_text(long_textgrid({"words": WORDS, "phones": PHONES}))
     (tmp_path / "19-198-0002.TextGrid").write_bytes(
         short_textgrid({"speaker - words": WORDS, "speaker - phones": PHONES}).encode("utf-16"))
-    with caplog.at_level(logging.INFO, logger="syllablelm.references"):
+    with caplog.at_level(logging.INFO, logger="syllablelm.audio.references"):
         refs = read_references(tmp_path)  # a folder: auto-detected as TextGrids, searched recursively
     assert sorted(refs) == ["19-198-0001", "19-198-0002"]
     assert refs["19-198-0001"] == refs["19-198-0002"]  # long and short formats read alike
@@ -109,7 +109,7 @@ def sdhubert_json(tmp_path):
 def test_sdhubert_exact_segments_and_skips(tmp_path, caplog):
     path, data = sdhubert_json(tmp_path)
     assert detect_format(path) == "sdhubert"
-    with caplog.at_level(logging.INFO, logger="syllablelm.references"):
+    with caplog.at_level(logging.INFO, logger="syllablelm.audio.references"):
         refs = read_references(path)
     assert refs == {"1089-134686-0000": {"syllables": [[0.52, 0.74, "HH AH0"], [0.74, 1.01, "L OW1"],
                                                        [1.2, 1.55, "W ER1 L D"]]}}
@@ -135,7 +135,7 @@ def test_peng_strings(tmp_path, caplog):
     ]}
     path = tmp_path / "ls_dev_with_alignments.json"
     path.write_text(json.dumps(data))
-    with caplog.at_level(logging.INFO, logger="syllablelm.references"):
+    with caplog.at_level(logging.INFO, logger="syllablelm.audio.references"):
         refs = read_references(path)
     assert refs == {"84-121123-0000": {"syllables": [[0.5, 0.72, "HH_AH0"]], "words": [[0.5, 1.01, "hello"]]},
                     "m1-abc": {"syllables": [[0.1, 0.4, "K-AE1-T"]]}}

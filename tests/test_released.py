@@ -1,4 +1,5 @@
-"""Importing the authors' released SylBoost models (syllablelm/released.py), on fake files in the release's formats.
+"""Importing the authors' released SylBoost models (syllablelm/units/released.py), on fake files in the release's
+formats.
 
 The fake release: a ``.pth`` dict ``{"model_seg": {"model." + fairseq data2vec 2.0 key: fp16 tensor}}`` at the real
 shapes (768 wide, 4 prenet + 8 main blocks, the pretraining decoder's keys too), ``*_kmeans.npy`` (64, 768) float32
@@ -17,18 +18,18 @@ import soundfile as sf
 import torch
 
 from experiments.cli import main as cli_main
-from syllablelm import released
+from syllablelm.boundaries.mincut import sse_segment
 from syllablelm.checkpoints import CheckpointError
-from syllablelm.checkpoints.data2vec2 import fairseq_key
-from syllablelm.nn.data2vec2 import Data2Vec2AudioEncoder
-from syllablelm.released import (
+from syllablelm.checkpoints.fairseq_data2vec2 import fairseq_key
+from syllablelm.models.data2vec2 import Data2Vec2AudioEncoder
+from syllablelm.units import released
+from syllablelm.units.released import (
     RELEASED_ENCODER_CONFIG,
     RELEASED_SYLBOOST,
     import_released_sylboost,
     released_preset,
 )
-from syllablelm.segment import sse_segment
-from syllablelm.tokenizer import Tokenizer
+from syllablelm.units.tokenizer import Tokenizer
 
 from .conftest import burst_wave
 

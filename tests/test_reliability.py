@@ -13,7 +13,7 @@ import torch
 
 from datamodules.dataset import collate, is_empty
 from lightning_modules.teacher import TeacherModule
-from syllablelm.nn.hubert import TeacherConfig
+from syllablelm.models.hubert import TeacherConfig
 from tests import sylboost_helpers as H
 from tests.conftest import REPO, make_librispeech
 from tests.test_datamodule_ddp import free_port

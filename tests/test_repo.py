@@ -60,23 +60,90 @@ def test_layer_contracts_hold():
     included."""
     result = _lint_imports(REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
-    assert "Contracts: 2 kept, 0 broken" in result.stdout
+    assert "Contracts: 3 kept, 0 broken" in result.stdout
+
+
+def test_a_core_package_reaching_up_breaks_the_core_layers(tmp_path):
+    for name in PACKAGES:
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "pretrained"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    with open(tmp_path / "syllablelm" / "models" / "encoder.py", "a") as f:  # a network reaching up to its loader
+        f.write("\n\ndef _late():\n    from syllablelm.checkpoints import load_backbone  # noqa\n")
+    result = _lint_imports(tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert result.returncode != 0 and "syllablelm.models.encoder -> syllablelm.checkpoints" in result.stdout
+
+
+def _import_graph(package: str) -> dict[str, set[str]]:
+    """Module -> the project modules it imports, every import statement counted (inside functions too)."""
+    modules = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in (REPO / package).rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                deps |= {m for m in (f"{node.module}.{a.name}" for a in node.names) if m in modules}
+                deps |= {node.module} if node.module in modules else set()
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name in modules}
+        graph[name] = deps - {name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component of more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_core_has_no_import_cycle():
+    """Not between modules, not through a package's ``__init__``, not through an import inside a function."""
+    graph = _import_graph("syllablelm")
+    assert len(graph) > 40 and sum(map(len, graph.values())) > 60
+    assert _cycles(graph) == []
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the check itself
 
 
 def test_an_upward_import_breaks_the_contracts(tmp_path):
     for name in PACKAGES:
         shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "pretrained"))
     shutil.copy(REPO / "pyproject.toml", tmp_path)
-    with open(tmp_path / "syllablelm" / "frames.py", "a") as f:  # the core reaching up into a DataModule helper
+    with open(tmp_path / "syllablelm" / "audio" / "frames.py", "a") as f:  # the core reaching up
         f.write("\nfrom datamodules.manifest import build_manifest  # noqa\n")
     result = _lint_imports(tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
-    assert result.returncode != 0 and "syllablelm.frames -> datamodules.manifest" in result.stdout
+    assert result.returncode != 0 and "syllablelm.audio.frames -> datamodules.manifest" in result.stdout
 
 
 def _private_imports() -> list[str]:
     """``from <project module> import _name`` and ``<imported project module>._name`` across modules."""
     found = []
-    for package in PACKAGES:
+    for package in (*PACKAGES, "benchmarks"):
         for path in (REPO / package).rglob("*.py"):
             tree = ast.parse(path.read_text())
             modules = {}  # local name -> project module imported as such

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from syllablelm.frames import frames_to_segments, num_frames, samples_for_frames, seconds_to_frames
-from syllablelm.segment import (
+from syllablelm.audio.frames import frames_to_segments, num_frames, samples_for_frames, seconds_to_frames
+from syllablelm.boundaries.mincut import (
     calibrate_delta,
     ncut_mincut,
     ncut_mincut_batch,

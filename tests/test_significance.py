@@ -1,9 +1,10 @@
-"""The paired bootstrap over utterances (syllablelm.significance) and the per-utterance counts it resamples."""
+"""The paired bootstrap over utterances (syllablelm.evaluation.significance) and the per-utterance counts it
+resamples."""
 import numpy as np
 import pytest
 
-from syllablelm.metrics import boundary_counts, boundary_scores
-from syllablelm.significance import paired_bootstrap, resample_indices
+from syllablelm.evaluation.boundary_metrics import boundary_counts, boundary_scores
+from syllablelm.evaluation.significance import paired_bootstrap, resample_indices
 
 
 def corpus(seed: int, n: int = 30):

@@ -10,8 +10,8 @@ import yaml
 from datamodules.unit_data import UnitsDataModule
 from datamodules.unit_store import UnitStore
 from lightning_modules.speechlm import SpeechLMModule
-from syllablelm.nn.gpt import GPT, GPTConfig, KVCache
-from syllablelm.schedules import warmup_hold_decay
+from syllablelm.models.gpt import GPT, GPTConfig, KVCache
+from syllablelm.models.schedules import warmup_hold_decay
 from tests.conftest import REPO
 
 V = 10  # units 0..9, BOS = EOS = 10

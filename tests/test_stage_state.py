@@ -16,7 +16,7 @@ import pytest
 
 from experiments.stage_runner import Runner, StageFailed
 from experiments.stage_state import FileOutput, StageState, StoreVersion, as_output, duration, error_line
-from syllablelm.faults import InjectedFault
+from syllablelm.runtime.faults import InjectedFault
 
 REPO = Path(__file__).resolve().parents[1]
 # writes its first argument's file after printing a few progress lines

@@ -17,7 +17,7 @@ from datamodules.shard_store import (
     command_text,
 )
 from datamodules.unit_store import UnitStore
-from syllablelm.alignments import SegmentError
+from syllablelm.audio.alignments import SegmentError
 
 VERSION = 1
 

@@ -318,7 +318,7 @@ def test_export_encoder_writes_the_student_as_a_model_folder(tmp_path):
 
     from experiments.cli import main
     from experiments.export import export_encoder
-    from syllablelm.nn.encoder import SpeechEncoder
+    from syllablelm.checkpoints import load_encoder
 
     m = SylBoostModule(init_from=str(H.save_teacher(tmp_path / "t.ckpt")), feature_layer=1)
     with torch.no_grad():  # a trained student differs from its teacher
@@ -329,7 +329,7 @@ def test_export_encoder_writes_the_student_as_a_model_folder(tmp_path):
                 "pytorch-lightning_version": lightning.__version__}, ckpt)
     out = export_encoder(ckpt, tmp_path / "backbone")
     wave = torch.randn(1, 8000)
-    enc = SpeechEncoder.load(out, layer=1).eval()
+    enc = load_encoder(out, layer=1).eval()
     m.eval()
     with torch.no_grad():
         got, want, teacher = enc(wave)[0], m.student(wave)[0], m.teacher(wave)[0]

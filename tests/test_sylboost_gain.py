@@ -6,7 +6,7 @@ import pytest
 
 from experiments.cli import main
 from experiments.sylboost_gain import CHECKS
-from syllablelm.significance import voice_of
+from syllablelm.evaluation.significance import voice_of
 from tests import sylboost_helpers as H
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from syllablelm.synth.syllabify import (
+from syllablelm.audio.syllabify import (
     ARPABET_VOWELS,
     ESPEAK_CONSONANTS,
     is_vowel,
@@ -87,7 +87,7 @@ def test_random_words_are_partitioned(alphabet):
 
 
 def test_pure_maximal_onset_rule():
-    from syllablelm.synth.syllabify import syllabify
+    from syllablelm.audio.syllabify import syllabify
 
     extra = ["EH1", "K", "S", "T", "R", "AH0"]
     assert syllabify(extra, "arpabet", rule="maximal") == [["EH1", "K"], ["S", "T", "R", "AH0"]]

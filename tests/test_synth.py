@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from syllablelm.audio import frame_levels_db, speech_regions
-from syllablelm.synth import corpus, plan
-from syllablelm.synth.espeak import PHONEME_SEP, STOPS, ESpeak, Phone, Synthesis, Word, align
+from experiments.synth import main as synth_command
+from syllablelm.audio.io import frame_levels_db, speech_regions
+from syllablelm.synthesis import corpus, plan
+from syllablelm.synthesis.espeak import PHONEME_SEP, STOPS, ESpeak, Phone, Synthesis, Word, align
 
 TIERS = ("words", "syllables", "phones")
 
@@ -140,7 +141,7 @@ def test_same_seed_same_bytes_and_resume(tmp_path):
     kw = dict(num_utterances=6, seed=11, speakers=3)
     summary = corpus.synthesize_corpus(a, progress=False, **kw)
     assert summary["utterances"] == 6 and summary["synthesized"] == 6 and summary["skipped"] == 0
-    assert corpus.main(["--out", str(b), "--num-utterances", "6", "--seed", "11", "--speakers", "3",
+    assert synth_command(["--out", str(b), "--num-utterances", "6", "--seed", "11", "--speakers", "3",
                         "--no-progress"]) == 0
     files = _files(a)
     assert len(files) == 6 * 2 + 3 + 2 and files == _files(b)  # flac+json, trans per chapter, SPEAKERS, synth
@@ -167,7 +168,7 @@ def test_every_voice_in_the_pools_gives_the_same_samples_a_second_later():
 
     engine = ESpeak()
 
-    from syllablelm.synth.pairs import HELDOUT_FEMALE, HELDOUT_MALE
+    from syllablelm.synthesis.pairs import HELDOUT_FEMALE, HELDOUT_MALE
 
     voices = [f"en+{v}" for v in plan.MALE_VARIANTS + plan.FEMALE_VARIANTS]
     voices += [f"en-us+{v}" for v in HELDOUT_MALE + HELDOUT_FEMALE]  # the pair sets' voices
@@ -268,9 +269,9 @@ def test_phoneme_input_and_text_to_phonemes():
 def test_shipped_text_has_no_blocked_words():
     import re
 
-    from syllablelm.synth.pairs import BLOCKED
+    from syllablelm.synthesis.pairs import BLOCKED
 
-    text = (Path(__file__).resolve().parents[1] / "syllablelm/synth/data/sentences.txt").read_text()
+    text = (Path(__file__).resolve().parents[1] / "syllablelm/synthesis/data/sentences.txt").read_text()
     assert not BLOCKED & {w.lower() for w in re.findall(r"[A-Za-z]+", text)}
 
 

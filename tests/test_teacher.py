@@ -9,8 +9,8 @@ from datamodules.boundary_store import BoundaryStore
 from datamodules.label_store import LabelStore
 from datamodules.speech import SpeechDataModule
 from lightning_modules.teacher import LossPredConfig, TeacherModule
-from syllablelm.losspred import group_span_mask, mask_groups, scatter_group
-from syllablelm.nn.hubert import TeacherConfig
+from syllablelm.boundaries.losspred import group_span_mask, mask_groups, scatter_group
+from syllablelm.models.hubert import TeacherConfig
 from tests.conftest import REPO, burst_wave
 
 HOP = 320

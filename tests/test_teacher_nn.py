@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from syllablelm.nn.common import normalize_waves
-from syllablelm.nn.hubert import HubertTeacher, TeacherConfig, compute_span_mask
+from syllablelm.models.common import normalize_waves
+from syllablelm.models.hubert import HubertTeacher, TeacherConfig, compute_span_mask
 
 VARIANTS = {
     "base_like": dict(),  # group-norm CNN, post-LN transformer

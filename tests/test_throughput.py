@@ -1,5 +1,5 @@
 """callbacks.throughput.StageThroughput: throughput, audio seconds / tokens per second and MFU against an explicit
-peak, from each training step's FLOP count (syllablelm.flops)."""
+peak, from each training step's FLOP count (syllablelm.models.flops)."""
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -7,7 +7,7 @@ from lightning.pytorch.loggers.logger import Logger
 
 from callbacks.throughput import StageThroughput
 from lightning_modules.speechlm import SpeechLMModule
-from syllablelm.nn.gpt import GPTConfig
+from syllablelm.models.gpt import GPTConfig
 from tests import sylboost_helpers as H
 from tests.test_speechlm import V, write_store
 
@@ -69,7 +69,7 @@ def test_sylboost_audio_seconds_and_flops(sylboost_setup):
     m = logger.metrics
     assert m["train/audio_seconds_per_sec"][-1][1] > 0 and m["train/device/mfu"][-1][1] > 0
     # the step's count: student 3x (its CNN frozen: 1x), the frozen teacher's forward 1x
-    from syllablelm import flops
+    from syllablelm.models import flops
 
     spec = model.student.spec()
     body = flops.hubert_forward(48000, spec["config"], layers=spec["layer"], cnn=False)

@@ -13,8 +13,8 @@ import soundfile as sf
 from datamodules.manifest import build_manifest
 from experiments import tokenize_audio
 from experiments.cli import main
-from syllablelm.audio import list_audio
-from syllablelm.units import UNIT_VARIANTS
+from syllablelm.audio.io import list_audio
+from syllablelm.units.quantizer import UNIT_VARIANTS
 from tests.conftest import REPO, burst_wave
 from tests.test_tokenizer import sylboost_ckpt, tokenizer_ckpt  # noqa: F401  (fixtures: a tiny tokenizer)
 
@@ -137,7 +137,7 @@ try:
     code = None
 except SystemExit as e:
     code = e.code
-heavy = [m for m in ("torch", "lightning", "lightning.pytorch", "datamodules.speech", "syllablelm.tokenizer",
+heavy = [m for m in ("torch", "lightning", "lightning.pytorch", "datamodules.speech", "syllablelm.units.tokenizer",
                      "numpy") if m in sys.modules]
 print(json.dumps({"code": code, "heavy": heavy, "help": out.getvalue()}))
 """

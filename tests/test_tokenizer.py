@@ -12,8 +12,8 @@ import torch
 from datamodules.unit_store import UnitStore
 from experiments.cli import main
 from syllablelm import Tokenizer
-from syllablelm.audio import read_audio
-from syllablelm.units import UnitQuantizer
+from syllablelm.audio.io import read_audio
+from syllablelm.units.quantizer import UnitQuantizer
 from tests import sylboost_helpers as H
 
 
@@ -177,10 +177,10 @@ def test_a_stopped_quantize_resumes_from_its_saved_parts(synth_corpus, sylboost_
 
 
 def test_pair_scoring_with_a_tiny_lm(tokenizer_ckpt, tmp_path):
+    from experiments.pairs import main as make_pairs
     from lightning_modules.speechlm import SpeechLMModule
-    from syllablelm.lm_pairs import score_pairs
-    from syllablelm.nn.gpt import GPTConfig
-    from syllablelm.synth.pairs import main as make_pairs
+    from syllablelm.evaluation.lm_scoring import score_pairs
+    from syllablelm.models.gpt import GPTConfig
 
     assert make_pairs(["--out", str(tmp_path / "pairs"), "--num-pairs", "4", "--seed", "1",
                        "--sets", "lexical,syntactic"]) == 0

@@ -1,4 +1,4 @@
-"""The lean tokenizer checkpoint (``syllablelm quantize`` -> ``syllablelm.tokenizer.save_tokenizer``): only the
+"""The lean tokenizer checkpoint (``syllablelm quantize`` -> ``syllablelm.units.tokenizer.save_tokenizer``): only the
 student encoder, the segmenter and the quantizer, readable with ``weights_only``; the same units as the SylBoost
 checkpoint + quantizer it replaces; a backbone for ``load_backbone``; clear errors for other files."""
 import lightning.pytorch as pl
@@ -8,12 +8,12 @@ import torch
 
 from experiments.cli import main
 from syllablelm import Tokenizer
-from syllablelm.audio import read_audio
-from syllablelm.checkpoints import CheckpointError, describe, load_backbone
+from syllablelm.audio.io import read_audio
+from syllablelm.boundaries.segmenter import Segmenter
+from syllablelm.checkpoints import CheckpointError, describe, load_backbone, load_encoder
 from syllablelm.checkpoints.backbone import TOKENIZER_FORMAT
-from syllablelm.nn.encoder import SpeechEncoder
-from syllablelm.segmenter import Segmenter
-from syllablelm.tokenizer import QUANTIZER_KEY, TOKENIZER_KEYS
+from syllablelm.models.encoder import SpeechEncoder
+from syllablelm.units.tokenizer import QUANTIZER_KEY, TOKENIZER_KEYS
 from tests import sylboost_helpers as H
 
 
@@ -96,7 +96,7 @@ def test_load_backbone_reads_the_student(ckpts, synth_corpus):
     wave = read_audio(sorted((synth_corpus / "dev").rglob("*.flac"))[0])[None]
     with torch.no_grad():
         ours = SpeechEncoder(bb.encoder, layer=bb.layers, normalize_waveform=bb.normalize_waveform)(wave)[0]
-        loaded = SpeechEncoder.load(ckpts["lean"], layer=1)(wave)[0]  # what SylBoost / labels start from
+        loaded = load_encoder(ckpts["lean"], layer=1)(wave)[0]  # what SylBoost / labels start from
         assert torch.equal(ours, student(wave)[0]) and torch.equal(loaded, ours)
     info = describe(ckpts["lean"])
     assert info["format"] == "tokenizer" and info["layers"] == 1 and info["hidden"] == 64

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from syllablelm import clustering as K
-from syllablelm import units as U
-from syllablelm.units import UnitQuantizer
+from syllablelm.units import clustering as K
+from syllablelm.units import quantizer as U
+from syllablelm.units.quantizer import UnitQuantizer
 
 
 def ramp(T: int, D: int = 2) -> torch.Tensor:

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from syllablelm.audio import SAMPLE_RATE, speech_frame_span
-from syllablelm.frames import frames_to_segments
-from syllablelm.segmenter import segment_frames
-from syllablelm.tokenizer import Tokenizer
+from syllablelm.audio.frames import frames_to_segments
+from syllablelm.audio.io import SAMPLE_RATE, speech_frame_span
+from syllablelm.boundaries.segmenter import segment_frames
+from syllablelm.units.tokenizer import Tokenizer
 from tests import sylboost_helpers as H
 from tests.conftest import burst_wave
 

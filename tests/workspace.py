@@ -52,7 +52,7 @@ def make_paper_workspace(root: str | Path, *, seed: int = 0) -> Path:
     from sklearn.cluster import MiniBatchKMeans
 
     from syllablelm.checkpoints import save_fairseq_style_checkpoint
-    from syllablelm.nn.hubert import HubertTeacher, TeacherConfig
+    from syllablelm.models.hubert import HubertTeacher, TeacherConfig
 
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -70,7 +70,7 @@ def make_paper_workspace(root: str | Path, *, seed: int = 0) -> Path:
     save_fairseq_style_checkpoint(HubertTeacher(TeacherConfig.large(**{**small, "num_hidden_layers": 4})),
                                   ck / "hubert_large_ll60k.pt")
     from syllablelm.checkpoints import save_fairseq_style_data2vec2
-    from syllablelm.nn.data2vec2 import Data2Vec2AudioEncoder, Data2Vec2Config
+    from syllablelm.models.data2vec2 import Data2Vec2AudioEncoder, Data2Vec2Config
 
     d2v2 = Data2Vec2Config(embed_dim=32, num_heads=2, depth=8, prenet_depth=4, conv_pos_width=8, conv_pos_depth=2,
                            conv_pos_groups=2, feature_encoder_spec="[(16, 10, 5)] + [(16, 3, 2)] * 4 + [(16,2,2)] * 2",

@@ -7,13 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from syllablelm.audio import AUDIO_EXTENSIONS
+from syllablelm.audio.io import AUDIO_EXTENSIONS
 
 
 def audio_folder_info(path: Path, sample: int = 3) -> str:
     """A short description of an audio folder (layout, rate of a few files); raises ValueError when it holds
     no readable audio. Reads only the first ``sample`` files it meets, so it is quick on LibriLight-sized trees."""
-    from syllablelm.audio import audio_info, list_audio
+    from syllablelm.audio.io import audio_info, list_audio
 
     if not path.is_dir():
         raise ValueError(f"{path}: not a folder")

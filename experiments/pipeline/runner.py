@@ -60,7 +60,7 @@ from experiments.pipeline.launch import (
 )
 from experiments.pipeline.stage_configs import fit_resume_checkpoint, flag_values
 from experiments.stage_state import Output, StageState, as_output, outputs_problem
-from syllablelm.outcome import EXIT_REQUEUED
+from syllablelm.runtime.outcome import EXIT_REQUEUED
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ LIGHTNING = ("fit", "validate", "test", "predict")
 OFFLINE_SHARDED = ("labels", "units")  # commands that take --rank/--world-size
 OFFLINE = (*OFFLINE_SHARDED, "quantize", "evaluate", "baselines", "synth", "pairs", "tokenize", "store-copy",
            "references", "import-sylboost")
-REQUEUED = EXIT_REQUEUED  # exit status of a process that asked SLURM to requeue the job (syllablelm.outcome)
+REQUEUED = EXIT_REQUEUED  # exit status of a process that asked SLURM to requeue the job (syllablelm.runtime.outcome)
 
 
 # ---------------------------------------------------------------------------------------------- the config

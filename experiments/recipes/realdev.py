@@ -57,11 +57,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from syllablelm.audio import SAMPLE_RATE, read_audio, speech_regions
-    from syllablelm.baselines import envelope_segments, uniform_at_audio_rate
-    from syllablelm.fileio import write_json
-    from syllablelm.metrics import boundary_scores
-    from syllablelm.tokenizer import Tokenizer
+    from syllablelm.audio.io import SAMPLE_RATE, read_audio, speech_regions
+    from syllablelm.boundaries.baselines import envelope_segments, uniform_at_audio_rate
+    from syllablelm.evaluation.boundary_metrics import boundary_scores
+    from syllablelm.runtime.fileio import write_json
+    from syllablelm.units.tokenizer import Tokenizer
 
     refs = read_references(args.data)
     ids = sorted(refs)

@@ -12,7 +12,7 @@ Formats (:func:`checkpoint_format` tells them apart from the file alone):
 * ``"fairseq-data2vec2"``: a fairseq data2vec 2.0 ``.pt`` (``data2vec_multi``, audio);
 * ``"teacher-ckpt"``: this suite's ``TeacherModule`` checkpoint (hyper-parameter ``network``);
 * ``"sylboost-ckpt"``: this suite's ``SylBoostModule`` checkpoint (its student, cut at the feature layer);
-* ``"tokenizer"``: this suite's lean tokenizer checkpoint (:mod:`syllablelm.tokenizer`; the encoder cut at the
+* ``"tokenizer"``: this suite's lean tokenizer checkpoint (:mod:`syllablelm.units.tokenizer`; the encoder cut at the
   feature layer).
 
 fairseq files are pickles (trusted files only, :mod:`.fairseq`); this suite's ``.ckpt`` files load with
@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from syllablelm.nn.common import pretrained_normalization
-from syllablelm.nn.hubert import HubertTeacher, TeacherConfig
-
-from .fairseq import CheckpointError
+from syllablelm.checkpoints.fairseq import CheckpointError
+from syllablelm.models.common import pretrained_normalization
+from syllablelm.models.encoder import SpeechEncoder
+from syllablelm.models.hubert import HubertTeacher, TeacherConfig
 
 TOKENIZER_FORMAT = "syllablelm.tokenizer/1"  # the "format" entry of a lean tokenizer checkpoint
 FORMATS = ("hf", "fairseq-hubert", "fairseq-data2vec2", "teacher-ckpt", "sylboost-ckpt", "tokenizer")
@@ -83,7 +83,7 @@ def checkpoint_format(path: str | Path) -> str:
         raise CheckpointError(f"{p}: no such file or folder")
     if p.suffix == ".ckpt":
         return suite_format(read_suite_checkpoint(p), p)
-    from .data2vec2 import is_fairseq_data2vec2
+    from syllablelm.checkpoints.fairseq_data2vec2 import is_fairseq_data2vec2
 
     try:
         return "fairseq-data2vec2" if is_fairseq_data2vec2(p) else "fairseq-hubert"
@@ -103,7 +103,6 @@ def teacher_from_checkpoint(ckpt: dict, path) -> HubertTeacher:
 
 def encoder_from_checkpoint(ckpt: dict, path):
     """The ``SpeechEncoder`` of a SylBoost checkpoint (its student) or of a lean tokenizer checkpoint."""
-    from syllablelm.nn.encoder import SpeechEncoder
 
     if suite_format(ckpt, path) == "tokenizer":
         if not isinstance(ckpt.get("encoder"), dict) or not isinstance(ckpt.get("encoder_state"), dict):
@@ -135,13 +134,13 @@ def load_backbone(path: str | Path) -> Backbone:
         return Backbone(model, pretrained_normalization(p, model.config), kind,
                         layers=getattr(model.config, "num_hidden_layers", None))
     if kind == "fairseq-data2vec2":
-        from .data2vec2 import load_fairseq_data2vec2
+        from syllablelm.checkpoints.fairseq_data2vec2 import load_fairseq_data2vec2
 
         model = load_fairseq_data2vec2(p).eval()
         c = model.config
         return Backbone(model, c.normalize_waveform, kind, layers=c.prenet_depth + c.depth)
     if kind == "fairseq-hubert":
-        from .hubert import load_fairseq_hubert
+        from syllablelm.checkpoints.fairseq_hubert import load_fairseq_hubert
 
         teacher = load_fairseq_hubert(p).eval()
         return Backbone(teacher.encoder, teacher.config.normalize_waveform, kind, teacher,
@@ -186,16 +185,16 @@ def describe(path: str | Path) -> dict:
                    model_type=cfg.get("model_type"))
         return out
     if kind == "fairseq-data2vec2":
-        from .data2vec2 import data2vec2_config
-        from .fairseq import load_fairseq_state
+        from syllablelm.checkpoints.fairseq import load_fairseq_state
+        from syllablelm.checkpoints.fairseq_data2vec2 import data2vec2_config
 
         c = data2vec2_config(load_fairseq_state(p), p)
         out.update(layers=c.prenet_depth + c.depth, hidden=c.embed_dim, normalize=c.normalize_waveform,
                    has_head=False)
         return out
     if kind == "fairseq-hubert":
-        from .fairseq import load_fairseq_state
-        from .hubert import NUM_SPECIAL, hubert_config
+        from syllablelm.checkpoints.fairseq import load_fairseq_state
+        from syllablelm.checkpoints.fairseq_hubert import NUM_SPECIAL, hubert_config
 
         try:
             state = load_fairseq_state(p)
@@ -220,3 +219,14 @@ def describe(path: str | Path) -> dict:
                    hidden=spec["config"].get("hidden_size", spec["config"].get("embed_dim")))
     out["hyper_parameters"] = hp
     return out
+
+
+def load_encoder(path: str | Path, *, layer: int, normalize_waveform: bool | None = None) -> SpeechEncoder:
+    """A :class:`SpeechEncoder` cut after ``layer``, from any backbone file :func:`load_backbone` reads (HF folder,
+    fairseq HuBERT or data2vec 2.0 ``.pt``, this suite's ``.ckpt``). ``normalize_waveform`` defaults to what the
+    checkpoint was pretrained with."""
+    bb = load_backbone(path)
+    if bb.layers is not None and layer > bb.layers:
+        raise ValueError(f"{path}: feature layer {layer} asked for, the {bb.format} file keeps {bb.layers}")
+    normalize = bb.normalize_waveform if normalize_waveform is None else normalize_waveform
+    return SpeechEncoder(bb.encoder, layer=layer, normalize_waveform=bool(normalize))

@@ -1,0 +1,142 @@
+"""fairseq HuBERT pretraining checkpoints (with the masked-prediction head) -> ``HubertTeacher``, without fairseq.
+
+Unpickled by :mod:`syllablelm.checkpoints.fairseq` (trusted files only). The fairseq -> ``HubertTeacher`` key
+mapping is the table :data:`KEY_MAP` below (:mod:`.hubert_write` writes through it the other way);
+``CheckpointError`` lists every missing, unexpected or mis-shaped key instead of skipping it.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from syllablelm.checkpoints.fairseq import CheckpointError, load_fairseq_state, load_strict, map_key, to_plain
+from syllablelm.models.common import parse_conv_spec
+from syllablelm.models.hubert import HubertTeacher, TeacherConfig
+
+# (fairseq key, HubertTeacher key); {i} layer index, {p} weight|bias, {n} q|k|v|out.
+CONV_NORM_GROUP = ("feature_extractor.conv_layers.{i}.2.{p}",  # GroupNorm, extractor_mode "default" (block 0)
+                    "encoder.feature_extractor.conv_layers.{i}.layer_norm.{p}")
+CONV_NORM_LAYER = ("feature_extractor.conv_layers.{i}.2.1.{p}",  # (TransposeLast, LayerNorm, ...), "layer_norm"
+                    "encoder.feature_extractor.conv_layers.{i}.layer_norm.{p}")
+_POS = "encoder.encoder.pos_conv_embed.conv."  # weight_norm(dim=2) as a torch parametrization in transformers 5
+_LAYER = "encoder.encoder.layers.{i}."
+KEY_MAP = [
+    ("feature_extractor.conv_layers.{i}.0.{p}", "encoder.feature_extractor.conv_layers.{i}.conv.{p}"),
+    CONV_NORM_GROUP, CONV_NORM_LAYER,
+    ("layer_norm.{p}", "encoder.feature_projection.layer_norm.{p}"),  # LN on the CNN output
+    ("post_extract_proj.{p}", "encoder.feature_projection.projection.{p}"),  # absent if CNN dim == embed dim
+    ("mask_emb", "encoder.masked_spec_embed"),
+    ("encoder.pos_conv.0.weight_g", _POS + "parametrizations.weight.original0"),
+    ("encoder.pos_conv.0.weight_v", _POS + "parametrizations.weight.original1"),
+    ("encoder.pos_conv.0.bias", _POS + "bias"),
+    ("encoder.layers.{i}.self_attn.{n}_proj.{p}", _LAYER + "attention.{n}_proj.{p}"),
+    ("encoder.layers.{i}.self_attn_layer_norm.{p}", _LAYER + "layer_norm.{p}"),
+    ("encoder.layers.{i}.fc1.{p}", _LAYER + "feed_forward.intermediate_dense.{p}"),
+    ("encoder.layers.{i}.fc2.{p}", _LAYER + "feed_forward.output_dense.{p}"),
+    ("encoder.layers.{i}.final_layer_norm.{p}", _LAYER + "final_layer_norm.{p}"),
+    ("encoder.layer_norm.{p}", "encoder.encoder.layer_norm.{p}"),
+    ("final_proj.{p}", "final_proj.{p}"),  # untie_final_proj: the chosen label set's chunk
+    ("label_embs_concat", "label_embs"),  # the chosen label set's rows, reordered so label k is row k + 4
+]
+# fairseq HubertConfig / HubertPretrainingConfig defaults, for keys an old checkpoint does not store.
+_FAIRSEQ_DEFAULTS = dict(
+    encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072, encoder_attention_heads=12,
+    activation_fn="gelu", extractor_mode="default",
+    conv_feature_layers="[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2", conv_bias=False, final_dim=0,
+    layer_norm_first=False, conv_pos=128, conv_pos_groups=16, logit_temp=0.1,
+    dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, dropout_input=0.0, encoder_layerdrop=0.0,
+    feature_grad_mult=1.0, untie_final_proj=False, target_glu=False, label_rate=50, normalize=False)
+ACTIVATIONS = {"gelu": "gelu", "gelu_accurate": "gelu_new", "relu": "relu", "tanh": "tanh", "linear": "linear"}
+NUM_SPECIAL = 4  # fairseq Dictionary: <s>, <pad>, </s>, <unk>
+
+
+def hubert_config(state: dict, path) -> dict:
+    """Flat dict of model + task settings from ``cfg`` (fairseq >= 0.10, DictConfig/dict) or ``args`` (Namespace)."""
+    if state.get("cfg") is not None:
+        cfg = to_plain(state["cfg"])
+        flat = {**(cfg.get("model") or {}), **(cfg.get("task") or {})}  # `normalize` and `label_rate` are task's
+    elif state.get("args") is not None:
+        flat = to_plain(state["args"])
+    else:
+        raise CheckpointError(f"{path}: neither 'cfg' nor 'args' in the checkpoint (keys: {sorted(state)})")
+    return {k: default if flat.get(k) is None else flat[k] for k, default in _FAIRSEQ_DEFAULTS.items()}
+
+
+def _label_rows(state: dict, rows: int, label_set: int, path) -> tuple[slice, list[int] | None, int]:
+    """Where the chosen label set lives in ``label_embs_concat`` and the row of each k-means label k."""
+    dicts = (state.get("task_state") or {}).get("dictionaries")
+    if not dicts:
+        warnings.warn(f"{path}: no dictionary in task_state; assuming one label set with {NUM_SPECIAL} special "
+                      f"symbols first (label k = row k + {NUM_SPECIAL})", stacklevel=3)
+        return slice(0, rows), None, 1
+    sizes = [len(d.symbols) for d in dicts]
+    if not 0 <= label_set < len(dicts):
+        raise CheckpointError(f"{path}: label_set={label_set} but the checkpoint has {len(dicts)} label set(s)")
+    if sum(sizes) != rows:
+        raise CheckpointError(f"{path}: label_embs_concat has {rows} rows, dictionaries hold {sizes}")
+    d, start = dicts[label_set], sum(sizes[:label_set])
+    nspecial = getattr(d, "nspecial", NUM_SPECIAL)
+    if nspecial != NUM_SPECIAL:
+        raise CheckpointError(f"{path}: dictionary has {nspecial} special symbols, expected {NUM_SPECIAL}")
+    K = len(d.symbols) - nspecial
+    try:
+        order = [d.indices[str(k)] for k in range(K)]  # a dictionary may list the labels in any order
+    except KeyError as e:
+        raise CheckpointError(f"{path}: dictionary symbols are not the k-means ids 0..{K - 1} ({e})") from None
+    return slice(start, start + len(d.symbols)), order, len(dicts)
+
+
+def load_fairseq_hubert(path: str | Path, *, map_location="cpu", label_set: int = 0) -> HubertTeacher:
+    """A fairseq HuBERT pretraining checkpoint -> ``HubertTeacher`` with its head (``label_offset=4``).
+    fairseq need not be installed. Trusted files only: unpickling runs code (see the module docstring)."""
+    state = load_fairseq_state(path, map_location)
+    c = hubert_config(state, path)
+    if c["target_glu"]:
+        raise CheckpointError(f"{path}: target_glu=True checkpoints are not supported")
+    if c["activation_fn"] not in ACTIVATIONS:
+        raise CheckpointError(f"{path}: unsupported activation_fn {c['activation_fn']!r}")
+    if float(c["label_rate"]) != 50:
+        warnings.warn(f"{path}: label_rate={c['label_rate']} but frames are 50 Hz; labels must be resampled",
+                      stacklevel=2)
+    sd = dict(state.get("model") or {})
+    for key in ("final_proj.weight", "label_embs_concat"):
+        if key not in sd:
+            raise CheckpointError(f"{path}: no '{key}': not a HuBERT pretraining checkpoint with its head "
+                                  "(fine-tuned checkpoints drop it; fairseq keys found: "
+                                  f"{sorted(sd)[:8]}...)")
+    rows, order, n_sets = _label_rows(state, sd["label_embs_concat"].shape[0], label_set, path)
+    embs = sd.pop("label_embs_concat")[rows]  # (K + 4, F)
+    if order is not None:  # specials first, then label k at row k + 4
+        embs = torch.cat([embs[:NUM_SPECIAL], embs[order]])
+    if c["untie_final_proj"] and n_sets > 1:  # one projection chunk per label set
+        sd["final_proj.weight"] = sd["final_proj.weight"].chunk(n_sets, 0)[label_set]
+        sd["final_proj.bias"] = sd["final_proj.bias"].chunk(n_sets, 0)[label_set]
+    layers = parse_conv_spec(c["conv_feature_layers"])
+    embed = int(c["encoder_embed_dim"])
+    cfg = TeacherConfig(
+        hidden_size=embed, num_hidden_layers=int(c["encoder_layers"]),
+        num_attention_heads=int(c["encoder_attention_heads"]), intermediate_size=int(c["encoder_ffn_embed_dim"]),
+        hidden_act=ACTIVATIONS[c["activation_fn"]], conv_dim=[d for d, _, _ in layers],
+        conv_kernel=[k for _, k, _ in layers], conv_stride=[s for _, _, s in layers], conv_bias=bool(c["conv_bias"]),
+        feat_extract_norm="layer" if c["extractor_mode"] == "layer_norm" else "group",
+        do_stable_layer_norm=bool(c["layer_norm_first"]), num_conv_pos_embeddings=int(c["conv_pos"]),
+        num_conv_pos_embedding_groups=int(c["conv_pos_groups"]), hidden_dropout=float(c["dropout"]),
+        attention_dropout=float(c["attention_dropout"]), activation_dropout=float(c["activation_dropout"]),
+        feat_proj_dropout=float(c["dropout_input"]), layerdrop=float(c["encoder_layerdrop"]),
+        num_labels=embs.shape[0] - NUM_SPECIAL, final_dim=int(c["final_dim"]) or embed,
+        logit_temp=float(c["logit_temp"]), label_offset=NUM_SPECIAL, normalize_waveform=bool(c["normalize"]),
+        feature_grad_mult=float(c["feature_grad_mult"]))
+    teacher = HubertTeacher(cfg)
+    if "post_extract_proj.weight" not in sd and layers[-1][0] == embed:  # fairseq skips an identity projection
+        sd["post_extract_proj.weight"], sd["post_extract_proj.bias"] = torch.eye(embed), torch.zeros(embed)
+    mapped, unexpected = {"label_embs": embs}, []
+    for key, value in sd.items():
+        target = map_key(key, KEY_MAP, 0, 1)
+        if target is None:
+            unexpected.append(key)
+        else:
+            mapped[target] = value  # fp16 tensors are cast by load_state_dict
+    load_strict(teacher, mapped, unexpected, path)
+    return teacher
