@@ -22,7 +22,7 @@ fresh() {  # a copy of BASE without the stages from SylBoost (or from $2) on
   local w=$OUT/$1; cp -a "$BASE" "$w"; sed -i "s#$BASE#$w#g" "$w"/configs/*.yaml
   if [ "${2:-}" = sylboost ]; then
     rm -rf "$w"/runs/boundaries/iter_1 "$w"/runs/boundaries/iter_2 "$w"/runs/sylboost "$w"/runs/units \
-      "$w"/runs/speechlm "$w"/runs/tokenizer.ckpt* "$w"/runs/evaluate.json "$w"/report.* "$w"/figures
+      "$w"/runs/speechlm "$w"/runs/tokenizer.ckpt* "$w"/runs/evaluate.json "$w"/runs/scores.json "$w"/report.* "$w"/figures
     for s in sylboost quantize units speechlm evaluate; do rm -f "$w/logs/$s.done" "$w/logs/$s.done.json"; done
   fi
   echo "$w"

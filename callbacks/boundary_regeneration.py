@@ -36,13 +36,15 @@ every rank), so ``trainer.callback_metrics`` holds them for ``ModelCheckpoint(mo
 and the loggers receive them at the epoch's end; only the ``on_fit_end`` path, where Lightning allows no
 ``self.log``, writes them to the loggers directly.
 
+The callback uses the module and the DataModule only through :class:`datamodules.contracts.RegenerationModule` and
+:class:`~datamodules.contracts.RegenerationData` (checked in ``setup``): it reads their members and calls their
+methods, and never sets an attribute of either (docs/architecture.md, "The regeneration contract").
+
     trainer = Trainer(max_epochs=10, callbacks=[BoundaryRegeneration()])   # iterations x epochs_per_iteration
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import warnings
 
 import lightning.pytorch as pl
@@ -50,10 +52,10 @@ import numpy as np
 import torch
 
 from datamodules.boundary_store import BoundaryStore
+from datamodules.contracts import RegenerationData, RegenerationModule, SpeechBatch
 from datamodules.dataset import is_empty
 from datamodules.shard_store import StoreError
 from syllablelm.audio.io import SAMPLE_RATE
-from syllablelm.boundaries.segmenter import Segmenter
 from syllablelm.evaluation.boundary_metrics import BoundaryMetric
 from syllablelm.runtime.faults import fault_point
 
@@ -94,19 +96,25 @@ class BoundaryRegeneration(pl.Callback):
     def setup(self, trainer, pl_module, stage):
         if stage != "fit":
             return
-        hp = pl_module.hparams
-        if not trainer.fast_dev_run and trainer.max_epochs != hp.iterations * hp.epochs_per_iteration:
+        if not isinstance(pl_module, RegenerationModule):
+            raise TypeError(f"BoundaryRegeneration needs a module implementing datamodules.contracts."
+                            f"RegenerationModule (SylBoostModule), got {type(pl_module).__name__}")
+        iterations, epochs = pl_module.iterations, pl_module.epochs_per_iteration
+        if not trainer.fast_dev_run and trainer.max_epochs != iterations * epochs:
             raise ValueError(f"trainer.max_epochs ({trainer.max_epochs}) must equal iterations x "
-                             f"epochs_per_iteration ({hp.iterations} x {hp.epochs_per_iteration})")
-        if getattr(trainer.datamodule, "hparams", {}).get("boundary_dir") is None:
+                             f"epochs_per_iteration ({iterations} x {epochs})")
+        dm = trainer.datamodule
+        if not isinstance(dm, RegenerationData) or dm.boundary_dir is None:
             raise ValueError("BoundaryRegeneration writes into the DataModule's boundary store: set data "
-                             "boundary_dir (and boundary_version: 0 for LossPred's boundaries)")
+                             "boundary_dir (and boundary_version: 0 for LossPred's boundaries)"
+                             + ("" if isinstance(dm, RegenerationData) else
+                                f"; {type(dm).__name__} does not implement datamodules.contracts.RegenerationData"))
 
     def on_fit_start(self, trainer, pl_module):
         if trainer.datamodule.version != self.done:  # resumed: the version the checkpoint trained on
             trainer.datamodule.set_boundary_version(self.done)
-        pl_module.iteration = min(self.done, pl_module.hparams.iterations - 1)
-        if pl_module.segmenter.calibrate_to_hz is not None and torch.isnan(pl_module.delta):
+        pl_module.restore_iteration(min(self.done, pl_module.iterations - 1))
+        if pl_module.calibrates_delta and pl_module.boundary_delta() is None:
             self._recalibrate(trainer, pl_module)  # a δ for the starting weights: validation cuts before version 1
 
     def on_train_start(self, trainer, pl_module):
@@ -129,7 +137,7 @@ class BoundaryRegeneration(pl.Callback):
 
     def _due(self, pl_module, epochs: int) -> int | None:
         """The version due once ``epochs`` epochs are complete, or None."""
-        E = pl_module.hparams.epochs_per_iteration
+        E = pl_module.epochs_per_iteration
         return epochs // E if epochs % E == 0 and epochs // E > self.done else None
 
     def _next_iteration(self, trainer, pl_module, epochs: int) -> bool:
@@ -138,17 +146,16 @@ class BoundaryRegeneration(pl.Callback):
         if version is None:
             return False
         self._advance(trainer, pl_module, version)
-        hp = pl_module.hparams
-        if version < hp.iterations:  # another iteration follows
+        if version < pl_module.iterations:  # another iteration follows
             pl_module.start_iteration(version)
-            if hp.reinit_each_iteration:  # a fresh optimizer and LR schedule (after any restored from a checkpoint)
+            if pl_module.reinit_each_iteration:  # a fresh optimizer and LR schedule (after any from a checkpoint)
                 trainer.strategy.setup_optimizers(trainer)
         return True
 
     def _advance(self, trainer, pl_module, version: int, *, via_module: bool = True) -> None:
         """Make (or reuse) ``version``, load it on every rank and log it."""
         version = int(trainer.strategy.broadcast(version, src=0))  # every rank follows rank 0's count
-        store = BoundaryStore(trainer.datamodule.hparams.boundary_dir)
+        store = BoundaryStore(trainer.datamodule.boundary_dir)
         record = self._reusable(trainer, pl_module, store, version)
         if record is None:
             record = self.regenerate(trainer, pl_module, store, version)
@@ -172,19 +179,18 @@ class BoundaryRegeneration(pl.Callback):
         log.info("boundary version %d is already complete: reusing it", version)
         meta = store.manifest(version)["meta"]
         if meta["delta"] is not None:  # the δ it was cut with, as if this run had made it
-            pl_module.delta.fill_(meta["delta"])
+            pl_module.set_boundary_delta(meta["delta"])
         return {k: meta[k] for k in RECORD_KEYS}
 
     # ---- the regeneration itself --------------------------------------------------------------------------
     def regenerate(self, trainer, pl_module, store: BoundaryStore, version: int) -> dict:
         """Write ``version`` from the student's current weights (every rank calls this); returns its record."""
-        if pl_module.segmenter.calibrate_to_hz is not None:
+        if pl_module.calibrates_delta:
             self._recalibrate(trainer, pl_module)
         segments, counts, metrics = self._extract(trainer, pl_module)
         rate, scores = self._reduce(trainer, counts, metrics)
-        delta = float(pl_module.delta)
-        record = {"version": version, "epoch": version * pl_module.hparams.epochs_per_iteration - 1,
-                  "rate_hz": rate, "delta": None if math.isnan(delta) else delta, "metrics": scores}
+        record = {"version": version, "epoch": version * pl_module.epochs_per_iteration - 1,
+                  "rate_hz": rate, "delta": pl_module.boundary_delta(), "metrics": scores}
         self._write(trainer, store, version, segments, meta={"stage": type(pl_module).__name__, **record})
         return record
 
@@ -192,7 +198,7 @@ class BoundaryRegeneration(pl.Callback):
         """This rank's shard of every split: segments per utterance, ``(segments, seconds)`` of the utterances
         it stores, and per split a :class:`BoundaryMetric` updated on the utterances with references."""
         dm = trainer.datamodule
-        splits = [split for split in self.splits if dm.dirs.get(split)]
+        splits = [split for split in self.splits if dm.has_split(split)]
         # a file in two splits is stored (and counted) once, by its first split; every rank knows every split's
         # files, so shards on different ranks never hold the same utterance
         owner: dict[str, str] = {}
@@ -201,7 +207,7 @@ class BoundaryRegeneration(pl.Callback):
                 owner.setdefault(entry.id, split)
         parts: dict[str, list[np.ndarray]] = {}
         n_segments, seconds, metrics = 0, 0.0, {}
-        with _evaluating(pl_module):
+        with pl_module.evaluating():
             for split in splits:
                 metrics[split] = metric = BoundaryMetric(protocol="syllablelm").to(trainer.strategy.root_device)
                 for batch in dm.offline_dataloader(split):
@@ -262,36 +268,20 @@ class BoundaryRegeneration(pl.Callback):
 
     # ---- δ ------------------------------------------------------------------------------------------------
     def _recalibrate(self, trainer, pl_module) -> None:
-        with _evaluating(pl_module):
-            pl_module.delta.fill_(self._calibrate(trainer, pl_module))
+        with pl_module.evaluating():
+            pl_module.set_boundary_delta(self._calibrate(trainer, pl_module))
 
     def _calibrate(self, trainer, pl_module) -> float:
         """δ giving ``calibrate_to_hz`` on the first ``calibration_utterances`` training utterances (rank 0
         computes it; every rank receives the same value)."""
         delta = None
         if trainer.is_global_zero:
-            ds = trainer.datamodule.dataset("train")
             feats, waves = [], []
-            for i in range(min(self.calibration_utterances, len(ds))):
-                item = ds.load(i)
-                batch = {"waves": item["wave"][None].to(pl_module.device),
-                         "lengths": torch.tensor([len(item["wave"])]), "ids": [item["id"]]}
-                feats.append(pl_module.features(batch)[0].float().cpu())
-                waves.append(item["wave"])
-            delta = Segmenter(pl_module.segmenter).calibrate(feats, waves)
+            for batch in trainer.datamodule.first_utterances("train", self.calibration_utterances):
+                feats.append(pl_module.features(_to(batch, pl_module.device))[0].float().cpu())
+                waves.append(batch["waves"][0])
+            delta = pl_module.calibrated_delta(feats, waves)
         return float(trainer.strategy.broadcast(delta, src=0))
-
-
-@contextlib.contextmanager
-def _evaluating(module: torch.nn.Module):
-    """Eval + inference mode, restoring the module's training flag."""
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        module.train(was_training)
 
 
 def _merge_chunks(parts: list[np.ndarray]) -> np.ndarray:
@@ -300,5 +290,5 @@ def _merge_chunks(parts: list[np.ndarray]) -> np.ndarray:
     return segs[np.argsort(segs[:, 0], kind="stable")]
 
 
-def _to(batch: dict, device) -> dict:
+def _to(batch: SpeechBatch, device) -> SpeechBatch:
     return {**batch, "waves": batch["waves"].to(device)}

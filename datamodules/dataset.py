@@ -13,6 +13,8 @@ returns a whole padded batch, batch ``k`` of ``epoch`` (the samplers yield batch
      "unreadable_problems": [str] why, one per path,
      "position": (epoch, k)}
 
+(:class:`datamodules.contracts.SpeechBatch` declares these keys and their types.)
+
 ``segments`` are cut from the boundaries the dataset holds when the batch is built, possibly in a DataLoader
 worker forked before a newer boundary version was loaded; the DataModule therefore cuts them again in the main
 process right before the batch is used (:func:`attach_segments` in ``on_before_batch_transfer``), so a batch
@@ -40,6 +42,7 @@ from syllablelm.audio.frames import FRAME_SECONDS, num_frames, seconds_to_frames
 from syllablelm.audio.io import AudioError, read_audio
 from syllablelm.runtime.outcome import record_skip
 
+from .contracts import SpeechBatch
 from .manifest import Entry
 
 log = logging.getLogger(__name__)
@@ -133,7 +136,7 @@ class SpeechDataset(Dataset):
             out["labels"] = self.labels[entry.id][first:first + num_frames(len(wave))]
         return out
 
-    def __getitem__(self, request: tuple[int, list[int], int] | tuple[int, list[int]] | int) -> dict:
+    def __getitem__(self, request: tuple[int, list[int], int] | tuple[int, list[int]] | int) -> SpeechBatch:
         if isinstance(request, (int, np.integer)):
             request = (0, [int(request)])
         epoch, indices, *index = request
@@ -145,10 +148,8 @@ class SpeechDataset(Dataset):
                 log.warning("skipping %s", e)
                 unreadable.append(e.path)
                 problems.append(e.problem)
-        batch = collate(loaded, unreadable)  # empty when nothing could be read (module docstring)
-        batch["unreadable_problems"] = problems
-        batch["position"] = (int(epoch), int(index[0]) if index else -1)
-        return batch
+        # empty when nothing could be read (module docstring)
+        return collate(loaded, unreadable, problems, position=(int(epoch), int(index[0]) if index else -1))
 
 
 def window_segments(boundaries: Mapping[str, np.ndarray] | None, utt: str, start: float,
@@ -187,7 +188,10 @@ def keep_batch(batch: dict) -> dict:
     return batch
 
 
-def collate(items: list[dict], unreadable: Sequence[str] = ()) -> dict:
+def collate(items: list[dict], unreadable: Sequence[str] = (), problems: Sequence[str] = (), *,
+            position: tuple[int, int] = (0, -1)) -> SpeechBatch:
+    """One batch of loaded items (:meth:`SpeechDataset.load`), ``unreadable`` the paths of those that could not be
+    read and ``problems`` why; ``position`` is ``(epoch, batch index)`` (``(0, -1)``: no sampler numbered it)."""
     lengths = torch.tensor([len(it["wave"]) for it in items], dtype=torch.long)
     waves = torch.zeros(len(items), int(lengths.max()) if items else 0)
     for b, it in enumerate(items):
@@ -210,4 +214,6 @@ def collate(items: list[dict], unreadable: Sequence[str] = ()) -> dict:
         "alignments": [it["alignment"] for it in items],
         "labels": labels,
         "unreadable": list(unreadable),
+        "unreadable_problems": list(problems),
+        "position": (int(position[0]), int(position[1])),
     }

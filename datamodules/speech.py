@@ -18,7 +18,7 @@ never from what a DataLoader worker forked before a regeneration still holds.
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Iterator, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -32,7 +32,8 @@ from syllablelm.runtime.fileio import shard_range
 from syllablelm.runtime.outcome import record_skip
 
 from .boundary_store import BoundaryStore
-from .dataset import CropMode, Item, SpeechDataset, attach_segments, keep_batch, record_unreadable
+from .contracts import SpeechBatch
+from .dataset import CropMode, Item, SpeechDataset, attach_segments, collate, keep_batch, record_unreadable
 from .distributed import rank_world, resolve_version
 from .label_store import LabelStore
 from .manifest import Entry, Manifest, Verify, build_manifest, librilight_voice_activity
@@ -44,7 +45,8 @@ Split = Literal["train", "val", "test", "predict"]
 
 
 class SpeechDataModule(ResumableData, pl.LightningDataModule):
-    """Audio (+ optional alignments, + optional boundary-store version) for every stage.
+    """Audio (+ optional alignments, + optional boundary-store version) for every stage. Implements
+    :class:`datamodules.contracts.RegenerationData` (what the boundary-regeneration callback uses).
 
     Args:
         train_dirs, val_dirs, test_dirs, predict_dirs: audio folders (any depth) or files per split;
@@ -106,6 +108,24 @@ class SpeechDataModule(ResumableData, pl.LightningDataModule):
         self.label_version: int | None = None
         self._alignments: dict[str, dict] = {}
         self._scans: dict[tuple[str, ...], Manifest] = {}  # one scan (and one skip report) per folder list
+
+    # ---- the regeneration contract (datamodules.contracts.RegenerationData) ----------------------------
+    @property
+    def boundary_dir(self) -> str | None:
+        """The boundary store the batches' segments come from (and SylBoost's regeneration writes into)."""
+        return self.hparams.boundary_dir
+
+    def has_split(self, split: str) -> bool:
+        """Whether ``split`` has audio folders of its own (predict may still read the training set)."""
+        return bool(self.dirs.get(split))
+
+    def first_utterances(self, split: str, n: int) -> Iterator[SpeechBatch]:
+        """The first ``n`` utterances of ``split`` in manifest order (the same on every rank), each whole (no crop,
+        no chunking) and alone in a batch; a file that cannot be read raises
+        :class:`~syllablelm.audio.io.AudioError`. The regeneration callback calibrates δ on them."""
+        ds = self.dataset(split)
+        for i in range(min(n, len(ds))):
+            yield collate([ds.load(i)])
 
     # ---- rank helpers ---------------------------------------------------------------------------------
     def _rank_world(self) -> tuple[int, int]:

@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from datamodules.aligned import load_split
-from syllablelm.evaluation.scoring import tuned_scores
-from syllablelm.runtime.fileio import write_json
+from experiments.arguments import LIMIT, MANIFEST_CACHE, command_parser
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +37,7 @@ def ceiling_scores(encoder, stored: dict, test, dev, rates, where: str = "the bo
     ``mode`` "rate" cuts a fixed count per second, "delta" runs the δ search calibrated to each rate on dev."""
     from syllablelm.audio.frames import seconds_to_frames
     from syllablelm.boundaries.segmenter import Segmenter, SegmenterConfig
+    from syllablelm.evaluation.scoring import tuned_scores
     from syllablelm.units.quantizer import segment_mean_targets
 
     def targets(feats, segments):
@@ -72,28 +71,34 @@ def agreement(student: dict, stored: dict, test, dev, where: str = "the student'
             for name, split in (("data", test), ("tune_data", dev))}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="syllablelm ceiling", description=__doc__.split("\n")[0])
+def parser() -> argparse.ArgumentParser:
+    p = command_parser("ceiling", __doc__)
     p.add_argument("--checkpoint", required=True, help="the SylBoost backbone (teacher .ckpt, fairseq .pt, HF dir)")
     p.add_argument("--layer", type=int, required=True, help="feature layer (HF numbering)")
     p.add_argument("--boundaries", required=True, help="boundary store root")
-    p.add_argument("--version", type=int, default=0)
+    p.add_argument("--version", type=int, default=0, help="the boundary version the student imitates")
     p.add_argument("--data", nargs="+", required=True, help="scored folders (with alignments)")
     p.add_argument("--tune-data", nargs="+", required=True, help="folders the shift is tuned on")
-    p.add_argument("--alignments", required=True)
-    p.add_argument("--rate", type=float, nargs="+", default=[6.25])
+    p.add_argument("--alignments", required=True, help="alignment JSON folder (searched recursively)")
+    p.add_argument("--rate", type=float, nargs="+", default=[6.25], help="boundary rates to cut at (Hz)")
     p.add_argument("--vad-trim", action="store_true", help="cut only the VAD speech span (segmenter.vad_trim)")
     p.add_argument("--mode", choices=("rate", "delta"), default="delta",
                    help="delta (the authors'): the δ rate search, δ calibrated to each --rate on --tune-data; "
                    "rate: a fixed round(rate x seconds) segments per utterance")
     p.add_argument("--student-version", type=int,
                    help="also score this boundary version (SylBoost's) against --version: how well it imitated")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--out")
-    p.add_argument("--manifest-cache")
-    args = p.parse_args(argv)
+    p.add_argument("--limit", type=int, help=LIMIT)
+    p.add_argument("--out", help="write every score as JSON here (they are printed either way)")
+    p.add_argument("--manifest-cache", help=MANIFEST_CACHE)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from datamodules.aligned import load_split
     from datamodules.boundary_store import BoundaryStore
     from syllablelm.checkpoints import load_encoder
+    from syllablelm.runtime.fileio import write_json
 
     encoder = load_encoder(args.checkpoint, layer=args.layer).eval()
     stored = BoundaryStore(args.boundaries).load(args.version)

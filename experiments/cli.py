@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "synthesise a LibriSpeech-layout corpus with alignments (eSpeak NG)"),
     "pairs": ("experiments.pairs:main",
               "synthesise sWUGGY / sBLIMP / tSC-style mini-sets (ZeroSpeech layout)"),
-    "labels": ("experiments.frame_labels:main",
+    "labels": ("experiments.labels:main",
                "k-means frame labels (MFCC or a teacher layer) into a label store"),
     "baselines": ("experiments.score_baselines:main",
                   "score the uniform / envelope / log-mel min-cut baselines"),
@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "tokenize audio files, folders or a file list into JSON lines of units"),
     "import-sylboost": ("experiments.import_released:main",
                         "the authors' released SylBoost model -> tokenizer checkpoint"),
+    "convert-tokenizer": ("experiments.convert_tokenizer:main",
+                          "an older tokenizer file (SylBoost checkpoint + quantizer) -> tokenizer checkpoint"),
     "demo": ("experiments.demo:main",
              "the whole pipeline on a synthetic corpus -> DIR/report.json + report.md"),
     "evaluate": ("experiments.evaluate:main",
@@ -85,6 +87,13 @@ def _usage() -> str:
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "syllablelm <command> --help shows a command's options."]
     return "\n".join(lines)
+
+
+def command_parser(name: str):
+    """The ``argparse`` parser of a plain command: ``parser()`` of its module for a ``module:main`` entry,
+    ``<function>_parser()`` for another function. Building it imports no model library (tests/test_cli_help.py)."""
+    module, func = COMMANDS[name][0].split(":")
+    return getattr(importlib.import_module(module), "parser" if func == "main" else f"{func}_parser")()
 
 
 def run_command(name: str, argv: list[str]):

@@ -1,12 +1,14 @@
 """``syllablelm demo --workdir DIR``: the whole pipeline on a corpus it synthesises, on a laptop CPU.
 
-    syllablelm demo --workdir runs/demo            # ~5.5 minutes on 2 cores (the budget: 10)
-    syllablelm demo --workdir runs/demo_tiny --tiny  # a few minutes: what CI runs
+    syllablelm demo --workdir runs/demo              # about 9 minutes on 2 cores (docs/results.md)
+    syllablelm demo --workdir runs/demo_tiny --tiny  # about 2 minutes: checks that every stage runs (CI)
 
 synth -> labels -> teacher (the shipped tiny teachers, or ``--from-scratch``) -> LossPred -> SylBoost (2 iterations,
 from the shipped backbone: ``experiments/pretrained/README.md`` says why and how it was made) -> quantize -> units
 -> SpeechLM -> evaluation (boundaries of every stage and the baselines on the held-out test split with the shift
-tuned on dev, clustering, bitrates, LM pair accuracy) -> ``DIR/report.json`` and ``DIR/report.md`` with figures.
+tuned on dev, the checks with their paired bootstraps, clustering, bitrates, LM pair accuracy: ``runs/evaluate.json``
+and ``runs/scores.json``) -> ``DIR/report.json`` and ``DIR/report.md`` with figures, drawn from those JSON files and
+the stages' markers alone (:mod:`experiments.report`).
 Every stage runs as its own ``syllablelm`` process (its wall time and peak memory are measured and kept in its
 marker, ``DIR/logs/STAGE.done.json``; each attempt's log is ``DIR/logs/STAGE.attempt-K.log``) and is skipped on a
 rerun once it finished with its outputs whole (:mod:`experiments.stage_state`), so an interrupted demo resumes and its
@@ -19,6 +21,7 @@ report, as ``missing: what (why)``, and in one line on stderr).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -26,8 +29,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiments.arguments import SEED, WORKDIR, command_parser
+from experiments.demo_scores import SCORES
 from experiments.stage_runner import REPO, Runner, StageFailed, regenerate_test_too, write_config
-from experiments.stage_state import StoreVersion, duration
+from experiments.stage_state import FileOutput, StoreVersion, duration
 from syllablelm.runtime.outcome import EXIT_FAILED, EXIT_OK
 
 log = logging.getLogger(__name__)
@@ -58,10 +63,12 @@ TINY = Size(utterances=24, speakers=6, teacher_epochs=2, sylboost_epochs=1, kmea
             pairs=6)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="syllablelm demo", description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", required=True, type=Path)
-    p.add_argument("--tiny", action="store_true", help="a few minutes: a minimal corpus and schedule (CI)")
+def parser() -> argparse.ArgumentParser:
+    p = command_parser("demo", __doc__)
+    p.add_argument("--workdir", required=True, type=Path, help=WORKDIR)
+    p.add_argument("--tiny", action="store_true",
+                   help="a minimal corpus and schedule that checks every stage runs (what CI runs; its numbers mean "
+                        "nothing)")
     p.add_argument("--from-scratch", action="store_true",
                    help="train one teacher here (MFCC k-means labels) for LossPred and SylBoost instead of the shipped "
                         "models (iteration 2 on iteration 1's layer-2 k-means, LossPred's teacher; the backbone, "
@@ -71,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--losspred-precision", choices=["auto", "32-true", "bf16-mixed", "16-mixed"], default="auto",
                    help="LossPred's inference precision (the official teacher runs in fp16); auto: bf16-mixed on a "
                         "GPU or a CPU with native bf16 (AMX / AVX512-BF16), else 32-true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help=SEED + ": the corpus (byte for byte), the weights, the report")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
     args = p.parse_args(argv)
     precision = losspred_precision(args.losspred_precision, args.accelerator)
     wd = args.workdir.resolve()
@@ -93,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.report import build_report
 
     print(f"report: writing {wd / 'report.md'}", flush=True)
-    report = build_report(wd, teacher_ckpt=teacher_ckpt, tokenizer=tokenizer, timings=run.timings,
+    report = build_report(wd, tokenizer=tokenizer, timings=run.timings,
                           seconds=time.perf_counter() - t0 - run.ran_seconds, tiny=args.tiny,
                           shipped_teacher=shipped, accelerator=args.accelerator, losspred_precision=precision)
     if report["missing"]:  # one line: what is missing and why, the sections that need it counted
@@ -114,6 +126,7 @@ STAGES = ("synth", "labels", "teacher", "losspred", "sylboost", "quantize", "uni
 
 def run_stages(run: Runner, wd: Path, size: Size, args, precision: str, shipped: bool) -> tuple[Path, Path]:
     """Run (or skip) every stage; returns the teacher checkpoint LossPred used and the tokenizer checkpoint."""
+    started = time.time()  # what this invocation writes is newer
     data, runs = wd / "data" / "synth", wd / "runs"
     splits = [str(data / s) for s in ("train", "dev", "test")]
     cache = ["--manifest-cache", str(wd / "cache")]
@@ -167,11 +180,32 @@ def run_stages(run: Runner, wd: Path, size: Size, args, precision: str, shipped:
     run.run("speechlm", ["fit", "--config", str(lm_cfg)], done=lm, resume=lm)
     run.run("pairs", ["pairs", "--out", str(wd / "data" / "pairs"), "--num-pairs", str(size.pairs), "--seed",
                       str(args.seed), "--vocab-corpus", str(data)], done=wd / "data" / "pairs" / "pairs.json")
+    # evaluate also writes the demo's own scores (runs/scores.json: each stage's boundaries, SylBoost's start, the
+    # checks and their bootstraps, the example figure's data), which the report only reads
     run.run("evaluate", ["evaluate", "--checkpoint", str(tokenizer), "--data", splits[2], "--tune-data", splits[1],
                          "--alignments", str(data / "alignments"), "--baselines", "--lm", str(lm), "--pairs",
-                         str(wd / "data" / "pairs"), "--out", str(runs / "evaluate.json"), *cache, *device],
-            done=runs / "evaluate.json")
+                         str(wd / "data" / "pairs"), "--out", str(runs / "evaluate.json"), "--demo", str(wd),
+                         *cache, *device],
+            done=[runs / "evaluate.json", DemoScores(wd / SCORES, started)])
     return teacher_ckpt, tokenizer
+
+
+@dataclass(frozen=True)
+class DemoScores(FileOutput):
+    """``runs/scores.json`` as an output of the evaluate stage. One written before this invocation (``started``,
+    ``time.time()``) is whole only when it parses and names no missing section (what was missing then may be
+    there now: evaluate runs again); one written since only has to parse (a section it names missing goes to the
+    report, which says why). Like every stage, it is not made again because a stage before it ran again (the
+    demo's stages are deterministic: :mod:`experiments.stage_state`)."""
+
+    started: float = 0.0
+
+    def problem(self) -> str | None:
+        problem = super().problem()
+        if problem is not None or Path(self.path).stat().st_mtime >= self.started:
+            return problem
+        missing = json.loads(Path(self.path).read_text()).get("missing")
+        return f"{self.path} names {len(missing)} missing section(s)" if missing else None
 
 
 def native_bf16(accelerator: str) -> bool:

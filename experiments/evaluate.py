@@ -7,7 +7,10 @@
 - clustering: CPur/SPur/SNMI of the units (before dedup: one unit per segment) against the syllables;
 - tokens: token rate, nominal and entropy bitrate, before and after dedup;
 - ``--baselines``: uniform / envelope (tuned on ``--tune-data``) / log-mel min-cut on the same data;
-- ``--lm`` + ``--pairs``: sWUGGY / sBLIMP / tSC-style pair accuracy of a SpeechLM on a ZeroSpeech-layout folder.
+- ``--lm`` + ``--pairs``: sWUGGY / sBLIMP / tSC-style pair accuracy of a SpeechLM on a ZeroSpeech-layout folder;
+- ``--demo WORKDIR``: the demo's own scores of a ``syllablelm demo`` work directory (each stage's boundary version,
+  uniform at LossPred's rate, SylBoost's untrained start, the checks with their paired bootstraps, the example
+  figure's data) into ``WORKDIR/runs/scores.json`` (:mod:`experiments.demo_scores`); its report only reads them.
 
 LibriSpeech dev/test: convert the field's syllable references first (``syllablelm references --format
 sdhubert|peng|textgrid --input ... --out REFS``, once per split into the same REFS) and pass ``--alignments REFS``
@@ -18,18 +21,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
-from datamodules.aligned import aligned_entries, read_waves
-from syllablelm.audio.io import SAMPLE_RATE
-from syllablelm.evaluation.boundary_metrics import cluster_scores, token_stats
-from syllablelm.evaluation.scoring import run_baselines, tuned_scores
-from syllablelm.runtime.fileio import write_json
+from experiments.arguments import LIMIT, MANIFEST_CACHE, command_parser
 
 log = logging.getLogger(__name__)
 
 
 def evaluate_tokenizer(tok, test, dev, *, batch_size: int = 8) -> dict:
     """``test``/``dev``: ``(waves, refs, labels)``; returns boundary / clustering / token scores."""
+    from syllablelm.audio.io import SAMPLE_RATE
+    from syllablelm.evaluation.boundary_metrics import cluster_scores, token_stats
+    from syllablelm.evaluation.scoring import tuned_scores
+
     def run(waves):
         out = []
         for s in range(0, len(waves), batch_size):
@@ -56,9 +60,9 @@ def evaluate_tokenizer(tok, test, dev, *, batch_size: int = 8) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="syllablelm evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True, help="a tokenizer checkpoint (syllablelm quantize)")
+def parser() -> argparse.ArgumentParser:
+    p = command_parser("evaluate", __doc__)
+    p.add_argument("--checkpoint", help="a tokenizer checkpoint (syllablelm quantize): what --data and --lm score")
     p.add_argument("--data", nargs="+", help="evaluation folders with alignments (e.g. test)")
     p.add_argument("--tune-data", nargs="+", help="folders the shifts are tuned on (dev)")
     p.add_argument("--alignments", help="alignment JSON folder (syllables tier)")
@@ -67,17 +71,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", help="a folder in the ZeroSpeech 2021 layout (lexical/, syntactic/, tsc/)")
     p.add_argument("--split", default="dev", help="the pair sets' split folder")
     p.add_argument("--no-dedup", action="store_true", help="score undeduplicated units (frame-unit baselines)")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--limit", type=int, help=LIMIT)
+    p.add_argument("--device", default="cpu", help="where the tokenizer and the LM run: cpu, cuda or cuda:N")
     p.add_argument("--out", help="write the report as JSON here")
-    p.add_argument("--manifest-cache")
+    p.add_argument("--manifest-cache", help=MANIFEST_CACHE)
+    p.add_argument("--demo", metavar="WORKDIR", help="also score a demo work directory's stages, checks and "
+                   "bootstraps into WORKDIR/runs/scores.json (what its report shows); alone, with WORKDIR/runs/"
+                   "evaluate.json's baselines")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
     args = p.parse_args(argv)
-    from syllablelm.units.tokenizer import Tokenizer
 
     if bool(args.data) != bool(args.alignments) or bool(args.data) != bool(args.tune_data):
         p.error("--data, --tune-data and --alignments go together")
-    if not args.data and not (args.lm and args.pairs):
-        p.error("nothing to evaluate: give --data/--tune-data/--alignments and/or --lm with --pairs")
+    tokenizer = bool(args.data) or bool(args.lm and args.pairs)
+    if not tokenizer and not args.demo:
+        p.error("nothing to evaluate: give --data/--tune-data/--alignments and/or --lm with --pairs, or --demo")
+    if tokenizer and not args.checkpoint:
+        p.error("the following arguments are required: --checkpoint (to score --data or --lm)")
+    if not tokenizer:  # the demo's scores only
+        return _demo_only(args.demo)
+    from syllablelm.evaluation.scoring import run_baselines
+    from syllablelm.runtime.fileio import write_json
+    from syllablelm.units.tokenizer import Tokenizer
+
     tok = Tokenizer.from_checkpoint(args.checkpoint, device=args.device)
     report = {}
     if args.data:
@@ -95,10 +115,33 @@ def main(argv: list[str] | None = None) -> int:
     _print(report)
     if args.out:
         write_json(args.out, report, indent=1)
+    if args.demo:
+        from experiments.demo_scores import SCORES, write_demo_scores
+
+        scores = write_demo_scores(Path(args.demo), report.get("baselines"))
+        _print_demo(scores, Path(args.demo) / SCORES)
+    return 0
+
+
+def _demo_only(workdir: str) -> int:
+    """``--demo`` alone: the demo's scores, with the baselines its ``evaluate.json`` holds (their names decide the
+    name of uniform at LossPred's rate)."""
+    import json
+
+    from experiments.demo_scores import SCORES, write_demo_scores
+
+    try:
+        baselines = json.loads((Path(workdir) / "runs/evaluate.json").read_text()).get("baselines")
+    except (OSError, ValueError) as e:
+        log.warning("%s/runs/evaluate.json cannot be read (%s): scoring without its baselines", workdir, e)
+        baselines = None
+    _print_demo(write_demo_scores(Path(workdir), baselines), Path(workdir) / SCORES)
     return 0
 
 
 def _with_labels(folders, alignments, limit, cache):
+    from datamodules.aligned import aligned_entries, read_waves
+
     entries, aligned, _ = aligned_entries(folders, alignments, limit, cache)
     return read_waves(entries), [a["syllables"][0] for a in aligned], [a["syllables"][1] for a in aligned]
 
@@ -127,3 +170,12 @@ def _print(report: dict) -> None:
         u = res["syllablelm_tuned"]
         print(f"baseline {name:<20} F1 {100 * u['f1']:5.1f} R-value {100 * u['r_value']:5.1f} "
               f"({res['rate_hz']:.2f} Hz)")
+
+
+def _print_demo(scores: dict, path: Path) -> None:
+    for name, res in {**scores["stages"], **scores["baselines"]}.items():
+        u = res["syllablelm_tuned"]
+        print(f"demo {name:<28} F1 {100 * u['f1']:5.1f} R-value {100 * u['r_value']:5.1f} ({res['rate_hz']:.2f} Hz)")
+    for m in scores["missing"]:
+        print(f"demo missing: {m['what']} ({m['why']})")
+    print(f"demo scores: {path}")

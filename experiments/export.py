@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from experiments.arguments import command_parser
 from syllablelm.runtime.fileio import current_umask, write_json
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,15 @@ def export_encoder(checkpoint: str | Path, out: str | Path) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="syllablelm export-encoder", description=__doc__.split("\n")[0])
+def parser() -> argparse.ArgumentParser:
+    p = command_parser("export-encoder", __doc__)
     p.add_argument("--checkpoint", required=True, help="a SylBoost checkpoint (syllablelm fit)")
     p.add_argument("--out", required=True, help="the model folder to write")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
         export_encoder(args.checkpoint, args.out)
     except (FileNotFoundError, ValueError) as e:

@@ -1,28 +1,8 @@
-"""``syllablelm labels``: k-means frame labels for masked-prediction training and LossPred (a label-store version).
-
-    # first iteration: MFCC k-means (fits 100 clusters on a 1 h sample, then labels everything)
-    syllablelm labels --data data/synth/train data/synth/dev --out runs/labels --features mfcc --num-clusters 100
-    # the paper's targets: HuBERT-Base layer 9 + its released 500-cluster k-means model
-    syllablelm labels --data LibriSpeech/train-clean-100 --out runs/labels --version 1 \
-        --features teacher --checkpoint hubert_base_ls960.pt --layer 9 --kmeans hubert_base_ls960_L9_km500.bin
-
-Sharded like fairseq's label steps: ``--rank/--world-size`` (default: torchrun's RANK/WORLD_SIZE) pick a
-contiguous shard of the files; a finished shard is not redone (rerun one shard by giving its rank). Ranks meet
-through the filesystem: rank 0 fits k-means first (others wait for ``kmeans.npy``), every rank writes its shard
-atomically, and rank 0 writes the manifest once all shards exist.
-
-A file the audio reader refuses (unreadable, no samples, NaN or infinite samples: :class:`AudioError`) is skipped,
-not fatal: the manifest drops what its decode check finds, and a file that fails when read for its labels (or for
-the k-means sample) is left out of its shard, logged and recorded (:func:`syllablelm.runtime.outcome.record_skip`,
-``where="labels"``). Every skipped file is listed with its reason in the version's ``meta["skipped"]``
-(each shard keeps its own, :meth:`~datamodules.shard_store.ShardStore.write_shard`, and the manifest gathers
-them), and the command line exits with status 4.
-"""
+"""The work of ``syllablelm labels`` (experiments/labels.py parses its arguments): k-means frame labels for
+masked-prediction training and LossPred, written as a label-store version."""
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -35,8 +15,8 @@ from datamodules.speech import SpeechDataModule
 from syllablelm.audio.frames import FRAME_SECONDS, num_frames, seconds_to_frames
 from syllablelm.audio.io import SAMPLE_RATE, AudioError, read_audio
 from syllablelm.checkpoints import KMeansLabeler, load_kmeans_centroids
+from syllablelm.checkpoints.kmeans import save_kmeans_centroids
 from syllablelm.runtime.faults import fault_point
-from syllablelm.runtime.fileio import atomic_write
 from syllablelm.runtime.outcome import record_skip
 from syllablelm.units.clustering import kmeans
 from syllablelm.units.frame_labels import HiddenFeatures, mfcc_features
@@ -92,35 +72,8 @@ def _wait_for(path: Path, what: str, timeout: float) -> None:
         time.sleep(2.0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="syllablelm labels", description=__doc__.split("\n")[0])
-    p.add_argument("--data", nargs="+", required=True, help="audio folders (LibriSpeech/LibriLight layout)")
-    p.add_argument("--out", required=True, help="label store root")
-    p.add_argument("--version", type=int, default=0)
-    p.add_argument("--features", choices=["mfcc", "teacher"], default="mfcc")
-    p.add_argument("--checkpoint", help="teacher: fairseq .pt, HF model dir or this project's .ckpt")
-    p.add_argument("--layer", type=int, help="teacher layer (HF convention; the paper: HuBERT-Base 9)")
-    p.add_argument("--kmeans", help="existing centroids (.npy or fairseq/joblib k-means model)")
-    p.add_argument("--num-clusters", type=int, default=100, help="clusters to fit when --kmeans is not given")
-    p.add_argument("--fit-hours", type=float, default=1.0, help="audio sampled for fitting k-means")
-    p.add_argument("--train-hours", type=float, help="label only the seeded subset of about this many hours that "
-                   "a stage with the same data.train_dirs, data.train_hours and data.seed trains on (with --seed)")
-    p.add_argument("--extra-data", nargs="+", help="with --train-hours: folders labelled in full besides the subset "
-                   "(a stage's data.predict_extra_dirs, e.g. the validation set)")
-    p.add_argument("--verify", choices=["decode", "header"], default="decode",
-                   help="manifest check of each file (give the training stage's data.verify with --train-hours)")
-    p.add_argument("--chunk-seconds", type=float, default=30.0, help="cut longer files at pauses")
-    p.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
-    p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
-    p.add_argument("--shards", type=int, help="shard files, dealt round-robin to the ranks (default: one per rank); "
-                   "more give finer resume points")
-    gpu = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
-    p.add_argument("--device", default=gpu if torch.cuda.is_available() else "cpu",
-                   help="default: this process's GPU under torchrun (LOCAL_RANK), else the CPU")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--manifest-cache", help="manifest cache folder (default $SYLLABLELM_CACHE)")
-    p.add_argument("--wait-timeout", type=float, default=6 * 3600.0)
-    args = p.parse_args(argv)
+def write_labels(args) -> int:
+    """``syllablelm labels`` with parsed arguments (:func:`experiments.labels.parser`)."""
 
     store = LabelStore(args.out)
     vdir = store.version_dir(args.version)
@@ -160,10 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             vectors = np.concatenate(sample)
             log.info("fitting k-means: %d clusters on %d frames (%.2f h)", args.num_clusters, len(vectors), hours)
             centroids = kmeans(vectors, args.num_clusters, seed=args.seed)
-            with atomic_write(centroids_path, "wb") as f:
-                np.save(f, centroids)
+            save_kmeans_centroids(centroids_path, centroids)
         _wait_for(centroids_path, "rank 0's k-means centroids", args.wait_timeout)
-        centroids = np.load(centroids_path)
+        centroids = load_kmeans_centroids(centroids_path)
     labeler = KMeansLabeler(centroids)
 
     n_shards, todo = store.shards_to_write(args.version, args.rank, args.world_size, args.shards)

@@ -16,18 +16,24 @@ from __future__ import annotations
 import argparse
 import logging
 
+from experiments.arguments import command_parser
 from syllablelm.audio.references import FORMATS, read_references, write_references
 
 log = logging.getLogger(__name__)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="syllablelm references", description=__doc__.split("\n")[0])
+def parser() -> argparse.ArgumentParser:
+    p = command_parser("references", __doc__)
     p.add_argument("--format", default="auto", choices=("auto",) + FORMATS, help="the input's format")
     p.add_argument("--input", required=True, help="a reference JSON file, a TextGrid, or a folder of TextGrids")
     p.add_argument("--out", required=True, help="alignment folder to write (the --alignments of evaluate)")
     p.add_argument("--onset-rule", default="maximal", choices=("maximal", "s_coda"),
                    help="TextGrids: pure maximal onset (ek.stra), or /s/ after an obstruent kept in the coda (ex.tra)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
     args = p.parse_args(argv)
     refs = read_references(args.input, args.format, onset_rule=args.onset_rule)
     if not refs:

@@ -9,23 +9,29 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from syllablelm.synthesis.pairs import SETS, make_pairs
+from experiments.arguments import SEED, command_parser
+from syllablelm.synthesis.pair_sentences import SETS
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``syllablelm pairs``: the command-line entry point."""
-    p = argparse.ArgumentParser(prog="syllablelm pairs", description=(
-        "sWUGGY / sBLIMP / topic-StoryCloze-style mini-sets spoken by eSpeak NG, in the ZeroSpeech layout"))
+def parser() -> argparse.ArgumentParser:
+    p = command_parser("pairs", __doc__)
     p.add_argument("--out", required=True, type=Path, help="output folder (a rerun must use the same arguments)")
     p.add_argument("--num-pairs", type=int, default=50, help="pairs per set")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help=SEED + " (words, sentences, voices, file names)")
     p.add_argument("--sets", default=",".join(SETS), help="comma list of lexical,syntactic,tsc")
     p.add_argument("--voices", default=None, help="comma list of eSpeak voices (default: held-out en-us variants)")
     p.add_argument("--oov-fraction", type=float, default=0.2, help="fraction of lexical pairs with an oov word")
     p.add_argument("--vocab-corpus", type=Path, default=None,
                    help="a `syllablelm synth` corpus: word frequencies from its train transcripts")
     p.add_argument("--split", default="dev", help="subfolder name under each set")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``syllablelm pairs``: the command-line entry point."""
+    a = parser().parse_args(argv)
+    from syllablelm.synthesis.pairs import make_pairs
+
     summary = make_pairs(a.out, num_pairs=a.num_pairs, seed=a.seed, sets=[s for s in a.sets.split(",") if s],
                          voices=a.voices.split(",") if a.voices else None, oov_fraction=a.oov_fraction,
                          vocab_corpus=a.vocab_corpus, split=a.split)

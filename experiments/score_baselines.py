@@ -12,23 +12,29 @@ from __future__ import annotations
 import argparse
 import logging
 
-from datamodules.aligned import load_split
-from syllablelm.evaluation.scoring import run_baselines
-from syllablelm.runtime.fileio import write_json
+from experiments.arguments import LIMIT, MANIFEST_CACHE, command_parser
 
 log = logging.getLogger(__name__)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="syllablelm baselines", description=__doc__.split("\n")[0])
+def parser() -> argparse.ArgumentParser:
+    p = command_parser("baselines", __doc__)
     p.add_argument("--data", nargs="+", required=True, help="evaluation audio folders (e.g. the test split)")
     p.add_argument("--tune-data", nargs="+", required=True, help="folders for tuning shifts and envelope (dev)")
     p.add_argument("--alignments", required=True, help="alignment JSON folder (searched recursively)")
     p.add_argument("--rate", type=float, default=6.25, help="the project's rate for uniform and min-cut (Hz)")
-    p.add_argument("--limit", type=int, help="at most this many utterances per split")
-    p.add_argument("--out", help="write the scores as JSON here")
-    p.add_argument("--manifest-cache")
-    args = p.parse_args(argv)
+    p.add_argument("--limit", type=int, help=LIMIT)
+    p.add_argument("--out", help="write the scores as JSON here (they are printed either way)")
+    p.add_argument("--manifest-cache", help=MANIFEST_CACHE)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from datamodules.aligned import load_split
+    from syllablelm.evaluation.scoring import run_baselines
+    from syllablelm.runtime.fileio import write_json
+
     wt, rt, _ = load_split(args.data, args.alignments, args.limit, args.manifest_cache)
     wd, rd, _ = load_split(args.tune_data, args.alignments, args.limit, args.manifest_cache)
     results = run_baselines((wt, rt), (wd, rd), args.rate)

@@ -34,18 +34,24 @@ import logging
 
 import numpy as np
 
-from datamodules.boundary_store import BoundaryStore
-from datamodules.shard_store import MANIFEST, ShardStore, StoreError
-from datamodules.store_kinds import STORE_CLASSES
+from experiments.arguments import MANIFEST_CACHE, SEED, command_parser
 
 log = logging.getLogger(__name__)
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="syllablelm store-copy", description=__doc__.split("\n")[0])
+def parser() -> argparse.ArgumentParser:
+    p = command_parser("store-copy", "copy one version of a boundary, label or unit store into another store root "
+                       "(for example LossPred's boundaries as the start of a second SylBoost run)")
     p.add_argument("--store", required=True, help="the source store root (holds iter_K/ folders)")
-    p.add_argument("--version", type=int, default=0)
+    p.add_argument("--version", type=int, default=0, help="the version to copy")
     p.add_argument("--out", required=True, help="the destination store root")
     p.add_argument("--out-version", type=int, help="the version number in the destination (default: the same)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from datamodules.shard_store import MANIFEST, ShardStore, StoreError
+    from datamodules.store_kinds import STORE_CLASSES
+
     source = ShardStore(args.store)
     kind = source.manifest(args.version, check_shards=False).get("kind")  # absent / incomplete: the store's error
     if kind not in STORE_CLASSES:
@@ -95,25 +101,30 @@ def noisy_segments(segments, rng: np.random.Generator, *, drop: float = 0.0, ins
     return np.concatenate(out) if out else np.zeros((0, 2))
 
 
-def reference(argv: list[str] | None = None) -> int:
-    """``syllablelm store-reference``: see the module docstring."""
-    from datamodules.aligned import aligned_entries
+def reference_parser() -> argparse.ArgumentParser:
     from syllablelm.audio.alignments import TIERS
 
-    p = argparse.ArgumentParser(prog="syllablelm store-reference",
-                                description="the reference segmentation (optionally noisy) as a boundary version")
+    p = command_parser("store-reference", "the reference segmentation (optionally noisy) as a boundary version: "
+                       "SylBoost trained on it shows its upper bound")
     p.add_argument("--data", nargs="+", required=True, help="audio folders; every utterance needs an alignment")
-    p.add_argument("--alignments", required=True)
+    p.add_argument("--alignments", required=True, help="alignment JSON folder (searched recursively)")
     p.add_argument("--out", required=True, help="the boundary store root")
-    p.add_argument("--version", type=int, default=0)
-    p.add_argument("--tier", choices=TIERS, default="syllables")
+    p.add_argument("--version", type=int, default=0, help="the boundary version to write (replaced if present)")
+    p.add_argument("--tier", choices=TIERS, default="syllables", help="which alignment tier becomes the segments")
     p.add_argument("--drop", type=float, default=0.0, help="probability of dropping each inner boundary")
     p.add_argument("--insert", type=float, default=0.0,
                    help="random boundaries added per inner reference boundary (a probability each)")
     p.add_argument("--jitter-ms", type=float, default=0.0, help="std. dev. of the shift of each kept boundary")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--manifest-cache")
-    args = p.parse_args(argv)
+    p.add_argument("--seed", type=int, default=0, help=SEED + " (the noise)")
+    p.add_argument("--manifest-cache", help=MANIFEST_CACHE)
+    return p
+
+
+def reference(argv: list[str] | None = None) -> int:
+    """``syllablelm store-reference``: see the module docstring."""
+    args = reference_parser().parse_args(argv)
+    from datamodules.aligned import aligned_entries
+
     entries, alignments, missing = aligned_entries(args.data, args.alignments, cache=args.manifest_cache)
     if missing:
         raise SystemExit(f"syllablelm store-reference: {len(missing)} file(s) have no alignment in "
@@ -133,6 +144,8 @@ def reference(argv: list[str] | None = None) -> int:
 
 def _write_version(out: str, version: int, segments: dict, meta: dict, what: str) -> None:
     """``segments`` as boundary version ``version`` of the store at ``out`` (replacing it), in one shard."""
+    from datamodules.boundary_store import BoundaryStore
+
     store = BoundaryStore(out)
     store.invalidate(version)
     store.write_shard(version, 0, 1, segments)
@@ -141,8 +154,23 @@ def _write_version(out: str, version: int, segments: dict, meta: dict, what: str
              store.version_dir(version))
 
 
+def envelope_parser() -> argparse.ArgumentParser:
+    p = command_parser("store-envelope", "the envelope-minima segmentation as a boundary version (labels "
+                       "without any model)")
+    p.add_argument("--data", nargs="+", required=True, help="audio folders")
+    p.add_argument("--out", required=True, help="the boundary store root")
+    p.add_argument("--version", type=int, default=0, help="the boundary version to write (replaced if present)")
+    p.add_argument("--cutoff-hz", type=float, help="the envelope's low-pass cut-off (with --prominence)")
+    p.add_argument("--prominence", type=float, help="minimum prominence, a fraction of the region's maximum")
+    p.add_argument("--tune-data", nargs="+", help="tune both on these folders instead (needs --alignments)")
+    p.add_argument("--alignments", help="alignment JSON folder for --tune-data")
+    p.add_argument("--manifest-cache", help=MANIFEST_CACHE)
+    return p
+
+
 def envelope(argv: list[str] | None = None) -> int:
     """``syllablelm store-envelope``: see the module docstring."""
+    args = envelope_parser().parse_args(argv)
     from tqdm import tqdm
 
     from datamodules.aligned import load_split
@@ -151,17 +179,6 @@ def envelope(argv: list[str] | None = None) -> int:
     from syllablelm.boundaries.baselines import envelope_segments
     from syllablelm.evaluation.scoring import tune_envelope
 
-    p = argparse.ArgumentParser(prog="syllablelm store-envelope",
-                                description="the envelope-minima segmentation as a boundary version")
-    p.add_argument("--data", nargs="+", required=True, help="audio folders")
-    p.add_argument("--out", required=True, help="the boundary store root")
-    p.add_argument("--version", type=int, default=0)
-    p.add_argument("--cutoff-hz", type=float, help="the envelope's low-pass cut-off (with --prominence)")
-    p.add_argument("--prominence", type=float, help="minimum prominence, a fraction of the region's maximum")
-    p.add_argument("--tune-data", nargs="+", help="tune both on these folders instead (needs --alignments)")
-    p.add_argument("--alignments")
-    p.add_argument("--manifest-cache")
-    args = p.parse_args(argv)
     if args.tune_data:
         if not args.alignments:
             raise SystemExit("syllablelm store-envelope: --tune-data needs --alignments")

@@ -22,6 +22,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from experiments.arguments import SEED, command_parser
+
 log = logging.getLogger(__name__)
 CHECKS = (("iteration 1", "LossPred"), ("iteration 1", "start"), ("iteration 2", "iteration 1"),
           ("iteration 2", "LossPred"), ("LossPred", "uniform at LossPred's rate"))
@@ -149,8 +151,8 @@ def figure(result: dict, path: Path) -> None:
     save_png(fig, path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="syllablelm sylboost-gain", description=__doc__.split("\n")[0])
+def parser() -> argparse.ArgumentParser:
+    p = command_parser("sylboost-gain", __doc__)
     p.add_argument("--data", required=True, type=Path, help="a corpus folder: train/, dev/, test/, alignments/")
     p.add_argument("--boundaries", required=True, type=Path, help="LossPred's boundary store (version 0)")
     p.add_argument("--backbone", nargs="+", required=True, help="NAME=CHECKPOINT, one per backbone")
@@ -158,11 +160,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hours", type=float, nargs="+", default=[0.5], help="SylBoost training data sizes")
     p.add_argument("--epochs", type=int, default=4, help="epochs per SylBoost iteration (2 iterations)")
     p.add_argument("--rate", type=float, default=6.25, help="segments per second (mode rate) or δ's target rate")
-    p.add_argument("--mode", choices=("rate", "delta"), default="rate")
-    p.add_argument("--vad-trim", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--resamples", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--mode", choices=("rate", "delta"), default="rate",
+                   help="rate: a fixed round(rate x seconds) segments per utterance; delta: the authors' δ search, "
+                        "δ calibrated to --rate")
+    p.add_argument("--vad-trim", action=argparse.BooleanOptionalAction, default=True,
+                   help="cut only each utterance's VAD speech span (segmenter.vad_trim)")
+    p.add_argument("--resamples", type=int, default=2000, help="paired-bootstrap resamples per comparison")
+    p.add_argument("--seed", type=int, default=0, help=SEED + " (SylBoost runs and bootstraps)")
+    p.add_argument("--out", required=True, type=Path, help="the folder for gain.md, gain.json, gain.png and the runs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
     args = p.parse_args(argv)
     backbones = dict(item.split("=", 1) for item in args.backbone)
     if any(not Path(v).exists() for v in backbones.values()):

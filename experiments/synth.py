@@ -11,7 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from syllablelm.synthesis.corpus import synthesize_corpus
+from experiments.arguments import SEED, command_parser
 from syllablelm.synthesis.plan import DEFAULT_SPLITS, HELD_OUT_VARIANTS
 
 
@@ -22,15 +22,13 @@ def _parse_splits(text: str) -> list[tuple[str, float]]:
         raise argparse.ArgumentTypeError(f"expected name=fraction,... (e.g. train=0.8,dev=0.1,test=0.1): {e}") from e
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``syllablelm synth``: the command-line entry point."""
-    p = argparse.ArgumentParser(prog="syllablelm synth", description=(
-        "a LibriSpeech-layout corpus with word/syllable/phone alignments, synthesised offline with eSpeak NG"))
+def parser() -> argparse.ArgumentParser:
+    p = command_parser("synth", __doc__)
     p.add_argument("--out", required=True, type=Path, help="output folder (created; reruns resume)")
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--num-utterances", type=int, help="number of utterances over all splits")
     size.add_argument("--hours", type=float, help="hours of audio over all splits (planned from the text)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help=SEED + " (the plan: speakers, texts, voices)")
     p.add_argument("--speakers", type=int, default=None, help="number of speakers (default: ~1 per 25 utterances)")
     p.add_argument("--splits", type=_parse_splits, default=list(DEFAULT_SPLITS),
                    help="split names and fractions, default train=0.8,dev=0.1,test=0.1")
@@ -45,7 +43,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="no split speaks the reserved held-out variants (corpora that train shipped models)")
     p.add_argument("--split-speakers", type=lambda t: [int(x) for x in t.split(",")],
                    help="speakers per split, comma-separated in split order (default: by the split fractions)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``syllablelm synth``: the command-line entry point."""
+    p = parser()
     a = p.parse_args(argv)
+    from syllablelm.synthesis.corpus import synthesize_corpus
+
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     held_out = [v for v in a.held_out_variants.split(",") if v]

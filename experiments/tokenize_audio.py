@@ -27,29 +27,25 @@ import os
 import sys
 from pathlib import Path
 
+from experiments.arguments import DEVICE, UNIT_VARIANTS, command_parser
+from experiments.unit_commands import add_variant, chosen_variant
+
 log = logging.getLogger(__name__)
 
-# syllablelm.units.quantizer.UNIT_VARIANTS (importing it would import torch before --help; a test keeps the two equal)
-VARIANTS = ("authors_lm", "dedup")
+VARIANTS = UNIT_VARIANTS  # syllablelm.units.quantizer.UNIT_VARIANTS, without importing torch before --help
 DEFAULT_VARIANT = "dedup"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="syllablelm tokenize", description="audio files -> JSON lines of units")
+    p = command_parser("tokenize", __doc__)
     p.add_argument("--checkpoint", required=True, help="a tokenizer checkpoint (syllablelm quantize)")
     p.add_argument("--input", nargs="+", default=[], metavar="PATH",
                    help="audio files or folders (folders searched recursively, symbolic links followed)")
     p.add_argument("--file-list", metavar="PATH", help="a text file of audio paths, one a line ('#' comments and "
                    "blank lines ignored; relative paths are relative to the list's folder)")
     p.add_argument("--output", required=True, help="JSON lines: {path, segments: [[start_s, end_s]], units}")
-    p.add_argument("--device")
-    p.add_argument("--variant", choices=VARIANTS, help="after k-means and the Ward merge: "
-                   "'authors_lm' keeps one merged unit per min-cut segment (what the authors' SpeechLM trained "
-                   "on: their data loader maps k-means ids through the Ward table and does not deduplicate "
-                   "again), 'dedup' collapses runs of equal units (their extraction script's output). "
-                   f"Default: {DEFAULT_VARIANT}")
-    p.add_argument("--no-dedup", action="store_true", help="the same as --variant authors_lm (kept for older "
-                   "commands; frame-unit baselines)")
+    p.add_argument("--device", help=DEVICE)
+    add_variant(p, DEFAULT_VARIANT)
     return p
 
 
@@ -93,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.input and not args.file_list:
         p.error("give audio with --input PATH [PATH ...] and/or --file-list PATH")
-    if args.no_dedup and args.variant not in (None, "authors_lm"):
-        p.error(f"--no-dedup contradicts --variant {args.variant}")
-    variant = args.variant or ("authors_lm" if args.no_dedup else DEFAULT_VARIANT)
+    variant = chosen_variant(p, args, DEFAULT_VARIANT)
     missing = [x for x in args.input if not os.path.exists(x)]
     if missing:
         print(f"{p.prog}: no such file or folder: {', '.join(missing)}", file=sys.stderr)
@@ -140,7 +134,7 @@ def tokenize_files(files: list[Path], checkpoint: str, output: str, variant: str
     deduplicate = deduplicates(variant)
     if not device:
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
-    tok = Tokenizer.from_checkpoint(checkpoint, device=device)
+    tok = Tokenizer.from_pretrained(checkpoint, device=device)
     skipped, written = 0, 0
     with contextlib.ExitStack() as stack:  # the output is opened at the first result: none, no file
         f = None

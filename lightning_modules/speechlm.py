@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import SumMetric
 
+from syllablelm.checkpoints import suite
 from syllablelm.models import common, flops
 from syllablelm.models.gpt import GPT, GPTConfig, at_least_float32
 from syllablelm.models.schedules import warmup_hold_decay
@@ -68,7 +69,7 @@ class SpeechLMModule(pl.LightningModule):
         # plain types only, so the checkpoint loads with torch's weights_only=True and rebuilds the network;
         # `_class_path` lets LightningCLI (--ckpt_path) re-apply these to the config, as its own hook would
         self.save_hyperparameters({"_class_path": f"{type(self).__module__}.{type(self).__qualname__}",
-                                   "network": net.to_dict(), "warmup": warmup, "hold": hold, "decay": decay,
+                                   suite.LM_NETWORK: net.to_dict(), "warmup": warmup, "hold": hold, "decay": decay,
                                    "final_lr_scale": final_lr_scale})
         # exact corpus perplexity: sums of token NLL and token counts, summed over ranks, divided once.
         # float64: a float32 sum of ~1e8 token losses would lose the digits perplexities are compared on
@@ -100,10 +101,10 @@ class SpeechLMModule(pl.LightningModule):
             self.unit_variant = variant
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["unit_variant"] = self.unit_variant  # a plain str (or None): weights_only loading keeps working
+        checkpoint[suite.UNIT_VARIANT] = self.unit_variant  # a plain str (or None): weights_only loading keeps working
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        loaded = checkpoint.get("unit_variant")  # absent in checkpoints written before it was recorded
+        loaded = checkpoint.get(suite.UNIT_VARIANT)  # absent in checkpoints written before it was recorded
         if self.unit_variant is None:
             self.unit_variant = loaded
         elif loaded is not None and loaded != self.unit_variant:

@@ -8,11 +8,15 @@ features mean-pooled over the middle third of each segment of the current bounda
 stored segments is a segment of its own; frames before the first boundary get zero); loss: MSE over non-padded
 frames. ``callbacks.boundary_regeneration.BoundaryRegeneration`` decides when boundaries are regenerated (every
 ``epochs_per_iteration`` epochs) and calls :meth:`SylBoostModule.start_iteration`; this module decides how, with
-the pure :meth:`extract_boundaries`.
+the pure :meth:`extract_boundaries`. The callback uses only the members of
+:class:`datamodules.contracts.RegenerationModule`, which this module implements.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
+from typing import Iterator
 
 import lightning.pytorch as pl
 import numpy as np
@@ -20,11 +24,12 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
+from datamodules.contracts import SpeechBatch
 from datamodules.dataset import is_empty, item_keys
 from lightning_modules.skipped_batches import log_skipped, skipped_batch_loss
 from syllablelm.audio.frames import seconds_to_frames
 from syllablelm.boundaries.segmenter import Segmenter, SegmenterConfig
-from syllablelm.checkpoints import load_encoder
+from syllablelm.checkpoints import load_encoder, suite
 from syllablelm.models import common, flops
 from syllablelm.models.data2vec2 import Data2Vec2AudioEncoder
 from syllablelm.models.encoder import D2V2_TYPE, SpeechEncoder
@@ -112,7 +117,8 @@ class SylBoostModule(pl.LightningModule):
             "feature_layer": feature_layer, "normalize_waveform": self.teacher.normalize_waveform,
             "freeze_cnn": freeze_cnn, "warmup": warmup, "iterations": iterations,
             "epochs_per_iteration": epochs_per_iteration, "reinit_each_iteration": reinit_each_iteration,
-            "cache_frozen": cache_frozen, "segmenter": seg.to_dict(), "encoder": self.teacher.spec()})
+            "cache_frozen": cache_frozen, suite.SYLBOOST_SEGMENTER: seg.to_dict(),
+            suite.SYLBOOST_ENCODER: self.teacher.spec()})
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -222,7 +228,7 @@ class SylBoostModule(pl.LightningModule):
 
     # ---- boundaries -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def features(self, batch) -> list[torch.Tensor]:
+    def features(self, batch: SpeechBatch) -> list[torch.Tensor]:
         """Student features per utterance, each computed alone (unpadded), so they never depend on what else
         is in the batch: 1-process and multi-process regeneration give identical boundaries."""
         if self.hparams.cache_frozen:
@@ -236,14 +242,61 @@ class SylBoostModule(pl.LightningModule):
         return Segmenter(self.segmenter, delta=float(self.delta))
 
     @torch.no_grad()
-    def extract_boundaries(self, batch, features: list[torch.Tensor] | None = None) -> list[np.ndarray]:
+    def extract_boundaries(self, batch: SpeechBatch, features: list[torch.Tensor] | None = None) -> list[np.ndarray]:
         """Segments of every item, ``(n, 2)`` seconds in file time (a pure function of the student's weights and
         the audio; used by validation, regeneration and unit extraction)."""
         feats = self.features(batch) if features is None else features
         waves = [batch["waves"][b, : int(batch["lengths"][b])] for b in range(len(feats))]
         return self.boundary_segmenter().segments(feats, waves, [float(o) for o in batch["offsets"]])
 
+    # ---- the regeneration contract (datamodules.contracts.RegenerationModule) -----------------------------
+    @property
+    def iterations(self) -> int:
+        return self.hparams.iterations
+
+    @property
+    def epochs_per_iteration(self) -> int:
+        return self.hparams.epochs_per_iteration
+
+    @property
+    def reinit_each_iteration(self) -> bool:
+        return self.hparams.reinit_each_iteration
+
+    @property
+    def calibrates_delta(self) -> bool:
+        """Whether the segmenter calibrates δ to a target rate (``calibrate_to_hz``)."""
+        return self.segmenter.calibrate_to_hz is not None
+
+    def boundary_delta(self) -> float | None:
+        """The δ boundaries are cut with (the ``delta`` buffer, saved in checkpoints); None while it is unset."""
+        delta = float(self.delta)
+        return None if math.isnan(delta) else delta
+
+    def set_boundary_delta(self, delta: float) -> None:
+        self.delta.fill_(delta)
+
+    def calibrated_delta(self, features: list[torch.Tensor], waves: list[torch.Tensor]) -> float:
+        """The δ whose search gives ``calibrate_to_hz`` on these utterances (sets nothing: see
+        :meth:`set_boundary_delta`)."""
+        return Segmenter(self.segmenter).calibrate(features, waves)
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval + inference mode (regeneration, calibration), then the training flag as it was."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            self.train(was_training)
+
     # ---- iterations -------------------------------------------------------------------------------------
+    def restore_iteration(self, iteration: int) -> None:
+        """The iteration a fit is in (the regeneration callback, at fit start: a resumed run goes on with the
+        iteration its checkpoint was in); the weights are left as they are."""
+        self.iteration = iteration
+
     def start_iteration(self, iteration: int) -> None:
         """Called by the regeneration callback on every rank once the new boundaries are in place: the student
         starts again from the initial weights (the frozen teacher holds them) unless training continues."""

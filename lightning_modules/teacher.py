@@ -10,13 +10,13 @@ transformer once per mask pattern (spans 150 frames apart share a forward; one s
 when the utterance fits in one gap); matrix C from the per-frame losses (softmax over every row of the label
 table) on masked frames; normalized-cut DP on ``S = exp(-C)`` at 6.25 segments/s; segments that start on a
 VAD-silent frame dropped; results in file time. The defaults of :class:`LossPredConfig` follow the authors'
-notebook (``fast_get_hubert_losses`` / ``process_loss_multiple``); each has a named alternative.
+notebook (``fast_get_hubert_losses`` / ``process_loss_multiple``); each has a named alternative. The algorithm is
+:func:`syllablelm.boundaries.losspred.losspred_segments` (no Lightning); the test/predict steps only wrap it.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -26,47 +26,28 @@ from torchmetrics import MeanMetric
 
 from datamodules.dataset import is_empty, item_keys
 from lightning_modules.skipped_batches import log_skipped, skipped_batch_loss
-from syllablelm.audio.frames import HOP, frames_to_seconds, num_frames, samples_for_frames
-from syllablelm.audio.io import SAMPLE_RATE, speech_frame_span, speech_regions
-from syllablelm.boundaries.losspred import COUNT_RULES, loss_matrices, mask_groups, num_segments, similarity
-from syllablelm.boundaries.mincut import ncut_mincut
-from syllablelm.checkpoints import load_teacher
+from syllablelm.boundaries.losspred import (
+    LossPredMatrices,
+    LossPredOptions,
+    frame_losses,
+    losspred_cut,
+    losspred_flops,
+    losspred_matrices,
+    losspred_segments,
+    speech_trim,
+)
+from syllablelm.checkpoints import load_teacher, suite
 from syllablelm.models import common, flops
-from syllablelm.models.hubert import SOFTMAX_ROWS, HubertTeacher, TeacherConfig, compute_span_mask
+from syllablelm.models.hubert import HubertTeacher, TeacherConfig, compute_span_mask
 from syllablelm.models.schedules import linear_warmup_decay
-
-WAVEFORM_INPUTS = ("raw", "pretrained")
 
 
 @dataclass
-class LossPredConfig:
-    """LossPred settings. Defaults = the authors' notebook; the named alternatives restore cleaner variants."""
+class LossPredConfig(LossPredOptions):
+    """LossPred settings: the algorithm's (:class:`~syllablelm.boundaries.losspred.LossPredOptions`; defaults = the
+    authors' notebook, the named alternatives restore cleaner variants) plus what the test step logs."""
 
-    gap: int = 150  # spans this far apart share a forward (official); ignored with exact
-    exact: bool = False  # one span per forward (T + 50 forwards per utterance)
-    # authors: T <= gap frames -> one span per forward; False: strict gap packing (two spans in some forwards
-    # for gap - 50 < T <= gap)
-    exact_when_fits: bool = True
-    forward_batch: int = 32  # mask patterns per transformer forward
-    rate_hz: float = 6.25  # segments per second of VAD-trimmed speech
-    # "authors": int(T / 50 / (1 / rate_hz)) in floats (one fewer than T // 8 for T = 232, 376, ...);
-    # "floor": floor(T * rate_hz / 50)
-    count_rule: Literal["authors", "floor"] = "authors"
-    # "all": softmax over every row of the label table (fairseq imports: the 4 special rows too; authors, fairseq);
-    # "labels": over the num_labels real labels only. Identical when the teacher's label_offset is 0.
-    softmax_rows: Literal["all", "labels"] = "all"
-    # "raw": the teacher's front end sees the unnormalised waveform (authors, whatever the checkpoint's
-    # task.normalize); "pretrained": normalised iff the teacher's TeacherConfig.normalize_waveform (its training)
-    waveform: Literal["raw", "pretrained"] = "raw"
-    max_len: int = 49  # longest segment in frames (inclusive)
-    vad: bool = True  # trim to the speech region and drop segments starting in silence
     keep_matrices: int = 4  # utterances per test batch whose similarity matrix goes to the images callback
-
-    def __post_init__(self) -> None:
-        for name, allowed in (("count_rule", COUNT_RULES), ("softmax_rows", SOFTMAX_ROWS),
-                              ("waveform", WAVEFORM_INPUTS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"LossPredConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
 
 class TeacherModule(pl.LightningModule):
@@ -113,7 +94,7 @@ class TeacherModule(pl.LightningModule):
         # plain types only, so the checkpoint loads with torch's weights_only=True and rebuilds the network;
         # `_class_path` lets LightningCLI (--ckpt_path) re-apply these to the config, as its own hook would
         self.save_hyperparameters({"_class_path": f"{type(self).__module__}.{type(self).__qualname__}",
-                                   "network": net.to_dict(), "init_from": None, "warmup": warmup,
+                                   suite.TEACHER_NETWORK: net.to_dict(), "init_from": None, "warmup": warmup,
                                    "mask_prob": mask_prob, "mask_length": mask_length,
                                    "losspred": dataclasses.asdict(lp)})
         self.val_loss, self.val_accuracy = MeanMetric(), MeanMetric()
@@ -171,103 +152,53 @@ class TeacherModule(pl.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_warmup_decay(int(self.hparams.warmup * total), total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    # ---- LossPred (test / predict) ----------------------------------------------------------------------
-    def _trim(self, wave: torch.Tensor) -> tuple[int, int, np.ndarray]:
-        """VAD span on the 20 ms grid ``(first frame, end frame)`` of the wave and its speech regions (s)."""
-        n_frames = num_frames(len(wave))
-        if not self.losspred_config.vad:
-            return 0, n_frames, np.array([[0.0, len(wave) / SAMPLE_RATE]])
-        regions = speech_regions(wave.float().cpu().numpy(), SAMPLE_RATE)
-        if len(regions) == 0:
-            return 0, n_frames, np.array([[0.0, len(wave) / SAMPLE_RATE]])
-        first, last = speech_frame_span(wave, SAMPLE_RATE, n_frames, regions=regions)
-        return first, last, regions
-
-    @torch.no_grad()
-    def losspred_matrices(self, batch) -> tuple[list[torch.Tensor], list[int], list[tuple[int, np.ndarray]]]:
-        """LossPred matrices C of a batch: ``(matrices, frames per utterance, (first frame, speech regions))``.
-        The front end runs once per utterance, unpadded (Base's GroupNorm spans time, so padding would change
-        it); the transformer runs on mask patterns of all utterances packed together."""
-        cfg = self.losspred_config
+    # ---- LossPred (test / predict): syllablelm.boundaries.losspred on the batch ------------------------------
+    @staticmethod
+    def _utterances(batch) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The batch's unpadded waves and its label rows (the core's inputs)."""
         if batch["labels"] is None:
             raise ValueError("LossPred reads the teacher's frame labels: give the DataModule a label_dir")
-        feats, labels, lengths, trims = [], [], [], []
-        for b in range(len(batch["ids"])):
-            wave = batch["waves"][b, : int(batch["lengths"][b])]
-            first, last, regions = self._trim(wave)
-            f, _ = self.teacher.frontend(wave[first * HOP:first * HOP + samples_for_frames(last - first)][None],
-                                         normalize=self.losspred_normalize)
-            lab = batch["labels"][b, first:last]
-            T = min(f.shape[1], int((lab >= 0).sum()))
-            feats.append(f[0, :T])
-            labels.append(lab[:T])
-            lengths.append(T)
-            trims.append((first, regions))
-        T_max = max(lengths)
-        F = torch.zeros(len(feats), T_max, feats[0].shape[-1], device=self.device, dtype=feats[0].dtype)
-        L = torch.full((len(feats), T_max), -100, dtype=torch.long, device=self.device)
-        for b, (f, lab) in enumerate(zip(feats, labels)):
-            F[b, : len(f)], L[b, : len(lab)] = f, lab
-        frame_mask = torch.arange(T_max, device=self.device)[None] < torch.tensor(lengths, device=self.device)[:, None]
+        waves = [batch["waves"][b, : int(batch["lengths"][b])] for b in range(len(batch["ids"]))]
+        return waves, batch["labels"]
 
-        def run(rows, span):  # (N,), (N, T) -> per-frame losses (N, T)
-            rows, span = rows.to(self.device), span.to(self.device)
-            return self.losspred_frame_losses(self.teacher.transformer(F[rows], frame_mask[rows], span), L[rows])
+    def _trim(self, wave: torch.Tensor) -> tuple[int, int, np.ndarray]:
+        """VAD span on the 20 ms grid ``(first frame, end frame)`` of the wave and its speech regions (s)."""
+        return speech_trim(wave, self.losspred_config.vad)
 
-        mats = loss_matrices(run, lengths, gap=cfg.gap, exact=cfg.exact, exact_when_fits=cfg.exact_when_fits,
-                             forward_batch=cfg.forward_batch)
-        # model FLOPs (callbacks.throughput): the front end once per utterance, the transformer and head once per
-        # mask pattern over the padded length
-        c = self.teacher.config
-        forwards = sum(len(mask_groups(T, gap=cfg.gap, exact=cfg.exact, exact_when_fits=cfg.exact_when_fits))
-                       for T in lengths)
-        rows = self.teacher.column_offset(cfg.softmax_rows) + c.num_labels
-        front = sum(flops.hubert_forward(samples_for_frames(T), c, layers=0) for T in lengths)
-        per_forward = flops.transformer(T_max, c.hidden_size, c.num_hidden_layers, c.intermediate_size) + \
-            2 * T_max * c.hidden_size * c.final_dim + 2 * T_max * c.final_dim * rows
-        self.flops_per_batch = front + forwards * per_forward
-        return mats, lengths, trims
+    @torch.no_grad()
+    def losspred_matrices(self, batch) -> LossPredMatrices:
+        """LossPred matrices C of a batch: ``(matrices, frames per utterance, (first frame, speech regions))``
+        (:func:`~syllablelm.boundaries.losspred.losspred_matrices`); sets ``flops_per_batch``."""
+        waves, labels = self._utterances(batch)
+        out = losspred_matrices(self.teacher, waves, labels, options=self.losspred_config)
+        self.flops_per_batch = losspred_flops(self.teacher, out.lengths, self.losspred_config)
+        return out
 
     @property
     def losspred_normalize(self) -> bool | None:
-        """``frontend(normalize=...)`` for LossPred: False for ``waveform="raw"``, None (= as the teacher's config
-        says) for ``"pretrained"``."""
-        return None if self.losspred_config.waveform == "pretrained" else False
+        """``frontend(normalize=...)`` for LossPred (:attr:`LossPredOptions.normalize`)."""
+        return self.losspred_config.normalize
 
     def losspred_frame_losses(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # (N, T)
         """LossPred's per-frame cross-entropy of ``labels`` given transformer output ``hidden``, softmax over the
         rows ``LossPredConfig.softmax_rows`` names."""
-        rows = self.losspred_config.softmax_rows
-        logits = self.teacher.logits(hidden, rows=rows)
-        return self.teacher.frame_losses(logits, labels, self.teacher.column_offset(rows))
+        return frame_losses(self.teacher, hidden, labels, self.losspred_config.softmax_rows)
 
     def boundaries(self, C: torch.Tensor, first: int, regions: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
         """Normalized-cut segments of one matrix in seconds of the wave (+ the similarity matrix)."""
-        cfg = self.losspred_config
-        T = C.shape[0]
-        S = similarity(C)
-        if T < 2:
-            return np.zeros((0, 2)), S
-        k = min(T, max(num_segments(T, cfg.rate_hz, rule=cfg.count_rule), -(-T // cfg.max_len)))
-        bounds = ncut_mincut(S, k, min_len=1, max_len=cfg.max_len).numpy()
-        starts, ends = frames_to_seconds(first + bounds[:-1]), frames_to_seconds(first + bounds[1:])
-        if cfg.vad:  # drop segments whose first frame (its centre) is outside every speech region
-            centre = starts[:, None] + 0.01
-            keep = ((centre >= regions[None, :, 0]) & (centre < regions[None, :, 1])).any(1)
-            starts, ends = starts[keep], ends[keep]
-        return np.stack([starts, ends], 1), S
+        return losspred_cut(C, first, regions, options=self.losspred_config)
 
     def losspred(self, batch, keep_matrices: int = 0) -> dict:
         """LossPred boundaries for every item of a batch: ``{"ids", "segments": [(n, 2) file seconds],
-        "matrices": {item: (S, trim seconds)}}`` (matrices for the first ``keep_matrices`` items)."""
-        mats, _, trims = self.losspred_matrices(batch)
-        segments, matrices = [], {}
-        for b, (C, (first, regions)) in enumerate(zip(mats, trims)):
-            segs, S = self.boundaries(C, first, regions)
-            segments.append(segs + float(batch["offsets"][b]))
-            if len(matrices) < keep_matrices:
-                matrices[b] = (S.float(), float(frames_to_seconds(first)))
-        return {"ids": list(batch["ids"]), "segments": segments, "matrices": matrices}
+        "matrices": {item: (S, trim seconds)}}`` (matrices for the first ``keep_matrices`` items). The work is
+        :func:`~syllablelm.boundaries.losspred.losspred_segments`; this sets ``flops_per_batch`` (MFU)."""
+        waves, labels = self._utterances(batch)
+        results = losspred_segments(self.teacher, waves, labels, options=self.losspred_config,
+                                    offsets=[float(o) for o in batch["offsets"]], keep_similarity=keep_matrices)
+        self.flops_per_batch = losspred_flops(self.teacher, [r.frames for r in results], self.losspred_config)
+        return {"ids": list(batch["ids"]), "segments": [r.segments for r in results],
+                "matrices": {b: (r.similarity, r.trim_seconds) for b, r in enumerate(results)
+                             if r.similarity is not None}}
 
     def test_step(self, batch, batch_idx):
         if is_empty(batch):

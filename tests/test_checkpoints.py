@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from syllablelm import checkpoints as ck
-from syllablelm.checkpoints import fairseq_hubert_write as cw
+from syllablelm.checkpoints import fairseq_hubert as cw
 from syllablelm.models.hubert import HubertTeacher, TeacherConfig
 
 NO_DROPOUT = dict(hidden_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0)

@@ -61,7 +61,8 @@ def test_tiny_demo_writes_a_report_and_a_working_tokenizer(tiny_demo, tmp_path):
     for stage in ("synth", "labels", "losspred", "sylboost", "quantize", "units", "speechlm", "evaluate"):
         assert report["timings"][stage]["seconds"] > 0 and report["timings"][stage]["peak_rss_mb"] > 0
     md = (tiny_demo / "report.md").read_text()
-    assert "sylboost beats losspred: f1 " in md and "paired bootstrap over its" in md
+    assert "SylBoost iteration 2 beats LossPred: F1 " in md and "paired bootstrap over its" in md
+    assert "SylBoost iteration 1 beats its start: F1 " in md and "sylboost beats its start" not in md
     for figure in ("f1_rvalue.png", "boundaries.png", "lm_pairs.png"):
         assert f"figures/{figure}" in md and (tiny_demo / "figures" / figure).stat().st_size > 1000
     # the checkpoint named in the report tokenizes a file it has never seen, at another sample rate
@@ -176,22 +177,25 @@ def test_a_report_names_every_missing_section_and_keeps_recorded_timings(tmp_pat
     """Never a silently shorter report: the lost iteration-2 version, SylBoost's start and the figure that need
     absent files each get a ``missing:`` line saying why and which stage to rerun, the checks that need them too;
     the header's timings are the stages' recorded ones plus this run's own."""
+    from experiments.demo_scores import write_demo_scores
     from experiments.report import build_report
 
     wd = tmp_path / "demo"
     _fake_demo_workdir(wd)
+    # the evaluate stage's part (it scores in-process with its own baselines), then the report from the JSON
+    write_demo_scores(wd, json.loads((wd / "runs/evaluate.json").read_text())["baselines"])
     timings = {"losspred": {"seconds": 10.0, "peak_rss_mb": 300.0, "attempt": 1, "skipped": True},
                "sylboost": {"seconds": 20.0, "peak_rss_mb": 500.0, "attempt": 2}}
-    report = build_report(wd, teacher_ckpt=wd / "runs/teacher/last.ckpt", tokenizer=wd / "runs/tokenizer.ckpt",
-                          timings=timings, seconds=5.0, tiny=True, shipped_teacher=True)
+    report = build_report(wd, tokenizer=wd / "runs/tokenizer.ckpt", timings=timings, seconds=5.0, tiny=True,
+                          shipped_teacher=True)
     assert json.loads((wd / "report.json").read_text())["missing"] == report["missing"]
     assert report["total_seconds"] == 35.0 and report["peak_rss_mb"] == 500.0
     assert set(report["stages"]) == {"LossPred", "SylBoost iteration 1"}
     whats = [m.split(" (")[0] for m in report["missing"]]
     assert whats == ["SylBoost iteration 2 boundaries", "SylBoost's start, untrained",
-                     "check 'sylboost beats losspred' and its bootstrap",
-                     "check 'sylboost beats its start' and its bootstrap",
-                     "check 'iteration 2 vs iteration 1' and its bootstrap",
+                     "check 'SylBoost iteration 2 beats LossPred' and its bootstrap",
+                     "check 'SylBoost iteration 1 beats its start' and its bootstrap",
+                     "check 'SylBoost iteration 2 beats iteration 1' and its bootstrap",
                      "figure boundaries.png"]
     it2 = report["missing"][0]
     assert "runs/boundaries/iter_2" in it2 and "shard-00000-of-00001.npz" in it2 and "rerun stage sylboost" in it2
@@ -207,8 +211,8 @@ def test_a_report_names_every_missing_section_and_keeps_recorded_timings(tmp_pat
     assert "figures/f1_rvalue.png" in md and "figures/boundaries.png" not in md
     # the evaluation lost too: its three sections are named, not dropped
     (wd / "runs/evaluate.json").unlink()
-    report = build_report(wd, teacher_ckpt=wd / "runs/teacher/last.ckpt", tokenizer=wd / "runs/tokenizer.ckpt",
-                          timings={}, seconds=1.0, tiny=True, shipped_teacher=True)
+    report = build_report(wd, tokenizer=wd / "runs/tokenizer.ckpt", timings={}, seconds=1.0, tiny=True,
+                          shipped_teacher=True)
     gone = [m for m in report["missing"] if "runs/evaluate.json is absent; rerun stage evaluate" in m]
     assert [m.split(" (")[0] for m in gone] == ["baselines", "units", "SpeechLM pair accuracy"]
     assert report["peak_rss_mb"] is None and "peak memory unknown" in (wd / "report.md").read_text()

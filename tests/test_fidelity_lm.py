@@ -215,13 +215,13 @@ class FakeTokenizer:
 
 @pytest.fixture
 def fake_units(tmp_path, monkeypatch):
-    import experiments.unit_commands as units_cmd
+    import experiments.unit_work as units_cmd
     from experiments.cli import main
 
     data = tmp_path / "data"
     ids = make_librispeech(data, speakers=1, utts=3, seconds=(0.5, 1.0))
     tok = FakeTokenizer()
-    monkeypatch.setattr(units_cmd.Tokenizer, "from_checkpoint", lambda *a, **k: tok)
+    monkeypatch.setattr(units_cmd.Tokenizer, "from_pretrained", lambda *a, **k: tok)
 
     def run(out: str, *flags: str) -> int:
         return main(["units", "--checkpoint", str(tmp_path / "tok.ckpt"), "--data", str(data), "--out",

@@ -13,7 +13,7 @@ import torch
 from lightning_modules.teacher import LossPredConfig, TeacherModule
 from syllablelm import checkpoints as ck
 from syllablelm.boundaries.losspred import group_span_mask, loss_matrices, mask_groups, num_segments
-from syllablelm.checkpoints import fairseq_hubert_write as cw
+from syllablelm.checkpoints import fairseq_hubert as cw
 from syllablelm.models.hubert import HubertTeacher, TeacherConfig
 from tests.test_teacher import fake_batch
 

@@ -21,6 +21,8 @@ from experiments.cli import main as cli_main
 from syllablelm.boundaries.mincut import sse_segment
 from syllablelm.checkpoints import CheckpointError
 from syllablelm.checkpoints.fairseq_data2vec2 import fairseq_key
+from syllablelm.checkpoints.tokenizer_file import FORMAT as TOKENIZER_FORMAT
+from syllablelm.checkpoints.tokenizer_file import KEYS as TOKENIZER_KEYS
 from syllablelm.models.data2vec2 import Data2Vec2AudioEncoder
 from syllablelm.units import released
 from syllablelm.units.released import (
@@ -214,14 +216,15 @@ def test_checkpoint_rebuilds_alone(release, tmp_path):
     out = tmp_path / "tok.ckpt"
     import_released_sylboost(f["model"], f["kmeans"], f["agglom"], "8.33Hz", out)
     ckpt = torch.load(out, map_location="cpu", weights_only=True)  # plain tensors/dicts only
-    assert ckpt["hyper_parameters"]["encoder"]["layer"] == 11
-    assert not ckpt["hyper_parameters"]["encoder"]["normalize_waveform"]
-    assert ckpt["state_dict"]["student.model.blocks.10.attn.qkv.weight"].dtype == torch.float16
-    assert not any(k.startswith("student.model.blocks.11.") for k in ckpt["state_dict"])
+    assert ckpt["format"] == TOKENIZER_FORMAT and tuple(ckpt) == TOKENIZER_KEYS  # the one tokenizer format
+    assert ckpt["encoder"]["layer"] == 11
+    assert not ckpt["encoder"]["normalize_waveform"]
+    assert ckpt["encoder_state"]["model.blocks.10.attn.qkv.weight"].dtype == torch.float16  # the release's dtype
+    assert not any(k.startswith("model.blocks.11.") for k in ckpt["encoder_state"])
     for name in f.values():  # the tokenizer needs none of the released files
         name.rename(name.with_suffix(name.suffix + ".moved"))
     try:
-        tok = Tokenizer.from_checkpoint(out)
+        tok = Tokenizer.from_pretrained(out)
     finally:
         for name in f.values():
             name.with_suffix(name.suffix + ".moved").rename(name)
@@ -231,6 +234,12 @@ def test_checkpoint_rebuilds_alone(release, tmp_path):
         ("delta", None, 0.75, 3, 35, 0.2, False)
     assert tok.quantizer.standardize and tok.quantizer.pooling == "drop_edge" and tok.quantizer.k == K
     assert len(tok.encoder.model.blocks) == 11 and not tok.encoder.normalize_waveform
+
+
+def test_the_command_names_every_released_rate():
+    from experiments import import_released
+
+    assert import_released.RATES == tuple(RELEASED_SYLBOOST)  # its --help lists them without importing torch
 
 
 def test_bad_files_name_the_file(release, tmp_path):
@@ -268,25 +277,28 @@ def test_pickled_extras_load_as_trusted_file(release, tmp_path, monkeypatch):
     monkeypatch.setattr(released.log, "warning", lambda msg, *args: warnings.append(msg % args))
     ckpt = import_released_sylboost(path, f["kmeans"], f["agglom"], "5.0Hz")
     assert len(warnings) == 1 and "full pickle" in warnings[0] and "with_args.pth" in warnings[0]
-    assert float(ckpt["state_dict"]["delta"]) == 0.0019
+    assert ckpt["delta"] == 0.0019 and ckpt["segmenter"]["delta"] == 0.0019
 
 
 def test_imported_checkpoint_rebuilds_the_sylboost_module(release, tmp_path):
-    """An imported model is a SylBoost checkpoint like any other: SylBoostModule rebuilds from it alone (to train
-    on, or to regenerate boundaries) with the released segmenter, and its student is the tokenizer's encoder."""
+    """An imported model starts a SylBoost run like any other backbone: SylBoostModule is built from the tokenizer
+    checkpoint alone (``init_from``: its encoder; the segmenter and δ it records) to train on or to regenerate
+    boundaries, and its student and frozen teacher are the tokenizer's encoder."""
     from lightning_modules.sylboost import SylBoostModule
 
     f = release["files"]
     out = tmp_path / "tok.ckpt"
     import_released_sylboost(f["model"], f["kmeans"], f["agglom"], "6.25Hz", out)
-    ckpt = torch.load(out, map_location="cpu", weights_only=True)
-    assert ckpt["released_sylboost"]["rate"] == "6.25Hz"  # provenance, outside the module's arguments
-    module = SylBoostModule.load_from_checkpoint(out, map_location="cpu").eval()
+    recorded = Tokenizer.from_pretrained(out)
+    assert recorded.meta["released_sylboost"]["rate"] == "6.25Hz"  # provenance, in the checkpoint's meta
+    module = SylBoostModule(init_from=str(out), feature_layer=recorded.encoder.layer,
+                            segmenter={**recorded.segmenter.config.to_dict(), "delta": recorded.delta}).eval()
     seg = module.boundary_segmenter()
     assert seg.config.mode == "delta" and seg.delta == 0.0028 and not seg.config.vad_trim
     assert (seg.config.min_len, seg.config.max_len, seg.config.max_rate) == (3, 35, 0.2)
     assert not module.student.normalize_waveform and module.hparams.freeze_cnn is False
-    tok = Tokenizer.from_checkpoint(out)
+    assert module.hparams.encoder == recorded.encoder.spec()  # what a SylBoost checkpoint of it will record
+    tok = recorded
     wave = torch.from_numpy(sf.read(release["audio"], dtype="float32")[0])
     batch = {"ids": ["utt"], "waves": wave[None], "lengths": torch.tensor([len(wave)]),
              "offsets": torch.zeros(1, dtype=torch.float64)}

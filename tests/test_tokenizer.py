@@ -41,7 +41,7 @@ def test_checkpoint_alone_rebuilds_the_tokenizer(tokenizer_ckpt, synth_corpus, t
     lone = tmp_path / "elsewhere" / "tok.ckpt"
     lone.parent.mkdir()
     shutil.copy(tokenizer_ckpt, lone)  # no other file travels with it
-    tok = Tokenizer.from_checkpoint(lone)
+    tok = Tokenizer.from_pretrained(lone)
     assert tok.vocab_size == 12 and tok.quantizer.k == 32
     path = sorted((synth_corpus / "test").rglob("*.flac"))[0]
     segments, units = tok(path)
@@ -63,8 +63,8 @@ def test_long_recordings_in_bounded_groups_give_the_same_units(tokenizer_ckpt, s
     waves = [read_audio(p).numpy() for p in sorted((synth_corpus / "train").rglob("*.flac"))[:6]]
     pause = np.zeros(8000, dtype=np.float32)
     long = np.concatenate([x for w in waves for x in (w, pause)])  # ~20 s with 0.5 s pauses
-    one_group = Tokenizer.from_checkpoint(tokenizer_ckpt, chunk_seconds=4.0, group_seconds=1000.0)
-    per_chunk = Tokenizer.from_checkpoint(tokenizer_ckpt, chunk_seconds=4.0, group_seconds=4.0)
+    one_group = Tokenizer.from_pretrained(tokenizer_ckpt, chunk_seconds=4.0, group_seconds=1000.0)
+    per_chunk = Tokenizer.from_pretrained(tokenizer_ckpt, chunk_seconds=4.0, group_seconds=4.0)
     a, b = one_group(long, sample_rate=16000), per_chunk(long, sample_rate=16000)
     assert len(a[1]) > 10 and np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert a[0][-1, 1] > len(long) / 16000 - 3.0  # the last chunks are in file time, near the end
@@ -76,9 +76,9 @@ def test_quantizer_beside_a_sylboost_checkpoint(sylboost_ckpt, tokenizer_ckpt, t
     state = torch.load(tokenizer_ckpt, weights_only=True)["quantizer"]
     shutil.copy(sylboost_ckpt, tmp_path / "plain.ckpt")  # a SylBoost checkpoint is read as a tokenizer too
     with pytest.raises(FileNotFoundError, match="no quantizer"):
-        Tokenizer.from_checkpoint(tmp_path / "plain.ckpt")
+        Tokenizer.from_pretrained(tmp_path / "plain.ckpt")
     UnitQuantizer(state["centroids"].numpy(), state["agglom"].numpy()).save(tmp_path / "plain.quantizer.npz")
-    assert Tokenizer.from_checkpoint(tmp_path / "plain.ckpt").vocab_size == 12
+    assert Tokenizer.from_pretrained(tmp_path / "plain.ckpt").vocab_size == 12
 
 
 def test_tokenize_command_any_folder_any_rate(tokenizer_ckpt, synth_corpus, tmp_path):
@@ -133,7 +133,7 @@ def test_frame_unit_baseline_at_25hz(synth_corpus, sylboost_ckpt, tmp_path):
     assert main(["quantize", "--checkpoint", str(sylboost_ckpt), "--data", str(synth_corpus / "dev"), "--k", "16",
                  "--k-merged", "0", "--fixed-frames", "2", "--hours", "1", "--out", str(tmp_path / "frames.ckpt"),
                  "--manifest-cache", str(tmp_path / "cache")]) == 0
-    tok = Tokenizer.from_checkpoint(tmp_path / "frames.ckpt")
+    tok = Tokenizer.from_pretrained(tmp_path / "frames.ckpt")
     path = sorted((synth_corpus / "test").rglob("*.flac"))[0]
     segments, units = tok(path, deduplicate=False)
     seconds = len(read_audio(path)) / 16000
@@ -188,7 +188,7 @@ def test_pair_scoring_with_a_tiny_lm(tokenizer_ckpt, tmp_path):
     lm = SpeechLMModule(network=GPTConfig.tiny(vocab_size=12, block_size=256))
     torch.save({"state_dict": lm.state_dict(), "hyper_parameters": dict(lm.hparams),
                 "pytorch-lightning_version": lightning.__version__}, tmp_path / "lm.ckpt")
-    result = score_pairs(str(tmp_path / "lm.ckpt"), Tokenizer.from_checkpoint(tokenizer_ckpt), str(tmp_path / "pairs"))
+    result = score_pairs(str(tmp_path / "lm.ckpt"), Tokenizer.from_pretrained(tokenizer_ckpt), str(tmp_path / "pairs"))
     assert set(result) == {"lexical", "syntactic"}
     for res in result.values():
         assert res["num_pairs"] == 4
@@ -198,4 +198,4 @@ def test_pair_scoring_with_a_tiny_lm(tokenizer_ckpt, tmp_path):
     torch.save({"state_dict": wrong.state_dict(), "hyper_parameters": dict(wrong.hparams),
                 "pytorch-lightning_version": lightning.__version__}, tmp_path / "wrong.ckpt")
     with pytest.raises(ValueError, match="vocabulary"):
-        score_pairs(str(tmp_path / "wrong.ckpt"), Tokenizer.from_checkpoint(tokenizer_ckpt), str(tmp_path / "pairs"))
+        score_pairs(str(tmp_path / "wrong.ckpt"), Tokenizer.from_pretrained(tokenizer_ckpt), str(tmp_path / "pairs"))

@@ -11,9 +11,10 @@ from syllablelm import Tokenizer
 from syllablelm.audio.io import read_audio
 from syllablelm.boundaries.segmenter import Segmenter
 from syllablelm.checkpoints import CheckpointError, describe, load_backbone, load_encoder
-from syllablelm.checkpoints.backbone import TOKENIZER_FORMAT
+from syllablelm.checkpoints.tokenizer_file import FORMAT as TOKENIZER_FORMAT
+from syllablelm.checkpoints.tokenizer_file import KEYS as TOKENIZER_KEYS
+from syllablelm.checkpoints.tokenizer_file import QUANTIZER as QUANTIZER_KEY
 from syllablelm.models.encoder import SpeechEncoder
-from syllablelm.units.tokenizer import QUANTIZER_KEY, TOKENIZER_KEYS
 from tests import sylboost_helpers as H
 
 
@@ -65,7 +66,7 @@ def test_lean_checkpoint_holds_only_what_tokenizing_needs(ckpts):
 
 
 def test_lean_and_todays_format_give_the_same_units(ckpts, synth_corpus):
-    lean, today = Tokenizer.from_checkpoint(ckpts["lean"]), Tokenizer.from_checkpoint(ckpts["today"])
+    lean, today = Tokenizer.from_pretrained(ckpts["lean"]), Tokenizer.from_pretrained(ckpts["today"])
     assert lean.vocab_size == today.vocab_size == 12 and lean.meta["k"] == 32 and today.meta == {}
     files = sorted((synth_corpus / "test").rglob("*.flac"))[:4]
     for dedup in (True, False):
@@ -75,16 +76,16 @@ def test_lean_and_todays_format_give_the_same_units(ckpts, synth_corpus):
 
 def test_a_delta_segmenter_and_fixed_frames_round_trip(ckpts, synth_corpus, tmp_path):
     wave = read_audio(sorted((synth_corpus / "test").rglob("*.flac"))[0])
-    tok = Tokenizer.from_checkpoint(ckpts["today"])
+    tok = Tokenizer.from_pretrained(ckpts["today"])
     tok.segmenter = Segmenter({"delta": 0.37, "quantile": 0.8, "min_len": 2, "max_len": 30})
     meta = tok.save(tmp_path / "delta.ckpt", meta={"note": "round trip"})
-    back = Tokenizer.from_checkpoint(tmp_path / "delta.ckpt")
+    back = Tokenizer.from_pretrained(tmp_path / "delta.ckpt")
     assert meta["note"] == back.meta["note"] == "round trip"
     assert back.delta == 0.37 and back.segmenter.config == tok.segmenter.config
     assert all(np.array_equal(a, b) for a, b in zip(back(wave, 16000), tok(wave, 16000)))
     tok.use_fixed_frames(2)
     tok.save(tmp_path / "frames.ckpt")
-    frames = Tokenizer.from_checkpoint(tmp_path / "frames.ckpt")
+    frames = Tokenizer.from_pretrained(tmp_path / "frames.ckpt")
     assert frames.segmenter.config.fixed_frames == 2 and frames.delta is None
     assert all(np.array_equal(a, b) for a, b in zip(frames(wave, 16000), tok(wave, 16000)))
 
@@ -92,7 +93,7 @@ def test_a_delta_segmenter_and_fixed_frames_round_trip(ckpts, synth_corpus, tmp_
 def test_load_backbone_reads_the_student(ckpts, synth_corpus):
     bb = load_backbone(ckpts["lean"])
     assert bb.format == "tokenizer" and bb.layers == 1 and bb.normalize_waveform is False and bb.teacher is None
-    student = Tokenizer.from_checkpoint(ckpts["full"], require_quantizer=False).encoder
+    student = Tokenizer.from_pretrained(ckpts["full"], require_quantizer=False).encoder
     wave = read_audio(sorted((synth_corpus / "dev").rglob("*.flac"))[0])[None]
     with torch.no_grad():
         ours = SpeechEncoder(bb.encoder, layer=bb.layers, normalize_waveform=bb.normalize_waveform)(wave)[0]
@@ -106,20 +107,20 @@ def test_corrupt_or_foreign_files_name_the_file(ckpts, tmp_path):
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(ckpts["lean"].read_bytes()[:5000])
     with pytest.raises(CheckpointError, match=r"corrupt\.ckpt: not a readable checkpoint"):
-        Tokenizer.from_checkpoint(corrupt)
+        Tokenizer.from_pretrained(corrupt)
     lean = torch.load(ckpts["lean"], weights_only=True)
     torch.save({**lean, "format": "syllablelm.tokenizer/99"}, tmp_path / "future.ckpt")
     with pytest.raises(CheckpointError, match=r"future\.ckpt: checkpoint format 'syllablelm.tokenizer/99'"):
-        Tokenizer.from_checkpoint(tmp_path / "future.ckpt")
+        Tokenizer.from_pretrained(tmp_path / "future.ckpt")
     torch.save({k: v for k, v in lean.items() if k != "quantizer"}, tmp_path / "partial.ckpt")
     with pytest.raises(CheckpointError, match=r"partial\.ckpt: a syllablelm.tokenizer/1 checkpoint without "
                                               r"\['quantizer'\]"):
-        Tokenizer.from_checkpoint(tmp_path / "partial.ckpt")
+        Tokenizer.from_pretrained(tmp_path / "partial.ckpt")
     torch.save({**lean, "encoder_state": {}}, tmp_path / "empty.ckpt")
     with pytest.raises(CheckpointError, match=r"empty\.ckpt: the tokenizer checkpoint's encoder_state"):
         load_backbone(tmp_path / "empty.ckpt")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.ckpt")
     with pytest.raises(CheckpointError, match=r"other\.ckpt: neither a teacher, a SylBoost nor a tokenizer"):
-        Tokenizer.from_checkpoint(tmp_path / "other.ckpt")
+        Tokenizer.from_pretrained(tmp_path / "other.ckpt")
     with pytest.raises(CheckpointError, match=r"teacher\.ckpt: neither a tokenizer nor a SylBoost checkpoint"):
-        Tokenizer.from_checkpoint(H.save_teacher(tmp_path / "teacher.ckpt"))
+        Tokenizer.from_pretrained(H.save_teacher(tmp_path / "teacher.ckpt"))

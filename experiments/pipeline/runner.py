@@ -47,7 +47,7 @@ from pathlib import Path
 
 import yaml
 
-from experiments.pipeline.checks import shared_dirs, validate
+from experiments.arguments import command_parser
 from experiments.pipeline.launch import (
     Launch,
     PipelineError,
@@ -258,10 +258,8 @@ def select(stages: list[Stage], only: list[str] | None, start: str | None) -> li
     return chosen
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="syllablelm pipeline", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n", 2)[2])
+def parser() -> argparse.ArgumentParser:
+    p = command_parser("pipeline", __doc__)
     p.add_argument("--config", required=True, help="a pipeline config (experiments/configs/*/pipeline.yaml)")
     p.add_argument("--dry-run", action="store_true", help="validate configs, paths and formats; train nothing")
     p.add_argument("--only", nargs="+", metavar="STAGE", help="run just these stages (disabled ones included)")
@@ -270,7 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", type=int, help="processes per node with NODE_RANK (1)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a LightningCLI override for every Lightning stage, e.g. --set trainer.accelerator=cpu")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
         return _main(args)
     except PipelineError as e:
@@ -280,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
+    from experiments.pipeline.checks import shared_dirs, validate  # reads audio headers: torch
+
     pipe = load_pipeline(args.config)
     stages = select(pipe.stages, args.only, args.start)
     extra = [f"--{kv}" for kv in args.sets]

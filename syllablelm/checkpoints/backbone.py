@@ -5,16 +5,19 @@
     bb.teacher            # the HuBERT with its masked-prediction head, when the file holds one (LossPred)
     bb.normalize_waveform # whether it was pretrained on normalised audio
 
-Formats (:func:`checkpoint_format` tells them apart from the file alone):
+Formats (:func:`checkpoint_format` tells them apart from the file alone); each has one owner module that names
+its keys, and this module only dispatches to it:
 
-* ``"hf"``: a transformers ``save_pretrained`` folder (HuBERT, WavLM, wav2vec 2.0, data2vec-audio);
-* ``"fairseq-hubert"``: a fairseq HuBERT pretraining ``.pt`` (encoder + head, label offset 4);
-* ``"fairseq-data2vec2"``: a fairseq data2vec 2.0 ``.pt`` (``data2vec_multi``, audio);
-* ``"teacher-ckpt"``: this suite's ``TeacherModule`` checkpoint (hyper-parameter ``network``);
-* ``"sylboost-ckpt"``: this suite's ``SylBoostModule`` checkpoint (its student, cut at the feature layer);
-* ``"tokenizer"``: this suite's lean tokenizer checkpoint (:mod:`syllablelm.units.tokenizer`; the encoder cut at the
-  feature layer).
+* ``"hf"``: a transformers ``save_pretrained`` folder (HuBERT, WavLM, wav2vec 2.0, data2vec-audio) — transformers;
+* ``"fairseq-hubert"``: a fairseq HuBERT pretraining ``.pt`` (encoder + head, label offset 4) —
+  :mod:`.fairseq_hubert`;
+* ``"fairseq-data2vec2"``: a fairseq data2vec 2.0 ``.pt`` (``data2vec_multi``, audio) — :mod:`.fairseq_data2vec2`;
+* ``"teacher-ckpt"``: this suite's ``TeacherModule`` checkpoint — :mod:`.suite`;
+* ``"sylboost-ckpt"``: this suite's ``SylBoostModule`` checkpoint (its student, cut at the feature layer) —
+  :mod:`.suite`;
+* ``"tokenizer"``: this suite's tokenizer checkpoint (the encoder cut at the feature layer) — :mod:`.tokenizer_file`.
 
+A SpeechLM checkpoint of this suite (:mod:`.suite`) is recognised and refused: it holds no speech encoder.
 fairseq files are pickles (trusted files only, :mod:`.fairseq`); this suite's ``.ckpt`` files load with
 ``weights_only=True``.
 """
@@ -24,15 +27,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
+import syllablelm.checkpoints.suite as suite
+import syllablelm.checkpoints.tokenizer_file as tokenizer_file
 from syllablelm.checkpoints.fairseq import CheckpointError
 from syllablelm.models.common import pretrained_normalization
 from syllablelm.models.encoder import SpeechEncoder
-from syllablelm.models.hubert import HubertTeacher, TeacherConfig
+from syllablelm.models.hubert import HubertTeacher
 
-TOKENIZER_FORMAT = "syllablelm.tokenizer/1"  # the "format" entry of a lean tokenizer checkpoint
 FORMATS = ("hf", "fairseq-hubert", "fairseq-data2vec2", "teacher-ckpt", "sylboost-ckpt", "tokenizer")
 
 
@@ -45,31 +48,13 @@ class Backbone:
     layers: int | None = None  # transformer layers the encoder keeps (cut checkpoints keep only the used ones)
 
 
-def read_suite_checkpoint(path: str | Path) -> dict:
-    """A ``.ckpt`` of this suite as a plain dict (``weights_only``: tensors, containers and strings only)."""
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file: one clear message
-        raise CheckpointError(f"{path}: not a readable checkpoint of this suite ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path}: not a checkpoint of this suite (a {type(ckpt).__name__})")
-    return ckpt
-
-
 def suite_format(ckpt: dict, path) -> str:
-    """``"tokenizer"``, ``"teacher-ckpt"`` or ``"sylboost-ckpt"`` for a dict :func:`read_suite_checkpoint` gave."""
-    if ckpt.get("format") == TOKENIZER_FORMAT:
+    """``"tokenizer"``, ``"teacher-ckpt"``, ``"sylboost-ckpt"`` or ``"speechlm-ckpt"`` for a dict
+    :func:`~syllablelm.checkpoints.suite.read_suite_checkpoint` gave; ``CheckpointError`` naming ``path`` for any
+    other dict."""
+    if tokenizer_file.is_tokenizer_checkpoint(ckpt, path):
         return "tokenizer"
-    if "format" in ckpt:
-        raise CheckpointError(f"{path}: checkpoint format {ckpt['format']!r}; this version reads tokenizer "
-                              f"checkpoints of format {TOKENIZER_FORMAT!r}")
-    hp = ckpt.get("hyper_parameters") or {}
-    if "network" in hp and "state_dict" in ckpt:
-        return "teacher-ckpt"
-    if "encoder" in hp and "state_dict" in ckpt:
-        return "sylboost-ckpt"
-    raise CheckpointError(f"{path}: neither a teacher, a SylBoost nor a tokenizer checkpoint of this suite "
-                          f"(keys {sorted(ckpt)[:10]}, hyper-parameters {sorted(hp)[:10]})")
+    return suite.lightning_format(ckpt, path)
 
 
 def checkpoint_format(path: str | Path) -> str:
@@ -82,45 +67,17 @@ def checkpoint_format(path: str | Path) -> str:
     if not p.is_file():
         raise CheckpointError(f"{p}: no such file or folder")
     if p.suffix == ".ckpt":
-        return suite_format(read_suite_checkpoint(p), p)
+        kind = suite_format(suite.read_suite_checkpoint(p), p)
+        if kind not in FORMATS:
+            raise CheckpointError(f"{p}: a {kind} of this suite holds no speech encoder (a backbone is a teacher, "
+                                  "SylBoost or tokenizer checkpoint, a fairseq .pt or an HF folder)")
+        return kind
     from syllablelm.checkpoints.fairseq_data2vec2 import is_fairseq_data2vec2
 
     try:
         return "fairseq-data2vec2" if is_fairseq_data2vec2(p) else "fairseq-hubert"
     except Exception as e:  # noqa: BLE001 - any unreadable file: one clear message
         raise CheckpointError(f"{p}: not a readable fairseq checkpoint ({type(e).__name__}: {e})") from e
-
-
-def teacher_from_checkpoint(ckpt: dict, path) -> HubertTeacher:
-    """The ``HubertTeacher`` of a ``TeacherModule`` checkpoint dict (its ``teacher.*`` weights)."""
-    teacher = HubertTeacher(TeacherConfig(**ckpt["hyper_parameters"]["network"]))
-    state = {k[len("teacher."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("teacher.")}
-    if not state:
-        raise CheckpointError(f"{path}: no 'teacher.*' weights in the checkpoint")
-    teacher.load_state_dict(state)
-    return teacher
-
-
-def encoder_from_checkpoint(ckpt: dict, path):
-    """The ``SpeechEncoder`` of a SylBoost checkpoint (its student) or of a lean tokenizer checkpoint."""
-
-    if suite_format(ckpt, path) == "tokenizer":
-        if not isinstance(ckpt.get("encoder"), dict) or not isinstance(ckpt.get("encoder_state"), dict):
-            raise CheckpointError(f"{path}: a tokenizer checkpoint without its 'encoder' spec and 'encoder_state'")
-        encoder = SpeechEncoder.from_spec(ckpt["encoder"])
-        try:
-            encoder.load_state_dict(ckpt["encoder_state"])
-        except RuntimeError as e:
-            raise CheckpointError(f"{path}: the tokenizer checkpoint's encoder_state does not fit its encoder spec "
-                                  f"({e})") from e
-        return encoder
-    encoder = SpeechEncoder.from_spec(ckpt["hyper_parameters"]["encoder"])
-    prefix = "student."
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    if not state:
-        raise CheckpointError(f"{path}: no '{prefix}*' weights in the checkpoint")
-    encoder.load_state_dict(state)
-    return encoder
 
 
 def load_backbone(path: str | Path) -> Backbone:
@@ -145,12 +102,15 @@ def load_backbone(path: str | Path) -> Backbone:
         teacher = load_fairseq_hubert(p).eval()
         return Backbone(teacher.encoder, teacher.config.normalize_waveform, kind, teacher,
                         teacher.config.num_hidden_layers)
-    ckpt = read_suite_checkpoint(p)
+    ckpt = suite.read_suite_checkpoint(p)
     if kind == "teacher-ckpt":
-        teacher = teacher_from_checkpoint(ckpt, p).eval()
+        teacher = suite.read_teacher(ckpt, p).eval()
         return Backbone(teacher.encoder, teacher.config.normalize_waveform, kind, teacher,
                         teacher.config.num_hidden_layers)
-    encoder = encoder_from_checkpoint(ckpt, p).eval()
+    if kind == "tokenizer":
+        encoder = tokenizer_file.read_encoder(ckpt, p).eval()
+    else:
+        encoder = suite.read_sylboost_student(ckpt, p).eval()
     return Backbone(encoder.model, encoder.normalize_waveform, kind, layers=encoder.layer)
 
 
@@ -193,31 +153,20 @@ def describe(path: str | Path) -> dict:
                    has_head=False)
         return out
     if kind == "fairseq-hubert":
-        from syllablelm.checkpoints.fairseq import load_fairseq_state
-        from syllablelm.checkpoints.fairseq_hubert import NUM_SPECIAL, hubert_config
+        from syllablelm.checkpoints.fairseq_hubert import describe_fairseq_hubert
 
-        try:
-            state = load_fairseq_state(p)
-        except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"{p}: not a readable fairseq checkpoint ({type(e).__name__}: {e})") from e
-        if not isinstance(state, dict) or "model" not in state:
-            raise CheckpointError(f"{p}: no 'model' state: not a fairseq checkpoint")
-        c, sd = hubert_config(state, p), state["model"]
-        out.update(layers=int(c["encoder_layers"]), hidden=int(c["encoder_embed_dim"]),
-                   normalize=bool(c["normalize"]), has_head="final_proj.weight" in sd,
-                   num_labels=sd["label_embs_concat"].shape[0] - NUM_SPECIAL if "label_embs_concat" in sd else None)
+        out.update(describe_fairseq_hubert(p))
         return out
-    ckpt = read_suite_checkpoint(p)
-    hp = ckpt.get("hyper_parameters") or {}
+    ckpt = suite.read_suite_checkpoint(p)
     if kind == "teacher-ckpt":
-        net = hp["network"]
+        net = suite.teacher_network(ckpt)
         out.update(layers=net.get("num_hidden_layers"), hidden=net.get("hidden_size"),
                    num_labels=net.get("num_labels"), normalize=net.get("normalize_waveform"), has_head=True)
     else:
-        spec = ckpt["encoder"] if kind == "tokenizer" else hp["encoder"]
+        spec = tokenizer_file.encoder_spec(ckpt) if kind == "tokenizer" else suite.sylboost_encoder_spec(ckpt)
         out.update(layers=spec["layer"], normalize=spec["normalize_waveform"], has_head=False,
                    hidden=spec["config"].get("hidden_size", spec["config"].get("embed_dim")))
-    out["hyper_parameters"] = hp
+    out[suite.HYPER_PARAMETERS] = suite.hyper_parameters(ckpt)
     return out
 
 

@@ -1,10 +1,26 @@
 """fairseq data2vec 2.0 (``data2vec_multi``, AUDIO) checkpoints <-> ``Data2Vec2AudioEncoder``, without fairseq.
+The one module that names this format's keys: it reads them (:func:`load_fairseq_data2vec2`,
+:func:`is_fairseq_data2vec2`, :func:`data2vec2_config`; :func:`encoder_from_fairseq_state` for files that carry the
+weights without the config, as the authors' released SylBoost ``.pth``) and writes them
+(:func:`save_fairseq_style_data2vec2`).
 
-Same unpickling as ``load_fairseq_hubert`` (fairseq classes become inert stubs; trusted files only). The model
-config is ``cfg.model`` (Data2VecMultiConfig) with the audio modality in ``cfg.model.modalities.audio``
-(D2vAudioConfig); ``cfg.task.normalize`` says whether the audio was normalised. Pretraining-only weights (EMA
-teacher ``_ema``, decoders, other modalities' encoders) are ignored; any other key the encoder does not use is an
-error naming the file.
+The format (fairseq ``checkpoint_utils.save_state``; a pickle, read with fairseq's classes stubbed out as
+``load_fairseq_hubert`` does — trusted files only):
+
+* ``"cfg"``: a DictConfig; ``cfg.model`` is the Data2VecMultiConfig (``_name`` ``"data2vec_multi"``, which
+  :func:`is_fairseq_data2vec2` looks for; depth, heads, widths, dropouts; ``supported_modality`` AUDIO) with the
+  audio modality in ``cfg.model.modalities.audio`` (D2vAudioConfig: prenet depth, CNN spec, positional
+  convolutions, ALiBi); ``cfg.task.normalize`` says whether the audio was normalised. Absent fields take fairseq's
+  defaults (:data:`_MODEL_DEFAULTS`, :data:`_AUDIO_DEFAULTS`); ``${...}`` interpolations that cannot resolve
+  offline count as absent;
+* ``"model"``: the ``Data2VecMultiModel`` state dict, fairseq key names (:func:`fairseq_key`, this encoder ->
+  fairseq): ``modality_encoders.AUDIO.`` + ``local_encoder.conv_layers.{i}`` (the CNN), ``project_features``,
+  ``relative_positional_encoder``, ``context_encoder.blocks.{i}`` (the prenet blocks) / ``context_encoder.norm``,
+  ``alibi_scale``; then ``blocks.{i}`` (the main blocks) and ``norm`` (pre-LN models). Pretraining-only weights —
+  the EMA teacher ``_ema``, decoders, other modalities' encoders — are ignored; any other key the encoder does
+  not use is an error naming the file;
+* ``"args"`` (None), ``"task_state"``, ``"optimizer_history"``, ``"extra_state"``, ``"last_optimizer_state"``:
+  fairseq's, ignored.
 """
 from __future__ import annotations
 

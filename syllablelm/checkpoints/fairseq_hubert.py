@@ -1,11 +1,32 @@
-"""fairseq HuBERT pretraining checkpoints (with the masked-prediction head) -> ``HubertTeacher``, without fairseq.
+"""fairseq HuBERT pretraining checkpoints (with the masked-prediction head) <-> ``HubertTeacher``, without fairseq.
+The one module that names this format's keys: it reads them (:func:`load_fairseq_hubert`,
+:func:`describe_fairseq_hubert`) and writes them (:func:`save_fairseq_style_checkpoint`: round-trip tests, and a
+way to hand a teacher to fairseq tooling).
 
-Unpickled by :mod:`syllablelm.checkpoints.fairseq` (trusted files only). The fairseq -> ``HubertTeacher`` key
-mapping is the table :data:`KEY_MAP` below (:mod:`.hubert_write` writes through it the other way);
+The format (fairseq ``checkpoint_utils.save_state``; a pickle, read by :mod:`syllablelm.checkpoints.fairseq` with
+fairseq's classes stubbed out — trusted files only):
+
+* ``"model"``: the ``HubertModel`` state dict, fairseq key names (:data:`KEY_MAP`, fairseq -> ``HubertTeacher``):
+  the CNN ``feature_extractor.conv_layers.{i}`` (norm at ``.2`` for ``extractor_mode="default"``, ``.2.1`` for
+  ``"layer_norm"``), ``layer_norm`` / ``post_extract_proj`` (absent when the CNN width is the model width),
+  ``mask_emb``, the weight-normed ``encoder.pos_conv.0`` (``weight_g`` / ``weight_v``), ``encoder.layers.{i}``,
+  ``encoder.layer_norm``, and the head: ``final_proj`` (one chunk per label set when ``untie_final_proj``) and
+  ``label_embs_concat`` (every label set's rows, each set's 4 special symbols first);
+* ``"cfg"`` (fairseq >= 0.10: a DictConfig with ``model`` and ``task`` groups) or ``"args"`` (older: an argparse
+  Namespace): the settings :func:`hubert_config` reads (defaults for absent ones: :data:`_FAIRSEQ_DEFAULTS`);
+  ``task.normalize`` says whether the audio was normalised, ``label_rate`` must be 50;
+* ``"task_state"["dictionaries"]``: one pickled ``fairseq.data.dictionary.Dictionary`` per label set
+  (``symbols``, ``indices``, ``nspecial`` = 4): where each k-means label's row is in ``label_embs_concat``;
+* ``"optimizer_history"``, ``"extra_state"``, ``"last_optimizer_state"``: fairseq's, ignored.
+
 ``CheckpointError`` lists every missing, unexpected or mis-shaped key instead of skipping it.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
+import sys
+import types
 import warnings
 from pathlib import Path
 
@@ -140,3 +161,90 @@ def load_fairseq_hubert(path: str | Path, *, map_location="cpu", label_set: int 
             mapped[target] = value  # fp16 tensors are cast by load_state_dict
     load_strict(teacher, mapped, unexpected, path)
     return teacher
+
+
+def describe_fairseq_hubert(path: str | Path) -> dict:
+    """``{"layers", "hidden", "normalize", "has_head", "num_labels"}`` of a fairseq HuBERT checkpoint, from its
+    config and key names (``num_labels``: rows of ``label_embs_concat`` less the 4 specials; None without a
+    head). ``CheckpointError`` names the file when it is unreadable or not a fairseq checkpoint."""
+    try:
+        state = load_fairseq_state(path)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a readable fairseq checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path}: no 'model' state: not a fairseq checkpoint")
+    c, sd = hubert_config(state, path), state["model"]
+    return {"layers": int(c["encoder_layers"]), "hidden": int(c["encoder_embed_dim"]),
+            "normalize": bool(c["normalize"]), "has_head": "final_proj.weight" in sd,
+            "num_labels": sd["label_embs_concat"].shape[0] - NUM_SPECIAL if "label_embs_concat" in sd else None}
+
+
+# ---- writing ------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _fake_fairseq_dictionary_module():
+    """``fairseq.data.dictionary.Dictionary`` importable just long enough to pickle a Dictionary-shaped object."""
+    names = ("fairseq", "fairseq.data", "fairseq.data.dictionary")
+    saved = {n: sys.modules.get(n) for n in names}
+    mods = {n: types.ModuleType(n) for n in names}
+    mods["fairseq.data.dictionary"].Dictionary = type("Dictionary", (), {"__module__": "fairseq.data.dictionary"})
+    sys.modules.update(mods)
+    try:
+        yield mods["fairseq.data.dictionary"].Dictionary
+    finally:
+        for n, m in saved.items():
+            sys.modules.pop(n) if m is None else sys.modules.__setitem__(n, m)
+
+
+def save_fairseq_style_checkpoint(teacher: HubertTeacher, path: str | Path, *, style: str = "cfg",
+                                  label_rate: int = 50) -> None:
+    """Write ``teacher`` with fairseq HuBERT's key names, shapes, config layout (``style``: "cfg" = DictConfig
+    with model/task groups, "args" = old argparse Namespace) and a pickled ``fairseq.data.dictionary.Dictionary``
+    in ``task_state`` (labels "0".."K-1" after the 4 specials). A teacher without the offset gets 4 random
+    special rows prepended, as fairseq's table has them."""
+    from omegaconf import OmegaConf
+
+    c = teacher.config
+    if c.label_offset not in (0, NUM_SPECIAL):
+        raise ValueError(f"label_offset must be 0 or {NUM_SPECIAL}, got {c.label_offset}")
+    table = [e for e in KEY_MAP if e is not (CONV_NORM_GROUP if c.feat_extract_norm == "layer" else CONV_NORM_LAYER)]
+    sd = {}
+    for key, value in teacher.state_dict().items():
+        target = map_key(key, table, 1, 0)
+        if target is None:
+            raise ValueError(f"no fairseq name for {key}")
+        sd[target] = value.detach().clone()
+    if c.label_offset == 0:
+        specials = torch.rand(NUM_SPECIAL, c.final_dim, generator=torch.Generator().manual_seed(0))
+        sd["label_embs_concat"] = torch.cat([specials, sd["label_embs_concat"]])
+    inv_act = {v: k for k, v in ACTIVATIONS.items()}
+    model = dict(
+        _name="hubert", label_rate=label_rate,
+        extractor_mode="layer_norm" if c.feat_extract_norm == "layer" else "default",
+        encoder_layers=c.num_hidden_layers, encoder_embed_dim=c.hidden_size, encoder_ffn_embed_dim=c.intermediate_size,
+        encoder_attention_heads=c.num_attention_heads, activation_fn=inv_act[c.hidden_act],
+        dropout=c.hidden_dropout, attention_dropout=c.attention_dropout, activation_dropout=c.activation_dropout,
+        encoder_layerdrop=c.layerdrop, dropout_input=c.feat_proj_dropout, final_dim=c.final_dim,
+        untie_final_proj=False, layer_norm_first=c.do_stable_layer_norm, conv_bias=c.conv_bias,
+        conv_feature_layers="[" + ", ".join(f"({d}, {k}, {s})" for d, k, s in
+                                            zip(c.conv_dim, c.conv_kernel, c.conv_stride)) + "]",
+        logit_temp=c.logit_temp, target_glu=False, feature_grad_mult=c.feature_grad_mult, mask_prob=0.8,
+        mask_length=10, conv_pos=c.num_conv_pos_embeddings, conv_pos_groups=c.num_conv_pos_embedding_groups)
+    task = dict(_name="hubert_pretraining", data="", labels=["km"], label_rate=label_rate, sample_rate=16000,
+                normalize=c.normalize_waveform)
+    symbols = ["<s>", "<pad>", "</s>", "<unk>"] + [str(k) for k in range(c.num_labels)]
+    ckpt = {"model": sd, "optimizer_history": [], "extra_state": {}, "last_optimizer_state": None}
+    if style == "cfg":
+        ckpt.update(args=None, cfg=OmegaConf.create({"_name": None, "common": {"seed": 1337}, "model": model,
+                                                     "task": task}))
+    elif style == "args":
+        ckpt["args"] = argparse.Namespace(arch="hubert", task="hubert_pretraining",
+                                          **{k: v for k, v in {**task, **model}.items() if k != "_name"})
+    else:
+        raise ValueError(f"style must be 'cfg' or 'args', got {style!r}")
+    with _fake_fairseq_dictionary_module() as Dictionary:
+        d = Dictionary()
+        d.__dict__.update(bos_word="<s>", unk_word="<unk>", pad_word="<pad>", eos_word="</s>", symbols=symbols,
+                          count=[1] * len(symbols), indices={s: i for i, s in enumerate(symbols)}, bos_index=0,
+                          pad_index=1, eos_index=2, unk_index=3, nspecial=NUM_SPECIAL)
+        ckpt["task_state"] = {"dictionaries": [d]}
+        torch.save(ckpt, str(path))

@@ -1,4 +1,13 @@
-"""k-means models: fairseq ``learn_kmeans.py`` joblib files or ``.npy`` centroids, and the nearest-centroid labeler."""
+"""k-means models: fairseq ``learn_kmeans.py`` joblib files or ``.npy`` centroids, and the nearest-centroid labeler.
+The one module that reads and writes k-means centroid files.
+
+Formats:
+
+* ``.npy``: one (K, D) array of centroids (float32 when written here; read as float32), no pickle
+  (:func:`save_kmeans_centroids` / :func:`load_kmeans_centroids`);
+* anything else: fairseq ``learn_kmeans.py`` output, a joblib-pickled sklearn (MiniBatch)KMeans whose
+  ``cluster_centers_`` are the centroids (read only; a pickle: trusted files only).
+"""
 from __future__ import annotations
 
 import warnings
@@ -7,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from syllablelm.runtime.fileio import atomic_write
 
 
 def load_kmeans_centroids(path: str | Path) -> np.ndarray:  # (K, D) float32
@@ -28,6 +39,17 @@ def load_kmeans_centroids(path: str | Path) -> np.ndarray:  # (K, D) float32
     if centers.ndim != 2:
         raise ValueError(f"{path}: centroids must be (K, D), got shape {centers.shape}")
     return centers
+
+
+def save_kmeans_centroids(path: str | Path, centroids) -> None:
+    """Write (K, D) centroids as a float32 ``.npy`` atomically (what :func:`load_kmeans_centroids` reads back)."""
+    centers = np.asarray(centroids, dtype=np.float32)
+    if centers.ndim != 2:
+        raise ValueError(f"{path}: centroids must be (K, D), got shape {centers.shape}")
+    if Path(path).suffix != ".npy":
+        raise ValueError(f"{path}: k-means centroids are written as .npy")
+    with atomic_write(path, "wb") as f:
+        np.save(f, centers, allow_pickle=False)
 
 
 class KMeansLabeler(nn.Module):

@@ -9,8 +9,9 @@ length-normalised (per token), with ties counting 0.5 (:mod:`syllablelm.evaluati
 Unit variant (:data:`syllablelm.units.quantizer.UNIT_VARIANTS`): ``authors_lm`` (one merged unit per min-cut segment,
 what the authors' LM read) or ``dedup`` (runs of equal units collapsed). ``variant="auto"`` (the default) takes
 the one the LM checkpoint records (the training unit store's, which the SpeechLM stage keeps in its
-checkpoints); a checkpoint without a record falls back to ``deduplicate`` (True: ``dedup``, the earlier
-behaviour). An explicit ``variant`` wins over both.
+checkpoints; the checkpoint is read by :func:`syllablelm.checkpoints.suite.load_speechlm`, its format's owner); a
+checkpoint without a record falls back to ``deduplicate`` (True: ``dedup``, the earlier behaviour). An explicit
+``variant`` wins over both.
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import logging
 
 import torch
 
+from syllablelm.checkpoints.suite import load_speechlm
 from syllablelm.evaluation.pair_sets import evaluate_sets
-from syllablelm.models.gpt import GPT, GPTConfig
 from syllablelm.units.quantizer import check_variant, deduplicates
 
 log = logging.getLogger(__name__)
@@ -51,18 +52,6 @@ def make_score_fn(lm, tokenizer, *, batch_size: int = 16, deduplicate: bool = Tr
         logprob, tokens = lm.log_likelihood(units, batch_size=batch_size)
         return [(float(lp), int(n)) for lp, n in zip(logprob, tokens)]
     return score
-
-
-def load_speechlm(path, device: str | torch.device = "cpu") -> tuple[GPT, str | None]:
-    """The decoder of a SpeechLM-stage checkpoint (read with ``weights_only``, no Lightning) in eval mode, and the
-    unit variant it was trained on (None when the checkpoint predates that record)."""
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    hp = ckpt.get("hyper_parameters") or {}
-    if "network" not in hp or "state_dict" not in ckpt:
-        raise ValueError(f"{path}: not a SpeechLM checkpoint (no network hyper-parameters / state_dict)")
-    lm = GPT(GPTConfig(**hp["network"]))
-    lm.load_state_dict({k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
-    return lm.eval().to(device), ckpt.get("unit_variant")
 
 
 def score_pairs(lm_checkpoint: str, tokenizer, pairs_root: str, *, device: str = "cpu", split: str = "dev",

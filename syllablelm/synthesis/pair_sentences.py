@@ -11,6 +11,8 @@ import numpy as np
 
 from syllablelm.synthesis.plan import load_sentences
 
+SETS = ("lexical", "syntactic", "tsc")  # the pair sets, in the order they are made
+
 # slurs and vulgar words are never spoken, nor a sentence with one (a few shipped sentences have one)
 BLOCKED = frozenset("nigger negro spic jap whore coon shit piss bastard retard queer".split())
 

@@ -46,14 +46,13 @@ from syllablelm.audio.syllabify import consonant_class, is_vowel, strip_stress, 
 from syllablelm.runtime.fileio import write_json, write_text
 from syllablelm.synthesis import espeak as E
 from syllablelm.synthesis.corpus import resample_to_16k, synthesize_utterance
-from syllablelm.synthesis.pair_sentences import BLOCKED, SYNTAX_TYPES, stories, usable_sentences, violate
+from syllablelm.synthesis.pair_sentences import BLOCKED, SETS, SYNTAX_TYPES, stories, usable_sentences, violate
 from syllablelm.synthesis.plan import PITCH, RANGE, RATE_WPM, Speaker, Utterance, load_sentences
 
 HELDOUT_MALE = ("Michael", "Gene", "michel", "Hugo", "Jacky", "Mario")  # no echo/whisper/robot; not in plan.py
 HELDOUT_FEMALE = ("steph", "steph2")
 LANGUAGE = "en-us"  # the dictionary giving the real words' phonemes must be the voices' own
 EDGE_S = 0.2
-SETS = ("lexical", "syntactic", "tsc")
 COLUMNS = {"lexical": ("id", "filename", "voice", "frequency", "word", "phones", "length", "correct"),
            "syntactic": ("id", "filename", "voice", "type", "subtype", "correct", "transcription"),
            "tsc": ("id", "filename", "voice", "correct", "transcription")}

@@ -1,5 +1,12 @@
 """Import the authors' released SylBoost models (8.33 / 6.25 / 5.0 Hz) as this project's tokenizer checkpoints.
 
+The one module that names the release's keys (it reads them; the suite never writes this format). The import
+writes a tokenizer checkpoint through :func:`syllablelm.units.tokenizer.save_tokenizer` (format
+``syllablelm.tokenizer/1``, :mod:`syllablelm.checkpoints.tokenizer_file`), its ``meta`` recording which released
+files it came from under ``"released_sylboost"``. To train on from there, start a SylBoost run from it
+(``SylBoostModule(init_from=<the tokenizer checkpoint>, ...)``: ``load_encoder`` reads a tokenizer's encoder) with
+the tokenizer's segmenter.
+
 The release (AlanBaade/SyllableLM, ``extract_units.py``) is, per rate, three files:
 
 * ``SylBoost_{833,625,500}Hz.pth``: a torch pickle ``{"model_seg": state_dict, ...}``; every key of the state dict
@@ -32,7 +39,6 @@ so import trusted files only (the official release). A warning says when that ha
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import logging
 import os
 import pickle
@@ -40,13 +46,13 @@ from pathlib import Path
 
 import torch
 
+from syllablelm.boundaries.segmenter import Segmenter
 from syllablelm.checkpoints import CheckpointError, load_fairseq_state
 from syllablelm.checkpoints.fairseq_data2vec2 import encoder_from_fairseq_state, fairseq_key
 from syllablelm.models.data2vec2 import Data2Vec2Config
 from syllablelm.models.encoder import SpeechEncoder
-from syllablelm.runtime.fileio import atomic_write
 from syllablelm.units.quantizer import UnitQuantizer
-from syllablelm.units.tokenizer import QUANTIZER_KEY, quantizer_state
+from syllablelm.units.tokenizer import tokenizer_checkpoint, write_tokenizer_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +65,8 @@ RELEASED_SYLBOOST: dict[str, dict[str, float]] = {
 # extract_units.py efficient_extraction defaults: s = 35 (LibriLight), min_hop = 3, THRESHOLD = 1 / 0.10 / 50
 RELEASED_SEGMENTER = {"min_len": 3, "max_len": 35, "max_rate": 0.2}
 RELEASED_FEATURE_LAYER = 11  # out_layer=-2: 4 prenet + 7 of 8 main blocks (module docstring)
-MODEL_KEY, PREFIX = "model_seg", "model."
-RELEASED_KEY = "released_sylboost"  # top-level checkpoint key: which released files the checkpoint came from
+MODEL_KEY, PREFIX = "model_seg", "model."  # the .pth: {MODEL_KEY: {PREFIX + fairseq data2vec 2.0 key: tensor}}
+RELEASED_KEY = "released_sylboost"  # in the tokenizer checkpoint's meta: which released files it came from
 
 # extract_units.py d2v2_config (model + modalities.audio fields this encoder uses); the file stores none.
 RELEASED_ENCODER_CONFIG = Data2Vec2Config(
@@ -73,13 +79,6 @@ RELEASED_ENCODER_CONFIG = Data2Vec2Config(
     prenet_dropout=0.1, layerdrop=0.05, prenet_layerdrop=0.05,
     normalize_waveform=False,  # their inference feeds the raw waveform
 )
-
-
-def _lightning_version() -> str:
-    try:
-        return importlib.metadata.version("lightning")
-    except importlib.metadata.PackageNotFoundError:
-        return "2.6.0"
 
 
 def released_preset(rate: str) -> dict[str, float]:
@@ -120,7 +119,7 @@ def import_released_sylboost(model_pth: str | os.PathLike, kmeans_npy: str | os.
                              agglom_npy: str | os.PathLike, rate: str, out_ckpt: str | os.PathLike | None = None,
                              ) -> dict:
     """Build a tokenizer checkpoint from a released triple (module docstring); write it atomically to
-    ``out_ckpt`` when given and return it (the dict ``Tokenizer.from_checkpoint`` reads).
+    ``out_ckpt`` when given and return it (the dict ``Tokenizer.from_pretrained`` reads).
 
     The encoder holds ``model_seg``'s weights cut after block 11 (block 12 and the pretraining decoder are dropped;
     any other unknown or any missing key is an error naming the file); its tensors keep the file's dtype. The
@@ -131,11 +130,9 @@ def import_released_sylboost(model_pth: str | os.PathLike, kmeans_npy: str | os.
     state = load_released_state(model_pth)
     model = encoder_from_fairseq_state(state, config, model_pth)
     encoder = SpeechEncoder(model, layer=RELEASED_FEATURE_LAYER, normalize_waveform=False)
-    student = {f"model.{k}": v.to(state[fairseq_key(k, config)].dtype)
-               if v.is_floating_point() else v for k, v in encoder.model.state_dict().items()}
-    # SylBoost's frozen teacher starts as a copy of the student: the same tensors, which torch.save stores once
-    weights = {f"{net}.{k}": v for net in ("student", "teacher") for k, v in student.items()}
-    weights["delta"] = torch.tensor(preset["delta"], dtype=torch.float64)
+    # stored in the file's dtype (fp16), not the module's; encoder.model's names follow the wrapper's first dot
+    stored = {k: v.to(state[fairseq_key(k.partition(".")[2], config)].dtype) if v.is_floating_point() else v
+              for k, v in encoder.state_dict().items()}
     try:
         quantizer = UnitQuantizer.from_arrays(kmeans_npy, agglom_npy, standardize=True, pooling="drop_edge",
                                               feature_layer=RELEASED_FEATURE_LAYER)
@@ -144,24 +141,14 @@ def import_released_sylboost(model_pth: str | os.PathLike, kmeans_npy: str | os.
     if quantizer.dim != config.embed_dim:
         raise CheckpointError(f"{kmeans_npy}: centroids of dimension {quantizer.dim}, the encoder gives "
                               f"{config.embed_dim}")
-    segmenter = {"rate_hz": None, "delta": preset["delta"], "calibrate_to_hz": None, "quantile": preset["quantile"],
-                 **RELEASED_SEGMENTER, "vad_trim": False}
-    ckpt = {
-        # SylBoostModule's own arguments only, so that SylBoostModule.load_from_checkpoint rebuilds it (to train on)
-        "hyper_parameters": {
-            "feature_layer": RELEASED_FEATURE_LAYER, "normalize_waveform": False, "freeze_cnn": False,
-            "segmenter": segmenter, "encoder": encoder.spec(),
-        },
-        "state_dict": weights,
-        QUANTIZER_KEY: quantizer_state(quantizer),
-        # what Lightning's load_from_checkpoint reads to migrate a checkpoint (read from metadata: no import)
-        "pytorch-lightning_version": _lightning_version(),
-        RELEASED_KEY: {"rate": preset["rate"], "model": Path(model_pth).name, "kmeans": Path(kmeans_npy).name,
-                       "agglom": Path(agglom_npy).name},
-    }
+    segmenter = Segmenter({"delta": preset["delta"], "quantile": preset["quantile"], **RELEASED_SEGMENTER,
+                           "vad_trim": False})
+    meta = {"command": "import-sylboost",
+            RELEASED_KEY: {"rate": preset["rate"], "model": Path(model_pth).name, "kmeans": Path(kmeans_npy).name,
+                           "agglom": Path(agglom_npy).name}}
+    ckpt = tokenizer_checkpoint(encoder, segmenter, quantizer, meta, encoder_state=stored)
     if out_ckpt is not None:
-        with atomic_write(out_ckpt, "wb") as f:
-            torch.save(ckpt, f)
+        write_tokenizer_checkpoint(out_ckpt, ckpt)
         log.info("imported %s (%s, %d units) -> %s", Path(model_pth).name, preset["rate"], quantizer.k_merged,
                  out_ckpt)
     return ckpt

@@ -1,29 +1,27 @@
 """Audio -> syllable units: SylBoost features, the SSE min-cut, pooling, k-means + Ward lookup, dedup.
 
-    tok = Tokenizer.from_checkpoint("runs/tiny/tokenizer.ckpt")       # what `syllablelm quantize` writes
+    tok = Tokenizer.from_pretrained("runs/tiny/tokenizer.ckpt")      # what `syllablelm quantize` writes
     segments, units = tok("speech.flac")                              # (n, 2) seconds, (n,) int64
     many = tok.batch([wave_a, wave_b], sample_rate=22050)
 
-Framework-free (torch/numpy): checkpoints are read as plain dicts (``weights_only``) and the encoder is rebuilt
-from its spec. The *tokenizer checkpoint* (:func:`save_tokenizer`, format
-:data:`~syllablelm.checkpoints.backbone.TOKENIZER_FORMAT`) holds only what tokenizing needs:
+Framework-free (torch/numpy). One file format: the *tokenizer checkpoint* (format ``syllablelm.tokenizer/1``),
+the student encoder cut at its feature layer, the segmenter and δ, the quantizer and metadata — the one file
+``tokenize`` / ``units`` / ``evaluate`` need. This module reads it (:meth:`Tokenizer.from_pretrained`) and writes
+it (:meth:`Tokenizer.save` / :func:`save_tokenizer`: ``quantize``, ``import-sylboost``, ``convert-tokenizer``);
+its layout, key by key, is documented and named in :mod:`syllablelm.checkpoints.tokenizer_file` (it sits below
+this module because ``load_encoder`` reads a tokenizer's encoder as a backbone too).
 
-* ``"format"``: ``"syllablelm.tokenizer/1"``;
-* ``"encoder"`` / ``"encoder_state"``: the student's :meth:`SpeechEncoder.spec` and state dict, cut at the
-  feature layer (``load_backbone`` reads it as a backbone too);
-* ``"segmenter"`` / ``"delta"``: the :class:`SegmenterConfig` dict and the δ in use (float or None);
-* ``"quantizer"``: :func:`quantizer_state` (k-means centroids, Ward table, pooling);
-* ``"meta"``: feature layer, waveform normalisation, weights fingerprint, k / k_merged, suite version and
-  whatever the writer adds (``quantize``: the source checkpoint and the command's arguments).
-
-:meth:`Tokenizer.from_checkpoint` also reads a SylBoost ``.ckpt`` (its student), with the quantizer stored inside
-under ``"quantizer"`` (older ``quantize`` outputs, the released-model import) or beside it as
-``<checkpoint stem>.quantizer.npz``.
+Older tokenizer files — a SylBoost checkpoint (:mod:`syllablelm.checkpoints.suite`) with the quantizer inside
+(older ``quantize`` and ``import-sylboost`` outputs, a frame-unit cut under ``"tokenizer_segmenter"``), beside it as
+``<stem>.quantizer.npz``, or given as a separate ``.npz`` — have one converter, :func:`convert_tokenizer`
+(``syllablelm convert-tokenizer --in OLD --out NEW``). :meth:`Tokenizer.from_pretrained` still opens them: it
+converts in memory (the same code) and logs a warning naming the command, so the units are the same either way.
+A SylBoost checkpoint without a quantizer opens only with ``require_quantizer=False``: features and boundaries,
+what ``quantize`` starts from.
 """
 from __future__ import annotations
 
-import importlib.metadata
-import json
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -34,64 +32,62 @@ import torch
 from syllablelm.audio.frames import samples_for_frames
 from syllablelm.audio.io import SAMPLE_RATE, pause_chunks, read_audio
 from syllablelm.boundaries.segmenter import Segmenter, SegmenterConfig
-from syllablelm.checkpoints.backbone import (
-    TOKENIZER_FORMAT,
-    encoder_from_checkpoint,
-    read_suite_checkpoint,
-    suite_format,
-)
+from syllablelm.checkpoints import suite, tokenizer_file
 from syllablelm.checkpoints.fairseq import CheckpointError
+from syllablelm.checkpoints.tokenizer_file import QuantizerTables
 from syllablelm.models.encoder import SpeechEncoder
-from syllablelm.runtime.fileio import atomic_write, weights_fingerprint
 from syllablelm.units.quantizer import UnitQuantizer, dedup
 
-QUANTIZER_KEY = "quantizer"
-SEGMENTER_KEY = "tokenizer_segmenter"  # older tokenizer checkpoints (a SylBoost .ckpt): {"fixed_frames": k}
-TOKENIZER_KEYS = ("format", "encoder", "encoder_state", "segmenter", "delta", "quantizer", "meta")
+log = logging.getLogger(__name__)
+
+CONVERT_COMMAND = "syllablelm convert-tokenizer"
+LEGACY_QUANTIZER_SUFFIX = ".quantizer.npz"  # an older file's quantizer beside it: <checkpoint stem>.quantizer.npz
 
 
-def quantizer_state(q: UnitQuantizer) -> dict:
-    """Tensors and a JSON string only: storable in a checkpoint that loads with ``weights_only=True``."""
-    meta = {"standardize": q.standardize, "pooling": q.pooling, "feature_layer": q.feature_layer}
-    return {"centroids": torch.from_numpy(q.centroids), "agglom": torch.from_numpy(q.agglom), "meta": json.dumps(meta)}
+def quantizer_tables(q: UnitQuantizer) -> QuantizerTables:
+    """A quantizer as the tokenizer checkpoint stores it."""
+    return QuantizerTables(torch.from_numpy(q.centroids), torch.from_numpy(q.agglom),
+                           {"standardize": q.standardize, "pooling": q.pooling, "feature_layer": q.feature_layer})
 
 
-def quantizer_from_state(state: dict) -> UnitQuantizer:
-    return UnitQuantizer(state["centroids"].numpy(), state["agglom"].numpy(), **json.loads(state["meta"]))
-
-
-def suite_version() -> str | None:
-    """This suite's installed version (package metadata), None when it is not installed."""
-    try:
-        return importlib.metadata.version("syllablelm")
-    except importlib.metadata.PackageNotFoundError:
-        return None
+def quantizer_from_tables(t: QuantizerTables) -> UnitQuantizer:
+    return UnitQuantizer(t.centroids.numpy(), t.agglom.numpy(), **t.options)
 
 
 def tokenizer_checkpoint(encoder: SpeechEncoder, segmenter: Segmenter, quantizer: UnitQuantizer,
-                         meta: dict | None = None) -> dict:
-    """The tokenizer checkpoint (module docstring) as a dict: containers, tensors and strings only."""
-    info = {"feature_layer": encoder.layer, "normalize_waveform": bool(encoder.normalize_waveform),
-            "weights_fingerprint": weights_fingerprint(encoder), "k": quantizer.k, "k_merged": quantizer.k_merged,
-            "pooling": quantizer.pooling, "suite_version": suite_version(), **(meta or {})}
-    return {
-        "format": TOKENIZER_FORMAT,
-        "encoder": encoder.spec(),
-        "encoder_state": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
-        "segmenter": segmenter.config.to_dict(),
-        "delta": segmenter.delta,
-        QUANTIZER_KEY: quantizer_state(quantizer),
-        "meta": json.loads(json.dumps(info, default=str)),  # plain: loads with weights_only
-    }
+                         meta: dict | None = None, *, encoder_state: dict | None = None) -> dict:
+    """The tokenizer checkpoint as a dict (containers, tensors and strings only). ``meta`` adds to the recorded
+    facts; ``encoder_state`` stores the encoder's weights as given (e.g. in the dtype of a file they came from)
+    instead of its state dict."""
+    return tokenizer_file.tokenizer_checkpoint(encoder, segmenter.config.to_dict(), segmenter.delta,
+                                               quantizer_tables(quantizer), meta, encoder_state=encoder_state)
+
+
+def write_tokenizer_checkpoint(path: str | os.PathLike, ckpt: dict) -> dict:
+    """Write a :func:`tokenizer_checkpoint` dict atomically; returns its ``"meta"``."""
+    return tokenizer_file.write_tokenizer_checkpoint(path, ckpt)
 
 
 def save_tokenizer(path: str | os.PathLike, encoder: SpeechEncoder, segmenter: Segmenter, quantizer: UnitQuantizer,
-                   meta: dict | None = None) -> dict:
+                   meta: dict | None = None, *, encoder_state: dict | None = None) -> dict:
     """Write the tokenizer checkpoint atomically (``meta`` adds to the recorded facts); returns its ``"meta"``."""
-    ckpt = tokenizer_checkpoint(encoder, segmenter, quantizer, meta)
-    with atomic_write(path, "wb") as f:
-        torch.save(ckpt, f)
-    return ckpt["meta"]
+    return write_tokenizer_checkpoint(path, tokenizer_checkpoint(encoder, segmenter, quantizer, meta,
+                                                                 encoder_state=encoder_state))
+
+
+def convert_tokenizer(old: str | os.PathLike, new: str | os.PathLike, *,
+                      quantizer: str | os.PathLike | None = None) -> dict:
+    """The converter of older tokenizer files (module docstring): write ``old`` — a SylBoost checkpoint with its
+    quantizer inside, beside it, or the file ``quantizer`` — as a tokenizer checkpoint ``new`` that gives the same
+    units. The encoder's weights keep their stored dtype. Returns the new file's ``"meta"`` (``"converted_from"``:
+    the old file)."""
+    old = Path(old)
+    ckpt = suite.read_suite_checkpoint(old)
+    if tokenizer_file.is_tokenizer_checkpoint(ckpt, old):
+        raise CheckpointError(f"{old}: already a tokenizer checkpoint ({tokenizer_file.FORMAT}): nothing to convert")
+    tok, state = Tokenizer._from_older_file(ckpt, old, quantizer=quantizer)
+    return save_tokenizer(new, tok.encoder, tok.segmenter, tok._quantizer(), encoder_state=state,
+                          meta={"command": "convert-tokenizer", "converted_from": str(old.resolve())})
 
 
 class Tokenizer:
@@ -104,7 +100,7 @@ class Tokenizer:
         self.device = torch.device(device)
         self.chunk_seconds = chunk_seconds
         self.group_seconds = max(group_seconds, chunk_seconds)
-        self.meta: dict = {}  # a tokenizer checkpoint's "meta" (empty for other sources)
+        self.meta: dict = {}  # a tokenizer checkpoint's "meta" (empty for one made or converted in memory)
 
     @property
     def delta(self) -> float | None:
@@ -116,64 +112,83 @@ class Tokenizer:
         self.segmenter = Segmenter(SegmenterConfig(fixed_frames=frames, min_len=c.min_len, max_len=c.max_len))
 
     def save(self, path: str | os.PathLike, meta: dict | None = None) -> dict:
-        """Write this tokenizer as a tokenizer checkpoint (:func:`save_tokenizer`); returns its ``"meta"``."""
+        """Write this tokenizer as a tokenizer checkpoint (:func:`save_tokenizer`); returns its ``"meta"``
+        (``meta`` adds to the recorded facts)."""
         return save_tokenizer(path, self.encoder, self.segmenter, self._quantizer(), meta)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
                         quantizer: str | os.PathLike | None = None, require_quantizer: bool = True,
-                        **kwargs) -> "Tokenizer":
-        """A tokenizer checkpoint (module docstring), or a SylBoost checkpoint (its student) and its quantizer:
-        the file ``quantizer``, inside the checkpoint or ``<stem>.quantizer.npz`` beside it — in that order of
-        precedence. ``require_quantizer=False`` allows none in a SylBoost checkpoint (features and boundaries
-        only: what ``quantize`` needs). An unreadable file or one of another kind is a ``CheckpointError``
-        (a ``ValueError``) naming the file."""
+                        chunk_seconds: float = 60.0, group_seconds: float = 240.0) -> "Tokenizer":
+        """The tokenizer a file holds — the one way to open one.
+
+        * A tokenizer checkpoint (``syllablelm quantize``, ``import-sylboost``, ``convert-tokenizer``): as written;
+          ``quantizer`` (a ``.npz``) replaces the one inside.
+        * An older tokenizer file (module docstring): converted in memory as :func:`convert_tokenizer` converts it
+          on disk — quantizer from ``quantizer``, else inside the checkpoint, else ``<stem>.quantizer.npz`` beside
+          it — with a warning naming ``syllablelm convert-tokenizer``.
+        * A SylBoost checkpoint and no quantizer anywhere: with ``require_quantizer=False`` a tokenizer without
+          one (features and boundaries: what ``quantize`` needs), else ``FileNotFoundError``.
+
+        An unreadable file or one of another kind is a ``CheckpointError`` (a ``ValueError``) naming the file.
+        ``chunk_seconds`` / ``group_seconds``: see :meth:`batch`."""
         path = Path(path)
-        ckpt = read_suite_checkpoint(path)
-        if suite_format(ckpt, path) == "tokenizer":
-            return cls._from_tokenizer_checkpoint(ckpt, path, device=device, quantizer=quantizer, **kwargs)
-        hp = ckpt.get("hyper_parameters") or {}
-        if "encoder" not in hp or "segmenter" not in hp:
-            raise CheckpointError(f"{path}: neither a tokenizer nor a SylBoost checkpoint (no encoder/segmenter "
-                                  "hyper-parameters)")
-        encoder = encoder_from_checkpoint(ckpt, path)
-        if quantizer is not None:
-            q = UnitQuantizer.load(quantizer)
-        elif QUANTIZER_KEY in ckpt:
-            q = quantizer_from_state(ckpt[QUANTIZER_KEY])
-        elif path.with_suffix(".quantizer.npz").exists():
-            q = UnitQuantizer.load(path.with_suffix(".quantizer.npz"))
-        elif not require_quantizer:
-            q = None
-        else:
-            raise FileNotFoundError(f"{path}: no quantizer inside the checkpoint or beside it "
-                                    f"({path.with_suffix('.quantizer.npz').name}); run `syllablelm quantize`")
-        delta = ckpt["state_dict"].get("delta")
-        tok = cls(encoder, q, hp["segmenter"], delta=None if delta is None else float(delta), device=device, **kwargs)
-        frames = ckpt.get(SEGMENTER_KEY, {}).get("fixed_frames")  # older quantize outputs' frame-unit baselines
-        if frames:
-            tok.use_fixed_frames(frames)
+        ckpt = suite.read_suite_checkpoint(path)
+        opts = {"device": device, "chunk_seconds": chunk_seconds, "group_seconds": group_seconds}
+        if tokenizer_file.is_tokenizer_checkpoint(ckpt, path):
+            f = tokenizer_file.read_tokenizer_checkpoint(ckpt, path)
+            try:
+                q = quantizer_from_tables(f.quantizer)
+                segmenter = Segmenter(f.segmenter, delta=f.delta)
+            except (KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"{path}: unreadable quantizer or segmenter in the tokenizer checkpoint "
+                                      f"({type(e).__name__}: {e})") from e
+            if quantizer is not None:  # an explicit file replaces the one inside
+                q = UnitQuantizer.load(quantizer)
+            tok = cls(f.encoder, q, segmenter, **opts)
+            tok.meta = f.meta
+            return tok
+        tok, _ = cls._from_older_file(ckpt, path, quantizer=quantizer, require_quantizer=require_quantizer, **opts)
+        if tok.quantizer is not None:
+            log.warning("%s is an older tokenizer file (a SylBoost checkpoint and its quantizer), converted in "
+                        "memory; write it once as a tokenizer checkpoint: %s --in %s --out NEW.ckpt", path,
+                        CONVERT_COMMAND, path)
         return tok
 
     @classmethod
-    def _from_tokenizer_checkpoint(cls, ckpt: dict, path: Path, *, device, quantizer, **kwargs) -> "Tokenizer":
-        missing = [k for k in TOKENIZER_KEYS if k not in ckpt]
-        if missing:
-            raise CheckpointError(f"{path}: a {TOKENIZER_FORMAT} checkpoint without {missing} (damaged or not "
-                                  "written by save_tokenizer)")
-        encoder = encoder_from_checkpoint(ckpt, path)
-        try:
-            q = quantizer_from_state(ckpt[QUANTIZER_KEY])
-            delta = ckpt["delta"]
-            segmenter = Segmenter(ckpt["segmenter"], delta=None if delta is None else float(delta))
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: unreadable quantizer or segmenter in the tokenizer checkpoint "
-                                  f"({type(e).__name__}: {e})") from e
-        if quantizer is not None:  # an explicit file replaces the one inside
+    def from_checkpoint(cls, path: str | os.PathLike, **kwargs) -> "Tokenizer":
+        """The former name of :meth:`from_pretrained` (same arguments)."""
+        return cls.from_pretrained(path, **kwargs)
+
+    @classmethod
+    def _from_older_file(cls, ckpt: dict, path: Path, *, quantizer=None, require_quantizer: bool = True,
+                         **kwargs) -> tuple["Tokenizer", dict]:
+        """The tokenizer an older file (a SylBoost checkpoint dict) describes, and its student's weights as stored:
+        the one reading of older files, which :func:`convert_tokenizer` writes out and :meth:`from_pretrained`
+        uses in memory."""
+        if suite.lightning_format(ckpt, path) != "sylboost-ckpt":
+            raise CheckpointError(f"{path}: neither a tokenizer nor a SylBoost checkpoint (no encoder/segmenter "
+                                  "hyper-parameters)")
+        segmenter, delta = suite.sylboost_segmenter(ckpt, path)
+        encoder = suite.read_sylboost_student(ckpt, path)
+        beside = path.with_suffix(LEGACY_QUANTIZER_SUFFIX)
+        inside = tokenizer_file.legacy_quantizer(ckpt)
+        if quantizer is not None:
             q = UnitQuantizer.load(quantizer)
-        tok = cls(encoder, q, segmenter, device=device, **kwargs)
-        tok.meta = dict(ckpt["meta"])
-        return tok
+        elif inside is not None:
+            q = quantizer_from_tables(inside)
+        elif beside.exists():
+            q = UnitQuantizer.load(beside)
+        elif not require_quantizer:
+            q = None
+        else:
+            raise FileNotFoundError(f"{path}: no quantizer inside the checkpoint or beside it ({beside.name}); run "
+                                    "`syllablelm quantize`")
+        tok = cls(encoder, q, segmenter, delta=delta, **kwargs)
+        frames = tokenizer_file.legacy_fixed_frames(ckpt)  # older quantize outputs' frame-unit baselines
+        if frames:
+            tok.use_fixed_frames(frames)
+        return tok, suite.sylboost_student_state(ckpt, path)
 
     @property
     def vocab_size(self) -> int:
