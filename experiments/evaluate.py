@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 def evaluate_tokenizer(tok, test, dev, *, batch_size: int = 8) -> dict:
     """``test``/``dev``: ``(waves, refs, labels)``; returns boundary / clustering / token scores."""
     from syllablelm.audio.io import SAMPLE_RATE
-    from syllablelm.evaluation.boundary_metrics import cluster_scores, token_stats
+    from syllablelm.evaluation.cluster_metrics import cluster_scores
     from syllablelm.evaluation.scoring import tuned_scores
+    from syllablelm.evaluation.token_metrics import token_stats
 
     def run(waves):
         out = []

@@ -74,3 +74,19 @@ def test_train_speed_runs_every_stage_and_fused_adamw_trains_the_same(tmp_path):
     table = subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_table.py"), str(tmp_path)], check=True,
                            env=env, capture_output=True, text=True, timeout=60).stdout
     assert "| sylboost step (fused) |" in table and "audio s/s" in table
+
+
+def test_compare_reports_flags_a_changed_score_not_a_timing(tmp_path):
+    before = {"boundaries": {"losspred": {"f1": 0.5}}, "timings": {"losspred": {"seconds": 10.0, "peak_mb": 9}}}
+    runs = []
+    for name, after in (("timing", {**before, "timings": {"losspred": {"seconds": 12.0, "peak_mb": 9}}}),
+                        ("score", {**before, "boundaries": {"losspred": {"f1": 0.51}}}),
+                        ("gone", {"timings": before["timings"]})):
+        (tmp_path / "a.json").write_text(json.dumps(before))
+        (tmp_path / f"{name}.json").write_text(json.dumps(after))
+        script = str(REPO / "benchmarks/compare_reports.py")
+        runs.append(subprocess.run([sys.executable, script, str(tmp_path / "a.json"), str(tmp_path / f"{name}.json")],
+                                   capture_output=True, text=True))
+    assert runs[0].returncode == 0 and "scores: all equal" in runs[0].stdout and "(run) timings" in runs[0].stdout
+    assert runs[1].returncode == 1 and "boundaries/losspred/f1" in runs[1].stdout.splitlines()[-1]
+    assert runs[2].returncode == 1 and "boundaries/losspred/f1" in runs[2].stdout.splitlines()[-1]

@@ -22,7 +22,7 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from syllablelm.evaluation.boundary_metrics import (
+from syllablelm.evaluation.cluster_metrics import (
     CLUSTER_PROTOCOLS,
     DEFAULT_CLUSTER_PROTOCOL,
     ClusterMetric,

@@ -17,17 +17,11 @@ from syllablelm.evaluation.boundary_metrics import (
     SDHUBERT_SHIFTS,
     SYLLABLELM_SHIFTS,
     BoundaryMetric,
-    ClusterMetric,
-    TokenRateMetric,
     boundary_scores,
-    cluster_scores,
-    dedup_ids,
-    match_segments,
-    strip_stress,
-    token_rate,
-    token_stats,
     tune_shift,
 )
+from syllablelm.evaluation.cluster_metrics import ClusterMetric, cluster_scores, match_segments, strip_stress
+from syllablelm.evaluation.token_metrics import TokenRateMetric, dedup_ids, token_rate, token_stats
 
 A = np.array
 

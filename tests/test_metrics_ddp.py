@@ -13,15 +13,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from syllablelm.evaluation.boundary_metrics import (
-    BoundaryMetric,
-    ClusterMetric,
-    TokenRateMetric,
-    boundary_scores,
-    cluster_scores,
-    token_stats,
-    tune_shift,
-)
+from syllablelm.evaluation.boundary_metrics import BoundaryMetric, boundary_scores, tune_shift
+from syllablelm.evaluation.cluster_metrics import ClusterMetric, cluster_scores
+from syllablelm.evaluation.token_metrics import TokenRateMetric, token_stats
 from tests.test_metrics import random_corpus
 
 N_UTTS, SPLIT, SHIFTS_CHECKED = 7, 4, (-0.05, 0.0, 0.02)

@@ -17,8 +17,8 @@ from syllablelm.audio.references import (
     read_references,
     write_references,
 )
-from syllablelm.evaluation.boundary_metrics import boundary_scores, cluster_scores
-from syllablelm.evaluation.cluster_metrics import strip_stress
+from syllablelm.evaluation.boundary_metrics import boundary_scores
+from syllablelm.evaluation.cluster_metrics import cluster_scores, strip_stress
 from tests.conftest import make_librispeech
 
 # "extra abstract", then "this time" (no pause between the two words), then an <unk> (spn) and silences

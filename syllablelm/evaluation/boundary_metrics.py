@@ -1,6 +1,6 @@
 """Boundary metrics (precision / recall / F1 / over-segmentation / R-value) as pure functions and as a
-torchmetrics class; clustering and token-rate metrics live in ``metrics_cluster`` / ``metrics_tokens`` and are
-re-exported here, so ``from syllablelm.evaluation.boundary_metrics import ...`` is the one import path.
+torchmetrics class. Clustering and token-rate metrics have their own modules (:mod:`.cluster_metrics`,
+:mod:`.token_metrics`).
 
 Protocols (docs/algorithms.md, "Evaluation"); inputs are per-utterance ``(n, 2)`` arrays of ``[start, end]``
 seconds, counts are micro-averaged over the corpus:
@@ -36,31 +36,10 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from syllablelm.audio.alignments import segments_array as _segments
-from syllablelm.evaluation.cluster_metrics import (
-    CLUSTER_PROTOCOLS,
-    DEFAULT_CLUSTER_PROTOCOL,
-    ClusterMetric,
-    cluster_pairs,
-    cluster_scores,
-    label_id,
-    match_segments,
-    strip_stress,
-)
-from syllablelm.evaluation.token_metrics import (
-    TokenRateMetric,
-    bitrate,
-    dedup_ids,
-    token_rate,
-    token_stats,
-    unigram_entropy,
-)
 
 __all__ = [
     "PROTOCOLS", "SHIFT_GRIDS", "SYLLABLELM_SHIFTS", "SDHUBERT_SHIFTS", "TOLERANCE_SLACK",
     "boundary_times", "boundary_scores", "boundary_rates", "boundary_counts", "tune_shift", "BoundaryMetric",
-    "CLUSTER_PROTOCOLS", "DEFAULT_CLUSTER_PROTOCOL",
-    "strip_stress", "label_id", "match_segments", "cluster_pairs", "cluster_scores", "ClusterMetric",
-    "dedup_ids", "token_rate", "unigram_entropy", "bitrate", "token_stats", "TokenRateMetric",
 ]
 
 PROTOCOLS = ("syllablelm", "sdhubert")
