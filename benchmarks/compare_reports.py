@@ -12,8 +12,8 @@ import json
 import sys
 
 # leaves that describe the run rather than score it: wall times, memory, attempts, dates, paths
-RUN_KEYS = ("seconds", "peak_mb", "peak_rss", "attempt", "finished", "started", "tokenizer_checkpoint", "workdir", "when",
-            "host", "python", "threads")
+RUN_KEYS = ("seconds", "peak_mb", "peak_rss", "attempt", "finished", "started", "tokenizer_checkpoint", "workdir",
+            "when", "host", "python", "threads")
 
 
 def leaves(x, path=()):

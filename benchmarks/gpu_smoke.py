@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         run_command("quantize", ["--checkpoint", str(work / "runs/sylboost/checkpoints/last.ckpt"), "--data",
                                  splits[1], "--k", "64", "--k-merged", "32", "--hours", "1", "--out", str(tok_path),
                                  "--device", args.device])
-        tok = Tokenizer.from_checkpoint(tok_path, device=args.device)
+        tok = Tokenizer.from_pretrained(tok_path, device=args.device)
         files = list_audio(splits[0])
         tok.batch(files[:2])  # warm-up
         start = time.perf_counter()

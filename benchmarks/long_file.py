@@ -75,7 +75,7 @@ def child(pass_: str, audio: str, tokenizer: str, work: str) -> None:
     if pass_ == "units":
         from syllablelm.units.tokenizer import Tokenizer
 
-        segs, units = Tokenizer.from_checkpoint(tokenizer, chunk_seconds=60.0)(audio)
+        segs, units = Tokenizer.from_pretrained(tokenizer, chunk_seconds=60.0)(audio)
         n = len(units)
     else:
         from experiments.cli import main as cli

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from syllablelm.runtime.fileio import write_json
     from syllablelm.units.tokenizer import Tokenizer
 
-    tok = Tokenizer.from_checkpoint(args.checkpoint, device=args.device)
+    tok = Tokenizer.from_pretrained(args.checkpoint, device=args.device)
     report = {}
     if args.data:
         test = _with_labels(args.data, args.alignments, args.limit, args.manifest_cache)

@@ -223,7 +223,7 @@ def test_tokenize_skips_bad_files_and_writes_the_rest(corpus, tokenizer, tmp_pat
     err = capsys.readouterr().err
     assert "syllablelm: skipped 4 input file(s) (4 by tokenize)" in err
     # the same units as the files alone
-    tok = Tokenizer.from_checkpoint(tokenizer)
+    tok = Tokenizer.from_pretrained(tokenizer)
     segments, units = tok(good[0])
     assert rows[0]["units"] == units.tolist() and np.allclose(rows[0]["segments"], np.round(segments, 4))
 
@@ -287,7 +287,7 @@ def test_units_skips_bad_files_and_lists_them_in_the_version(corpus, tokenizer, 
     assert_problems(recorded("units"), {str(poisoned): "100 NaN"})
     assert "skipped 5 input file(s) (4 by manifest, 1 by units)" in capsys.readouterr().err
     # the same units as a run without the bad file
-    tok = Tokenizer.from_checkpoint(tokenizer)
+    tok = Tokenizer.from_pretrained(tokenizer)
     segments, units = tok(data / "1" / "101" / f"{GOOD[0]}.wav")
     assert np.array_equal(store.load(0)[GOOD[0]][1], units)
 

@@ -69,7 +69,7 @@ def test_tiny_demo_writes_a_report_and_a_working_tokenizer(tiny_demo, tmp_path):
     t = np.arange(3 * 22050) / 22050
     wave = np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t)) * 0.3
     sf.write(tmp_path / "new.wav", wave, 22050)
-    tok = Tokenizer.from_checkpoint(report["tokenizer_checkpoint"])
+    tok = Tokenizer.from_pretrained(report["tokenizer_checkpoint"])
     segments, units = tok(str(tmp_path / "new.wav"))
     assert len(units) == len(segments) > 0 and segments[-1, 1] <= 3.0 + 1e-6
     assert 0 <= units.min() and units.max() < tok.vocab_size

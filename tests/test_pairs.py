@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from experiments.pairs import main as pairs_command
 from syllablelm.evaluation import pair_sets as L
 from syllablelm.synthesis import pair_sentences as S
 from syllablelm.synthesis import pairs as P
@@ -30,7 +31,7 @@ def _gold(root: Path, name: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def miniset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pairs")
-    assert P.main(["--out", str(out), "--num-pairs", str(N), "--seed", "5", "--oov-fraction", "0.34"]) == 0
+    assert pairs_command(["--out", str(out), "--num-pairs", str(N), "--seed", "5", "--oov-fraction", "0.34"]) == 0
     return out
 
 

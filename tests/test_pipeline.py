@@ -311,7 +311,7 @@ def test_the_whole_paper_pipeline_as_two_simulated_nodes(workspace, tmp_path):
 
     units = UnitStore(runs / "librilight/units")
     assert len(list(units.version_dir(0).glob("shard-*-of-00004.npz"))) == 4 and len(units.load(0)) == 3
-    assert Tokenizer.from_checkpoint(runs / "librispeech/tokenizer.ckpt").vocab_size == 8
+    assert Tokenizer.from_pretrained(runs / "librispeech/tokenizer.ckpt").vocab_size == 8
     for stage in ("quantize", "units", "units_dev", "speechlm"):
         assert (runs / f"pipeline_whole/{stage}.done.json").is_file()
     assert (runs / "librilight/speechlm_base/checkpoints/last.ckpt").is_file()

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     systems: dict[str, list] = {}
     for item in args.tokenizer:
         name, ckpt = item.split("=", 1)
-        tok = Tokenizer.from_checkpoint(ckpt)
+        tok = Tokenizer.from_pretrained(ckpt)
         systems[f"tokenizer {name}"] = [s for s, _ in tok.batch([str(refs[u][0]) for u in ids])]
     params = {"cutoff_hz": args.cutoff_hz, "prominence": args.prominence}
     if args.envelope_from is not None:

@@ -156,11 +156,6 @@ class Tokenizer:
         return tok
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, **kwargs) -> "Tokenizer":
-        """The former name of :meth:`from_pretrained` (same arguments)."""
-        return cls.from_pretrained(path, **kwargs)
-
-    @classmethod
     def _from_older_file(cls, ckpt: dict, path: Path, *, quantizer=None, require_quantizer: bool = True,
                          **kwargs) -> tuple["Tokenizer", dict]:
         """The tokenizer an older file (a SylBoost checkpoint dict) describes, and its student's weights as stored:
