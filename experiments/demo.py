@@ -1,6 +1,6 @@
 """``syllablelm demo --workdir DIR``: the whole pipeline on a corpus it synthesises, on a laptop CPU.
 
-    syllablelm demo --workdir runs/demo              # about 9 minutes on 2 cores (docs/results.md)
+    syllablelm demo --workdir runs/demo              # about 8 minutes on 2 cores (docs/results.md)
     syllablelm demo --workdir runs/demo_tiny --tiny  # about 2 minutes: checks that every stage runs (CI)
 
 synth -> labels -> teacher (the shipped tiny teachers, or ``--from-scratch``) -> LossPred -> SylBoost (2 iterations,
