@@ -14,8 +14,8 @@ project's earlier variant, :mod:`syllablelm.models.gpt`). The unit variant of th
 ``dedup``, :mod:`datamodules.unit_store`) is kept in every checkpoint as ``checkpoint["unit_variant"]`` and as
 :attr:`SpeechLMModule.unit_variant` after loading, so pair scoring tokenizes the way the LM was trained.
 
-Paper settings (REFERENCE.md): Adam (0.9, 0.98), eps 1e-6, weight decay 0.01, lr 2e-4; 16k warm-up, 84k hold,
-300k decay to 0.1x (400k updates); bf16 (``Trainer(precision="bf16-mixed")``, no autocast here).
+Paper settings (docs/algorithms.md, the SpeechLM section): Adam (0.9, 0.98), eps 1e-6, weight decay 0.01, lr 2e-4;
+16k warm-up, 84k hold, 300k decay to 0.1x (400k updates); bf16 (``Trainer(precision="bf16-mixed")``, no autocast here).
 """
 from __future__ import annotations
 

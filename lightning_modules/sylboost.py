@@ -44,15 +44,15 @@ class SylBoostModule(pl.LightningModule):
         init_from: the checkpoint both start from (required for a new run; checkpoints of this module rebuild
             from their own hyper-parameters).
         feature_layer: ``hidden_states[feature_layer]`` (HF numbering) for student, target and units: 11 of 12
-            for data2vec 2.0, 10 for HuBERT-Base (REFERENCE.md).
+            for data2vec 2.0, 10 for HuBERT-Base (docs/algorithms.md).
         normalize_waveform: per-utterance input normalisation. False (the authors': their SylBoost feeds raw
             audio to every backbone, normalised-pretrained ones included, and the released δ values assume it);
             None = as the checkpoint was pretrained; True = always.
         freeze_cnn: keep the student's CNN fixed. None (the authors' rule: they freeze the parameters named
             ``feature_extractor``) freezes the CNN of HuBERT-style backbones and trains data2vec 2.0's, whose CNN
             is ``local_encoder`` in fairseq; True / False force it.
-        iterations, epochs_per_iteration: the schedule (paper: 2 x 5 epochs); ``trainer.max_epochs`` must equal
-            their product.
+        iterations, epochs_per_iteration: the schedule (the authors' training script: 2 x 3 epochs; the paper's
+            text says 5); ``trainer.max_epochs`` must equal their product.
         reinit_each_iteration: re-initialise the student from the start checkpoint and restart the optimizer and
             LR schedule at every iteration (paper); False continues training across iterations.
         cache_frozen: keep what cannot change in memory, per crop (utterance, offset, length): the frozen CNN's
