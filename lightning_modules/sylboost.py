@@ -33,8 +33,10 @@ from syllablelm.checkpoints import load_encoder, suite
 from syllablelm.models import common, flops
 from syllablelm.models.data2vec2 import Data2Vec2AudioEncoder
 from syllablelm.models.encoder import D2V2_TYPE, SpeechEncoder
-from syllablelm.models.schedules import linear_warmup_decay
+from syllablelm.models.schedules import bert_warmup_linear, linear_warmup_decay
 from syllablelm.units.quantizer import segment_mean_targets
+
+LR_SCHEDULES = ("linear_warmup_decay", "bert_warmup_linear")  # the first is the default
 
 
 class SylBoostModule(pl.LightningModule):
@@ -51,6 +53,11 @@ class SylBoostModule(pl.LightningModule):
         freeze_cnn: keep the student's CNN fixed. None (the authors' rule: they freeze the parameters named
             ``feature_extractor``) freezes the CNN of HuBERT-style backbones and trains data2vec 2.0's, whose CNN
             is ``local_encoder`` in fairseq; True / False force it.
+        optimizer, warmup, lr_schedule: the optimizer (AdamW by default; the paper configs use the authors' BertAdam,
+            :class:`syllablelm.models.optimizers.BertAdam`) and its learning-rate multiplier per step, ``warmup``
+            the fraction of an iteration's steps spent warming up: ``linear_warmup_decay`` (default; first step
+            ``1 / warmup steps``) or ``bert_warmup_linear`` (the authors' BertAdam schedule: the first update at
+            learning rate 0; :func:`syllablelm.models.schedules.bert_warmup_linear`).
         iterations, epochs_per_iteration: the schedule (the authors' training script: 2 x 3 epochs; the paper's
             text says 5); ``trainer.max_epochs`` must equal their product.
         reinit_each_iteration: re-initialise the student from the start checkpoint and restart the optimizer and
@@ -73,6 +80,7 @@ class SylBoostModule(pl.LightningModule):
         freeze_cnn: bool | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         warmup: float = 0.1,
+        lr_schedule: str = "linear_warmup_decay",
         iterations: int = 2,
         epochs_per_iteration: int = 5,
         reinit_each_iteration: bool = True,
@@ -82,6 +90,8 @@ class SylBoostModule(pl.LightningModule):
         compile_layers: bool = False,
     ):
         super().__init__()
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
         if encoder is not None:  # rebuilding from a checkpoint's hyper-parameters
             self.teacher = SpeechEncoder.from_spec(encoder)
         elif init_from:
@@ -115,7 +125,7 @@ class SylBoostModule(pl.LightningModule):
         self.save_hyperparameters({
             "_class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_from": None,
             "feature_layer": feature_layer, "normalize_waveform": self.teacher.normalize_waveform,
-            "freeze_cnn": freeze_cnn, "warmup": warmup, "iterations": iterations,
+            "freeze_cnn": freeze_cnn, "warmup": warmup, "lr_schedule": lr_schedule, "iterations": iterations,
             "epochs_per_iteration": epochs_per_iteration, "reinit_each_iteration": reinit_each_iteration,
             "cache_frozen": cache_frozen, suite.SYLBOOST_SEGMENTER: seg.to_dict(),
             suite.SYLBOOST_ENCODER: self.teacher.spec()})
@@ -310,5 +320,9 @@ class SylBoostModule(pl.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         if self.hparams.reinit_each_iteration:  # each iteration has its own warm-up and decay
             total = max(1, total // self.hparams.iterations)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_warmup_decay(int(self.hparams.warmup * total), total))
+        if self.hparams.get("lr_schedule", LR_SCHEDULES[0]) == "bert_warmup_linear":  # the authors' (with BertAdam)
+            multiplier = bert_warmup_linear(self.hparams.warmup, total)
+        else:
+            multiplier = linear_warmup_decay(int(self.hparams.warmup * total), total)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, multiplier)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

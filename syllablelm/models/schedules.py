@@ -11,6 +11,28 @@ def linear_warmup_decay(warmup: int, total: int):
     return f
 
 
+def bert_warmup_linear(warmup: float, total: int):
+    """LR multiplier of the authors' SylBoost optimizer (BertAdam's ``warmup_linear`` schedule): with
+    ``x = step / total``, ``x / warmup`` while ``x < warmup``, then ``(1 - x) / (1 - warmup)``, never below 0.
+    Step 0 gives 0 — BertAdam evaluates the schedule before counting the step, so its first update has learning
+    rate 0 (unlike :func:`linear_warmup_decay`, whose first multiplier is ``1 / warmup steps``).
+
+    >>> f = bert_warmup_linear(0.1, 100)
+    >>> f(0), f(5), f(10), round(f(55), 4), f(100), f(120)
+    (0.0, 0.5, 1.0, 0.5, 0.0, 0.0)
+    """
+    if not 0.0 < warmup < 1.0:
+        raise ValueError(f"warmup is a fraction of the steps in (0, 1), got {warmup}")
+    total = max(1, int(total))
+
+    def f(step: int) -> float:
+        x = step / total
+        if x < warmup:
+            return x / warmup
+        return max(0.0, (x - 1.0) / (warmup - 1.0))
+    return f
+
+
 def warmup_hold_decay(warmup: int, hold: int, decay: int, final: float):
     """LR multiplier in three stages (fairseq's ``tri_stage`` scheduler, whose stage names the paper's numbers
     follow): linear 0 -> 1 over ``warmup`` steps, 1 for ``hold`` steps, then geometric decay to ``final`` over
