@@ -19,7 +19,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
@@ -29,12 +28,9 @@ from lightning_modules.skipped_batches import log_skipped, skipped_batch_loss
 from syllablelm.boundaries.losspred import (
     LossPredMatrices,
     LossPredOptions,
-    frame_losses,
-    losspred_cut,
     losspred_flops,
     losspred_matrices,
     losspred_segments,
-    speech_trim,
 )
 from syllablelm.checkpoints import load_teacher, suite
 from syllablelm.models import common, flops
@@ -161,10 +157,6 @@ class TeacherModule(pl.LightningModule):
         waves = [batch["waves"][b, : int(batch["lengths"][b])] for b in range(len(batch["ids"]))]
         return waves, batch["labels"]
 
-    def _trim(self, wave: torch.Tensor) -> tuple[int, int, np.ndarray]:
-        """VAD span on the 20 ms grid ``(first frame, end frame)`` of the wave and its speech regions (s)."""
-        return speech_trim(wave, self.losspred_config.vad)
-
     @torch.no_grad()
     def losspred_matrices(self, batch) -> LossPredMatrices:
         """LossPred matrices C of a batch: ``(matrices, frames per utterance, (first frame, speech regions))``
@@ -173,20 +165,6 @@ class TeacherModule(pl.LightningModule):
         out = losspred_matrices(self.teacher, waves, labels, options=self.losspred_config)
         self.flops_per_batch = losspred_flops(self.teacher, out.lengths, self.losspred_config)
         return out
-
-    @property
-    def losspred_normalize(self) -> bool | None:
-        """``frontend(normalize=...)`` for LossPred (:attr:`LossPredOptions.normalize`)."""
-        return self.losspred_config.normalize
-
-    def losspred_frame_losses(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # (N, T)
-        """LossPred's per-frame cross-entropy of ``labels`` given transformer output ``hidden``, softmax over the
-        rows ``LossPredConfig.softmax_rows`` names."""
-        return frame_losses(self.teacher, hidden, labels, self.losspred_config.softmax_rows)
-
-    def boundaries(self, C: torch.Tensor, first: int, regions: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
-        """Normalized-cut segments of one matrix in seconds of the wave (+ the similarity matrix)."""
-        return losspred_cut(C, first, regions, options=self.losspred_config)
 
     def losspred(self, batch, keep_matrices: int = 0) -> dict:
         """LossPred boundaries for every item of a batch: ``{"ids", "segments": [(n, 2) file seconds],

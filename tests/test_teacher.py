@@ -9,7 +9,7 @@ from datamodules.boundary_store import BoundaryStore
 from datamodules.label_store import LabelStore
 from datamodules.speech import SpeechDataModule
 from lightning_modules.teacher import LossPredConfig, TeacherModule
-from syllablelm.boundaries.losspred import group_span_mask, mask_groups, scatter_group
+from syllablelm.boundaries.losspred import group_span_mask, mask_groups, scatter_group, speech_trim
 from syllablelm.models.hubert import TeacherConfig
 from tests.conftest import REPO, burst_wave
 
@@ -44,7 +44,7 @@ def slow_reference(module: TeacherModule, batch, exact: bool) -> list[torch.Tens
     out = []
     for b in range(len(batch["ids"])):
         wave = batch["waves"][b, : int(batch["lengths"][b])]
-        first, last, _ = module._trim(wave)
+        first, last, _ = speech_trim(wave, module.losspred_config.vad)
         feats, _ = module.teacher.frontend(wave[first * HOP:(last - 1) * HOP + 400][None])
         labels = batch["labels"][b, first:last]
         T = min(feats.shape[1], int((labels >= 0).sum()))
@@ -93,7 +93,7 @@ def test_boundaries_are_in_file_time_and_skip_silent_starts():
     assert set(out["matrices"]) == {0}
     for b, segs in enumerate(out["segments"]):
         wave = batch["waves"][b, : int(batch["lengths"][b])]
-        _, _, regions = module._trim(wave)
+        _, _, regions = speech_trim(wave, module.losspred_config.vad)
         local = segs - float(batch["offsets"][b])
         assert len(segs) >= 1 and np.all(np.diff(local[:, 0]) > 0)
         assert local[0, 0] >= regions[0, 0] - 0.02 and local[-1, 1] <= len(wave) / 16000
