@@ -18,18 +18,19 @@ import torch
 
 from lightning_modules.teacher import LossPredConfig, TeacherModule
 from syllablelm.audio.io import read_audio
-from syllablelm.checkpoints import KMeansLabeler
 from syllablelm.evaluation.boundary_metrics import boundary_scores
 from syllablelm.models.hubert import TeacherConfig
 from syllablelm.synthesis.corpus import synthesize_corpus
 from syllablelm.units.clustering import kmeans
-from syllablelm.units.frame_labels import mfcc_features
+from syllablelm.units.frame_labels import FrameLabeler, mfcc_features
 
 
-def make_batch(paths: list[str], num_labels: int, seed: int) -> dict:
+def make_batch(paths: list[str], num_labels: int, seed: int) -> tuple[dict, FrameLabeler]:
+    """The batch (whole-file labels) and its label model (LossPred labels each VAD-trimmed wave with it)."""
     waves = [read_audio(p) for p in paths]
     feats = [mfcc_features(w) for w in waves]
-    labeler = KMeansLabeler(kmeans(torch.cat(feats).numpy(), num_labels, seed=seed))
+    frame_labeler = FrameLabeler(mfcc_features, kmeans(torch.cat(feats).numpy(), num_labels, seed=seed))
+    labeler = frame_labeler.kmeans
     S = max(len(w) for w in waves)
     F = (S - 400) // 320 + 1
     batch = {"ids": [str(i) for i in range(len(waves))], "waves": torch.zeros(len(waves), S),
@@ -38,7 +39,7 @@ def make_batch(paths: list[str], num_labels: int, seed: int) -> dict:
     for b, (w, f) in enumerate(zip(waves, feats)):
         batch["waves"][b, : len(w)] = w
         batch["labels"][b, : len(f)] = labeler(f)
-    return batch
+    return batch, frame_labeler
 
 
 def run(module: TeacherModule, batch: dict, exact: bool, forward_batch: int) -> tuple[list, float]:
@@ -75,7 +76,7 @@ def main() -> None:
         from datamodules.manifest import list_audio
 
         paths = [str(p) for p in list_audio(f"{tmp}/train")][: args.utterances]
-        batch = make_batch(paths, module.teacher.config.num_labels, args.seed)
+        batch, module.labeler = make_batch(paths, module.teacher.config.num_labels, args.seed)
     seconds = float(batch["lengths"].sum()) / 16000
     frames = [int(n) // 320 for n in batch["lengths"]]
     gap_segs, gap_t = run(module, batch, exact=False, forward_batch=args.forward_batch)

@@ -2,19 +2,34 @@
 
 Same layout and protocol as the boundary store (:mod:`datamodules.shard_store`). An entry is a 1-D int32 array
 with one k-means label per 20 ms frame of the *whole file* (frame ``i`` covers samples ``[320 i, 320 i + 400)``,
-HuBERT's CNN grid), so any crop or VAD trim that starts on the 20 ms grid slices it directly. The manifest's
-``meta`` records ``num_labels`` and how the labels were made.
+HuBERT's CNN grid), so any crop, chunk or VAD trim that starts on the 20 ms grid slices it directly. The manifest's
+``meta`` records ``num_labels`` and the label model that made them (:func:`label_model_meta`: features,
+checkpoint, layer, k-means); :meth:`LabelStore.labeler` rebuilds that model, with which LossPred labels each
+VAD-trimmed wave itself (``losspred.labels: trimmed``, the authors' way; ``whole_file`` slices the stored labels).
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from syllablelm.audio.alignments import SegmentError
 from syllablelm.audio.frames import num_frames
+from syllablelm.units.frame_labels import FrameLabeler
 
 from .shard_store import ShardStore
+
+# the label model as the manifest's meta records it (read back by LabelStore.labeler)
+FEATURES, CHECKPOINT, LAYER, KMEANS = "features", "checkpoint", "layer", "kmeans"
+OWN_KMEANS = "kmeans.npy"  # centroids `syllablelm labels` fitted itself, kept in the version's folder
+
+
+def label_model_meta(features: str, checkpoint: str | None, layer: int | None, kmeans: str) -> dict:
+    """The manifest ``meta`` entries that name the label model (``syllablelm labels`` writes them)."""
+    return {FEATURES: features, CHECKPOINT: None if checkpoint is None else str(checkpoint),
+            LAYER: None if layer is None else int(layer), KMEANS: str(kmeans)}
 
 
 class LabelStore(ShardStore):
@@ -41,3 +56,39 @@ class LabelStore(ShardStore):
 
     def num_labels(self, version: int) -> int:
         return int(self.manifest(version)["meta"]["num_labels"])
+
+    def labeler(self, version: int, device: str = "cpu") -> FrameLabeler:
+        """The label model of ``version`` (its features and k-means, as ``syllablelm labels`` recorded them), as a
+        :class:`~syllablelm.units.frame_labels.FrameLabeler` on ``device``. Recorded relative paths are looked up
+        from here, then from the labelling run's working directory (``meta["cwd"]``); centroids the run fitted
+        itself are also found in the version's folder. A missing file is an error naming the version and file."""
+        meta = self.manifest(version)["meta"]
+        where = f"label version {int(version)} ({self.version_dir(version)})"
+        absent = [k for k in (FEATURES, KMEANS) if not meta.get(k)]
+        if absent:
+            raise ValueError(f"{where}: its manifest does not record the label model ({', '.join(absent)} missing); "
+                             f"relabel with {self.writer_hint(version)}")
+        checkpoint = meta.get(CHECKPOINT)
+        labeler = FrameLabeler.build(
+            meta[FEATURES], self._recorded_file(meta, meta[KMEANS], "k-means", version, own=OWN_KMEANS),
+            checkpoint=None if not checkpoint else self._recorded_file(meta, checkpoint, "checkpoint", version),
+            layer=meta.get(LAYER), device=device)
+        if "num_labels" in meta and labeler.num_labels != int(meta["num_labels"]):
+            raise ValueError(f"{where}: its k-means {meta[KMEANS]} has {labeler.num_labels} centroids but the "
+                             f"version records {meta['num_labels']} labels")
+        return labeler
+
+    def _recorded_file(self, meta: Mapping, recorded: str, what: str, version: int, own: str | None = None) -> Path:
+        path = Path(recorded)
+        candidates = [path]
+        if not path.is_absolute() and meta.get("cwd"):
+            candidates.append(Path(meta["cwd"]) / path)
+        if own is not None and path.name == own:  # the run's own fitted centroids, wherever the store moved
+            candidates.append(self.version_dir(version) / own)
+        for c in candidates:
+            if os.path.exists(c):
+                return c
+        raise FileNotFoundError(
+            f"label version {int(version)} ({self.version_dir(version)}) was made with the {what} {recorded}, "
+            f"which is not there (looked in: {', '.join(str(c) for c in candidates)}); LossPred labels each "
+            "VAD-trimmed wave with it: put it back, or set model.losspred.labels: whole_file")

@@ -10,6 +10,9 @@ their own:
   divide evenly), which DDP training needs to stay in lock-step.
 - :class:`EvalBatchSampler` — no shuffling, no repeats: it batches one rank's own dataset (built from an
   unrepeated contiguous shard, see :func:`syllablelm.runtime.fileio.shard_range`), longest first.
+- :class:`TokenBudgetBatchSampler` — the batches fairseq builds for the authors' SpeechLM (:func:`budget_batch_ends`
+  over the whole split sorted longest first, made once), their order shuffled per epoch and dealt round-robin
+  like :class:`TrainBatchSampler`'s.
 
 Resuming (:mod:`datamodules.resume`): the batches of an epoch are a function of ``(seed, epoch)``, and
 :meth:`EpochBatchSampler.resume` makes the next iterator start at a given batch of a given epoch, so a run restarted
@@ -20,6 +23,7 @@ stands when a checkpoint is saved.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence as SequenceABC
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -44,6 +48,72 @@ def make_batches(order: Sequence[int], seconds: np.ndarray, batch_size: int,
     if current:
         batches.append(current)
     return batches
+
+
+def budget_batch_ends(sizes: Sequence[int], max_tokens: int | None, max_sentences: int | None = None,
+                      multiple: int = 1) -> list[int]:
+    """fairseq's ``batch_by_size`` (``data_utils_fast.batch_by_size_vec`` and the ``data_utils`` wrapper) over items
+    already in batching order with these sizes; returns the end position of each batch (batch ``b`` is positions
+    ``ends[b - 1] .. ends[b] - 1``, the first starting at 0). Restated from its arithmetic:
+
+    - a batch costs ``items x its longest size`` (padded tokens), at most ``max_tokens``, and holds at most
+      ``max_sentences`` items (None: no limit); an item larger than ``max_tokens`` is an error, as in fairseq;
+    - items join the open batch only in groups that leave its count below ``multiple`` or at a multiple of it;
+      items waiting for their group form a *tail*. When the next item would break a limit, the open batch (without
+      the tail) is finished and the tail plus the item open the next one; if the tail with the item alone breaks
+      ``max_tokens``, the tail becomes a batch of its own and the item opens the next one;
+    - at the end the open batch, then any tail, are batches; when ``multiple > 1`` the last batch is dropped unless
+      its count is a multiple of ``multiple`` (fairseq's wrapper).
+
+    >>> budget_batch_ends([5, 5, 5, 4, 4, 3], max_tokens=10)
+    [2, 4, 6]
+    >>> budget_batch_ends([3] * 7, max_tokens=20, multiple=2)   # 6 fit; the 7th alone is dropped
+    [6]
+    """
+    ends: list[int] = []
+    start = commit = 0  # the open batch is [start, commit); the tail [commit, pos)
+    batch_max = tail_max = 0
+    for pos, n in enumerate(sizes.tolist() if isinstance(sizes, np.ndarray) else [int(x) for x in sizes]):
+        if max_tokens is not None and n > max_tokens:
+            raise ValueError(f"item {pos} in batching order has size {n}, more than max_tokens {max_tokens} "
+                             "(fairseq refuses it too)")
+        tail_max = max(tail_max, n)
+        count, longest = pos + 1 - start, max(batch_max, tail_max)
+        over = ((max_sentences is not None and count > max_sentences)
+                or (max_tokens is not None and count * longest > max_tokens))
+        if over:
+            ends.append(commit)  # the open batch is finished without its tail
+            if max_tokens is not None and tail_max * (pos + 1 - commit) > max_tokens:
+                ends.append(pos)  # the tail alone, the item starts afresh
+                start, tail_max = pos, n
+            else:
+                start = commit
+            commit, batch_max, tail_max = pos + 1, tail_max, 0
+        elif count < multiple or count % multiple == 0:
+            commit, batch_max, tail_max = pos + 1, longest, 0
+    total = len(sizes)
+    if total:
+        ends.append(commit)
+        if commit < total:
+            ends.append(total)
+    if multiple > 1 and ends and (ends[-1] - (ends[-2] if len(ends) > 1 else 0)) % multiple:
+        ends.pop()
+    return ends
+
+
+class _Batches(SequenceABC):
+    """Batches as index ranges of one ordering (``order[bounds[b]:bounds[b + 1]]`` for the batch ids ``picked``):
+    millions of utterances need no Python list per batch until a batch is served."""
+
+    def __init__(self, order: np.ndarray, bounds: np.ndarray, picked: np.ndarray):
+        self.order, self.bounds, self.picked = order, bounds, picked
+
+    def __len__(self) -> int:
+        return len(self.picked)
+
+    def __getitem__(self, i):
+        b = int(self.picked[i])
+        return self.order[self.bounds[b]:self.bounds[b + 1]].tolist()
 
 
 class EpochBatchSampler(DistributedSampler):
@@ -144,3 +214,47 @@ class EvalBatchSampler(EpochBatchSampler):
     def _make(self) -> list[list[int]]:
         order = np.argsort(-self.seconds, kind="stable")
         return make_batches(order, self.seconds, self.batch_size, self.max_batch_seconds)
+
+
+class TokenBudgetBatchSampler(EpochBatchSampler):
+    """The authors' SpeechLM training batches (fairseq ``get_batch_iterator`` with their ``ClusterAlanDataset``).
+
+    Once: items sorted longest first, equal sizes in a seeded random order (their ``ordered_indices``), then cut by
+    :func:`budget_batch_ends` (``max_tokens`` per batch = per rank, ``max_sentences``, ``multiple`` = fairseq's
+    ``required_batch_size_multiple``, 8 unless a config changes it). Each epoch: the batch order is shuffled (seed,
+    epoch) and dealt round-robin, ``batches[rank::world_size]``. Where the count does not divide evenly fairseq gives
+    the short ranks an empty batch (which their collate replaces with the dataset's first 64 items); here, as in
+    :class:`TrainBatchSampler`, the epoch's first batches are served again, so every rank steps equally often.
+    """
+
+    def __init__(self, sizes: Sequence[float], *, max_tokens: int | None, max_sentences: int | None = None,
+                 multiple: int = 8, rank: int = 0, world_size: int = 1, seed: int = 0):
+        if max_tokens is None and max_sentences is None:
+            raise ValueError("TokenBudgetBatchSampler needs max_tokens or max_sentences (or both)")
+        if multiple < 1:
+            raise ValueError(f"multiple must be >= 1, got {multiple}")
+        super().__init__(sizes, batch_size=max_sentences or max(1, len(sizes)), max_batch_seconds=None, rank=rank,
+                         world_size=world_size, shuffle=True, seed=seed)
+        self.max_tokens, self.max_sentences, self.multiple = max_tokens, max_sentences, multiple
+        self._fixed: tuple[np.ndarray, np.ndarray] | None = None
+
+    def fixed_batches(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(order, bounds)``: the items in batching order and the batch boundaries in it (the same every epoch)."""
+        if self._fixed is None:
+            sizes = self.seconds.astype(np.int64)
+            ties = np.random.default_rng([self.seed, 0x5EED]).permutation(len(sizes))
+            order = np.lexsort((ties, sizes))[::-1].copy()  # longest first; equal sizes in a seeded random order
+            ends = budget_batch_ends(sizes[order], self.max_tokens, self.max_sentences, self.multiple)
+            if not ends:
+                raise ValueError(f"no training batch: {len(sizes)} items, and fairseq's rule drops a last batch whose "
+                                 f"size is not a multiple of {self.multiple} (lower the multiple or add data)")
+            self._fixed = (order, np.array([0, *ends], dtype=np.int64))
+        return self._fixed
+
+    def _make(self) -> _Batches:
+        order, bounds = self.fixed_batches()
+        n = len(bounds) - 1
+        perm = np.random.default_rng([self.seed, self.epoch]).permutation(n)
+        per_rank = math.ceil(n / self.num_replicas)
+        dealt = np.resize(perm, per_rank * self.num_replicas)  # repeats from the start when short
+        return _Batches(order, bounds, dealt[self.rank::self.num_replicas])

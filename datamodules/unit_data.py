@@ -1,6 +1,8 @@
 """Unit sequences from a unit store (:mod:`datamodules.unit_store`) for the SpeechLM.
 
     dm = UnitsDataModule(unit_dir="runs/tiny/units", val_fraction=0.1, context_length=256, batch_size=16)
+    dm = UnitsDataModule(unit_dir="runs/librilight/units", pack=False, collate="authors", max_tokens=160,
+                         batch_size=None, context_length=161)   # the authors' batches (paper configs)
 
 Sequences. BOS and EOS are one id, ``S = vocab_size`` (:mod:`syllablelm.models.gpt`), so one ``S`` both ends an
 utterance and starts the next: utterances (sorted by id) become the stream ``S u1 .. un S v1 .. vm S ...``.
@@ -10,13 +12,37 @@ A *window* is a slice of ``context_length + 1`` tokens; the model reads ``window
 - ``pack=True`` (default): the stream is cut into windows that overlap by one token (window k starts at
   ``k * context_length``), so every token but the first ``S`` is a target exactly once per epoch and no
   position is wasted on padding; context runs across utterance boundaries (fairseq's ``TokenBlockDataset``).
-- ``pack=False``: one window per utterance, ``S u1 .. un S``. Training crops utterances longer than the context
-  to a random window (seeded by seed, epoch and item: identical on every rank and in any worker); validation
-  splits them into consecutive windows instead, so every token is still scored exactly once.
+- ``pack=False`` (``collate="eos_after_each"``): one window per utterance, ``S u1 .. un S``. Training crops
+  utterances longer than the context to a random window (seeded by seed, epoch and item: identical on every rank
+  and in any worker); validation splits them into consecutive windows instead, so every token is still scored
+  exactly once.
+- ``pack=False, collate="authors"``: training batches as the authors' ``ClusterAlanDataset.collater``
+  (``end_stop=True``) builds them, one utterance per row, no context across utterances. For a batch whose longest
+  utterance has ``N`` units, a row holding ``u1 .. un`` is (:class:`AuthorsUtterances`)::
+
+      input   S   u1 .. un  P .. P          (N + 1 columns; P = -100 mod (V + 1), see below)
+      target  u1 .. un  -100 .. -100  S     (the stop token in the LAST column, whatever n is)
+      padding F   F  .. F   T  .. T         (``padding_mask``: the model hides these keys, as their attention does)
+
+  so a row shorter than the batch is never trained to stop after its last unit: its stop token is predicted at
+  column ``N`` from a padding position. Their padding value -100 indexes their embedding table from the end (row
+  ``V + 1 - 100`` of ``V + 1``), and that is the id written here (``-100 mod (V + 1)``; their code cannot index a
+  table of fewer than 100 rows, which this rule also covers). They collate ``N + 2`` columns and drop the last
+  column's output; here the input stops one column earlier, which changes no logit (causal attention). Batches
+  follow fairseq's token budget (:class:`~datamodules.samplers.TokenBudgetBatchSampler`): ``max_tokens`` per rank
+  counted as ``rows x longest unit count`` (fairseq's ``num_tokens`` is their manifest's size column, here the
+  unit count), whole split sorted longest first, row counts a multiple of ``batch_multiple`` (8) or below it.
+  Utterances longer than ``min(context_length - 1, max_tokens)`` units (fairseq refuses items over
+  ``max_tokens``; the model has ``context_length`` positions) are cut into the fewest consecutive pieces of
+  near-equal length within that limit, each a row of its own (their manifest's utterances, a segmentation in
+  neither repository, all fit the budget). Validation scores each utterance as their collate does for a batch of
+  one (``S u1 .. un S``, the ``pack=False`` windows): the corpus perplexity then depends neither on batching nor on
+  the number of ranks.
 
 Resume: a checkpoint holds the next training batch and a restarted run serves from there (:mod:`datamodules.resume`).
 
-Sharding. Training: :class:`~datamodules.samplers.TrainBatchSampler` over window lengths — the same seeded
+Sharding. Training: :class:`~datamodules.samplers.TrainBatchSampler` over window lengths (or, for
+``collate="authors"``, :class:`~datamodules.samplers.TokenBudgetBatchSampler` over unit counts) — the same seeded
 per-epoch shuffle on every rank, batches dealt round-robin with equal counts per rank (DDP steps in lock-step;
 a few batches repeat when they do not divide evenly). Packed windows all have one length, so its length
 bucketing is a no-op there and only matters for ``pack=False``. Validation: the windows of the whole split are
@@ -47,10 +73,11 @@ from syllablelm.runtime.fileio import shard_range
 
 from .distributed import rank_world, resolve_version
 from .resume import ResumableData, SeededLoader
-from .samplers import EvalBatchSampler, TrainBatchSampler
+from .samplers import EvalBatchSampler, TokenBudgetBatchSampler, TrainBatchSampler
 from .unit_store import UnitStore
 
 log = logging.getLogger(__name__)
+COLLATES = ("eos_after_each", "authors")  # UnitsDataModule.collate; the first is the default
 
 
 def unit_stream(units: Sequence[np.ndarray], sep: int) -> tuple[np.ndarray, np.ndarray]:
@@ -110,6 +137,65 @@ class UnitWindows(Dataset):
                 "position": (int(epoch), int(index[0]) if index else -1)}
 
 
+def authors_pad_id(vocab_size: int) -> int:
+    """The embedding row the authors' model reads at a padding position: their collate pads with -100 and their
+    ``embed_weight[input_tokens]`` indexes from the end, ``-100 mod (vocab_size + 1)``.
+
+    >>> authors_pad_id(8192), authors_pad_id(1024)
+    (8093, 925)
+    """
+    return -100 % (vocab_size + 1)
+
+
+def split_pieces(lengths: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each length ``n`` cut into ``k = max(1, ceil(n / limit))`` consecutive pieces whose lengths differ by at most
+    one (the first ``n mod k`` one longer). Returns ``(owner, offset, length)`` per piece: which input it belongs
+    to, where it starts in it, how long it is.
+
+    >>> split_pieces(np.array([3, 7, 0]), 3)
+    (array([0, 1, 1, 1, 2]), array([0, 0, 3, 5, 0]), array([3, 3, 2, 2, 0]))
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    k = np.maximum(1, -(-lengths // limit))
+    owner = np.repeat(np.arange(len(lengths)), k)
+    j = np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)  # piece number inside its input
+    q, r = lengths[owner] // k[owner], lengths[owner] % k[owner]
+    return owner, j * q + np.minimum(j, r), q + (j < r)
+
+
+class AuthorsUtterances(Dataset):
+    """Training rows of the authors' collate (module docstring): piece ``i`` is the units
+    ``stream[starts[i] : starts[i] + lengths[i]]``. Items are ``(epoch, [piece indices], batch index)`` from the
+    batch sampler; a batch is ``input``, ``target`` and ``padding_mask`` (B, N + 1) each, and its ``position``."""
+
+    def __init__(self, stream: np.ndarray, starts: np.ndarray, lengths: np.ndarray, *, stop_id: int):
+        self.stream, self.starts, self.lengths = stream, np.asarray(starts), np.asarray(lengths)
+        self.stop_id, self.pad_id = stop_id, authors_pad_id(stop_id)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Units per row: what fairseq's ``num_tokens`` counts for the token budget."""
+        return self.lengths.astype(np.float64)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, item: tuple[int, list[int], int]) -> dict:
+        epoch, indices, *index = item
+        n = [int(self.lengths[i]) for i in indices]
+        B, N = len(indices), max(n)
+        inp = torch.full((B, N + 1), self.pad_id, dtype=torch.long)
+        tgt = torch.full((B, N + 1), -100, dtype=torch.long)
+        pad = torch.zeros((B, N + 1), dtype=torch.bool)
+        inp[:, 0], tgt[:, N] = self.stop_id, self.stop_id  # BOS first; the stop token in the last column
+        for b, (i, m) in enumerate(zip(indices, n)):
+            s = int(self.starts[i])
+            u = torch.from_numpy(self.stream[s:s + m].astype(np.int64))
+            inp[b, 1:m + 1], tgt[b, :m], pad[b, m + 1:] = u, u, True
+        return {"input": inp, "target": tgt, "padding_mask": pad,  # (B, N + 1) each
+                "position": (int(epoch), int(index[0]) if index else -1)}
+
+
 class UnitsDataModule(ResumableData, pl.LightningDataModule):
     """Unit sequences for the SpeechLM (module docstring: packing, cropping, sharding).
 
@@ -119,8 +205,18 @@ class UnitsDataModule(ResumableData, pl.LightningDataModule):
         val_unit_dir, val_version: a separate validation store; without one, ``val_fraction`` of the training
             utterances (a seeded random choice, the same on every rank) is held out. Neither: no validation.
         context_length: tokens the model reads per window (at most the model's ``block_size``).
-        batch_size: windows per batch per rank; ``max_batch_tokens`` also caps padded tokens per batch.
-        pack: pack utterances into full windows (True) or one (cropped) window per utterance.
+        batch_size: windows per batch per rank; ``max_batch_tokens`` also caps padded tokens per batch (with
+            ``collate="authors"``, of validation batches only). With
+            ``collate="authors"``: at most this many rows per training batch (fairseq's ``dataset.batch_size``;
+            None, as in the authors' runs: no row limit).
+        pack: pack utterances into full windows (True) or one window per utterance (False).
+        collate: with ``pack=False``, ``"eos_after_each"`` (``S u1 .. un S`` per row, long ones cropped) or
+            ``"authors"`` (their collate and fairseq's token budget; module docstring).
+        max_tokens: ``collate="authors"``: fairseq's ``max_tokens``, per rank and batch, counted as rows x longest
+            unit count (None: rows limited by ``batch_size`` only). Validation batches cap padded tokens with it
+            too unless ``max_batch_tokens`` is given.
+        batch_multiple: ``collate="authors"``: fairseq's ``required_batch_size_multiple`` (8 by default there; the
+            authors' configs leave it).
     """
 
     def __init__(
@@ -132,19 +228,35 @@ class UnitsDataModule(ResumableData, pl.LightningDataModule):
         val_version: int | Literal["latest"] = "latest",
         val_fraction: float = 0.0,
         context_length: int = 1024,
-        batch_size: int = 16,
+        batch_size: int | None = 16,
         max_batch_tokens: int | None = None,
         pack: bool = True,
+        collate: Literal["eos_after_each", "authors"] = "eos_after_each",
+        max_tokens: int | None = None,
+        batch_multiple: int = 8,
         num_workers: int = 2,
         seed: int = 0,
     ):
         super().__init__()
-        if context_length < 1 or batch_size < 1 or not 0.0 <= val_fraction < 1.0:
+        if context_length < 1 or (batch_size is not None and batch_size < 1) or not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"need context_length >= 1, batch_size >= 1, 0 <= val_fraction < 1; got "
                              f"{context_length}, {batch_size}, {val_fraction}")
+        if collate not in COLLATES:
+            raise ValueError(f"collate must be one of {', '.join(COLLATES)}, got {collate!r}")
+        if collate == "authors":
+            if pack:
+                raise ValueError("collate: authors builds one utterance per row (their collate): set pack: false")
+            if context_length < 2 or batch_multiple < 1 or (max_tokens is not None and max_tokens < 1):
+                raise ValueError(f"collate: authors needs context_length >= 2, batch_multiple >= 1, max_tokens >= 1; "
+                                 f"got {context_length}, {batch_multiple}, {max_tokens}")
+            if max_tokens is None and batch_size is None:
+                raise ValueError("collate: authors needs max_tokens (fairseq's token budget) or batch_size")
+        elif max_tokens is not None or batch_size is None:
+            raise ValueError("max_tokens and batch_size: null belong to collate: authors (fairseq's token budget); "
+                             "the other layouts batch by batch_size (and max_batch_tokens)")
         self.save_hyperparameters()
         self.context_length = context_length
-        self.datasets: dict[str, UnitWindows] = {}
+        self.datasets: dict[str, UnitWindows | AuthorsUtterances] = {}
         self.ids: dict[str, list[str]] = {}  # utterances of each split, in stream order
         self._vocab: int | None = None
         self._variant: tuple[str | None] | None = None  # (variant,) once read: None is a valid answer
@@ -211,14 +323,17 @@ class UnitsDataModule(ResumableData, pl.LightningDataModule):
             lo, hi = shard_range(len(full), rank, world)
             self.datasets["val"] = UnitWindows(full.stream, full.starts[lo:hi], full.lengths[lo:hi],
                                                context_length=hp.context_length, pad_id=self._vocab)
-        log.info("units: %d train windows, %d val windows (this rank), vocab %d, %s units",
+        log.info("units: %d train sequences, %d val windows (this rank), vocab %d, %s units",
                  len(self.datasets["train"]), len(self.datasets.get("val", ())), self._vocab, variant or "unrecorded")
 
-    def windows(self, units: dict[str, np.ndarray], *, train: bool) -> UnitWindows:
-        """All windows of a split (utterances sorted by id; see the module docstring)."""
+    def windows(self, units: dict[str, np.ndarray], *, train: bool) -> UnitWindows | AuthorsUtterances:
+        """All windows of a split (utterances sorted by id; see the module docstring); the training rows of
+        ``collate="authors"``."""
         C, sep = self.hparams.context_length, self.vocab_size
         ids = sorted(units)
         stream, starts = unit_stream([units[i] for i in ids], sep)
+        if train and self.hparams.collate == "authors":
+            return self.authors_rows(stream, starts, np.array([len(units[i]) for i in ids], dtype=np.int64))
         if self.hparams.pack:
             w_starts, w_lengths = split_windows(0, len(stream), C)
         else:
@@ -234,6 +349,17 @@ class UnitsDataModule(ResumableData, pl.LightningDataModule):
                 w_lengths = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
         return UnitWindows(stream, w_starts, w_lengths, context_length=C, pad_id=sep, seed=self.hparams.seed)
 
+    def authors_rows(self, stream: np.ndarray, starts: np.ndarray, n_units: np.ndarray) -> AuthorsUtterances:
+        """One row per utterance, or per piece of one longer than ``min(context_length - 1, max_tokens)`` units."""
+        hp = self.hparams
+        limit = hp.context_length - 1 if hp.max_tokens is None else min(hp.context_length - 1, hp.max_tokens)
+        owner, offset, length = split_pieces(n_units, limit)
+        if (split := int((n_units > limit).sum())):
+            log.warning("%d of %d training utterances are longer than %d units (min(context_length - 1, max_tokens)): "
+                        "each is cut into consecutive pieces of near-equal length, %d rows in all", split,
+                        len(n_units), limit, len(owner))
+        return AuthorsUtterances(stream, starts[owner] + 1 + offset, length, stop_id=self.vocab_size)
+
     # ---- loaders ------------------------------------------------------------------------------------------
     def _loader(self, dataset: UnitWindows, sampler, *, training: bool = False) -> DataLoader:
         n = self.hparams.num_workers
@@ -245,13 +371,18 @@ class UnitsDataModule(ResumableData, pl.LightningDataModule):
         hp = self.hparams
         rank, world = self._rank_world()
         ds = self.datasets["train"]
-        return self._loader(ds, self.resumable(TrainBatchSampler(ds.sizes, batch_size=hp.batch_size,
-                                                                 max_batch_seconds=hp.max_batch_tokens, rank=rank,
-                                                                 world_size=world, seed=hp.seed)), training=True)
+        if hp.collate == "authors":
+            sampler = TokenBudgetBatchSampler(ds.sizes, max_tokens=hp.max_tokens, max_sentences=hp.batch_size,
+                                              multiple=hp.batch_multiple, rank=rank, world_size=world, seed=hp.seed)
+        else:
+            sampler = TrainBatchSampler(ds.sizes, batch_size=hp.batch_size, max_batch_seconds=hp.max_batch_tokens,
+                                        rank=rank, world_size=world, seed=hp.seed)
+        return self._loader(ds, self.resumable(sampler), training=True)
 
     def val_dataloader(self) -> DataLoader | list:
         if "val" not in self.datasets:
             return []
-        ds = self.datasets["val"]
-        return self._loader(ds, EvalBatchSampler(ds.sizes, batch_size=self.hparams.batch_size,
-                                                 max_batch_seconds=self.hparams.max_batch_tokens))
+        hp, ds = self.hparams, self.datasets["val"]
+        cap = hp.max_batch_tokens if hp.max_batch_tokens is not None else hp.max_tokens
+        return self._loader(ds, EvalBatchSampler(ds.sizes, batch_size=hp.batch_size or max(1, len(ds)),
+                                                 max_batch_seconds=cap))

@@ -169,7 +169,8 @@ def run_stages(run: Runner, wd: Path, size: Size, args, precision: str, shipped:
                          str(size.kmeans), "--k-merged", str(size.units), "--hours", "1", "--out", str(tokenizer),
                          *cache, *device], done=tokenizer)
     run.run("units", ["units", "--checkpoint", str(tokenizer), "--data", *splits[:2], "--out", str(runs / "units"),
-                      *cache, *device], done=StoreVersion(runs / "units", 0, "units"))
+                      *cache, *device, "--precision", "fp32"],  # as quantize and evaluate, on a GPU too
+            done=StoreVersion(runs / "units", 0, "units"))
     lm_cfg = write_config("speechlm.yaml", wd / "configs" / "speechlm.yaml", wd, lambda c: (
         c["trainer"].update(max_steps=size.lm_steps, enable_progress_bar=True, check_val_every_n_epoch=1,
                             accelerator=args.accelerator),

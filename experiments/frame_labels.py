@@ -1,5 +1,7 @@
 """The work of ``syllablelm labels`` (experiments/labels.py parses its arguments): k-means frame labels for
-masked-prediction training and LossPred, written as a label-store version."""
+masked-prediction training and LossPred (``losspred.labels: whole_file``), written as a label-store version whose
+manifest records the label model (:func:`datamodules.label_store.label_model_meta`) that LossPred's default runs on
+each VAD-trimmed wave."""
 from __future__ import annotations
 
 import logging
@@ -10,26 +12,24 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from datamodules.label_store import LabelStore
+from datamodules.label_store import OWN_KMEANS, LabelStore, label_model_meta
 from datamodules.speech import SpeechDataModule
 from syllablelm.audio.frames import FRAME_SECONDS, num_frames, seconds_to_frames
 from syllablelm.audio.io import SAMPLE_RATE, AudioError, read_audio
-from syllablelm.checkpoints import KMeansLabeler, load_kmeans_centroids
+from syllablelm.checkpoints import load_kmeans_centroids
 from syllablelm.checkpoints.kmeans import save_kmeans_centroids
 from syllablelm.runtime.faults import fault_point
 from syllablelm.runtime.outcome import record_skip
 from syllablelm.units.clustering import kmeans
-from syllablelm.units.frame_labels import HiddenFeatures, mfcc_features
+from syllablelm.units.frame_labels import FrameLabeler, feature_function
 
 log = logging.getLogger(__name__)
 
 
 def _features_fn(args):
-    if args.features == "mfcc":
-        return mfcc_features
-    if not args.checkpoint or args.layer is None:
+    if args.features == "teacher" and (not args.checkpoint or args.layer is None):
         raise SystemExit("--features teacher needs --checkpoint and --layer")
-    return HiddenFeatures(args.checkpoint, args.layer, args.device)
+    return feature_function(args.features, args.checkpoint, args.layer, args.device)
 
 
 def _chunk_features(fn, entry, offset: float, duration: float) -> torch.Tensor:
@@ -42,10 +42,12 @@ def _chunk_features(fn, entry, offset: float, duration: float) -> torch.Tensor:
     return feats[:want]
 
 
-def _file_labels(fn, labeler, entry, chunks: list[tuple[float, float]]) -> np.ndarray:
+def _file_labels(labeler: FrameLabeler, entry, chunks: list[tuple[float, float]]) -> np.ndarray:
     """Labels of a whole file on its 50 Hz grid, chunk by chunk: only one chunk's features exist at a time, so
-    memory does not grow with the file (LibriLight files run to an hour)."""
-    labels = np.concatenate([labeler(_chunk_features(fn, entry, o, d)).numpy() for o, d in chunks])
+    memory does not grow with the file (LibriLight files run to an hour). The same features and k-means as
+    ``labeler`` applied to a wave (what LossPred does to each VAD-trimmed wave), chunk by chunk."""
+    labels = np.concatenate([labeler.kmeans(_chunk_features(labeler.features, entry, o, d)).numpy()
+                             for o, d in chunks])
     return labels[:num_frames(entry.num_samples * SAMPLE_RATE // entry.sample_rate)]
 
 
@@ -85,7 +87,7 @@ def write_labels(args) -> int:
     entries = dm.manifest("predict").entries
     fn = _features_fn(args)
 
-    centroids_path = vdir / "kmeans.npy"
+    centroids_path = vdir / OWN_KMEANS
     if args.kmeans:
         centroids = load_kmeans_centroids(args.kmeans)
     else:
@@ -116,7 +118,7 @@ def write_labels(args) -> int:
             save_kmeans_centroids(centroids_path, centroids)
         _wait_for(centroids_path, "rank 0's k-means centroids", args.wait_timeout)
         centroids = load_kmeans_centroids(centroids_path)
-    labeler = KMeansLabeler(centroids)
+    labeler = FrameLabeler(fn, centroids)
 
     n_shards, todo = store.shards_to_write(args.version, args.rank, args.world_size, args.shards)
     for shard in todo:
@@ -128,15 +130,16 @@ def write_labels(args) -> int:
         with torch.inference_mode():
             for k, spans in tqdm(chunks.items(), desc=f"labels rank {args.rank} shard {shard}", unit="file"):
                 try:
-                    out[ds.entries[k].id] = _file_labels(fn, labeler, ds.entries[k], spans)
+                    out[ds.entries[k].id] = _file_labels(labeler, ds.entries[k], spans)
                 except AudioError as e:  # broke after the manifest was built: left out of the shard
                     _skip(ds.entries[k].path, e.problem, skipped)
         store.write_shard(args.version, shard, n_shards, out, skipped=skipped)
         fault_point("shard.written")  # a crash between shards: the rerun writes only the missing ones
     if args.rank == 0:
+        # the label model (LabelStore.labeler reads it back: LossPred labels each VAD-trimmed wave with it)
+        model = label_model_meta(args.features, args.checkpoint, args.layer, args.kmeans or str(centroids_path))
         manifest = store.finalize_when_complete(args.version, n_shards, timeout=args.wait_timeout, meta={
-            "num_labels": int(len(centroids)), "features": args.features, "checkpoint": args.checkpoint,
-            "layer": args.layer, "kmeans": args.kmeans or str(centroids_path),
+            "num_labels": int(len(centroids)), **model,
             "skipped": dm.manifest("predict").skipped})  # with every shard's own skips
         log.info("label version %d complete: %s (%d files skipped)", args.version, vdir,
                  len(manifest["meta"]["skipped"]))

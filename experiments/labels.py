@@ -6,6 +6,10 @@
     syllablelm labels --data LibriSpeech/train-clean-100 --out runs/labels --version 1 \
         --features teacher --checkpoint hubert_base_ls960.pt --layer 9 --kmeans hubert_base_ls960_L9_km500.bin
 
+The version's manifest records the label model (features, checkpoint, layer, k-means): LossPred runs it again on
+each VAD-trimmed wave (``losspred.labels: trimmed``, as the authors label the trimmed audio), so keep the checkpoint
+and k-means files where they were given (relative paths also resolve from this run's working directory).
+
 Sharded like fairseq's label steps: ``--rank/--world-size`` (default: torchrun's RANK/WORLD_SIZE) pick a
 contiguous shard of the files; a finished shard is not redone (rerun one shard by giving its rank). Ranks meet
 through the filesystem: rank 0 fits k-means first (others wait for ``kmeans.npy``), every rank writes its shard

@@ -16,6 +16,11 @@ and the command line ends with a summary line and exit status 4. The output is w
 complete, or not at all); when no file at all could be tokenized no output is written and the command fails
 (exit status 1).
 
+Run settings: ``--precision`` (the encoder's: default what the tokenizer file records, else fp16 on CUDA as the
+authors' extractor and fp32 on the CPU), ``--chunk-seconds`` (files longer than this are cut at pauses; 0 = each
+file whole, one min-cut over it, as the authors' extractor — memory in its help) and ``--max-segment-frames``
+(the min-cut's longest segment; default the tokenizer's).
+
 The module level imports only the standard library, so ``syllablelm tokenize --help`` answers at once; torch and
 the tokenizer are imported once the arguments are parsed.
 """
@@ -28,7 +33,7 @@ import sys
 from pathlib import Path
 
 from experiments.arguments import DEVICE, UNIT_VARIANTS, command_parser
-from experiments.unit_commands import add_variant, chosen_variant
+from experiments.unit_commands import add_run_options, add_variant, check_run_options, chosen_variant, run_options
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="JSON lines: {path, segments: [[start_s, end_s]], units}")
     p.add_argument("--device", help=DEVICE)
     add_variant(p, DEFAULT_VARIANT)
+    add_run_options(p)
     return p
 
 
@@ -90,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.input and not args.file_list:
         p.error("give audio with --input PATH [PATH ...] and/or --file-list PATH")
     variant = chosen_variant(p, args, DEFAULT_VARIANT)
+    check_run_options(p, args)
     missing = [x for x in args.input if not os.path.exists(x)]
     if missing:
         print(f"{p.prog}: no such file or folder: {', '.join(missing)}", file=sys.stderr)
@@ -110,14 +117,18 @@ def main(argv: list[str] | None = None) -> int:
             searched += ("; " if searched else "") + f"file list {args.file_list}"
         print(f"{p.prog}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) under: {searched}", file=sys.stderr)
         return 2
-    return tokenize_files(files, args.checkpoint, args.output, variant, args.device)
+    return tokenize_files(files, args.checkpoint, args.output, variant, args.device, **run_options(args))
 
 
-def tokenize_files(files: list[Path], checkpoint: str, output: str, variant: str, device: str | None) -> int:
+def tokenize_files(files: list[Path], checkpoint: str, output: str, variant: str, device: str | None, *,
+                   precision: str | None = None, chunk_seconds: float | None = 60.0,
+                   max_segment_frames: int | None = None) -> int:
     """Tokenize ``files`` into the JSON lines file ``output``, written atomically (module docstring): a file the
     audio reader refuses is skipped and recorded (``where="tokenize"``); returns 0 when at least one file was
     tokenized (the command line makes it 4 when any was skipped), 1 — with no output written — when none was.
-    Any other error stops the run, names the file and leaves no output (an earlier ``output`` stays as it was)."""
+    Any other error stops the run, names the file and leaves no output (an earlier ``output`` stays as it was).
+    ``precision`` (None: the file's record, else auto), ``chunk_seconds`` (None: whole files) and
+    ``max_segment_frames``: :meth:`Tokenizer.from_pretrained`'s."""
     import contextlib
     import json
 
@@ -134,7 +145,11 @@ def tokenize_files(files: list[Path], checkpoint: str, output: str, variant: str
     deduplicate = deduplicates(variant)
     if not device:
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
-    tok = Tokenizer.from_pretrained(checkpoint, device=device)
+    tok = Tokenizer.from_pretrained(checkpoint, device=device, precision=precision, chunk_seconds=chunk_seconds,
+                                    max_segment_frames=max_segment_frames)
+    log.info("tokenizer %s on %s in %s: segments of %d..%d frames, %s", checkpoint, device, tok.precision,
+             tok.segmenter.config.min_len, tok.segmenter.config.max_len,
+             f"files cut at pauses into chunks of at most {chunk_seconds:g} s" if chunk_seconds else "whole files")
     skipped, written = 0, 0
     with contextlib.ExitStack() as stack:  # the output is opened at the first result: none, no file
         f = None

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from datamodules.manifest import build_manifest
 from datamodules.speech import SpeechDataModule
 from datamodules.unit_store import UnitStore
+from experiments.unit_commands import run_options
 from syllablelm.audio.io import AudioError
 from syllablelm.runtime.faults import fault_point
 from syllablelm.runtime.fileio import weights_fingerprint, write_json, write_npz
@@ -140,7 +141,12 @@ def tokenize_readable(tok: Tokenizer, paths: list[str], deduplicate: bool, skipp
 
 def write_units(args, variant: str) -> int:
     """``syllablelm units`` with parsed arguments and the unit variant chosen."""
-    tok = Tokenizer.from_pretrained(args.checkpoint, device=_device(args.device), chunk_seconds=args.chunk_seconds)
+    tok = Tokenizer.from_pretrained(args.checkpoint, device=_device(args.device), **run_options(args))
+    c = tok.segmenter.config
+    run = {"precision": tok.precision, "max_segment_frames": c.max_len, "chunk_seconds": tok.chunk_seconds}
+    log.info("units: the encoder in %s, segments of %d..%d frames, %s", tok.precision, c.min_len, c.max_len,
+             f"files cut at pauses into chunks of at most {tok.chunk_seconds:g} s" if tok.chunk_seconds
+             else "whole files")
     store = UnitStore(args.out)
     store.claim_variant(args.version, variant)  # a resumed run must not mix variants in one version
     n_shards, todo = store.shards_to_write(args.version, args.rank, args.world_size, args.shards)
@@ -159,7 +165,7 @@ def write_units(args, variant: str) -> int:
     if args.rank == 0:
         manifest = store.finalize_when_complete(args.version, n_shards, timeout=args.wait_timeout, meta={
             "vocab_size": tok.vocab_size, "checkpoint": args.checkpoint, "data": args.data,
-            "variant": variant, "deduplicated": deduplicates(variant),
+            "variant": variant, "deduplicated": deduplicates(variant), "tokenizer_run": run,
             "skipped": dm.manifest("predict").skipped})  # with every shard's own skips
         log.info("unit version %d complete (%s units): %s (%d files skipped)", args.version, variant,
                  store.version_dir(args.version), len(manifest["meta"]["skipped"]))

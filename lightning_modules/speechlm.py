@@ -15,7 +15,9 @@ project's earlier variant, :mod:`syllablelm.models.gpt`). The unit variant of th
 :attr:`SpeechLMModule.unit_variant` after loading, so pair scoring tokenizes the way the LM was trained.
 
 Paper settings (docs/algorithms.md, the SpeechLM section): Adam (0.9, 0.98), eps 1e-6, weight decay 0.01, lr 2e-4;
-16k warm-up, 84k hold, 300k decay to 0.1x (400k updates); bf16 (``Trainer(precision="bf16-mixed")``, no autocast here).
+the authors' ``linear_tri_stage`` schedule, 16k warm-up from 0, 84k hold, 300k linear decay to 0.1x (400k updates);
+bf16 (``Trainer(precision="bf16-mixed")``, no autocast here). Batches as the authors build them come from
+:class:`datamodules.unit_data.UnitsDataModule` with ``collate: authors`` (their ``padding_mask`` is honoured here).
 """
 from __future__ import annotations
 
@@ -31,9 +33,11 @@ from torchmetrics import SumMetric
 from syllablelm.checkpoints import suite
 from syllablelm.models import common, flops
 from syllablelm.models.gpt import GPT, GPTConfig, at_least_float32
-from syllablelm.models.schedules import warmup_hold_decay
+from syllablelm.models.schedules import linear_tri_stage, warmup_hold_decay
 
 log = logging.getLogger(__name__)
+LR_SCHEDULES = ("linear_tri_stage", "warmup_hold_decay")  # SpeechLMModule.lr_schedule; the first is the default
+
 
 class SpeechLMModule(pl.LightningModule):
     """Unit language model.
@@ -44,7 +48,11 @@ class SpeechLMModule(pl.LightningModule):
             the DataModule). Hyper-parameters saved before ``style`` existed load with the default.
         optimizer: e.g. ``torch.optim.AdamW`` with the paper's arguments (fairseq's "adam" decays weights
             decoupled, i.e. AdamW); weight decay applies to every parameter, as in fairseq.
-        warmup, hold, decay, final_lr_scale: the LR schedule in optimizer steps (:func:`warmup_hold_decay`).
+        warmup, hold, decay, final_lr_scale: the LR schedule's stages in optimizer steps.
+        lr_schedule: ``linear_tri_stage`` (default; the authors' config: linear warm-up from 0, hold, linear decay to
+            ``final_lr_scale``, :func:`syllablelm.models.schedules.linear_tri_stage`) or ``warmup_hold_decay`` (this
+            suite's earlier schedule: geometric decay, the first step already at ``1 / warmup``;
+            :func:`syllablelm.models.schedules.warmup_hold_decay`).
         compile_layers: ``torch.compile`` each transformer layer in place (opt-in: a speed-up on GPUs whose
             kernels round differently from eager ones; not saved with the checkpoint).
     """
@@ -58,9 +66,12 @@ class SpeechLMModule(pl.LightningModule):
         hold: int = 84_000,
         decay: int = 300_000,
         final_lr_scale: float = 0.1,
+        lr_schedule: str = "linear_tri_stage",
         compile_layers: bool = False,
     ):
         super().__init__()
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
         net = GPTConfig(**network) if isinstance(network, dict) else (network or GPTConfig.tiny())
         self.net = GPT(net)
         if compile_layers:
@@ -70,7 +81,7 @@ class SpeechLMModule(pl.LightningModule):
         # `_class_path` lets LightningCLI (--ckpt_path) re-apply these to the config, as its own hook would
         self.save_hyperparameters({"_class_path": f"{type(self).__module__}.{type(self).__qualname__}",
                                    suite.LM_NETWORK: net.to_dict(), "warmup": warmup, "hold": hold, "decay": decay,
-                                   "final_lr_scale": final_lr_scale})
+                                   "final_lr_scale": final_lr_scale, "lr_schedule": lr_schedule})
         # exact corpus perplexity: sums of token NLL and token counts, summed over ranks, divided once.
         # float64: a float32 sum of ~1e8 token losses would lose the digits perplexities are compared on
         self.val_nll = SumMetric().set_dtype(torch.float64)
@@ -104,6 +115,12 @@ class SpeechLMModule(pl.LightningModule):
         checkpoint[suite.UNIT_VARIANT] = self.unit_variant  # a plain str (or None): weights_only loading keeps working
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get(suite.HYPER_PARAMETERS) or {}
+        if "lr_schedule" not in saved and self.hparams.lr_schedule != LR_SCHEDULES[1]:
+            # a run saved before lr_schedule existed resumes on the schedule it started with (Lightning restores
+            # the modules before configure_optimizers runs)
+            log.info("the checkpoint predates lr_schedule: resuming with %s", LR_SCHEDULES[1])
+            self.hparams.lr_schedule = LR_SCHEDULES[1]
         loaded = checkpoint.get(suite.UNIT_VARIANT)  # absent in checkpoints written before it was recorded
         if self.unit_variant is None:
             self.unit_variant = loaded
@@ -129,14 +146,15 @@ class SpeechLMModule(pl.LightningModule):
         """Mean cross-entropy over this rank's target tokens (padding = -100 excluded). DDP averages gradients
         over ranks, so the global loss is the mean of per-rank token means; with packed windows every rank
         holds the same number of tokens per step (bar a padded last window), so that equals the token mean of
-        the global batch."""
+        the global batch. The authors' loss is that same mean of per-GPU means (their model's loss is a token mean,
+        ``sample_size`` 1 per GPU). A batch's ``padding_mask`` (``collate: authors``) hides padded keys."""
         self.flops_per_batch = flops.training(flops.gpt_forward(*batch["input"].shape, self.config))
-        _, loss = self.net(batch["input"], batch["target"])
+        _, loss = self.net(batch["input"], batch["target"], padding_mask=batch.get("padding_mask"))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input"]))
         return loss
 
     def validation_step(self, batch, batch_idx):
-        logits, _ = self.net(batch["input"])
+        logits, _ = self.net(batch["input"], padding_mask=batch.get("padding_mask"))
         target = batch["target"]
         nll = F.cross_entropy(at_least_float32(logits.flatten(0, 1)), target.flatten(), ignore_index=-100,
                               reduction="sum")
@@ -157,6 +175,7 @@ class SpeechLMModule(pl.LightningModule):
     def configure_optimizers(self):
         opt = self.optimizer(self.parameters())
         hp = self.hparams
-        schedule = warmup_hold_decay(hp.warmup, hp.hold, hp.decay, hp.final_lr_scale)
+        shape = linear_tri_stage if hp.lr_schedule == "linear_tri_stage" else warmup_hold_decay
+        schedule = shape(hp.warmup, hp.hold, hp.decay, hp.final_lr_scale)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -5,8 +5,10 @@
 Student and frozen teacher start from the same checkpoint (this project's teacher ``.ckpt``, a fairseq HuBERT
 ``.pt`` or an HF HuBERT / WavLM / data2vec-audio directory), cut after ``feature_layer``. Target: the teacher's
 features mean-pooled over the middle third of each segment of the current boundary version (a pause between
-stored segments is a segment of its own; frames before the first boundary get zero); loss: MSE over non-padded
-frames. ``callbacks.boundary_regeneration.BoundaryRegeneration`` decides when boundaries are regenerated (every
+stored segments is a segment of its own; frames before the first boundary get zero; as the authors, the last
+segment ends at the training crop's end, ``pad_targets``); loss: MSE over non-padded frames. The student keeps the
+checkpoint's layerdrop except data2vec 2.0's main blocks (``student_layerdrop``).
+``callbacks.boundary_regeneration.BoundaryRegeneration`` decides when boundaries are regenerated (every
 ``epochs_per_iteration`` epochs) and calls :meth:`SylBoostModule.start_iteration`; this module decides how, with
 the pure :meth:`extract_boundaries`. The callback uses only the members of
 :class:`datamodules.contracts.RegenerationModule`, which this module implements.
@@ -22,14 +24,15 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.strategies import DDPStrategy
 from torchmetrics import MeanMetric
 
 from datamodules.contracts import SpeechBatch
 from datamodules.dataset import is_empty, item_keys
 from lightning_modules.skipped_batches import log_skipped, skipped_batch_loss
-from syllablelm.audio.frames import seconds_to_frames
+from syllablelm.audio.frames import HOP, SAMPLE_RATE, seconds_to_frames
 from syllablelm.boundaries.segmenter import Segmenter, SegmenterConfig
-from syllablelm.checkpoints import load_encoder, suite
+from syllablelm.checkpoints import load_backbone, suite
 from syllablelm.models import common, flops
 from syllablelm.models.data2vec2 import Data2Vec2AudioEncoder
 from syllablelm.models.encoder import D2V2_TYPE, SpeechEncoder
@@ -37,6 +40,61 @@ from syllablelm.models.schedules import bert_warmup_linear, linear_warmup_decay
 from syllablelm.units.quantizer import segment_mean_targets
 
 LR_SCHEDULES = ("linear_warmup_decay", "bert_warmup_linear")  # the first is the default
+PAD_TARGETS = ("authors", "none")  # where the last segment ends: the crop's end (the default), the clip's end
+STUDENT_LAYERDROP = ("authors", "none")  # the default; or a dict of values
+
+
+def layerdrop_settings(model: torch.nn.Module) -> dict[str, float]:
+    """The layerdrop fields of an encoder network (what :class:`SpeechEncoder` wraps): data2vec 2.0's ``layerdrop``
+    (main blocks, fairseq ``model.layerdrop``) and ``prenet_layerdrop`` (``modalities.audio.prenet_layerdrop``);
+    an HF model's ``layerdrop`` (HuBERT: fairseq's ``encoder_layerdrop``); {} for a model without one."""
+    if isinstance(model, Data2Vec2AudioEncoder):
+        return {"layerdrop": float(model.config.layerdrop), "prenet_layerdrop": float(model.config.prenet_layerdrop)}
+    value = getattr(model.config, "layerdrop", None)
+    return {} if value is None else {"layerdrop": float(value)}
+
+
+def resolve_student_layerdrop(rule: str | dict, pretrained: dict[str, float], data2vec2: bool) -> dict[str, float]:
+    """The student's layerdrop values under ``rule`` (see :class:`SylBoostModule`), from the checkpoint's
+    (``pretrained``, :func:`layerdrop_settings` read before :class:`SpeechEncoder` zeroes them)."""
+    if isinstance(rule, dict):
+        values = {k: float(v) for k, v in rule.items()}
+        if set(values) != set(pretrained) or not all(0.0 <= v <= 1.0 for v in values.values()):
+            raise ValueError(f"student_layerdrop: expected values in [0, 1] for exactly {sorted(pretrained)} "
+                             f"(this backbone's layerdrop fields), got {rule}")
+        return values
+    if rule == "none":
+        return {k: 0.0 for k in pretrained}
+    if rule == "authors":  # their SylBoost zeroes data2vec 2.0's main-block layerdrop only; HuBERT keeps its own
+        return {**pretrained, "layerdrop": 0.0} if data2vec2 else dict(pretrained)
+    raise ValueError(f"student_layerdrop must be one of {', '.join(STUDENT_LAYERDROP)} or a dict of values, "
+                     f"got {rule!r}")
+
+
+def set_layerdrop(model: torch.nn.Module, values: dict[str, float]) -> None:
+    """Write ``values`` into the network's config, which its forward reads at every call (HF encoders share the
+    model's config object; :class:`Data2Vec2AudioEncoder` reads its own)."""
+    for key, value in values.items():
+        setattr(model.config, key, float(value))
+
+
+def active_layerdrop(model: torch.nn.Module) -> dict[str, float]:
+    """The layerdrop fields above 0 that apply to a block the network keeps (a data2vec 2.0 file with
+    ``prenet_depth: 0`` has no prenet block to skip, whatever its ``prenet_layerdrop``)."""
+    values = {k: v for k, v in layerdrop_settings(model).items() if v > 0}
+    if isinstance(model, Data2Vec2AudioEncoder):
+        prenet = min(model.config.prenet_depth, len(model.blocks))
+        if prenet == 0:
+            values.pop("prenet_layerdrop", None)
+        if len(model.blocks) == prenet:
+            values.pop("layerdrop", None)
+    return values
+
+
+def crop_frames(seconds: float | None) -> int | None:
+    """Frames of a crop of ``seconds``, as the authors' loader counts them: ``round(16000 * seconds / 320)``
+    (400 for 8 s; the CNN itself gives 399). None for no crop."""
+    return None if not seconds else round(SAMPLE_RATE * float(seconds) / HOP)
 
 
 class SylBoostModule(pl.LightningModule):
@@ -69,6 +127,18 @@ class SylBoostModule(pl.LightningModule):
             the CNN is most of a tiny model's cost), not for 100 h of LibriSpeech.
         compile_layers: ``torch.compile`` each transformer layer of student and teacher in place (opt-in: a
             speed-up on GPUs whose kernels round differently from eager ones; not saved with the checkpoint).
+        pad_targets: where the last segment of a training crop ends. ``"authors"`` (default): at the crop's end,
+            ``round(data.crop_seconds * 16000 / 320)`` frames (400 for 8 s), as their data loader pads every clip to
+            the crop; a clip shorter than the crop then has a last segment reaching into padding, whose pooling
+            window is averaged over its real frames only, or is zero if it has none (docs/algorithms.md, Stage 2).
+            Validation uses ``data.eval_crop_seconds``; without a crop (or a datamodule) the clip's end. ``"none"``:
+            always at the clip's last real frame.
+        student_layerdrop: ``"authors"`` (default): the student keeps the checkpoint's layerdrop (HuBERT's
+            ``encoder_layerdrop``, data2vec 2.0's ``prenet_layerdrop``) except data2vec 2.0's main-block
+            ``layerdrop``, which is 0, as their SylBoost sets it; ``"none"``: no layerdrop at all; or a dict of
+            values for this backbone's fields (what checkpoints save: the resolved values). Layerdrop > 0 leaves
+            the skipped blocks' parameters unused in a step, so DDP needs ``trainer.strategy:
+            ddp_find_unused_parameters_true`` (checked at setup). The frozen teacher runs in eval mode: none.
     """
 
     def __init__(
@@ -88,24 +158,38 @@ class SylBoostModule(pl.LightningModule):
         segmenter: SegmenterConfig | None = None,
         encoder: dict | None = None,
         compile_layers: bool = False,
+        pad_targets: str = "authors",
+        student_layerdrop: str | dict = "authors",
     ):
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
+        if pad_targets not in PAD_TARGETS:
+            raise ValueError(f"pad_targets must be one of {', '.join(PAD_TARGETS)}, got {pad_targets!r}")
         if encoder is not None:  # rebuilding from a checkpoint's hyper-parameters
             self.teacher = SpeechEncoder.from_spec(encoder)
+            pretrained = layerdrop_settings(self.teacher.model)  # the spec's (zero): checkpoints save the values
         elif init_from:
-            self.teacher = load_encoder(init_from, layer=feature_layer, normalize_waveform=normalize_waveform)
+            backbone = load_backbone(init_from)
+            pretrained = layerdrop_settings(backbone.encoder)  # before SpeechEncoder zeroes them
+            if backbone.layers is not None and feature_layer > backbone.layers:
+                raise ValueError(f"{init_from}: feature layer {feature_layer} asked for, the {backbone.format} file "
+                                 f"keeps {backbone.layers}")
+            normalize = backbone.normalize_waveform if normalize_waveform is None else normalize_waveform
+            self.teacher = SpeechEncoder(backbone.encoder, layer=feature_layer, normalize_waveform=bool(normalize))
         else:
             raise ValueError("SylBoostModule needs init_from (a teacher .ckpt, a fairseq .pt or an HF model dir)")
         self.student = copy.deepcopy(self.teacher)
+        data2vec2 = isinstance(self.teacher.model, Data2Vec2AudioEncoder)
+        layerdrop = resolve_student_layerdrop(student_layerdrop, pretrained, data2vec2)
+        set_layerdrop(self.student.model, layerdrop)
         # the loaders return eval-mode models and Lightning keeps a module's mode at fit start: without this the
         # student of iteration 1 trained without dropout, and later iterations (after a regeneration restored train
         # mode) with it, and a run resumed inside iteration 2 without it again
         self.student.train()
         self.teacher.requires_grad_(False).eval()
         if freeze_cnn is None:
-            freeze_cnn = not isinstance(self.teacher.model, Data2Vec2AudioEncoder)
+            freeze_cnn = not data2vec2
         if freeze_cnn:
             self.student.freeze_cnn()
         elif cache_frozen:
@@ -127,8 +211,9 @@ class SylBoostModule(pl.LightningModule):
             "feature_layer": feature_layer, "normalize_waveform": self.teacher.normalize_waveform,
             "freeze_cnn": freeze_cnn, "warmup": warmup, "lr_schedule": lr_schedule, "iterations": iterations,
             "epochs_per_iteration": epochs_per_iteration, "reinit_each_iteration": reinit_each_iteration,
-            "cache_frozen": cache_frozen, suite.SYLBOOST_SEGMENTER: seg.to_dict(),
-            suite.SYLBOOST_ENCODER: self.teacher.spec()})
+            "cache_frozen": cache_frozen, "pad_targets": pad_targets, "student_layerdrop": layerdrop,
+            suite.SYLBOOST_SEGMENTER: seg.to_dict(), suite.SYLBOOST_ENCODER: self.teacher.spec()})
+        self._target_ends: dict[str, int | None] = {"train": None, "val": None}  # crop frames per split (setup)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -136,10 +221,22 @@ class SylBoostModule(pl.LightningModule):
         return self
 
     def setup(self, stage: str) -> None:
-        crop = getattr(getattr(self.trainer.datamodule, "hparams", None), "crop_mode", "first")  # setup has a trainer
+        data = getattr(self.trainer.datamodule, "hparams", None)  # setup has a trainer
+        crop = getattr(data, "crop_mode", "first")
         if self.hparams.cache_frozen and stage == "fit" and crop != "first":
             raise ValueError(f"cache_frozen needs the same crop of each file every epoch (data.crop_mode: first), "
                              f"got crop_mode {crop!r}: every epoch would add new crops to the cache")
+        if self.hparams.pad_targets == "authors":
+            self._target_ends = {"train": crop_frames(getattr(data, "crop_seconds", None)),
+                                 "val": crop_frames(getattr(data, "eval_crop_seconds", None))}
+        strategy = self.trainer.strategy
+        drops = active_layerdrop(self.student.model)
+        if stage == "fit" and drops and isinstance(strategy, DDPStrategy) and \
+                not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters", False):
+            raise ValueError(f"the student's layerdrop {drops} skips blocks at random, leaving their parameters "
+                             "unused in a step, which DDP rejects: set trainer.strategy: "
+                             "ddp_find_unused_parameters_true (as the paper configs do) or "
+                             "model.student_layerdrop: none")
 
     # ---- the frozen-feature cache -------------------------------------------------------------------------
     def _crops(self, batch) -> list[tuple[tuple, torch.Tensor]]:
@@ -168,7 +265,9 @@ class SylBoostModule(pl.LightningModule):
         return frames, targets
 
     # ---- distillation -----------------------------------------------------------------------------------
-    def _shared_step(self, batch) -> tuple[torch.Tensor, int]:  # (mean loss, number of averaged elements)
+    def _shared_step(self, batch, split: str = "train") -> tuple[torch.Tensor, int]:  # (mean loss, elements)
+        """The distillation loss of a batch; ``split`` ("train" / "val") names the crop the last segment ends at
+        (``pad_targets``)."""
         waves, mask = batch["waves"], batch["attention_mask"]
         if self.hparams.cache_frozen:
             frames, targets = self._cached(batch)
@@ -185,7 +284,9 @@ class SylBoostModule(pl.LightningModule):
                 raise ValueError(f"utterance {batch['ids'][b]} has no boundaries: set the DataModule's "
                                  "boundary_dir/boundary_version (LossPred's store, version 0)")
             seg_frames.append(seconds_to_frames(segs, float(batch["offsets"][b])))
-        targets = segment_mean_targets(target_feats, seg_frames, T, mode="middle_third")  # (B, T, H)
+        end = self._target_ends.get(split)  # None: the clip's end
+        ends = None if end is None else [max(end, t) for t in T]  # a crop is never shorter than its clip
+        targets = segment_mean_targets(target_feats, seg_frames, T, mode="middle_third", end=ends)  # (B, T, H)
         valid = frame_mask[..., None].to(feats.dtype)
         n = int(frame_mask.sum()) * feats.shape[-1]
         loss = (((feats - targets) ** 2) * valid).sum() / max(1, n)
@@ -223,7 +324,7 @@ class SylBoostModule(pl.LightningModule):
             return None
         out = {"ids": batch["ids"], "segments": self.extract_boundaries(batch)}
         if all(s is not None for s in batch["segments"]):
-            loss, n = self._shared_step(batch)
+            loss, n = self._shared_step(batch, "val")
             self.val_loss.update(loss, weight=n)  # weighted sums: the exact per-element mean across ranks
             self.log("val/loss", self.val_loss, batch_size=len(batch["ids"]))
         return out

@@ -5,7 +5,9 @@
     syllablelm test --config experiments/configs/tiny/teacher.yaml --ckpt_path runs/teacher/.../last.ckpt
     syllablelm predict --config experiments/configs/tiny/teacher.yaml --ckpt_path ...   # -> boundary store v0
 
-LossPred per utterance: energy-VAD trim (on the 20 ms grid); the CNN front end once, on the raw waveform; the
+LossPred per utterance: energy-VAD trim (on the 20 ms grid); frame labels of the trimmed wave from the label
+model the label store recorded (``losspred.labels: trimmed``, as the authors' notebook; ``whole_file`` slices the
+stored whole-file labels); the CNN front end once, on the raw waveform; the
 transformer once per mask pattern (spans 150 frames apart share a forward; one span per forward with ``exact`` or
 when the utterance fits in one gap); matrix C from the per-frame losses (softmax over every row of the label
 table) on masked frames; normalized-cut DP on ``S = exp(-C)`` at 6.25 segments/s; segments that start on a
@@ -16,6 +18,7 @@ notebook (``fast_get_hubert_losses`` / ``process_loss_multiple``); each has a na
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 
 import lightning.pytorch as pl
@@ -24,6 +27,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import MeanMetric
 
 from datamodules.dataset import is_empty, item_keys
+from datamodules.label_store import CHECKPOINT, FEATURES, KMEANS, LAYER, LabelStore
 from lightning_modules.skipped_batches import log_skipped, skipped_batch_loss
 from syllablelm.boundaries.losspred import (
     LossPredMatrices,
@@ -36,6 +40,9 @@ from syllablelm.checkpoints import load_teacher, suite
 from syllablelm.models import common, flops
 from syllablelm.models.hubert import HubertTeacher, TeacherConfig, compute_span_mask
 from syllablelm.models.schedules import linear_warmup_decay
+from syllablelm.units.frame_labels import FrameLabeler
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,7 +64,9 @@ class TeacherModule(pl.LightningModule):
             is self-contained either way.
         optimizer: e.g. ``torch.optim.AdamW`` with its arguments; ``warmup`` is the warm-up fraction of all steps.
         mask_prob, mask_length: HuBERT span masking for training (0.8, 10).
-        losspred: LossPred settings (:class:`LossPredConfig`).
+        losspred: LossPred settings (:class:`LossPredConfig`). With ``labels: trimmed`` (default) test/predict
+            label each VAD-trimmed wave with the label model of the DataModule's label store (``label_dir``, the
+            version it reads), found in :meth:`setup`; without a trainer call :meth:`use_label_store` first.
         compile_layers: ``torch.compile`` each transformer layer in place (opt-in: a speed-up on GPUs whose
             kernels round differently from eager ones; not saved with the checkpoint).
     """
@@ -87,6 +96,8 @@ class TeacherModule(pl.LightningModule):
         self.optimizer = optimizer
         self.losspred_config = lp
         self.predict_skip: set[tuple[str, int]] = set()  # (id, offset ms) a BoundaryWriter already has
+        # LossPred's label model (losspred.labels: trimmed); a plain attribute: never part of the checkpoint
+        self.labeler: FrameLabeler | None = None
         # plain types only, so the checkpoint loads with torch's weights_only=True and rebuilds the network;
         # `_class_path` lets LightningCLI (--ckpt_path) re-apply these to the config, as its own hook would
         self.save_hyperparameters({"_class_path": f"{type(self).__module__}.{type(self).__qualname__}",
@@ -149,20 +160,51 @@ class TeacherModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- LossPred (test / predict): syllablelm.boundaries.losspred on the batch ------------------------------
-    @staticmethod
-    def _utterances(batch) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The batch's unpadded waves and its label rows (the core's inputs)."""
-        if batch["labels"] is None:
-            raise ValueError("LossPred reads the teacher's frame labels: give the DataModule a label_dir")
+    def use_label_store(self, label_dir: str, version: int | str = "latest") -> FrameLabeler:
+        """LossPred labels each VAD-trimmed wave with the label model of ``version`` of the label store at
+        ``label_dir`` (:meth:`datamodules.label_store.LabelStore.labeler`) from now on; returns it."""
+        store = LabelStore(label_dir)
+        v = store.resolve(version)
+        self.labeler = store.labeler(v, device=str(self.device))
+        meta = store.manifest(v)["meta"]
+        log.info("LossPred labels each VAD-trimmed wave with the label model of %s (%s)", store.version_dir(v),
+                 ", ".join(f"{k} {meta.get(k)}" for k in (FEATURES, CHECKPOINT, LAYER, KMEANS)))
+        return self.labeler
+
+    def setup(self, stage: str) -> None:
+        """For test/predict with ``losspred.labels: trimmed``: the label model of the label version the
+        DataModule reads (its ``label_dir`` and resolved ``label_version``), unless one was set already."""
+        if stage not in ("test", "predict") or self.losspred_config.labels != "trimmed" or self.labeler is not None:
+            return
+        dm = getattr(self.trainer, "datamodule", None)
+        label_dir = getattr(getattr(dm, "hparams", None), "label_dir", None)
+        if label_dir is None:
+            raise ValueError("LossPred (losspred.labels: trimmed) labels each VAD-trimmed wave with the label model "
+                             "of a label store: give the DataModule a label_dir (made by `syllablelm labels`), call "
+                             "TeacherModule.use_label_store first, or set model.losspred.labels: whole_file")
+        version = getattr(dm, "label_version", None)
+        self.use_label_store(label_dir, "latest" if version is None else version)
+
+    def _utterances(self, batch) -> tuple[list[torch.Tensor], torch.Tensor | None, FrameLabeler | None]:
+        """The batch's unpadded waves, its label rows (``whole_file``) and the label model (``trimmed``): the
+        core's inputs."""
         waves = [batch["waves"][b, : int(batch["lengths"][b])] for b in range(len(batch["ids"]))]
-        return waves, batch["labels"]
+        if self.losspred_config.labels == "whole_file":
+            if batch["labels"] is None:
+                raise ValueError("LossPred (losspred.labels: whole_file) slices the stored frame labels: give the "
+                                 "DataModule a label_dir")
+            return waves, batch["labels"], None
+        if self.labeler is None:
+            raise ValueError("LossPred (losspred.labels: trimmed) needs the label model: run it through a Trainer "
+                             "whose DataModule has a label_dir, or call TeacherModule.use_label_store first")
+        return waves, None, self.labeler.to(self.device)
 
     @torch.no_grad()
     def losspred_matrices(self, batch) -> LossPredMatrices:
         """LossPred matrices C of a batch: ``(matrices, frames per utterance, (first frame, speech regions))``
         (:func:`~syllablelm.boundaries.losspred.losspred_matrices`); sets ``flops_per_batch``."""
-        waves, labels = self._utterances(batch)
-        out = losspred_matrices(self.teacher, waves, labels, options=self.losspred_config)
+        waves, labels, labeler = self._utterances(batch)
+        out = losspred_matrices(self.teacher, waves, labels, labeler=labeler, options=self.losspred_config)
         self.flops_per_batch = losspred_flops(self.teacher, out.lengths, self.losspred_config)
         return out
 
@@ -170,8 +212,8 @@ class TeacherModule(pl.LightningModule):
         """LossPred boundaries for every item of a batch: ``{"ids", "segments": [(n, 2) file seconds],
         "matrices": {item: (S, trim seconds)}}`` (matrices for the first ``keep_matrices`` items). The work is
         :func:`~syllablelm.boundaries.losspred.losspred_segments`; this sets ``flops_per_batch`` (MFU)."""
-        waves, labels = self._utterances(batch)
-        results = losspred_segments(self.teacher, waves, labels, options=self.losspred_config,
+        waves, labels, labeler = self._utterances(batch)
+        results = losspred_segments(self.teacher, waves, labels, labeler=labeler, options=self.losspred_config,
                                     offsets=[float(o) for o in batch["offsets"]], keep_similarity=keep_matrices)
         self.flops_per_batch = losspred_flops(self.teacher, [r.frames for r in results], self.losspred_config)
         return {"ids": list(batch["ids"]), "segments": [r.segments for r in results],

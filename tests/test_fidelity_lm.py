@@ -5,6 +5,7 @@ the earlier behaviours stay reachable as named variants (``GPTConfig.style="nano
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import lightning
 import numpy as np
@@ -198,6 +199,9 @@ class FakeTokenizer:
     def __init__(self):
         self.quantizer, self.C = toy_quantizer()
         self.calls: list[bool] = []
+        # what `units` records of the run (experiments/unit_work.py: precision, segment lengths, chunking)
+        self.segmenter = SimpleNamespace(config=SimpleNamespace(min_len=3, max_len=35))
+        self.precision, self.chunk_seconds = "fp32", 60.0
 
     @property
     def vocab_size(self) -> int:

@@ -155,7 +155,8 @@ def authors_frame_losses(teacher: HubertTeacher, hidden: torch.Tensor, labels: t
 def _offset_module(**losspred) -> TeacherModule:
     torch.manual_seed(0)
     net = TeacherConfig.tiny(num_labels=20, num_hidden_layers=2, label_offset=4)
-    return TeacherModule(network=net, losspred=LossPredConfig(**losspred)).eval()
+    # the batch's own labels sliced to the trim (the reference below slices them too)
+    return TeacherModule(network=net, losspred=LossPredConfig(**{"labels": "whole_file", **losspred})).eval()
 
 
 @torch.no_grad()
@@ -201,7 +202,7 @@ def test_item4_imported_teacher_gets_raw_audio_in_losspred(tmp_path):
     assert ck.load_fairseq_hubert(path).config.normalize_waveform
 
     def matrices(**losspred):
-        module = TeacherModule(init_from=str(path), losspred=LossPredConfig(**losspred)).eval()
+        module = TeacherModule(init_from=str(path), losspred=LossPredConfig(labels="whole_file", **losspred)).eval()
         return module, module.losspred_matrices(batch)[0][0]
 
     batch = fake_batch(seconds=(1.4,))
@@ -211,7 +212,7 @@ def test_item4_imported_teacher_gets_raw_audio_in_losspred(tmp_path):
     # the authors' input: the waveform as read, no normalisation (the flag switched off by hand)
     raw = TeacherModule(init_from=str(path)).eval()
     raw.teacher.config.normalize_waveform = False
-    raw.losspred_config = LossPredConfig(waveform="pretrained")
+    raw.losspred_config = LossPredConfig(waveform="pretrained", labels="whole_file")
     torch.testing.assert_close(C_default, raw.losspred_matrices(batch)[0][0], equal_nan=True)
     _, C_pretrained = matrices(waveform="pretrained")  # the named option: normalised as pretrained
     assert torch.nanmean((C_pretrained - C_default).abs()) > 1e-3

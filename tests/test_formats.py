@@ -50,7 +50,7 @@ FORMATS = {
     "sylboost-ckpt": (SUITE, ("student.", "teacher.", "encoder", "segmenter", "state_dict", "hyper_parameters")),
     "speechlm-ckpt": (SUITE, ("net.", "network", "unit_variant", "state_dict", "hyper_parameters")),
     "tokenizer": (TOKENIZER, ("syllablelm.tokenizer/1", "encoder", "encoder_state", "segmenter", "quantizer",
-                              "tokenizer_segmenter")),
+                              "tokenizer_segmenter", "run_precision")),
     "released SylBoost .pth": ("syllablelm/units/released.py", ("model_seg", "model.", "released_sylboost")),
     "fairseq-hubert": ("syllablelm/checkpoints/fairseq_hubert.py",
                        ("label_embs_concat", "final_proj.weight", "dictionaries", "task_state")),

@@ -1,5 +1,6 @@
 """LossPred as a plain core function (``syllablelm.boundaries.losspred.losspred_segments``): it runs without
-Lightning, and ``TeacherModule``'s predict/test steps give exactly its boundaries (float32 and bf16 autocast)."""
+Lightning, and ``TeacherModule``'s predict/test steps give exactly its boundaries (float32 and bf16 autocast), with
+the default labels (a label model on each VAD-trimmed wave: tests/test_losspred_labels.py)."""
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from syllablelm.boundaries.losspred import (
 )
 from syllablelm.models.hubert import TeacherConfig
 from tests.conftest import REPO
+from tests.test_losspred_labels import mfcc_labeler
 from tests.test_teacher import fake_batch
 
 CORE_WITHOUT_LIGHTNING = """
@@ -25,18 +27,20 @@ import sys
 import numpy as np, torch
 from syllablelm.boundaries.losspred import LossPredOptions, losspred_flops, losspred_segments
 from syllablelm.models.hubert import HubertTeacher, TeacherConfig
+from syllablelm.units.frame_labels import FrameLabeler, mfcc_features
 
 torch.manual_seed(0)
 teacher = HubertTeacher(TeacherConfig.tiny(num_labels=20, num_hidden_layers=1)).eval()
 rng = np.random.default_rng(0)
-waves, labels = [], []
+waves = []
 for seconds in (2.3, 1.1):
     w = np.zeros(int(seconds * 16000), np.float32)
     w[3000:-4000] = rng.standard_normal(len(w) - 7000) * 0.1  # speech between two silences
     waves.append(torch.from_numpy(w))
-    labels.append(torch.from_numpy(rng.integers(0, 20, (len(w) - 400) // 320 + 1)))
+feats = mfcc_features(waves[0]).numpy()
+labeler = FrameLabeler(mfcc_features, feats[rng.choice(len(feats), 20, replace=False)])  # labels the trims
 opt = LossPredOptions(forward_batch=16)
-out = losspred_segments(teacher, waves, labels, options=opt, offsets=[3.0, 0.0], keep_similarity=1)
+out = losspred_segments(teacher, waves, labeler=labeler, options=opt, offsets=[3.0, 0.0], keep_similarity=1)
 assert len(out) == 2 and all(len(r.segments) >= 1 for r in out), out
 assert out[0].segments[0, 0] >= 3.0 + 0.18 and out[0].first == 9 and out[0].similarity is not None
 assert out[1].similarity is None
@@ -53,9 +57,12 @@ def test_core_losspred_runs_without_lightning():
 
 
 def tiny_module(layers: int = 1, **losspred) -> TeacherModule:
+    """With the default ``labels: trimmed`` and a label model (MFCC k-means) set as a trainer's DataModule would."""
     torch.manual_seed(0)
     net = TeacherConfig.tiny(num_labels=20, num_hidden_layers=layers)
-    return TeacherModule(network=net, losspred=LossPredConfig(**losspred)).eval()
+    module = TeacherModule(network=net, losspred=LossPredConfig(**losspred)).eval()
+    module.labeler = mfcc_labeler(20)
+    return module
 
 
 def several_utterances() -> dict:
@@ -69,7 +76,7 @@ def several_utterances() -> dict:
 
 def core(module: TeacherModule, batch: dict, options: LossPredOptions, **kw):
     waves = [batch["waves"][b, : int(batch["lengths"][b])] for b in range(len(batch["ids"]))]
-    return losspred_segments(module.teacher, waves, batch["labels"], options=options,
+    return losspred_segments(module.teacher, waves, labeler=module.labeler, options=options,
                              offsets=batch["offsets"].tolist(), **kw)
 
 
@@ -107,8 +114,8 @@ def test_module_matrices_are_the_core_matrices():
     batch = fake_batch(seconds=(1.3, 0.9), seed=1)
     waves = [batch["waves"][b, : int(batch["lengths"][b])] for b in range(2)]
     mine = module.losspred_matrices(batch)
-    theirs = losspred_matrices(module.teacher, waves, batch["labels"], options=LossPredOptions(exact=True,
-                                                                                              forward_batch=16))
+    theirs = losspred_matrices(module.teacher, waves, labeler=module.labeler,
+                               options=LossPredOptions(exact=True, forward_batch=16))
     assert mine.lengths == theirs.lengths and len(mine.trims) == 2
     for a, b in zip(mine.matrices, theirs.matrices):
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)

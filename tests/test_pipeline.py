@@ -140,6 +140,7 @@ def test_dry_run_on_a_librispeech_layout_workspace(workspace, monkeypatch, capsy
     assert "LibriLight/small (LibriLight layout, 16000 Hz)" in log
     assert "LibriSpeech/dev-clean (LibriSpeech layout, 16000 Hz)" in log
     assert "runs/librispeech/tokenizer.ckpt (made by stage quantize)" in log
+    assert log.count("units: segments of at most 35 frames") == 2  # LibriLight and the LM's dev units
     assert "asks for 8 devices" in log  # a note in a dry run ...
     assert not (workspace / "runs").exists() or not list((workspace / "runs").rglob("*.npz"))  # nothing trained
 
@@ -152,6 +153,7 @@ def test_dry_run_of_the_data2vec2_pipeline(workspace, monkeypatch, capsys, caplo
     assert "data2vec2_base_libri.pt (fairseq-data2vec2, layers=12, hidden=32)" in caplog.text
     assert "runs/librispeech/boundaries (made by stage losspred)" in caplog.text  # store-copy's source
     assert "runs/librispeech/boundaries_data2vec2 (made by stage seed_boundaries)" in caplog.text
+    assert caplog.text.count("units: segments of at most 35 frames") == 2
 
 
 def test_dry_run_finds_every_problem_at_once(workspace, monkeypatch, capsys):

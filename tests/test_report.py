@@ -23,9 +23,12 @@ def copy_json(src: Path, dst: Path) -> Path:
 
 
 def _row(label: str, res: dict) -> str:
-    t = res["syllablelm_tuned"]
+    """A boundary table's row: the dev-tuned setting, then the paper setting (n/a when the JSON predates it)."""
+    t, p = res["syllablelm_tuned"], res.get("syllablelm_paper")
+    assert t["tuning"] == "dev" and (p is None or p["tuning"] == "scored_first50")
+    paper = f"{100 * p['f1']:.1f} | {100 * p['r_value']:.1f} | {1000 * p['shift']:+.0f}" if p else "n/a | n/a | n/a"
     return (f"| {label} | {res['rate_hz']:.2f} | {100 * t['precision']:.1f} | {100 * t['recall']:.1f} | "
-            f"{100 * t['f1']:.1f} | {100 * t['r_value']:.1f} | {1000 * t['shift']:+.0f} |")
+            f"{100 * t['f1']:.1f} | {100 * t['r_value']:.1f} | {1000 * t['shift']:+.0f} | {paper} |")
 
 
 def assert_report_is_the_json(wd: Path) -> tuple[dict, str]:
@@ -42,6 +45,13 @@ def assert_report_is_the_json(wd: Path) -> tuple[dict, str]:
     assert list(report["baselines"]) == [*evaluation["baselines"], *scores["baselines"]]
     assert report["checks"] == scores["checks"] and report["significance"] == scores["significance"]
     assert report["units"] == evaluation.get("tokenizer") and report["lm_pairs"] == evaluation.get("lm_pairs")
+    # which shift setting each number uses: in scores.json and report.json, and in the note above the tables
+    assert report["shift_settings"] == scores["shift_settings"]
+    assert set(scores["shift_settings"]) == {"syllablelm_tuned", "sdhubert_tuned", "syllablelm_paper"}
+    assert "first 50 utterances of the scored split" in scores["shift_settings"]["syllablelm_paper"]
+    assert "dev split" in scores["shift_settings"]["syllablelm_tuned"]
+    assert ("**P, R, F1, R-value, shift**: tuned on the dev split" in md and "setting `dev`, key `syllablelm_tuned`"
+            in md and "setting `scored_first50`, key `syllablelm_paper`" in md)
     for name, res in report["stages"].items():
         assert _row(name, res) in md
     for name, res in report["baselines"].items():
@@ -107,6 +117,17 @@ def test_a_report_is_rebuilt_from_json_alone(tmp_path):
     _, md = assert_report_is_the_json(only)
     assert "| syntactic | 6 | 33.3 (below chance) | 50.0 |" in md and "syntactic 33.3 % (below chance)" in md
     assert "Below chance: syntactic (summed)" in md
+    n_test = {res["num_utterances"] for res in report["stages"].values()}
+    assert len(n_test) == 1 and n_test.pop() < 50
+    assert f"(here all {report['stages']['LossPred']['num_utterances']} test utterances, so the shift" in md
+    assert "`n/a`" not in md
+    # baselines scored before the paper setting existed: n/a in its columns, and the note says why
+    for res in evaluation["baselines"].values():
+        del res["syllablelm_paper"]
+    (only / "runs/evaluate.json").write_text(json.dumps(evaluation))
+    main(["--workdir", str(only), "--tiny"])
+    _, md = assert_report_is_the_json(only)
+    assert "| n/a | n/a | n/a |" in md and "`n/a`: scored before the paper setting existed" in md
     assert "real word vs a nonword (sWUGGY-like)" in md and "grammatical sentence vs one with a violation" in md
 
 

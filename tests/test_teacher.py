@@ -17,9 +17,11 @@ HOP = 320
 
 
 def tiny_module(**losspred) -> TeacherModule:
+    """Scores the batch's own labels (``labels: whole_file``): the slow references slice them to the trim. The
+    default, labels of the trimmed wave, is tests/test_losspred_labels.py's."""
     torch.manual_seed(0)
     net = TeacherConfig.tiny(num_labels=20, num_hidden_layers=2)
-    return TeacherModule(network=net, losspred=LossPredConfig(**losspred)).eval()
+    return TeacherModule(network=net, losspred=LossPredConfig(**{"labels": "whole_file", **losspred})).eval()
 
 
 def fake_batch(seconds=(3.1, 4.7, 2.2), seed=0) -> dict:

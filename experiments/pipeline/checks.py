@@ -172,6 +172,10 @@ def _check_offline(ck: _Checker, stage, role: dict) -> None:
         role.setdefault("copies", {})[os.path.normpath(flag_value(a, "--out", ""))] = flag_value(a, "--store")
     elif stage.command == "units":
         role.setdefault("units", []).append({"stage": stage.name, "out": flag_value(a, "--out")})
+        log.info("  units: segments of at most %s frames, encoder precision %s, --chunk-seconds %s (0: whole files)",
+                 flag_value(a, "--max-segment-frames", "the tokenizer's"),
+                 flag_value(a, "--precision", "the tokenizer's record, else auto"),
+                 flag_value(a, "--chunk-seconds", 60))
 
 
 def _same(a, b) -> bool:

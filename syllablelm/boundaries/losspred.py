@@ -19,13 +19,22 @@ The segment count follows the authors' float arithmetic by default (``num_segmen
 
 :func:`loss_matrices` sees the teacher only as a callable ``run(rows (N,), span_mask (N, T)) -> losses (N, T)``
 that runs the transformer on utterances ``rows`` of its batch with ``span_mask`` replaced by the mask embedding.
-:func:`losspred_segments` is the whole pass on a :class:`~syllablelm.models.hubert.HubertTeacher` (VAD trim, CNN
-once per utterance, packed mask patterns, matrices, normalized cut, silent starts dropped), framework-free:
-``TeacherModule``'s test/predict steps only wrap it (devices, precision, batches, writing results).
+:func:`losspred_segments` is the whole pass on a :class:`~syllablelm.models.hubert.HubertTeacher` (VAD trim, frame
+labels of the trim, CNN once per utterance, packed mask patterns, matrices, normalized cut, silent starts dropped),
+framework-free: ``TeacherModule``'s test/predict steps only wrap it (devices, precision, batches, writing results).
 
-    results = losspred_segments(teacher, waves, labels, options=LossPredOptions(), offsets=offsets)
+The frame labels the losses are scored against are, by default, those of the VAD-trimmed wave: ``labeler`` (the
+label model, e.g. :class:`~syllablelm.units.frame_labels.FrameLabeler`) runs on exactly the samples the teacher
+sees, as the authors' notebook labels the trimmed audio with HuBERT-Base layer 9 + k-means (``labels="trimmed"``).
+A hidden layer's features depend on their context (attention over the whole input, GroupNorm statistics over time
+in HuBERT-Base's first conv), so labels of the trim differ from the whole file's labels sliced to the trim at some
+frames; ``labels="whole_file"`` slices given per-wave labels (a label store's) instead.
+
+    results = losspred_segments(teacher, waves, labeler=labeler, options=LossPredOptions(), offsets=offsets)
     results[b].segments                              # (n_b, 2) seconds in file time
     flops = losspred_flops(teacher, [r.frames for r in results], LossPredOptions())
+    # the stored whole-file labels sliced to each trim instead
+    losspred_segments(teacher, waves, labels, options=LossPredOptions(labels="whole_file"))
 """
 from __future__ import annotations
 
@@ -49,6 +58,8 @@ GAP = 150
 FLOOR = -100.0  # log-similarity outside the band and on the diagonal: S = exp(-100)
 
 RunLosses = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# the label model: a 1-D 16 kHz wave -> its (num_frames(len(wave)),) long frame labels
+FrameLabels = Callable[[torch.Tensor], torch.Tensor]
 
 
 def span_positions(T: int) -> np.ndarray:
@@ -146,6 +157,7 @@ def num_segments(T: int, rate_hz: float = 6.25, frame_hz: float = 50.0, rule: st
 
 # ---------------------------------------------------------------- the whole pass on a teacher
 WAVEFORM_INPUTS = ("raw", "pretrained")
+LABEL_SOURCES = ("trimmed", "whole_file")
 
 
 @dataclass
@@ -171,12 +183,15 @@ class LossPredOptions:
     waveform: Literal["raw", "pretrained"] = "raw"
     max_len: int = 49  # longest segment in frames (inclusive)
     vad: bool = True  # trim to the speech region and drop segments starting in silence
+    # "trimmed": the label model labels the VAD-trimmed wave itself (authors: their notebook labels the trimmed
+    # audio); "whole_file": the wave's given labels (computed on the whole file) sliced to the trim
+    labels: Literal["trimmed", "whole_file"] = "trimmed"
 
     def __post_init__(self) -> None:
         from syllablelm.models.hubert import SOFTMAX_ROWS  # (transformers) only when settings are made
 
         for name, allowed in (("count_rule", COUNT_RULES), ("softmax_rows", SOFTMAX_ROWS),
-                              ("waveform", WAVEFORM_INPUTS)):
+                              ("waveform", WAVEFORM_INPUTS), ("labels", LABEL_SOURCES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{type(self).__name__}.{name} must be one of {allowed}, "
                                  f"got {getattr(self, name)!r}")
@@ -203,7 +218,7 @@ class LossPredResult:
 
     segments: np.ndarray  # (n, 2) float64 seconds in file time (the wave's offset added)
     first: int  # first frame of the VAD trim in the wave (0 without VAD)
-    frames: int  # T: frames LossPred ran on (the trimmed span, cut to the labelled frames)
+    frames: int  # T: frames LossPred ran on (the trimmed span, cut to the labelled frames): label i = frame first + i
     regions: np.ndarray  # (r, 2) speech regions in seconds of the wave (the whole wave without VAD / speech)
     similarity: torch.Tensor | None = None  # (T, T) float32 S, for the first ``keep_similarity`` utterances
 
@@ -226,6 +241,34 @@ def speech_trim(wave: torch.Tensor, vad: bool = True) -> tuple[int, int, np.ndar
     return first, last, regions
 
 
+def trim_labels(trimmed: torch.Tensor, first: int, last: int, wave_labels: torch.Tensor | None,
+                labeler: FrameLabels | None, source: str = "trimmed") -> torch.Tensor:
+    """Frame labels of the trim ``[first, last)`` (frames of the wave; ``trimmed`` its samples, starting at sample
+    ``320 * first``): label ``i`` belongs to frame ``first + i`` of the wave.
+
+    ``source="trimmed"``: ``labeler(trimmed)``, in float32 whatever the caller's autocast (as the label store's
+    labels), exactly one label per frame of the trim. ``"whole_file"``: ``wave_labels[first:last]`` (the wave's own
+    labels, -100 = none)."""
+    if source == "whole_file":
+        return wave_labels[first:last]
+    with torch.autocast(device_type=trimmed.device.type, enabled=False):
+        lab = torch.as_tensor(labeler(trimmed)).long()
+    if lab.shape != (last - first,):
+        raise ValueError(f"the label model gave labels of shape {tuple(lab.shape)} for a trimmed wave of "
+                         f"{len(trimmed)} samples ({last - first} frames): it must label every 20 ms frame once")
+    return lab
+
+
+def _check_label_inputs(n: int, labels, labeler, source: str) -> None:
+    if source == "trimmed" and labeler is None:
+        raise ValueError("LossPredOptions.labels='trimmed' labels each VAD-trimmed wave with the label model: give "
+                         "labeler= (e.g. syllablelm.units.frame_labels.FrameLabeler, the label store's model), or "
+                         "set labels='whole_file' and give each wave's labels")
+    if source == "whole_file" and (labels is None or len(labels) != n):
+        raise ValueError(f"LossPredOptions.labels='whole_file' slices each wave's labels: give labels for all {n} "
+                         f"waves (got {'none' if labels is None else len(labels)})")
+
+
 def frame_losses(teacher: "HubertTeacher", hidden: torch.Tensor, labels: torch.Tensor,
                  softmax_rows: str = "all") -> torch.Tensor:  # (N, T)
     """Per-frame cross-entropy of ``labels`` (N, T) given transformer output ``hidden``, the softmax over the
@@ -235,24 +278,28 @@ def frame_losses(teacher: "HubertTeacher", hidden: torch.Tensor, labels: torch.T
 
 
 @torch.no_grad()
-def losspred_matrices(teacher: "HubertTeacher", waves: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], *,
+def losspred_matrices(teacher: "HubertTeacher", waves: Sequence[torch.Tensor],
+                      labels: Sequence[torch.Tensor] | None = None, *, labeler: FrameLabels | None = None,
                       options: LossPredOptions | None = None) -> LossPredMatrices:
-    """LossPred matrices ``C`` of a batch of utterances (steps 1-3 of :func:`losspred_segments`).
+    """LossPred matrices ``C`` of a batch of utterances (steps 1-4 of :func:`losspred_segments`).
 
-    ``waves``: 1-D 16 kHz waves (unpadded, on the teacher's device); ``labels``: each wave's frame labels on the
-    20 ms grid (long, -100 = none; a padded batch row is fine: only labelled frames of the trim are used). The
-    front end runs once per utterance, unpadded (Base's GroupNorm spans time, so padding would change it); the
-    transformer runs on mask patterns of all utterances packed together."""
+    ``waves``: 1-D 16 kHz waves (unpadded, on the teacher's device). The labels of each trim (:func:`trim_labels`):
+    with ``options.labels == "trimmed"`` (default) ``labeler`` labels the trimmed wave; with ``"whole_file"``
+    ``labels`` holds each wave's frame labels on the 20 ms grid (long, -100 = none; a padded batch row is fine:
+    only labelled frames of the trim are used). The front end runs once per utterance, unpadded (Base's GroupNorm
+    spans time, so padding would change it); the transformer runs on mask patterns of all utterances packed
+    together."""
     opt = options or LossPredOptions()
     if not len(waves):
         return LossPredMatrices([], [], [])
+    _check_label_inputs(len(waves), labels, labeler, opt.labels)
     device = next(teacher.parameters()).device
     feats, labs, lengths, trims = [], [], [], []
-    for wave, lab in zip(waves, labels, strict=True):
+    for b, wave in enumerate(waves):
         first, last, regions = speech_trim(wave, opt.vad)
-        f, _ = teacher.frontend(wave[first * HOP:first * HOP + samples_for_frames(last - first)][None],
-                                normalize=opt.normalize)
-        lab = lab[first:last]
+        trimmed = wave[first * HOP:first * HOP + samples_for_frames(last - first)]
+        f, _ = teacher.frontend(trimmed[None], normalize=opt.normalize)
+        lab = trim_labels(trimmed, first, last, None if labels is None else labels[b], labeler, opt.labels)
         T = min(f.shape[1], int((lab >= 0).sum()))
         feats.append(f[0, :T])
         labs.append(lab[:T])
@@ -295,27 +342,31 @@ def losspred_cut(C: torch.Tensor, first: int, regions: np.ndarray, *, options: L
 
 
 @torch.no_grad()
-def losspred_segments(teacher: "HubertTeacher", waves: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], *,
+def losspred_segments(teacher: "HubertTeacher", waves: Sequence[torch.Tensor],
+                      labels: Sequence[torch.Tensor] | None = None, *, labeler: FrameLabels | None = None,
                       options: LossPredOptions | None = None, offsets: Sequence[float] | None = None,
                       keep_similarity: int = 0) -> list[LossPredResult]:
     """LossPred boundaries of a batch of utterances, one :class:`LossPredResult` each. Runs under the caller's
     device and autocast; the teacher should be in eval mode. Per utterance, in order:
 
     1. trim: the energy-VAD speech span on the 20 ms grid (:func:`speech_trim`; the whole wave without ``vad``);
-    2. front end: the teacher's CNN once on the trimmed wave (raw or normalised: ``waveform``), cut to
+    2. labels of the trim (:func:`trim_labels`): ``labeler`` on the trimmed wave (``labels="trimmed"``, the
+       authors') or the wave's ``labels`` sliced (``"whole_file"``); label ``i`` belongs to frame ``first + i``;
+    3. front end: the teacher's CNN once on the trimmed wave (raw or normalised: ``waveform``), cut to
        ``T = min(frames, labelled frames of the trim)``;
-    3. losses: the utterances padded into one batch, their mask patterns (:func:`mask_groups`: ``gap`` packing or
+    4. losses: the utterances padded into one batch, their mask patterns (:func:`mask_groups`: ``gap`` packing or
        ``exact``) packed ``forward_batch`` at a time into transformer forwards; per-frame cross-entropy of the
        labels (softmax over ``softmax_rows``) scattered into ``C`` (:func:`loss_matrices`);
-    4. cut: ``S = exp(-C)`` in the band, normalized-cut DP with ``K`` segments of at most ``max_len`` frames
+    5. cut: ``S = exp(-C)`` in the band, normalized-cut DP with ``K`` segments of at most ``max_len`` frames
        (:func:`losspred_cut`);
-    5. segments starting in VAD silence dropped (``vad``); seconds of the wave + ``offsets[b]`` (file time).
+    6. segments starting in VAD silence dropped (``vad``); seconds of the wave + ``offsets[b]`` (file time).
 
-    ``waves`` (1-D, unpadded) and ``labels`` as :func:`losspred_matrices`; ``keep_similarity``: return ``S``
-    (float32) of the first that many utterances. The FLOPs are :func:`losspred_flops` of the results' frames."""
+    ``waves`` (1-D, unpadded), ``labels`` and ``labeler`` as :func:`losspred_matrices`; ``keep_similarity``: return
+    ``S`` (float32) of the first that many utterances. The FLOPs are :func:`losspred_flops` of the results'
+    frames."""
     opt = options or LossPredOptions()
     offsets = [0.0] * len(waves) if offsets is None else [float(o) for o in offsets]
-    mats, lengths, trims = losspred_matrices(teacher, waves, labels, options=opt)
+    mats, lengths, trims = losspred_matrices(teacher, waves, labels, labeler=labeler, options=opt)
     results = []
     for b, (C, T, (first, regions)) in enumerate(zip(mats, lengths, trims)):
         segs, S = losspred_cut(C, first, regions, options=opt)
@@ -326,7 +377,8 @@ def losspred_segments(teacher: "HubertTeacher", waves: Sequence[torch.Tensor], l
 def losspred_flops(teacher: "HubertTeacher", lengths: Sequence[int], options: LossPredOptions | None = None) -> int:
     """Model FLOPs of one :func:`losspred_segments` call on utterances of ``lengths`` frames
     (:mod:`syllablelm.models.flops`): the front end once per utterance, the transformer and head once per mask
-    pattern over the padded length."""
+    pattern over the padded length. The label model's one forward per trimmed wave (``labels="trimmed"``) is not
+    the teacher's and is not counted."""
     opt = options or LossPredOptions()
     if not len(lengths):
         return 0

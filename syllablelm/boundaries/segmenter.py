@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -43,8 +44,10 @@ class SegmenterConfig:
 
     With none of ``rate_hz``, ``delta``, ``calibrate_to_hz``, ``fixed_frames`` given, the authors' procedure
     applies: the δ search with δ calibrated to :data:`DEFAULT_RATE_HZ`. ``delta`` with ``calibrate_to_hz`` is a
-    starting δ that calibration replaces. Segment lengths ``min_len..max_len`` are inclusive frames (35 for
-    LibriLight in the paper); ``max_rate`` caps the δ search at ``int(max_rate · T)`` segments (10 Hz)."""
+    starting δ that calibration replaces. Segment lengths ``min_len..max_len`` are inclusive frames — the authors'
+    extractor's ``min_hop..s``, a segment of exactly ``s`` frames allowed: ``s`` is 50 for LibriSpeech, 35 for
+    LibriLight (``syllablelm units --max-segment-frames``); a ``max_len`` above an utterance's length is that
+    length, as their ``min(n, s)``. ``max_rate`` caps the δ search at ``int(max_rate · T)`` segments (10 Hz)."""
 
     rate_hz: float | None = None
     delta: float | None = None
@@ -67,6 +70,11 @@ class SegmenterConfig:
         for name in ("rate_hz", "calibrate_to_hz"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"segmenter: {name} must be positive, got {getattr(self, name)}")
+        lengths = (self.min_len, self.max_len)
+        integers = all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in lengths)
+        if not integers or not 1 <= self.min_len <= self.max_len:
+            raise ValueError(f"segmenter: need integer segment lengths 1 <= min_len <= max_len (frames), got "
+                             f"min_len={self.min_len!r}, max_len={self.max_len!r}")
 
     @property
     def mode(self) -> str:

@@ -21,6 +21,9 @@ Format ``syllablelm.tokenizer/1`` (:data:`FORMAT`): a dict saved with ``torch.sa
 * ``"meta"``: plain facts — ``feature_layer``, ``normalize_waveform``, ``weights_fingerprint``, ``k``,
   ``k_merged``, ``pooling``, ``suite_version`` — plus whatever the writer adds (``quantize``: the source checkpoint
   and its arguments; ``import-sylboost``: the released files; ``convert-tokenizer``: the converted file).
+  Optional ``"run_precision"`` (:data:`RUN_PRECISION`; ``import-sylboost --precision``): one of
+  :data:`PRECISIONS`, the precision ``tokenize`` / ``units`` run the encoder in when their ``--precision`` is not
+  given (``"auto"``: fp16 on CUDA, fp32 on the CPU). It says how to run the weights, not how they are stored.
 
 Older tokenizer files (read only, to convert them: ``syllablelm convert-tokenizer``) were a SylBoost checkpoint
 (:mod:`.suite`) with two extra top-level entries: ``"quantizer"`` (the same :class:`QuantizerTables` entry; older
@@ -51,6 +54,8 @@ QUANTIZER = "quantizer"  # also the entry older files (SylBoost checkpoints) car
 META = "meta"
 KEYS = (FORMAT_KEY, ENCODER, ENCODER_STATE, SEGMENTER, DELTA, QUANTIZER, META)
 LEGACY_SEGMENTER = "tokenizer_segmenter"  # older files only: {"fixed_frames": k}
+RUN_PRECISION = "run_precision"  # optional entry of "meta": the encoder's default run precision
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # its values (syllablelm.units.tokenizer resolves "auto")
 
 
 @dataclass
@@ -128,6 +133,23 @@ def tokenizer_checkpoint(encoder: SpeechEncoder, segmenter: dict, delta: float |
         QUANTIZER: quantizer.entry(),
         META: json.loads(json.dumps(info, default=str)),  # plain: loads with weights_only
     }
+
+
+def run_precision(meta: dict, path=None) -> str | None:
+    """The default run precision a tokenizer checkpoint's ``meta`` records (:data:`RUN_PRECISION`), None when it
+    records none; a value outside :data:`PRECISIONS` is a ``CheckpointError`` naming ``path``."""
+    value = meta.get(RUN_PRECISION)
+    if value is not None and value not in PRECISIONS:
+        raise CheckpointError(f"{path}: {RUN_PRECISION} {value!r} in the tokenizer checkpoint's meta is none of "
+                              f"{list(PRECISIONS)}")
+    return value
+
+
+def precision_meta(precision: str) -> dict:
+    """The ``meta`` entry recording ``precision`` (one of :data:`PRECISIONS`) as the default run precision."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"run precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    return {RUN_PRECISION: precision}
 
 
 def write_tokenizer_checkpoint(path, ckpt: dict) -> dict:

@@ -11,6 +11,9 @@ AltBlock/AltAttention/BlockEncoder, ``data2vec2.py`` Data2VecMultiModel):
     ALiBi (use_alibi_encoder): per head a bias -slope_h * |i - j| on the attention logits, times a learned
     per-head (per-layer) scale clamped at 0.
 
+Layerdrop (training mode only): each prenet block is skipped with probability ``prenet_layerdrop``, each main
+block with ``layerdrop``, one draw per block and forward, as fairseq's BlockEncoder and main loop do.
+
 ``hidden_states[0]`` is the input to block 1 and ``hidden_states[k]`` the output of block k, counting the prenet
 and main blocks together (the final LayerNorm of a pre-LN model is applied to the last entry, as HF does).
 The pretraining-only parts (decoder, EMA teacher, masking) are not built.
@@ -64,8 +67,8 @@ class Data2Vec2Config:
     post_mlp_drop: float = 0.1
     dropout_input: float = 0.0  # before the main blocks
     prenet_dropout: float = 0.1  # after the context LayerNorm
-    layerdrop: float = 0.05
-    prenet_layerdrop: float = 0.05
+    layerdrop: float = 0.05  # main blocks (model.layerdrop); the authors' SylBoost student sets it to 0
+    prenet_layerdrop: float = 0.05  # prenet blocks (modalities.audio.prenet_layerdrop); their student keeps it
     normalize_waveform: bool = True  # what it was pretrained with (fairseq task.normalize); applied by callers
 
     @classmethod

@@ -165,7 +165,11 @@ class SpeechEncoder(nn.Module):
     def _hidden(self, waves: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         if isinstance(self.model, Data2Vec2AudioEncoder):
             return self.model(waves, attention_mask)[0][self.layer]
-        return self.model(waves, attention_mask=attention_mask, output_hidden_states=True).hidden_states[self.layer]
+        out = self.model(waves, attention_mask=attention_mask, output_hidden_states=True)
+        # = hidden_states[self.layer] (the model keeps self.layer layers). transformers 5 records only the layers that
+        # ran, so a layer skipped by layerdrop (a training SylBoost student) shortens the tuple; when none ran, the
+        # input to layer 1 is last_hidden_state (post-LN encoders; a pre-LN one adds its final LayerNorm there)
+        return out.hidden_states[-1] if out.hidden_states else out.last_hidden_state
 
 
 class _Fixed(nn.Module):

@@ -119,7 +119,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)  # after the output projection (both styles)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                pos: torch.Tensor | None = None) -> torch.Tensor:
+                pos: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
@@ -132,7 +132,9 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, H, past + T, hd)
         dropout = self.attn_dropout if self.training else 0.0
-        if past == 0:  # plain causal: SDPA's fused kernels handle the mask themselves
+        if attn_mask is not None:  # causal and padded keys hidden (GPT.forward's padding_mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+        elif past == 0:  # plain causal: SDPA's fused kernels handle the mask themselves
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         elif T == 1:  # one new token sees every cached position: no mask at all
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
@@ -163,8 +165,8 @@ class Block(nn.Module):
         self.ln_2, self.mlp = nn.LayerNorm(config.n_embd), MLP(config)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                pos: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer, pos)
+                pos: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, pos, attn_mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -208,19 +210,27 @@ class GPT(nn.Module):
             n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                padding_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``idx`` (B, T) ids -> ``(logits (B, T, V + 1), loss)``; ``loss`` is the token-mean cross-entropy over
         ``targets != -100`` (None without targets). With ``cache`` the tokens continue after its filled
-        positions, and the cache grows by T."""
+        positions, and the cache grows by T. ``padding_mask`` (B, T, True = padding; never position 0) hides
+        those positions as keys from every query, as the authors' attention does with their collate's mask
+        (:mod:`datamodules.unit_data`, ``collate: authors``); a batch without padding takes the plain causal path."""
         T = idx.shape[1]
         past = 0 if cache is None else cache.length
         if past + T > self.config.block_size:
             raise ValueError(f"sequence of {past + T} positions, the model has {self.config.block_size}")
+        attn_mask = None
+        if padding_mask is not None and cache is not None:
+            raise ValueError("padding_mask is for whole training batches, not for decoding with a KV cache")
+        if padding_mask is not None and bool(padding_mask.any()):
+            causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+            attn_mask = causal & ~padding_mask.to(torch.bool)[:, None, None, :]  # (B, 1, T, T): True = may attend
         pos = torch.arange(past, past + T, device=idx.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i)
+            x = block(x, cache, i, attn_mask=attn_mask)
         if cache is not None:
             cache.length += T
         logits = self.lm_head(x)  # (B, T, V + 1)

@@ -33,10 +33,45 @@ def bert_warmup_linear(warmup: float, total: int):
     return f
 
 
+def linear_tri_stage(warmup: int, hold: int, decay: int, final: float, init: float = 0.0):
+    """LR multiplier of the authors' SpeechLM config (``lr_scheduler: linear_tri_stage`` in their
+    ``cluster_alan.yaml``: warm-up 16k, hold 84k, decay 300k, ``init_lr_scale`` 0, ``final_lr_scale`` 0.1). No code
+    of that name exists in their fork or in fairseq, so the shape is the one the name states, on the stage
+    boundaries and update count of fairseq's ``tri_stage`` scheduler, with its exponential decay made linear:
+
+    - ``s < warmup``: linear ``init -> 1``, ``init + (1 - init) * s / warmup``;
+    - ``s < warmup + hold``: 1;
+    - ``s < warmup + hold + decay``: linear ``1 -> final``, ``1 - (1 - final) * (s - warmup - hold) / decay``;
+    - from ``warmup + hold + decay`` on: ``final`` (where the line ends).
+
+    ``s`` is the number of updates already taken (``LambdaLR``'s step count, which is what fairseq's scheduler is
+    given after each update), so the first update runs at ``init`` (0 in their config: learning rate 0).
+
+    >>> f = linear_tri_stage(10, 5, 20, 0.1)
+    >>> f(0), f(4), f(10), f(14), round(f(25), 4), f(35), f(99)
+    (0.0, 0.4, 1.0, 1.0, 0.55, 0.1, 0.1)
+    """
+    if not 0.0 < final <= 1.0 or not 0.0 <= init <= 1.0:
+        raise ValueError(f"need 0 < final <= 1 and 0 <= init <= 1, got final {final}, init {init}")
+    if min(warmup, hold, decay) < 0:
+        raise ValueError(f"stage lengths must be >= 0, got warmup {warmup}, hold {hold}, decay {decay}")
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return init + (1.0 - init) * step / warmup
+        if step < warmup + hold:
+            return 1.0
+        if step < warmup + hold + decay:  # at its end the line reaches `final`, returned exactly below
+            return 1.0 - (1.0 - final) * (step - warmup - hold) / decay
+        return final
+    return f
+
+
 def warmup_hold_decay(warmup: int, hold: int, decay: int, final: float):
-    """LR multiplier in three stages (fairseq's ``tri_stage`` scheduler, whose stage names the paper's numbers
-    follow): linear 0 -> 1 over ``warmup`` steps, 1 for ``hold`` steps, then geometric decay to ``final`` over
-    ``decay`` steps, and ``final`` after that.
+    """LR multiplier in three stages with a geometric decay (the shape of fairseq's ``tri_stage`` decay; this
+    suite's SpeechLM schedule before :func:`linear_tri_stage`, kept as ``lr_schedule: warmup_hold_decay``): linear
+    ``1 / warmup -> 1`` over ``warmup`` steps (the first step already at ``1 / warmup``), 1 for ``hold`` steps, then
+    geometric decay to ``final`` over ``decay`` steps, and ``final`` after that.
 
     >>> f = warmup_hold_decay(10, 5, 20, 0.1)
     >>> f(4), f(12), round(f(25), 4), f(35), f(99)

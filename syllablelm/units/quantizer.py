@@ -131,34 +131,58 @@ def segment_cuts(seg_frames: Any, T: int) -> Any:
     return _like(torch.cat([c, c.new_tensor([T])]), seg_frames)
 
 
-def segment_mean_targets(features: Any, seg_frames: Any, T: Any = None, mode: str = "middle_third") -> Any:
+def segment_mean_targets(features: Any, seg_frames: Any, T: Any = None, mode: str = "middle_third",
+                         end: Any = None) -> Any:
     """The SylBoost target: every frame of a segment gets the segment's pooled mean, other frames zero.
 
     features (T_max, D) with seg_frames (n, 2) frames (or boundaries) and T an int; or batched: features
     (B, T_max, D), seg_frames a sequence of B arrays, T a sequence of B valid lengths. ``T=None`` means T_max.
     Segments come from :func:`segment_cuts`; frames before the first cut and frames ``>= T`` (padding) get zero.
-    Returns the features' shape and dtype.
+
+    ``end`` (None, an int, or one per item; each ``>= T``) is where the last segment ends; None = at ``T``. The
+    authors' SylBoost pads every clip to its 8 s crop and ends the last segment at the crop's frame 400 (docs/
+    algorithms.md, Stage 2): the cuts are then kept inside ``[0, end)``, each pooling window is computed on these
+    segments as if every frame up to ``end`` existed, and averaged over its frames below ``T`` only (padding adds
+    to neither the sum nor the count); a window without a real frame gives zero. Returns the features' shape and
+    dtype.
     """
     x = _tensor(features)
     batched = x.ndim == 3
     if not batched:
-        x, seg_frames, T = x.unsqueeze(0), [seg_frames], (None if T is None else [T])
+        x, seg_frames = x.unsqueeze(0), [seg_frames]
+        T, end = (None if T is None else [T]), (None if end is None else [end])
     B, T_max, D = x.shape
     lengths = [T_max] * B if T is None else [int(t) for t in T]
     if len(seg_frames) != B or len(lengths) != B or max(lengths, default=0) > T_max:
         raise ValueError(f"need {B} segment arrays and lengths <= {T_max}")
-    segs = [as_segments(segment_cuts(_tensor(s, x.device), t)) for s, t in zip(seg_frames, lengths)]
+    ends = lengths if end is None else [int(e) for e in ([end] * B if np.ndim(end) == 0 else end)]
+    if len(ends) != B or any(e < t for e, t in zip(ends, lengths)):
+        raise ValueError(f"need {B} segment ends, each >= its item's {lengths} real frames, got {ends}")
+    segs = [as_segments(segment_cuts(_tensor(s, x.device), e)) for s, e in zip(seg_frames, ends)]
     batch = torch.cat([torch.full((len(s),), b, dtype=torch.long, device=x.device) for b, s in enumerate(segs)])
-    seg = torch.cat(segs)  # (n, 2)
+    seg = torch.cat(segs)  # (n, 2), ends up to `ends`
     out = x.new_zeros(B * T_max, D)
     if len(seg):
-        pooled = _pool(x, seg, batch, mode).to(x.dtype)  # (n, D)
-        lens = seg[:, 1] - seg[:, 0]  # (n,)
+        real = torch.tensor(lengths, dtype=torch.long, device=x.device)[batch]  # (n,) real frames of each item
+        pooled = _pool_real(x, seg, batch, mode, real).to(x.dtype)  # (n, D)
+        lens = (seg[:, 1].minimum(real) - seg[:, 0]).clamp_min(0)  # (n,) real frames of each segment
         sid = torch.repeat_interleave(torch.arange(len(seg), device=x.device), lens)  # (F,) segment per frame
         within = torch.arange(len(sid), device=x.device) - (lens.cumsum(0) - lens)[sid]  # (F,) offset in segment
         out[batch[sid] * T_max + seg[sid, 0] + within] = pooled[sid]
     out = out.view(B, T_max, D)
     return _like(out if batched else out[0], features)
+
+
+def _pool_real(x: torch.Tensor, seg: torch.Tensor, batch: torch.Tensor, mode: str, real: torch.Tensor
+               ) -> torch.Tensor:
+    """:func:`_pool` for SylBoost targets: each segment's ``pooling_range`` clipped to its item's first ``real``
+    frames (n,); zero where nothing is left. Segments inside the real frames give exactly :func:`_pool`'s means."""
+    lo, hi = pooling_range(seg, mode)  # (n,), (n,) on the whole segment, padding included
+    lo, hi = lo.minimum(real), hi.minimum(real)
+    acc = torch.float32 if x.device.type == "mps" else torch.float64
+    csum = F.pad(x.to(acc).cumsum(1), (0, 0, 1, 0))  # (B, T + 1, D)
+    count = (hi - lo).clamp_min(1).unsqueeze(1).to(acc)  # an empty window: 0 / 1
+    return (csum[batch, hi] - csum[batch, lo]) / count  # (n, D)
 
 
 # ------------------------------------------------------------------------------------- standardise, dedup

@@ -20,8 +20,12 @@ How the authors extract units, and how the imported tokenizer reproduces each st
   4 prenet blocks run inside the modality encoder, then the main-block loop breaks after block index
   ``len(blocks) + out_layer = 8 - 2 = 6`` (0-based), i.e. after 7 of the 8 main blocks: 4 + 7 = 11 blocks, no
   final LayerNorm (post-LN model). In this project's numbering (0 = input to block 1) that is
-  ``hidden_states[11]``: the encoder is cut at ``layer=11`` with ``normalize_waveform=False``. (They run fp16 on
-  a GPU; the tokenizer runs in the encoder's dtype, fp32 by default.)
+  ``hidden_states[11]``: the encoder is cut at ``layer=11`` with ``normalize_waveform=False``.
+* precision: they cast the model and the wave to fp16 (``.half()``) on a GPU, and the features to float32 for the
+  min-cut (``.float()``). The import records a default *run* precision in the tokenizer checkpoint
+  (``--precision``, default ``"auto"``: fp16 on CUDA, fp32 on the CPU, resolved where ``tokenize`` / ``units``
+  run; :mod:`syllablelm.units.tokenizer`); the weights stay stored in the release's dtype (fp16) whatever
+  precision is recorded, so nothing is rounded at import time.
 * boundaries: the exact-count SSE/D min-cut with lengths 3..min(T, 35) frames, counts searched in
   ``[m//3, m]`` with ``m = int(0.2 T)``, binary search on the 0.75-quantile of the per-frame segment costs against
   the rate's δ (:data:`RELEASED_SYLBOOST`) = ``sse_segment(delta=δ, quantile=0.75, min_len=3, max_len=35,
@@ -49,6 +53,7 @@ import torch
 from syllablelm.boundaries.segmenter import Segmenter
 from syllablelm.checkpoints import CheckpointError, load_fairseq_state
 from syllablelm.checkpoints.fairseq_data2vec2 import encoder_from_fairseq_state, fairseq_key
+from syllablelm.checkpoints.tokenizer_file import precision_meta
 from syllablelm.models.data2vec2 import Data2Vec2Config
 from syllablelm.models.encoder import SpeechEncoder
 from syllablelm.units.quantizer import UnitQuantizer
@@ -117,14 +122,16 @@ def load_released_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def import_released_sylboost(model_pth: str | os.PathLike, kmeans_npy: str | os.PathLike,
                              agglom_npy: str | os.PathLike, rate: str, out_ckpt: str | os.PathLike | None = None,
-                             ) -> dict:
+                             *, precision: str = "auto") -> dict:
     """Build a tokenizer checkpoint from a released triple (module docstring); write it atomically to
     ``out_ckpt`` when given and return it (the dict ``Tokenizer.from_pretrained`` reads).
 
     The encoder holds ``model_seg``'s weights cut after block 11 (block 12 and the pretraining decoder are dropped;
     any other unknown or any missing key is an error naming the file); its tensors keep the file's dtype. The
     segmenter is the rate's δ and quantile with lengths 3..35 and the 0.2 * T cap; the quantizer is the two
-    ``.npy`` files (drop-edge pooling, standardised vectors)."""
+    ``.npy`` files (drop-edge pooling, standardised vectors). ``precision`` (``"auto"``, ``"fp32"``, ``"fp16"``,
+    ``"bf16"``) is recorded as the precision the tokenizer runs the encoder in by default (module docstring)."""
+    recorded = precision_meta(precision)  # an unknown name fails before any file is read
     preset = released_preset(rate)
     config = released_encoder_config()
     state = load_released_state(model_pth)
@@ -143,7 +150,7 @@ def import_released_sylboost(model_pth: str | os.PathLike, kmeans_npy: str | os.
                               f"{config.embed_dim}")
     segmenter = Segmenter({"delta": preset["delta"], "quantile": preset["quantile"], **RELEASED_SEGMENTER,
                            "vad_trim": False})
-    meta = {"command": "import-sylboost",
+    meta = {"command": "import-sylboost", **recorded,
             RELEASED_KEY: {"rate": preset["rate"], "model": Path(model_pth).name, "kmeans": Path(kmeans_npy).name,
                            "agglom": Path(agglom_npy).name}}
     ckpt = tokenizer_checkpoint(encoder, segmenter, quantizer, meta, encoder_state=stored)

@@ -18,9 +18,24 @@ Older tokenizer files — a SylBoost checkpoint (:mod:`syllablelm.checkpoints.su
 converts in memory (the same code) and logs a warning naming the command, so the units are the same either way.
 A SylBoost checkpoint without a quantizer opens only with ``require_quantizer=False``: features and boundaries,
 what ``quantize`` starts from.
+
+Run settings (none changes the file; docs/algorithms.md, "Stage 3"):
+
+* ``precision`` (``"fp32"``, ``"fp16"``, ``"bf16"``, or ``"auto"``: fp16 on CUDA, fp32 on the CPU): the dtype the
+  encoder's weights and input are cast to, as the authors' extractor casts its model and wave with ``.half()``.
+  Only the encoder runs in it: the min-cut and the quantizer read its features as floats (the min-cut's costs in
+  float64, pooling in float64), where the authors' extractor converts them with ``.float()`` for the min-cut and
+  pools in fp16. The API's default is fp32; ``tokenize`` and ``units`` default to the precision the file records
+  (``import-sylboost --precision``), else ``"auto"`` (:func:`resolve_precision`).
+* ``chunk_seconds``: files longer than this are cut at pauses into chunks of at most that length (default 60 s);
+  ``None`` (or 0) runs the encoder and one min-cut over the whole file, as the authors' extractor does with what it
+  is given — memory grows with the square of the length (:func:`whole_file_bytes`).
+* ``max_segment_frames``: the min-cut's longest segment, replacing the segmenter's ``max_len`` (the authors: 50
+  frames for LibriSpeech, 35 for LibriLight).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -42,6 +57,35 @@ log = logging.getLogger(__name__)
 
 CONVERT_COMMAND = "syllablelm convert-tokenizer"
 LEGACY_QUANTIZER_SUFFIX = ".quantizer.npz"  # an older file's quantizer beside it: <checkpoint stem>.quantizer.npz
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # run precisions (module docstring)
+WHOLE_FILE_WARN_BYTES = 8 << 30  # the whole-file path logs its estimate above this (module docstring)
+
+
+def resolve_precision(precision: str | None, device: str | torch.device) -> str:
+    """``"fp32"``, ``"fp16"`` or ``"bf16"`` for a requested precision: ``"auto"`` (or None) is fp16 on CUDA — the
+    authors' extractor runs its model in fp16 on a GPU — and fp32 on any other device."""
+    if precision is None or precision == "auto":
+        return "fp16" if torch.device(device).type == "cuda" else "fp32"
+    if precision not in DTYPES:
+        raise ValueError(f"precision must be one of {['auto', *DTYPES]}, got {precision!r}")
+    return precision
+
+
+def whole_file_bytes(seconds: float, *, heads: int = 12, dim: int = 768, min_len: int = 3, max_len: int = 35,
+                     max_rate: float = 0.2, feature_bytes: int = 4) -> dict[str, int]:
+    """Bytes of the largest tensors one whole-file pass holds for ``seconds`` of audio (T = 50 frames a second),
+    the released data2vec 2.0 shape by default:
+
+    * ``attention``: the encoder's peak, three ``(heads, T, T)`` float32 tensors alive at once (the ALiBi bias,
+      a block's logits and their sum with it; in fp16 / bf16 the logits come first in the run precision, 14 bytes
+      a number instead of 12) — 144 bytes × T² measured on the CPU for the released shape (168 in fp16);
+    * ``features``: ``(T, dim)`` at ``feature_bytes`` a number (4: fp32, 2: fp16 / bf16);
+    * ``cost_table``: the min-cut's segment costs, ``(max_len - min_len + 1, T + 1)`` float64;
+    * ``backpointers``: the min-cut DP's ``(int(max_rate·T), T + 1)`` uint8 table, one row per segment count.
+    """
+    T = int(round(seconds * 50))
+    return {"attention": heads * T * T * (12 if feature_bytes == 4 else 14), "features": T * dim * feature_bytes,
+            "cost_table": (max_len - min_len + 1) * (T + 1) * 8, "backpointers": int(max_rate * T) * (T + 1)}
 
 
 def quantizer_tables(q: UnitQuantizer) -> QuantizerTables:
@@ -93,18 +137,36 @@ def convert_tokenizer(old: str | os.PathLike, new: str | os.PathLike, *,
 class Tokenizer:
     def __init__(self, encoder: SpeechEncoder, quantizer: UnitQuantizer | None,
                  segmenter: Segmenter | SegmenterConfig | dict, *, delta: float | None = None,
-                 device: str | torch.device = "cpu", chunk_seconds: float = 60.0, group_seconds: float = 240.0):
-        self.encoder = encoder.eval().to(device)
+                 device: str | torch.device = "cpu", chunk_seconds: float | None = 60.0,
+                 group_seconds: float = 240.0, precision: str = "fp32", max_segment_frames: int | None = None):
+        self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.dtype = DTYPES[self.precision]
+        if self.precision == "fp16" and self.device.type == "cpu":
+            log.warning("the encoder runs in fp16 on the CPU: it works, slowly (several times slower than fp32); "
+                        "fp16 is the authors' GPU setting")
+        # moved and cast in place (nn.Module.to), as the authors' .half(): pass a copy to keep the original
+        self.encoder = encoder.eval().to(device=self.device, dtype=self.dtype)
         self.quantizer = quantizer
         self.segmenter = segmenter if isinstance(segmenter, Segmenter) else Segmenter(segmenter, delta=delta)
-        self.device = torch.device(device)
-        self.chunk_seconds = chunk_seconds
-        self.group_seconds = max(group_seconds, chunk_seconds)
+        if max_segment_frames is not None:
+            self.use_max_segment(max_segment_frames)
+        self.chunk_seconds = float(chunk_seconds) if chunk_seconds else None  # None: whole files
+        self.group_seconds = max(group_seconds, self.chunk_seconds or 0.0)
         self.meta: dict = {}  # a tokenizer checkpoint's "meta" (empty for one made or converted in memory)
 
     @property
     def delta(self) -> float | None:
         return self.segmenter.delta
+
+    def use_max_segment(self, frames: int) -> None:
+        """Cut segments of at most ``frames`` frames (inclusive, as the authors' ``s``: 35 for LibriLight) instead
+        of the segmenter's ``max_len``; δ, quantile, rate cap and the rest stay."""
+        try:
+            config = dataclasses.replace(self.segmenter.config, max_len=frames)  # validated: min_len <= frames
+        except ValueError as e:
+            raise ValueError(f"max segment of {frames!r} frames: {e}") from e
+        self.segmenter = Segmenter(config, delta=self.segmenter.delta)
 
     def use_fixed_frames(self, frames: int) -> None:
         """Cut every ``frames`` frames instead of the min-cut (frame-unit baselines; 2 = 25 Hz units)."""
@@ -119,7 +181,8 @@ class Tokenizer:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
                         quantizer: str | os.PathLike | None = None, require_quantizer: bool = True,
-                        chunk_seconds: float = 60.0, group_seconds: float = 240.0) -> "Tokenizer":
+                        chunk_seconds: float | None = 60.0, group_seconds: float = 240.0,
+                        precision: str | None = "fp32", max_segment_frames: int | None = None) -> "Tokenizer":
         """The tokenizer a file holds — the one way to open one.
 
         * A tokenizer checkpoint (``syllablelm quantize``, ``import-sylboost``, ``convert-tokenizer``): as written;
@@ -131,12 +194,16 @@ class Tokenizer:
           one (features and boundaries: what ``quantize`` needs), else ``FileNotFoundError``.
 
         An unreadable file or one of another kind is a ``CheckpointError`` (a ``ValueError``) naming the file.
-        ``chunk_seconds`` / ``group_seconds``: see :meth:`batch`."""
+        ``chunk_seconds`` / ``group_seconds``: see :meth:`batch`. ``precision``: the encoder's (module docstring);
+        None = the one the file records (``import-sylboost --precision``), else ``"auto"`` — the commands' rule.
+        ``max_segment_frames``: see :meth:`use_max_segment` (None: the file's segmenter)."""
         path = Path(path)
         ckpt = suite.read_suite_checkpoint(path)
-        opts = {"device": device, "chunk_seconds": chunk_seconds, "group_seconds": group_seconds}
+        opts = {"device": device, "chunk_seconds": chunk_seconds, "group_seconds": group_seconds,
+                "max_segment_frames": max_segment_frames}
         if tokenizer_file.is_tokenizer_checkpoint(ckpt, path):
             f = tokenizer_file.read_tokenizer_checkpoint(ckpt, path)
+            opts["precision"] = precision or tokenizer_file.run_precision(f.meta, path) or "auto"
             try:
                 q = quantizer_from_tables(f.quantizer)
                 segmenter = Segmenter(f.segmenter, delta=f.delta)
@@ -148,6 +215,7 @@ class Tokenizer:
             tok = cls(f.encoder, q, segmenter, **opts)
             tok.meta = f.meta
             return tok
+        opts["precision"] = precision or "auto"  # older files record none
         tok, _ = cls._from_older_file(ckpt, path, quantizer=quantizer, require_quantizer=require_quantizer, **opts)
         if tok.quantizer is not None:
             log.warning("%s is an older tokenizer file (a SylBoost checkpoint and its quantizer), converted in "
@@ -195,8 +263,9 @@ class Tokenizer:
         return self.quantizer
 
     @torch.inference_mode()
-    def features(self, wave: torch.Tensor) -> torch.Tensor:  # (S,) -> (T, D)
-        return self.encoder(wave[None].to(self.device))[0][0]
+    def features(self, wave: torch.Tensor) -> torch.Tensor:  # (S,) -> (T, D) in the run precision
+        """Features of one 16 kHz wave; the wave is cast to the run precision as the encoder is."""
+        return self.encoder(wave[None].to(self.device, self.dtype))[0][0]
 
     def boundaries(self, features: Sequence[torch.Tensor], waves: Sequence[torch.Tensor] | None = None
                    ) -> list[torch.Tensor]:
@@ -224,7 +293,10 @@ class Tokenizer:
         Long recordings are cut at pauses into chunks of at most ``chunk_seconds`` (results in file time).
         Chunks go through the encoder and the min-cut DP in groups of at most ``group_seconds`` of audio, file
         after file, so memory stays bounded whatever the files' lengths (an hour of LibriLight included); the
-        DP is exact per chunk, so grouping never changes the result."""
+        DP is exact per chunk, so grouping never changes the result. A file no longer than ``chunk_seconds`` is
+        one chunk. With ``chunk_seconds=None`` every file is one chunk whatever its length — one encoder pass and
+        one min-cut over all its frames, the authors' extractor on a whole file; its memory grows with the square
+        of the length (:func:`whole_file_bytes`: about 4.2 TiB of attention for an hour)."""
         out = [[[], []] for _ in audios]
         group: list[tuple[torch.Tensor, int, float]] = []  # (chunk wave, file index, offset seconds)
 
@@ -238,7 +310,12 @@ class Tokenizer:
 
         for i, audio in enumerate(audios):
             wave = self._load(audio, sample_rate)
-            for start, end in pause_chunks(wave, SAMPLE_RATE, max_seconds=self.chunk_seconds):
+            seconds = len(wave) / SAMPLE_RATE
+            if self.chunk_seconds is None:
+                self._warn_whole_file(audio if isinstance(audio, (str, os.PathLike)) else f"audio {i}", seconds)
+            chunks = [(0.0, seconds)] if self.chunk_seconds is None else \
+                pause_chunks(wave, SAMPLE_RATE, max_seconds=self.chunk_seconds)
+            for start, end in chunks:
                 part = wave[int(round(start * SAMPLE_RATE)):int(round(end * SAMPLE_RATE))]
                 if len(part) < samples_for_frames(2 * self.segmenter.config.min_len + 1):  # too short to cut
                     continue
@@ -253,6 +330,17 @@ class Tokenizer:
             units = np.concatenate(units) if units else np.zeros(0, dtype=np.int64)
             result.append(dedup(segs, units) if deduplicate else (segs, units))
         return result
+
+    def _warn_whole_file(self, name, seconds: float) -> None:
+        config = self.encoder.model.config  # data2vec 2.0's names first, then HF's
+        heads = getattr(config, "num_heads", None) or getattr(config, "num_attention_heads", 12)
+        dim = getattr(config, "embed_dim", None) or getattr(config, "hidden_size", 768)
+        c = self.segmenter.config
+        need = whole_file_bytes(seconds, heads=heads, dim=dim, min_len=c.min_len, max_len=c.max_len,
+                                max_rate=c.max_rate, feature_bytes=self.dtype.itemsize)
+        if max(need.values()) > WHOLE_FILE_WARN_BYTES:
+            log.warning("%s: %.0f s as one whole-file pass: about %s", name, seconds,
+                        ", ".join(f"{v / 2**30:.1f} GiB for {k}" for k, v in need.items()))
 
     def __call__(self, audio, sample_rate: int | None = None, *, deduplicate: bool = True):
         return self.batch([audio], sample_rate, deduplicate=deduplicate)[0]
