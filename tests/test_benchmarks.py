@@ -90,3 +90,49 @@ def test_compare_reports_flags_a_changed_score_not_a_timing(tmp_path):
     assert runs[0].returncode == 0 and "scores: all equal" in runs[0].stdout and "(run) timings" in runs[0].stdout
     assert runs[1].returncode == 1 and "boundaries/losspred/f1" in runs[1].stdout.splitlines()[-1]
     assert runs[2].returncode == 1 and "boundaries/losspred/f1" in runs[2].stdout.splitlines()[-1]
+
+
+@pytest.mark.slow  # about a minute on 2 cores: every component built and measured in fresh processes
+def test_scale_smoke_measures_every_component_and_fits_the_growth(tmp_path):
+    """``benchmarks/scale.py --smoke``: every component at two sizes (<= 10k utterances), each in a fresh process,
+    with positive time and memory, worker memory for both DataModules, one-utterance reads for the stores, and a
+    fitted line whose extrapolation is the fitted line itself at the LibriSpeech and LibriLight entry counts."""
+    out = tmp_path / "scale.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    printed = subprocess.run([sys.executable, str(REPO / "benchmarks/scale.py"), "--smoke", "--workdir",
+                              str(tmp_path / "work"), "--out", str(out)], check=True, env=env, cwd=tmp_path,
+                             timeout=300, capture_output=True, text=True).stdout
+    doc = json.loads(out.read_text())
+    components = ["units_store", "units_datamodule", "boundary_store", "label_store", "speech_datamodule",
+                  "manifest_cold", "manifest_rescan"]
+    sizes = sorted({r["size"] for r in doc["results"]})
+    assert len(sizes) >= 2 and max(sizes) <= 10_000
+    assert sorted((r["component"], r["size"]) for r in doc["results"]) == sorted((c, n) for c in components
+                                                                                 for n in sizes)
+    for r in doc["results"]:
+        assert r["time_s"] > 0 and r["held_mb"] > 0 and r["peak_mb"] >= r["held_mb"] > 0, r
+        if r["component"].endswith("_store"):
+            assert r["utterances"] == r["size"] and r["read_one_n"] >= 3
+            assert r["read_one_ms_mean"] > 0 and r["read_one_ms_p95"] > 0, r
+        if r["component"].endswith("_datamodule"):
+            assert r["batches"] > 0 and r["worker_private_mb"] > 0 and r["worker_private_first_mb"] > 0, r
+        if r["component"].startswith("manifest") or r["component"] == "speech_datamodule":
+            assert r["entries"] == r["size"], r
+    targets = doc["targets"]
+    assert targets["LibriSpeech"]["entries"] == 281_241
+    assert targets["LibriLight"]["entries"] == round(55_000 * 3600 / (960 * 3600 / 281_241))
+    for c in components:
+        f = doc["fits"][c]
+        assert f["stage"] and {"time_s", "held_mb", "peak_mb"} <= set(f)
+        for metric in ("time_s", "held_mb", "peak_mb"):
+            m = f[metric]
+            assert m["exponent"] is not None and (m["slope"] > 0 or metric == "held_mb"), (c, metric, m)
+            for name, t in targets.items():  # the extrapolation is a + b N at the target's entry count
+                assert m["at"][name] == pytest.approx(m["intercept"] + m["slope"] * t["entries"])
+            # the line fits the measured points (two sizes: through them)
+            rows = [r for r in doc["results"] if r["component"] == c]
+            if len(rows) == 2:
+                for r in rows:
+                    assert m["intercept"] + m["slope"] * r["size"] == pytest.approx(r[metric], rel=1e-6, abs=1e-9)
+        assert "read_one_ms_mean" in f if c.endswith("_store") else "worker_private_mb" in f or "manifest" in c
+    assert "LibriLight" in printed and all(c in printed for c in components)
