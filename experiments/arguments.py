@@ -9,6 +9,7 @@ options in ``parser()`` and imports the heavy parts (torch, Lightning, the core)
 from __future__ import annotations
 
 import argparse
+import os
 import re
 
 DEVICE = ("where the model runs: cpu, cuda or cuda:N; when not given, this process's GPU (cuda:$LOCAL_RANK) if CUDA "
@@ -40,3 +41,13 @@ def command_parser(prog: str, doc: str | None, **kwargs) -> argparse.ArgumentPar
     text."""
     return argparse.ArgumentParser(prog=f"syllablelm {prog}", description=plain(doc or "").strip(),
                                    formatter_class=HelpFormatter, **kwargs)
+
+
+def add_sharding(p: argparse.ArgumentParser, shards_note: str = "") -> None:
+    """``--rank`` / ``--world-size`` (default: torchrun's RANK / WORLD_SIZE) and ``--shards``: how the offline
+    store writers (``labels``, ``units``) split their files."""
+    p.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)), help="this process's rank ($RANK)")
+    p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)),
+                   help="processes sharing the work ($WORLD_SIZE)")
+    p.add_argument("--shards", type=int, help="shard files, dealt round-robin to the ranks (default: one per rank); "
+                   "more give finer resume points" + shards_note)

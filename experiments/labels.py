@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from experiments.arguments import DEVICE, MANIFEST_CACHE, command_parser
+from experiments.arguments import DEVICE, MANIFEST_CACHE, add_sharding, command_parser
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,11 +49,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", choices=["decode", "header"], default="decode",
                    help="manifest check of each file (give the training stage's data.verify with --train-hours)")
     p.add_argument("--chunk-seconds", type=float, default=30.0, help="cut longer files at pauses")
-    p.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)), help="this process's rank ($RANK)")
-    p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)),
-                   help="processes sharing the work ($WORLD_SIZE)")
-    p.add_argument("--shards", type=int, help="shard files, dealt round-robin to the ranks (default: one per rank); "
-                   "more give finer resume points")
+    add_sharding(p)
     p.add_argument("--device", help=DEVICE)
     p.add_argument("--seed", type=int, default=0, help="seeds the k-means sample and fit, and --train-hours' subset")
     p.add_argument("--manifest-cache", help=MANIFEST_CACHE + " (default $SYLLABLELM_CACHE)")

@@ -147,9 +147,7 @@ def tokenize_files(files: list[Path], checkpoint: str, output: str, variant: str
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
     tok = Tokenizer.from_pretrained(checkpoint, device=device, precision=precision, chunk_seconds=chunk_seconds,
                                     max_segment_frames=max_segment_frames)
-    log.info("tokenizer %s on %s in %s: segments of %d..%d frames, %s", checkpoint, device, tok.precision,
-             tok.segmenter.config.min_len, tok.segmenter.config.max_len,
-             f"files cut at pauses into chunks of at most {chunk_seconds:g} s" if chunk_seconds else "whole files")
+    log.info("tokenizer %s on %s: %s", checkpoint, device, tok.describe_run())
     skipped, written = 0, 0
     with contextlib.ExitStack() as stack:  # the output is opened at the first result: none, no file
         f = None

@@ -28,9 +28,8 @@ the store).
 from __future__ import annotations
 
 import argparse
-import os
 
-from experiments.arguments import DEVICE, MANIFEST_CACHE, SEED, UNIT_VARIANTS, command_parser
+from experiments.arguments import DEVICE, MANIFEST_CACHE, SEED, UNIT_VARIANTS, add_sharding, command_parser
 
 
 def quantize_parser() -> argparse.ArgumentParser:
@@ -126,11 +125,7 @@ def units_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", required=True, help="audio folders to tokenize")
     p.add_argument("--out", required=True, help="unit store root")
     p.add_argument("--version", type=int, default=0, help="the unit-store version to write")
-    p.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)), help="this process's rank ($RANK)")
-    p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)),
-                   help="processes sharing the work ($WORLD_SIZE)")
-    p.add_argument("--shards", type=int, help="shard files, dealt round-robin to the ranks (default: one per rank); "
-                   "more give finer resume points (LibriLight: thousands)")
+    add_sharding(p, " (LibriLight: thousands)")
     p.add_argument("--batch-size", type=int, default=8, help="files tokenized together")
     add_variant(p, "dedup")
     p.add_argument("--device", help=DEVICE)

@@ -142,11 +142,8 @@ def tokenize_readable(tok: Tokenizer, paths: list[str], deduplicate: bool, skipp
 def write_units(args, variant: str) -> int:
     """``syllablelm units`` with parsed arguments and the unit variant chosen."""
     tok = Tokenizer.from_pretrained(args.checkpoint, device=_device(args.device), **run_options(args))
-    c = tok.segmenter.config
-    run = {"precision": tok.precision, "max_segment_frames": c.max_len, "chunk_seconds": tok.chunk_seconds}
-    log.info("units: the encoder in %s, segments of %d..%d frames, %s", tok.precision, c.min_len, c.max_len,
-             f"files cut at pauses into chunks of at most {tok.chunk_seconds:g} s" if tok.chunk_seconds
-             else "whole files")
+    run = tok.run_settings()
+    log.info("units: %s", tok.describe_run())
     store = UnitStore(args.out)
     store.claim_variant(args.version, variant)  # a resumed run must not mix variants in one version
     n_shards, todo = store.shards_to_write(args.version, args.rank, args.world_size, args.shards)

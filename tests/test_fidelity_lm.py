@@ -5,7 +5,6 @@ the earlier behaviours stay reachable as named variants (``GPTConfig.style="nano
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import lightning
 import numpy as np
@@ -199,9 +198,6 @@ class FakeTokenizer:
     def __init__(self):
         self.quantizer, self.C = toy_quantizer()
         self.calls: list[bool] = []
-        # what `units` records of the run (experiments/unit_work.py: precision, segment lengths, chunking)
-        self.segmenter = SimpleNamespace(config=SimpleNamespace(min_len=3, max_len=35))
-        self.precision, self.chunk_seconds = "fp32", 60.0
 
     @property
     def vocab_size(self) -> int:
@@ -210,6 +206,12 @@ class FakeTokenizer:
     def ids_for(self, path) -> list[int]:
         r = sum(map(ord, str(path).rsplit("/", 1)[-1])) % len(SEQ)
         return SEQ[r:] + SEQ[:r]
+
+    def run_settings(self) -> dict:  # what `units` records of the run (Tokenizer.run_settings)
+        return {"precision": "fp32", "max_segment_frames": 35, "chunk_seconds": 60.0}
+
+    def describe_run(self) -> str:
+        return "fake"
 
     def batch(self, paths, sample_rate=None, *, deduplicate=True):
         self.calls.append(deduplicate)

@@ -159,6 +159,18 @@ class Tokenizer:
     def delta(self) -> float | None:
         return self.segmenter.delta
 
+    def run_settings(self) -> dict:
+        """How this tokenizer runs (what ``units`` records in its manifest): precision, longest segment, chunking."""
+        return {"precision": self.precision, "max_segment_frames": self.segmenter.config.max_len,
+                "chunk_seconds": self.chunk_seconds}
+
+    def describe_run(self) -> str:
+        """One line for the log: the encoder's precision, the segment lengths and the chunking."""
+        c = self.segmenter.config
+        chunks = (f"files cut at pauses into chunks of at most {self.chunk_seconds:g} s" if self.chunk_seconds
+                  else "whole files")
+        return f"the encoder in {self.precision}, segments of {c.min_len}..{c.max_len} frames, {chunks}"
+
     def use_max_segment(self, frames: int) -> None:
         """Cut segments of at most ``frames`` frames (inclusive, as the authors' ``s``: 35 for LibriLight) instead
         of the segmenter's ``max_len``; δ, quantile, rate cap and the rest stay."""
