@@ -3,7 +3,8 @@ a fresh process, a fitted growth and the extrapolation to LibriSpeech and LibriL
 
     python benchmarks/scale.py --sizes 1000 10000 50000 --out scale.json
     python benchmarks/scale.py --sizes 281241 --components units_store --out units.json
-    python benchmarks/scale.py --smoke --out smoke.json          # two small sizes, every component (the test's run)
+    python benchmarks/scale.py --smoke --out smoke.json          # two small sizes, every component, 2 at a time
+                                                                 # (the test's run)
 
 What is built, per size N (with the stores' own writers, so the on-disk format is the real one):
 
@@ -12,7 +13,7 @@ What is built, per size N (with the stores' own writers, so the on-disk format i
 - a unit store (``UnitStore.write_shard`` + ``finalize``): ``--rate`` segments per second (default 6.25 Hz) tiling
   each utterance, one unit id in ``0 .. 8191`` per segment (meta: vocab_size 8192, variant authors_lm);
 - a boundary store of the same segments and a label store of one int32 label in ``0 .. 499`` per 20 ms frame;
-- ``--shards`` shard files per store version (utterance ``i`` in shard ``i mod shards``);
+- ``--shards`` shards per store version, each a contiguous run of the sorted ids (as the writers deal a manifest);
 - ``N`` tiny WAV files (``--audio-seconds``, default 0.1 s of low noise, 16 kHz int16, written with soundfile) in
   LibriSpeech's folder layout, with a boundary and a label store fitted to them (one segment, the frames of 0.1 s):
   what the manifest components and the SpeechDataModule read. Disk: about 4 KB per file.
@@ -22,6 +23,9 @@ The components (``--components``; each with the stage whose data it is):
 ==================  ====================================================================  ====================
 units_store         ``UnitStore.load()`` + every utterance read once                       SpeechLM data
 units_datamodule    ``UnitsDataModule.setup()`` + ``train_dataloader()`` + one epoch          SpeechLM data
+                    (packed windows, the tiny configs' batches)
+units_datamodule_   the same with the paper configs' one-utterance rows (``collate: authors``,  SpeechLM data
+authors             20,000 units a batch)                                                     (paper batches)
 boundary_store      ``BoundaryStore.load()`` + every utterance read once                   SylBoost
 label_store         ``LabelStore.load()`` + every utterance read once                      teacher / LossPred
 speech_datamodule   ``SpeechDataModule`` with boundaries and labels: setup + one epoch     every audio stage
@@ -62,6 +66,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +75,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-COMPONENTS = ("units_store", "units_datamodule", "boundary_store", "label_store", "speech_datamodule",
-              "manifest_cold", "manifest_rescan")
-STAGE = {"units_store": "SpeechLM data", "units_datamodule": "SpeechLM data", "boundary_store": "SylBoost",
+COMPONENTS = ("units_store", "units_datamodule", "units_datamodule_authors", "boundary_store", "label_store",
+              "speech_datamodule", "manifest_cold", "manifest_rescan")
+STAGE = {"units_store": "SpeechLM data", "units_datamodule": "SpeechLM data",
+         "units_datamodule_authors": "SpeechLM data (paper batches)", "boundary_store": "SylBoost",
          "label_store": "teacher / LossPred", "speech_datamodule": "every audio stage",
          "manifest_cold": "every stage", "manifest_rescan": "every stage"}
 STORE_COMPONENTS = ("units_store", "boundary_store", "label_store")
@@ -160,37 +166,47 @@ def tiling(duration: float, rate: float, rng: np.random.Generator) -> np.ndarray
     return np.stack([edges[:-1], edges[1:]], 1)
 
 
-def write_versions(store, shards: int, entries: dict, meta: dict | None = None) -> None:
-    """Version 0 of ``store`` with ``entries`` dealt to ``shards`` shard files (utterance i to shard i mod shards)."""
-    ids = sorted(entries)
-    for s in range(shards):
-        store.write_shard(0, s, shards, {i: entries[i] for i in ids[s::shards]})
+def write_versions(store, shards: int, ids, secs, make, meta: dict | None = None, desc: str = "") -> None:
+    """Version 0 of ``store``, the sorted ids cut into ``shards`` contiguous runs (shard ``s`` holds
+    ``shard_range(N, s, shards)``, as the offline writers deal a sorted manifest); each shard's values are made just
+    before it is written (``make(ids, seconds, rng)`` -> ``{id: value}``, one generator per shard), so a
+    million-utterance store never sits in this process whole."""
+    from tqdm.auto import tqdm
+
+    from syllablelm.runtime.fileio import shard_range
+    for s in tqdm(range(shards), desc=f"{desc} shards", unit="shard", leave=False, disable=shards < 8):
+        rng = np.random.default_rng([sum(map(ord, desc)), s])
+        lo, hi = shard_range(len(ids), s, shards)
+        store.write_shard(0, s, shards, make(ids[lo:hi], secs[lo:hi], rng))
     store.finalize(0, shards, meta=meta)
 
 
 def build_units(root: Path, ids, secs, rate: float, shards: int, seed: int) -> None:
     from datamodules.unit_store import UnitStore
-    rng = np.random.default_rng([seed, 2])
-    entries = {}
-    for utt, d in zip(ids, secs):
-        seg = tiling(float(d), rate, rng)
-        entries[utt] = (seg, rng.integers(0, VOCAB, len(seg)))
-    write_versions(UnitStore(root), shards, entries, {"vocab_size": VOCAB, "variant": "authors_lm"})
+
+    def make(part, seconds, rng):
+        out = {}
+        for utt, d in zip(part, seconds):
+            seg = tiling(float(d), rate, rng)
+            out[utt] = (seg, rng.integers(0, VOCAB, len(seg)))
+        return out
+    write_versions(UnitStore(root), shards, ids, secs, make, {"vocab_size": VOCAB, "variant": "authors_lm"}, "units")
 
 
 def build_boundaries(root: Path, ids, secs, rate: float, shards: int, seed: int) -> None:
     from datamodules.boundary_store import BoundaryStore
-    rng = np.random.default_rng([seed, 3])
-    write_versions(BoundaryStore(root), shards, {u: tiling(float(d), rate, rng) for u, d in zip(ids, secs)})
+    write_versions(BoundaryStore(root), shards, ids, secs,
+                   lambda part, seconds, rng: {u: tiling(float(d), rate, rng) for u, d in zip(part, seconds)},
+                   desc="boundaries")
 
 
 def build_labels(root: Path, ids, secs, shards: int, seed: int) -> None:
     from datamodules.label_store import LabelStore
     from syllablelm.audio.frames import num_frames
-    rng = np.random.default_rng([seed, 4])
-    entries = {u: rng.integers(0, NUM_LABELS, num_frames(int(round(d * SAMPLE_RATE))), dtype=np.int32)
-               for u, d in zip(ids, secs)}
-    write_versions(LabelStore(root), shards, entries, {"num_labels": NUM_LABELS})
+    write_versions(LabelStore(root), shards, ids, secs,
+                   lambda part, seconds, rng: {
+                       u: rng.integers(0, NUM_LABELS, num_frames(int(round(d * SAMPLE_RATE))), dtype=np.int32)
+                       for u, d in zip(part, seconds)}, {"num_labels": NUM_LABELS}, "labels")
 
 
 def audio_path(corpus: Path, utt: str) -> Path:
@@ -229,7 +245,7 @@ def build(folder: Path, n: int, args, components) -> dict:
     ids = utterance_ids(n)
     secs = durations(n, args.seed)
     (folder / "ids.txt").write_text("\n".join(ids) + "\n")
-    if {"units_store", "units_datamodule"} & set(components):
+    if {"units_store", "units_datamodule", "units_datamodule_authors"} & set(components):
         build_units(folder / "units", ids, secs, args.rate, args.shards, args.seed)
     if "boundary_store" in components:
         build_boundaries(folder / "boundaries", ids, secs, args.rate, args.shards, args.seed)
@@ -238,11 +254,13 @@ def build(folder: Path, n: int, args, components) -> dict:
     if {"speech_datamodule", "manifest_cold", "manifest_rescan"} & set(components):
         build_audio(folder / "corpus", ids, args.audio_seconds, args.seed)
         if "speech_datamodule" in components:
-            write_versions(BoundaryStore(folder / "audio_boundaries"), args.shards,
-                           {u: np.array([[0.0, args.audio_seconds]]) for u in ids})
-            write_versions(LabelStore(folder / "audio_labels"), args.shards,
-                           {u: np.zeros(num_frames(int(round(args.audio_seconds * SAMPLE_RATE))), dtype=np.int32)
-                            for u in ids}, {"num_labels": NUM_LABELS})
+            frames = num_frames(int(round(args.audio_seconds * SAMPLE_RATE)))
+            write_versions(BoundaryStore(folder / "audio_boundaries"), args.shards, ids, secs,
+                           lambda part, _, rng: {u: np.array([[0.0, args.audio_seconds]]) for u in part},
+                           desc="audio boundaries")
+            write_versions(LabelStore(folder / "audio_labels"), args.shards, ids, secs,
+                           lambda part, _, rng: {u: np.zeros(frames, dtype=np.int32) for u in part},
+                           {"num_labels": NUM_LABELS}, "audio labels")
         if {"speech_datamodule", "manifest_rescan"} & set(components):  # the cache both read (neither writes it)
             build_manifest(folder / "corpus", verify="decode", min_seconds=0.01, cache_dir=folder / "cache_rescan",
                            num_workers=2, progress=False)
@@ -263,9 +281,10 @@ def open_store(component: str, folder: Path):
     return getattr(importlib.import_module(module), cls)(folder / sub)
 
 
-def read_one_today(store, version: int, manifest: dict, utt: str):
-    """One utterance's value as today's format allows: no id index, so each shard's ``ids`` member is read until one
-    holds ``utt`` (ids are sorted within a shard), then that shard's ``offsets`` and whole ``values`` members."""
+def read_one_npz(store, version: int, manifest: dict, utt: str):
+    """One utterance's value from a store of the old layout (one ``.npz`` per shard, no id index): each shard's
+    ``ids`` member is read until one holds ``utt`` (ids are sorted within a shard), then that shard's ``offsets``
+    and whole ``values`` members. (Column-layout stores read through their id index: ``view[utt]``.)"""
     for shard in manifest["shards"]:
         with np.load(store.version_dir(version) / shard["file"]) as z:
             ids = z["ids"]
@@ -281,17 +300,25 @@ def read_one_times(component: str, folder: Path, count: int, budget: float, seed
     store = open_store(component, folder)
     ids = (folder / "ids.txt").read_text().split()
     pick = np.random.default_rng([seed, 6]).choice(len(ids), min(count, len(ids)), replace=False)
+    t = time.perf_counter()
     manifest = store.verify(0)
+    columns = manifest.get("layout") == "columns"
+    view = store.view(0, manifest) if columns else None  # the id index mapped; no shard opened yet
+    opened = time.perf_counter() - t
     times, start = [], time.perf_counter()
     for k in pick:
         t = time.perf_counter()
-        read_one_today(store, 0, manifest, ids[k])
+        if columns:
+            view[ids[k]]
+        else:
+            read_one_npz(store, 0, manifest, ids[k])
         times.append(time.perf_counter() - t)
         if time.perf_counter() - start > budget and len(times) >= 3:
             break
     ms = np.array(times) * 1e3
     return {"read_one_ms_mean": float(ms.mean()), "read_one_ms_p95": float(np.percentile(ms, 95)),
-            "read_one_n": len(ms)}
+            "read_one_ms_max": float(ms.max()), "read_one_n": len(ms), "open_ms": opened * 1e3,
+            "layout": manifest.get("layout", "npz")}
 
 
 def touch(value) -> int:
@@ -334,10 +361,14 @@ def run_epoch(loader) -> dict:
     return out
 
 
-def measure_units_datamodule(folder: Path, args) -> tuple[dict, object]:
+def measure_units_datamodule(folder: Path, args, authors: bool = False) -> tuple[dict, object]:
+    """Packed windows of 1,024 tokens, 16 a batch (the tiny configs' layout); ``authors``: the paper configs'
+    one utterance per row, with a token budget of 20,000 units a batch (the Fidelity row's one-GPU alternative; 160
+    on 2 GPUs makes ~2-row batches, the same data path but 100 times the batches)."""
     from datamodules.unit_data import UnitsDataModule
-    dm = UnitsDataModule(unit_dir=str(folder / "units"), version=0, context_length=1024, batch_size=16,
-                         num_workers=args.workers)
+    layout = (dict(pack=False, collate="authors", max_tokens=20_000, batch_size=None, context_length=161) if authors
+              else dict(context_length=1024, batch_size=16))
+    dm = UnitsDataModule(unit_dir=str(folder / "units"), version=0, num_workers=args.workers, **layout)
     t = time.perf_counter()
     dm.setup("fit")
     setup_s = time.perf_counter() - t
@@ -371,7 +402,7 @@ def measure(component: str, folder: Path, args) -> dict:
     """The child process: imports, one-utterance reads (stores), then the component under the peak sampler."""
     if component in STORES:
         open_store(component, folder)  # imports
-    elif component == "units_datamodule":
+    elif component.startswith("units_datamodule"):
         import datamodules.unit_data  # noqa: F401
     elif component == "speech_datamodule":
         import datamodules.speech  # noqa: F401
@@ -391,8 +422,8 @@ def measure(component: str, folder: Path, args) -> dict:
     with PeakSampler() as sampler:
         if component in STORES:
             extra, keep = measure_store(component, folder, args)
-        elif component == "units_datamodule":
-            extra, keep = measure_units_datamodule(folder, args)
+        elif component in ("units_datamodule", "units_datamodule_authors"):
+            extra, keep = measure_units_datamodule(folder, args, authors=component.endswith("_authors"))
         elif component == "speech_datamodule":
             extra, keep = measure_speech_datamodule(folder, args)
         else:
@@ -432,6 +463,30 @@ def fits(results: list[dict]) -> dict:
     return out
 
 
+# ---- issue 28's targets ---------------------------------------------------------------------------------------
+def verdicts(r: dict) -> list[str]:
+    """Issue 28's must-show limits that apply to one result, each ``name limit: ok|OVER``: held and peak memory of
+    the stores and the UnitsDataModule <= 64 MB + 32 B per utterance; one-utterance reads <= 5 ms (mean and p95);
+    SpeechDataModule worker private memory <= 64 MB; manifest peak <= 0.5 KB per file."""
+    n, out = r["size"], []
+
+    def check(name, value, limit, unit):
+        if value is not None:
+            out.append(f"{name} <= {limit:,.1f} {unit}: {'ok' if value <= limit else 'OVER'}")
+    if r["component"] in STORE_COMPONENTS or r["component"].startswith("units_datamodule"):
+        limit = 64 + 32 * n / 2 ** 20
+        check("held", r.get("held_mb"), limit, "MB")
+        check("peak", r.get("peak_mb"), limit, "MB")
+    if r["component"] in STORE_COMPONENTS:
+        check("read mean", r.get("read_one_ms_mean"), 5.0, "ms")
+        check("read p95", r.get("read_one_ms_p95"), 5.0, "ms")
+    if r["component"] == "speech_datamodule":
+        check("worker private", r.get("worker_private_mb"), 64.0, "MB")
+    if r["component"].startswith("manifest_"):
+        check("peak", r.get("peak_mb"), 0.5 * n / 1024, "MB")
+    return out
+
+
 # ---- output ---------------------------------------------------------------------------------------------------
 def fmt(v, digits: int = 1) -> str:
     if v is None:
@@ -440,15 +495,17 @@ def fmt(v, digits: int = 1) -> str:
 
 
 def table(results: list[dict], fitted: dict) -> str:
-    lines = ["| component | stage | utterances | time s | held MB | peak MB | worker private MB (first batch) | "
-             "one read ms mean / p95 (n) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| component | stage | utterances | shards | time s | held MB | peak MB | worker private MB (first "
+             "batch) | one read ms mean / p95 (n) | issue 28 targets |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         worker = "-" if r.get("worker_private_mb") is None else \
             f"{fmt(r['worker_private_mb'])} ({fmt(r.get('worker_private_first_mb'))})"
         read = "-" if r.get("read_one_ms_mean") is None else \
             f"{fmt(r['read_one_ms_mean'], 2)} / {fmt(r['read_one_ms_p95'], 2)} ({r['read_one_n']})"
-        lines.append(f"| {r['component']} | {r['stage']} | {r['size']:,} | {fmt(r['time_s'], 2)} | "
-                     f"{fmt(r['held_mb'])} | {fmt(r['peak_mb'])} | {worker} | {read} |")
+        lines.append(f"| {r['component']} | {r['stage']} | {r['size']:,} | {r.get('shards', '-')} | "
+                     f"{fmt(r['time_s'], 2)} | {fmt(r['held_mb'])} | {fmt(r['peak_mb'])} | {worker} | {read} | "
+                     f"{'; '.join(verdicts(r)) or '-'} |")
     ls, ll = TARGETS["LibriSpeech"], TARGETS["LibriLight"]
     lines += ["", f"Fitted growth (least squares, a + b N; exponent of the log-log fit) and the line at LibriSpeech "
               f"({ls['entries']:,} utterances, {ls['hours']} h) and LibriLight ({ll['entries']:,} entries: "
@@ -469,6 +526,22 @@ def table(results: list[dict], fitted: dict) -> str:
                          f"{fmt(m['at']['LibriSpeech'])} {unit[metric]} | {fmt(m['at']['LibriLight'])} "
                          f"{unit[metric]} |")
     return "\n".join(lines)
+
+
+def run_child(component: str, folder: Path, n: int, args) -> dict:
+    """Measure one component in a fresh process (``--measure``); its result with the shard count and wall time."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", component, "--folder", str(folder),
+           "--size", str(n), "--workers", str(args.workers), "--reads", str(args.reads),
+           "--read-budget", str(args.read_budget), "--seed", str(args.seed)]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
+    wall = time.perf_counter() - t
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"{component} at {n} utterances failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    result = json.loads(line[len("RESULT "):])
+    result.update(shards=args.shards, process_wall_s=wall)
+    return result
 
 
 def child_env() -> dict:
@@ -493,6 +566,8 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", type=Path, help="where corpora and stores go (default: a temporary folder, removed)")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="components measured at once (memory is per process; times "
+                   "are only comparable with 1, the default)")
     p.add_argument("--measure", help=argparse.SUPPRESS)  # child mode: COMPONENT
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -505,7 +580,7 @@ def main(argv=None) -> int:
         return 0
 
     if args.smoke:
-        args.sizes, args.shards, args.reads, args.read_budget = list(SMOKE_SIZES), 2, 200, 2.0
+        args.sizes, args.shards, args.reads, args.read_budget, args.jobs = list(SMOKE_SIZES), 2, 200, 2.0, 2
     from tqdm.auto import tqdm
     work = args.workdir or Path(tempfile.mkdtemp(prefix="scale-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -518,22 +593,12 @@ def main(argv=None) -> int:
             folder.mkdir(parents=True)
             bar.set_postfix_str(f"building {n:,}")
             builds.append(build(folder, n, args, args.components))
-            for component in args.components:
-                bar.set_postfix_str(f"{component} {n:,}")
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", component, "--folder", str(folder),
-                       "--size", str(n), "--workers", str(args.workers), "--reads", str(args.reads),
-                       "--read-budget", str(args.read_budget), "--seed", str(args.seed)]
-                t = time.perf_counter()
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
-                wall = time.perf_counter() - t
-                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-                if proc.returncode != 0 or line is None:
-                    raise RuntimeError(f"{component} at {n} utterances failed (exit {proc.returncode}):\n"
-                                       f"{proc.stderr[-3000:]}")
-                result = json.loads(line[len("RESULT "):])
-                result.update(shards=args.shards, process_wall_s=wall)
-                results.append(result)
-                bar.update()
+            bar.set_postfix_str(f"measuring {n:,}")
+            with ThreadPoolExecutor(args.jobs) as pool:  # one fresh process per component, --jobs at a time
+                k = len(args.components)
+                for result in pool.map(run_child, args.components, [folder] * k, [n] * k, [args] * k):
+                    results.append(result)
+                    bar.update()
             if not args.keep:
                 shutil.rmtree(folder, ignore_errors=True)
         bar.close()

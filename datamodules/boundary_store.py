@@ -46,6 +46,17 @@ class BoundaryStore(ShardStore):
         duration = None if durations is None else durations.get(utt)
         return check_segments(value.reshape(-1, 2), duration=duration, where=where)
 
-    def load(self, version: int, durations: Mapping[str, float] | None = None) -> dict[str, np.ndarray]:
+    def check_context(self, where, utt, columns, start, stop, durations: Mapping[str, float]) -> None:
+        check_inside(columns["values"], start, stop, durations.get(utt), where)
+
+    def load(self, version: int, durations: Mapping[str, float] | None = None) -> Mapping[str, np.ndarray]:
         """``{id: (n, 2) seconds}``; with ``durations`` every entry must lie inside its utterance."""
         return super().load(version, durations)
+
+
+def check_inside(segments: np.ndarray, start: int, stop: int, duration: float | None, where: str) -> None:
+    """Rows ``[start, stop)`` of a stored segment column end inside an utterance of ``duration`` seconds (the
+    check :func:`~syllablelm.audio.alignments.check_segments` makes with a duration; the rest was checked when the
+    segments were written)."""
+    if duration is not None and stop > start:
+        check_segments(segments[stop - 1:stop], duration=duration, where=where)

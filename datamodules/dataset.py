@@ -1,6 +1,9 @@
 """The map-style dataset behind every stage: items are whole utterances or chunks of long files.
 
-An item is ``(entry, offset, duration)`` in seconds of the original file. ``dataset[(epoch, [i, j, ...], k)]``
+An item is ``(entry, offset, duration)`` in seconds of the original file. Items are held as three arrays
+(:class:`Items`) over a columnar :class:`~datamodules.manifest.Manifest`, so a DataLoader worker forked from the
+main process touches no per-file Python object (whose reference counts and garbage-collector headers it would
+write, copying their pages: worker memory would grow with the corpus). ``dataset[(epoch, [i, j, ...], k)]``
 returns a whole padded batch, batch ``k`` of ``epoch`` (the samplers yield batches, see
 :mod:`datamodules.samplers`)::
 
@@ -15,10 +18,10 @@ returns a whole padded batch, batch ``k`` of ``epoch`` (the samplers yield batch
 
 (:class:`datamodules.contracts.SpeechBatch` declares these keys and their types.)
 
-``segments`` are cut from the boundaries the dataset holds when the batch is built, possibly in a DataLoader
-worker forked before a newer boundary version was loaded; the DataModule therefore cuts them again in the main
-process right before the batch is used (:func:`attach_segments` in ``on_before_batch_transfer``), so a batch
-always carries the version training is on.
+``segments`` are cut from the boundaries the dataset holds when the batch is built (a :class:`Swappable`: the
+DataModule swaps the version it forwards to), possibly in a DataLoader worker forked before a newer boundary version
+was loaded; the DataModule therefore cuts them again in the main process right before the batch is used
+(:func:`attach_segments` in ``on_before_batch_transfer``), so a batch always carries the version training is on.
 
 A batch none of whose files can be read (they broke after the manifest was built) is an *empty* batch (B = 0,
 :func:`is_empty`), never ``None``: Lightning's training loop would skip a ``None`` without calling
@@ -32,7 +35,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Iterable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -43,7 +47,7 @@ from syllablelm.audio.io import AudioError, read_audio
 from syllablelm.runtime.outcome import record_skip
 
 from .contracts import SpeechBatch
-from .manifest import Entry
+from .manifest import Entry, Manifest
 
 log = logging.getLogger(__name__)
 CropMode = Literal["first", "random"]
@@ -54,6 +58,68 @@ class Item:
     entry: int  # index into the manifest entries
     offset: float  # seconds into the file
     duration: float  # seconds
+
+
+class Items(Sequence):
+    """A dataset's items as three arrays: ``entry`` (int64 manifest rows), ``offset`` and ``duration`` (float64
+    seconds). Indexing makes one :class:`Item` (Python numbers); nothing per item is kept."""
+
+    __slots__ = ("entry", "offset", "duration")
+
+    def __init__(self, entry, offset, duration):
+        self.entry = np.asarray(entry, dtype=np.int64).reshape(-1)
+        self.offset = np.asarray(offset, dtype=np.float64).reshape(-1)
+        self.duration = np.asarray(duration, dtype=np.float64).reshape(-1)
+        if not len(self.entry) == len(self.offset) == len(self.duration):
+            raise ValueError("item columns of different lengths")
+
+    @classmethod
+    def from_items(cls, items: Iterable[Item]) -> "Items":
+        items = list(items)
+        return cls([it.entry for it in items], [it.offset for it in items], [it.duration for it in items])
+
+    def __len__(self) -> int:
+        return len(self.entry)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(len(self))[i]]
+        return Item(int(self.entry[i]), float(self.offset[i]), float(self.duration[i]))
+
+    def __iter__(self) -> Iterator[Item]:
+        for a in range(0, len(self), 4096):  # a block of Python numbers at a time
+            b = a + 4096
+            for k, off, dur in zip(self.entry[a:b].tolist(), self.offset[a:b].tolist(), self.duration[a:b].tolist()):
+                yield Item(k, off, dur)
+
+
+class Swappable(Mapping):
+    """A read-only ``Mapping`` that forwards to the one it holds now; :meth:`swap` replaces it. Datasets hold this
+    (not the store's mapping), so a new boundary version reaches every live dataset, whatever ``Mapping`` the store
+    returns (read-only, memory-mapped: nothing to clear or update in place)."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, current: Mapping):
+        self.current = current
+
+    def swap(self, new: Mapping) -> None:
+        self.current = new
+
+    def __getitem__(self, key):
+        return self.current[key]
+
+    def get(self, key, default=None):
+        return self.current.get(key, default)
+
+    def __contains__(self, key) -> bool:
+        return key in self.current
+
+    def __iter__(self):
+        return iter(self.current)
+
+    def __len__(self) -> int:
+        return len(self.current)
 
 
 def is_empty(batch: dict | None) -> bool:
@@ -73,10 +139,14 @@ def clip_segments(segments: np.ndarray, start: float, end: float) -> tuple[np.nd
 
 
 class SpeechDataset(Dataset):
+    """Items (:class:`Items`) of a columnar manifest; ``entries`` is the manifest's :class:`~datamodules.manifest.Entry`
+    view (``ds.entries[k].path``), ``manifest`` the manifest itself. Lists of :class:`Entry` / :class:`Item` are
+    accepted and turned into columns."""
+
     def __init__(
         self,
-        entries: Sequence[Entry],
-        items: Sequence[Item],
+        entries: Manifest | Sequence[Entry],
+        items: Items | Sequence[Item],
         *,
         sample_rate: int = 16_000,
         crop_seconds: float | None = None,
@@ -86,8 +156,9 @@ class SpeechDataset(Dataset):
         alignments: Mapping[str, dict] | None = None,
         labels: Mapping[str, np.ndarray] | None = None,
     ):
-        self.entries = list(entries)
-        self.items = list(items)
+        self.manifest = entries if isinstance(entries, Manifest) else Manifest.from_entries(entries)
+        self.entries = self.manifest.entries
+        self.items = items if isinstance(items, Items) else Items.from_items(items)
         self.sample_rate = sample_rate
         self.crop_seconds = crop_seconds
         self.crop_mode = crop_mode
@@ -102,38 +173,39 @@ class SpeechDataset(Dataset):
     @property
     def seconds(self) -> np.ndarray:
         """Per-item seconds after cropping (what the samplers batch by)."""
-        d = np.array([it.duration for it in self.items], dtype=np.float64)
+        d = self.items.duration.copy()
         return np.minimum(d, self.crop_seconds) if self.crop_seconds else d
 
     def window(self, index: int, epoch: int = 0) -> tuple[float, float]:
         """``(offset, duration)`` actually read for item ``index`` in ``epoch``. Random crops start on a 20 ms
         grid of the file (frames stay aligned with file time) and depend only on (seed, epoch, index)."""
-        item = self.items[index]
-        if not self.crop_seconds or item.duration <= self.crop_seconds:
-            return item.offset, item.duration
+        offset, duration = float(self.items.offset[index]), float(self.items.duration[index])
+        if not self.crop_seconds or duration <= self.crop_seconds:
+            return offset, duration
         if self.crop_mode == "first":
-            return item.offset, self.crop_seconds
+            return offset, self.crop_seconds
         rng = np.random.default_rng([self.seed, epoch, index])
-        slack_frames = int((item.duration - self.crop_seconds) / FRAME_SECONDS)
-        return item.offset + FRAME_SECONDS * int(rng.integers(0, slack_frames + 1)), self.crop_seconds
+        slack_frames = int((duration - self.crop_seconds) / FRAME_SECONDS)
+        return offset + FRAME_SECONDS * int(rng.integers(0, slack_frames + 1)), self.crop_seconds
 
     def load(self, index: int, epoch: int = 0) -> dict:
-        entry = self.entries[self.items[index].entry]
+        m, k = self.manifest, int(self.items.entry[index])
+        utt = m.ids[k]
         offset, duration = self.window(index, epoch)
-        wave = read_audio(entry.path, self.sample_rate, offset=offset, duration=duration)
-        out = {"id": entry.id, "wave": wave, "offset": offset, "duration": entry.seconds,
+        wave = read_audio(m.paths[k], self.sample_rate, offset=offset, duration=duration)
+        out = {"id": utt, "wave": wave, "offset": offset, "duration": int(m.num_samples[k]) / int(m.sample_rate[k]),
                "segments": None, "alignment": None, "labels": None}
         end = offset + len(wave) / self.sample_rate
-        out["segments"] = window_segments(self.boundaries, entry.id, offset, end)
-        if self.alignments is not None and entry.id in self.alignments:
+        out["segments"] = window_segments(self.boundaries, utt, offset, end)
+        if self.alignments is not None and utt in self.alignments:
             clipped = {}
-            for tier, (times, labels) in self.alignments[entry.id].items():
+            for tier, (times, labels) in self.alignments[utt].items():
                 t, keep = clip_segments(times, offset, end)
                 clipped[tier] = (t, [labels[k] for k in keep])
             out["alignment"] = clipped
-        if self.labels is not None and entry.id in self.labels:
+        if self.labels is not None and utt in self.labels:
             first = int(seconds_to_frames(offset))  # windows start on the 20 ms grid (crops, chunks, VAD trims)
-            out["labels"] = self.labels[entry.id][first:first + num_frames(len(wave))]
+            out["labels"] = self.labels[utt][first:first + num_frames(len(wave))]
         return out
 
     def __getitem__(self, request: tuple[int, list[int], int] | tuple[int, list[int]] | int) -> SpeechBatch:

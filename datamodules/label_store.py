@@ -19,6 +19,7 @@ from syllablelm.audio.alignments import SegmentError
 from syllablelm.audio.frames import num_frames
 from syllablelm.units.frame_labels import FrameLabeler
 
+from . import store_columns as cols
 from .shard_store import ShardStore
 
 # the label model as the manifest's meta records it (read back by LabelStore.labeler)
@@ -42,6 +43,15 @@ class LabelStore(ShardStore):
             raise SegmentError(f"utterance {utt!r} (label version {version}): expected a 1-D array of "
                                f"non-negative integer labels, got {labels.dtype} {labels.shape}")
         return labels.astype(np.int32)
+
+    def to_columns(self, joined: np.ndarray) -> dict[str, np.ndarray]:
+        return {"values": joined.astype(cols.smallest_unsigned(joined))}  # int32 again when read
+
+    def from_columns(self, columns, start: int, stop: int) -> np.ndarray:
+        return np.array(columns["values"][start:stop], dtype=np.int32)
+
+    def check_context(self, where, utt, columns, start, stop, num_samples: Mapping[str, int]) -> None:
+        self.decode(utt, range(stop - start), where, num_samples)  # decode looks at the length only
 
     def writer_hint(self, version: int) -> str:
         return (f"`syllablelm labels --out {self.root} --version {int(version)}` with the features, checkpoint and "

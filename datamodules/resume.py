@@ -27,6 +27,7 @@ DataModule of the suite (:class:`~datamodules.speech.SpeechDataModule`,
 """
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Callable
 
@@ -41,6 +42,16 @@ log = logging.getLogger(__name__)
 POSITION_KEY = "train_position"
 
 
+def init_worker(worker_id: int) -> None:
+    """``worker_init_fn`` of the suite's loaders: :func:`~syllablelm.runtime.seeding.seed_worker`, after
+    ``gc.freeze()``. A worker is a fork of the main process; freezing moves every object it inherited to the
+    collector's permanent generation, so the worker's garbage collections never write to those objects' headers and
+    the parent's heap stays shared instead of being copied page by page into each worker (its private memory would
+    otherwise grow towards the size of the main process's Python heap, whatever the data)."""
+    gc.freeze()
+    seed_worker(worker_id)
+
+
 class SeededLoader(DataLoader):
     """A DataLoader over one of the suite's batch samplers (``batch_size=None``) whose workers are seeded from
     ``(seed, the epoch the sampler serves next)``: Python's, numpy's and torch's generators in worker ``w`` are
@@ -50,7 +61,7 @@ class SeededLoader(DataLoader):
     def __init__(self, dataset, *, sampler: EpochBatchSampler, seed: int = 0,
                  epoch_of: Callable[[], int | None] | None = None, **kwargs):
         super().__init__(dataset, batch_size=None, sampler=sampler, generator=torch.Generator(),
-                         worker_init_fn=seed_worker, **kwargs)
+                         worker_init_fn=init_worker, **kwargs)
         self.seed = seed
         self.epoch_of = epoch_of  # the training epoch an iterator made now serves (None: the sampler's own)
 

@@ -117,11 +117,13 @@ class _Batches(SequenceABC):
 
 
 class EpochBatchSampler(DistributedSampler):
+    size_dtype: type = np.float64  # what the per-item sizes are kept as
+
     def __init__(self, seconds: Sequence[float], *, batch_size: int, max_batch_seconds: float | None,
                  rank: int, world_size: int, shuffle: bool, seed: int):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.seconds = np.asarray(seconds, dtype=np.float64)
+        self.seconds = np.asarray(seconds, dtype=self.size_dtype)
         super().__init__(self.seconds, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
         self.batch_size = batch_size
         self.max_batch_seconds = max_batch_seconds
@@ -225,7 +227,9 @@ class TokenBudgetBatchSampler(EpochBatchSampler):
     epoch) and dealt round-robin, ``batches[rank::world_size]``. Where the count does not divide evenly fairseq gives
     the short ranks an empty batch (which their collate replaces with the dataset's first 64 items); here, as in
     :class:`TrainBatchSampler`, the epoch's first batches are served again, so every rank steps equally often.
+    Sizes are whole unit counts, kept as int32 (4 bytes an item; the batching order too, below 2^31 items).
     """
+    size_dtype = np.int32
 
     def __init__(self, sizes: Sequence[float], *, max_tokens: int | None, max_sentences: int | None = None,
                  multiple: int = 8, rank: int = 0, world_size: int = 1, seed: int = 0):
@@ -241,9 +245,11 @@ class TokenBudgetBatchSampler(EpochBatchSampler):
     def fixed_batches(self) -> tuple[np.ndarray, np.ndarray]:
         """``(order, bounds)``: the items in batching order and the batch boundaries in it (the same every epoch)."""
         if self._fixed is None:
-            sizes = self.seconds.astype(np.int64)
+            sizes = self.seconds
             ties = np.random.default_rng([self.seed, 0x5EED]).permutation(len(sizes))
-            order = np.lexsort((ties, sizes))[::-1].copy()  # longest first; equal sizes in a seeded random order
+            order = np.lexsort((ties, sizes))[::-1]  # longest first; equal sizes in a seeded random order
+            del ties
+            order = order.astype(np.int32 if len(order) < 2 ** 31 else np.int64)
             ends = budget_batch_ends(sizes[order], self.max_tokens, self.max_sentences, self.multiple)
             if not ends:
                 raise ValueError(f"no training batch: {len(sizes)} items, and fairseq's rule drops a last batch whose "

@@ -2,9 +2,16 @@
 
 Layout::
 
-    ROOT/iter_0/shard-00000-of-00002.npz   rank 0's utterances (ids, offsets, values)
-    ROOT/iter_0/shard-00001-of-00002.npz
-    ROOT/iter_0/manifest.json              written by rank 0 after every shard exists: the version is complete
+    ROOT/iter_0/shard-00000-of-00002.<column>.npy   rank 0's utterances, one file per column (ids, id offsets,
+    ROOT/iter_0/shard-00001-of-00002.<column>.npy   value columns, value offsets last; datamodules.store_columns)
+    ROOT/iter_0/index.<column>.npy                  the version's id index (sorted ids -> shard, rows)
+    ROOT/iter_0/manifest.json                       written by rank 0 after every shard exists: the version is complete
+
+Versions are read memory-mapped (:class:`~datamodules.store_columns.StoreView`: one utterance in O(its length), shards
+opened lazily); :mod:`datamodules.store_columns` describes the files. Versions written before that layout (the
+manifest records no ``"layout"``) hold one ``.npz`` per shard (``ids``, ``offsets``, ``values``): they still read,
+value-identical, into a dict, and :meth:`ShardStore.convert` (``syllablelm store-convert``) rewrites them as columns
+in place. A store root may mix both.
 
 Every file is written atomically (temp + rename). A version without ``manifest.json`` is incomplete and is
 never read; rerunning a step overwrites its shards and then the manifest. Subclasses say what one utterance's
@@ -21,8 +28,9 @@ Typical use under DDP (the regeneration callback and the offline steps do exactl
     barrier()
 
 Integrity. :meth:`ShardStore.finalize` records in the manifest, for each shard, the files it consists of with
-their byte sizes and CRC-32 (``shards[i]["files"] = {name: {"bytes": n, "crc32": "8 hex digits"}}``: one
-``.npz`` per shard today, any number of files in another layout), and in ``meta`` the command line that wrote
+their byte sizes and CRC-32 (``shards[i]["files"] = {name: {"bytes": n, "crc32": "8 hex digits"}}``: the
+column files of a shard, or its one ``.npz`` in the old layout; the id index's files in ``index["files"]``), and
+in ``meta`` the command line that wrote
 the version (``command_line``, a list as in ``sys.argv``, and ``cwd``) unless the caller's meta gives one.
 Sizes are checked whenever a version's state is asked (a ``stat`` per file); checksums when a version is read
 (:meth:`ShardStore.load`, :meth:`ShardStore.copy_version`) or on request (:meth:`ShardStore.verify`). CRC-32
@@ -68,7 +76,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from syllablelm.audio.alignments import SegmentError
-from syllablelm.runtime.fileio import atomic_write, write_json, write_npz
+from syllablelm.runtime.fileio import atomic_write, write_json
+
+from . import store_columns as cols
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -135,6 +145,7 @@ class ShardStore:
     kind = "store"  # what the messages call a store of no known kind; subclasses name theirs
     empty_shape: tuple[int, ...] = (0,)
     dtype: Any = np.float64
+    columns: tuple[str, ...] = ("values",)  # the value columns of the column layout (to_columns / from_columns)
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -149,6 +160,20 @@ class ShardStore:
         :meth:`load` was given (e.g. durations)."""
         return value
 
+    def to_columns(self, joined: np.ndarray) -> dict[str, np.ndarray]:
+        """The value columns of a shard from its encoded values concatenated along axis 0 (:attr:`columns`)."""
+        return {"values": joined}
+
+    def from_columns(self, columns: Mapping[str, np.ndarray], start: int, stop: int):
+        """One utterance's value from rows ``[start, stop)`` of the (memory-mapped) columns, copied out: what
+        :meth:`decode` returns for the same utterance of the old layout."""
+        return np.array(columns["values"][start:stop])
+
+    def check_context(self, where: str, utt: str, columns: Mapping[str, np.ndarray], start: int, stop: int,
+                      context: Any) -> None:
+        """Check one stored value against what :meth:`load` was given (durations, sample counts), in the bounded
+        pass :meth:`load` makes over a column-layout version (values were checked when written)."""
+
     def writer_hint(self, version: int) -> str:
         """The step that writes ``version`` of this store kind: what an error tells the user to rerun when the
         version records no command line (it is incomplete, absent, or was written before commands were
@@ -160,11 +185,16 @@ class ShardStore:
         return self.root / f"iter_{int(version)}"
 
     def shard_path(self, version: int, rank: int, world_size: int) -> Path:
-        return self.version_dir(version) / f"shard-{rank:05d}-of-{world_size:05d}.npz"
+        """The file a shard writes last: it is complete when this exists (:mod:`datamodules.store_columns`)."""
+        return cols.column_file(self.version_dir(version), cols.shard_prefix(rank, world_size), cols.MARKER)
+
+    def legacy_shard_path(self, version: int, rank: int, world_size: int) -> Path:
+        """A shard of the old layout: one ``.npz``."""
+        return self.version_dir(version) / f"{cols.shard_prefix(rank, world_size)}.npz"
 
     def shard_files(self, version: int, rank: int, world_size: int) -> list[Path]:
-        """The files one shard consists of, as :meth:`finalize` records them (one ``.npz`` in this layout)."""
-        return [self.shard_path(version, rank, world_size)]
+        """The files one shard consists of, as :meth:`finalize` records them (the marker last)."""
+        return cols.shard_files(self.version_dir(version), cols.shard_prefix(rank, world_size), self.columns)
 
     # ---- state --------------------------------------------------------------------------------------------
     def status(self, version: int) -> tuple[str, str | None]:
@@ -211,7 +241,7 @@ class ShardStore:
             return int(version)
         latest = self.latest_version()
         if latest is None:
-            raise AbsentVersionError(f"{self.root}: no complete {self.kind} version to read ({self._inventory()}); "
+            raise AbsentVersionError(f"{self.root}: no complete {self.kind} version to read ({self.inventory()}); "
                                      f"to write one, {self.regenerate_hint(0)}")
         return latest
 
@@ -274,7 +304,7 @@ class ShardStore:
         found = (_VERSION_DIR.match(p.name) for p in self.root.iterdir() if p.is_dir())
         return sorted(int(m.group(1)) for m in found if m)
 
-    def _inventory(self) -> str:
+    def inventory(self) -> str:
         """What the store holds, for an error message: ``versions here: 0, 1 complete; 2 damaged``."""
         if not self.root.is_dir():
             return f"{self.root} does not exist"
@@ -291,12 +321,12 @@ class ShardStore:
         vdir = self.version_dir(version)
         what = f"{self.kind} version {version}"
         if not vdir.is_dir():
-            return ABSENT, (f"{vdir}: {what} does not exist ({self._inventory()}); to write it, "
+            return ABSENT, (f"{vdir}: {what} does not exist ({self.inventory()}); to write it, "
                             f"{self.regenerate_hint(version)}"), None
         path = vdir / MANIFEST
         if not path.is_file():
-            written = sum(1 for _ in vdir.glob("shard-*"))
-            return INCOMPLETE, (f"{vdir}: {what} is incomplete (no {MANIFEST}; {written} shard file(s) written): "
+            written = sum(1 for _ in vdir.glob(f"shard-*.{cols.MARKER}.npy")) + sum(1 for _ in vdir.glob("shard-*.npz"))
+            return INCOMPLETE, (f"{vdir}: {what} is incomplete (no {MANIFEST}; {written} shard(s) written): "
                                 "it is still being written or its writer stopped early; if no writer is running, "
                                 f"{self.regenerate_hint(version)}"), None
         try:
@@ -314,7 +344,7 @@ class ShardStore:
         state, problem, manifest = self._read_manifest(version)
         if state != COMPLETE:
             return state, problem, manifest
-        for shard in manifest["shards"]:
+        for shard in [*manifest["shards"], *([manifest["index"]] if "index" in manifest else [])]:
             found = self.shard_problem(version, shard, checksums=checksums)
             if found is not None:
                 return DAMAGED, self._damaged(version, manifest, *found), manifest
@@ -344,19 +374,17 @@ class ShardStore:
             write_json(record, dict(sorted(skipped.items())))
         else:
             record.unlink(missing_ok=True)
-        path = self.shard_path(version, rank, world_size)
         joined = np.concatenate(values) if values else np.zeros(self.empty_shape, dtype=self.dtype)
-        write_npz(path, ids=np.array(ids, dtype=str), offsets=np.concatenate([[0], np.cumsum(lengths)]),
-                  values=joined)
-        return path
+        del values
+        return cols.write_shard_columns(self.version_dir(version), cols.shard_prefix(rank, world_size), ids, lengths,
+                                        self.to_columns(joined))
 
     def shard_record(self, version: int, rank: int, world_size: int, command: str = "the step that wrote it") -> dict:
         """A shard's manifest record: its file, its number of utterances and the byte size and CRC-32 of each of
         its files (:meth:`shard_files`). ``command`` is what the error of an unreadable shard says to rerun."""
         path = self.shard_path(version, rank, world_size)
         try:
-            with np.load(path) as z:
-                n = len(z["ids"])
+            n = cols.check_shard(self.version_dir(version), cols.shard_prefix(rank, world_size), self.columns)
         except _READ_ERRORS as e:
             raise StoreError(f"{path}: a {self.kind} shard written for version {version} is unreadable "
                              f"({type(e).__name__}: {e}); delete it and rerun {command}") from e
@@ -371,9 +399,11 @@ class ShardStore:
         process (``command_line``, ``cwd``) unless ``meta`` gives one. The inputs the shards left out
         (:meth:`write_shard`'s ``skipped``) join ``meta["skipped"]`` (``{path: reason}``, sorted by path).
 
-        Shards of an earlier attempt with another world size (and their skip records) are removed first so a
-        version never mixes runs.
-        Reading every shard once for its checksum costs about a second per GB on rank 0.
+        Rank 0 also writes the version's id index (:func:`~datamodules.store_columns.write_index`; an id in two
+        shards is an error here). Shard files of an earlier attempt with another world size or of the old layout
+        (and their skip records) are removed once the manifest is written, so a version never mixes runs and a
+        stop in between leaves a complete version. Reading every shard once for its checksum costs about a second
+        per GB on rank 0.
         """
         vdir = self.version_dir(version)
         meta = dict(meta or {})
@@ -383,11 +413,6 @@ class ShardStore:
         missing = self.missing_shards(version, world_size)
         if missing:
             raise IncompleteVersionError(f"{vdir}: shards of ranks {missing} (of {world_size}) are missing")
-        expected = {self.shard_path(version, r, world_size).name for r in range(world_size)}
-        expected |= {self.skipped_path(version, r, world_size).name for r in range(world_size)}
-        for stale in [*vdir.glob("shard-*.npz"), *vdir.glob("skipped-*-of-*.json")]:
-            if stale.name not in expected:
-                stale.unlink()
         records = [self.skipped_path(version, r, world_size) for r in range(world_size)]
         if "skipped" in meta or any(r.is_file() for r in records):
             skipped = dict(meta.get("skipped") or {})
@@ -397,10 +422,21 @@ class ShardStore:
             meta["skipped"] = dict(sorted(skipped.items()))
         command = f"`{command_text(meta['command_line'])}`"
         shards = [self.shard_record(version, r, world_size, command) for r in range(world_size)]
-        manifest = {"kind": self.kind, "version": int(version), "world_size": world_size,
+        index = cols.write_index(vdir, [cols.shard_prefix(r, world_size) for r in range(world_size)],
+                                 lambda utt, a, b: StoreError(f"{vdir}: utterance {utt!r} appears in more than one "
+                                                              f"shard ({a}, {b}); rerun {command}"))
+        manifest = {"kind": self.kind, "version": int(version), "layout": cols.LAYOUT, "world_size": world_size,
                     "num_utterances": sum(s["num_utterances"] for s in shards), "shards": shards,
+                    "index": {"file": index[0].name, "files": {f.name: {"bytes": f.stat().st_size,
+                                                                        CHECKSUM: file_checksum(f)} for f in index}},
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "meta": meta}
         write_json(vdir / MANIFEST, manifest, indent=1)
+        # after the manifest: what another attempt (another world size, the old layout) left is no longer needed
+        expected = {f.name for r in range(world_size) for f in self.shard_files(version, r, world_size)}
+        expected |= {self.skipped_path(version, r, world_size).name for r in range(world_size)}
+        for stale in [*vdir.glob("shard-*"), *vdir.glob("skipped-*-of-*.json")]:
+            if stale.name not in expected and stale.is_file():
+                stale.unlink()
         return manifest
 
     def finalize_when_complete(self, version: int, world_size: int, meta: Mapping | None = None, *,
@@ -445,18 +481,55 @@ class ShardStore:
     def copy_version(self, version: int, dest: "ShardStore", dest_version: int | None = None) -> dict:
         """Copy a complete version into another store (shards atomically, then the manifest): e.g. LossPred's
         version 0 as the starting point of a second SylBoost run that keeps its own later versions. The source is
-        verified first (sizes and checksums); the copy records the command that copied it, and ``copied_from``."""
+        verified first (sizes and checksums); the copy records the command that copied it, and ``copied_from``. A
+        version of the old layout is copied as columns (its values, read and written again)."""
         manifest = self.verify(version, checksums=True)
         target = version if dest_version is None else dest_version
         dest.invalidate(target)
-        for shard in manifest["shards"]:
-            for name in shard.get("files") or [shard["file"]]:
-                data = (self.version_dir(version) / name).read_bytes()
-                with atomic_write(dest.version_dir(target) / name, "wb") as f:
-                    f.write(data)
+        if manifest.get("layout") == cols.LAYOUT:
+            for shard in manifest["shards"]:
+                for name in shard["files"]:
+                    data = (self.version_dir(version) / name).read_bytes()
+                    with atomic_write(dest.version_dir(target) / name, "wb") as f:
+                        f.write(data)
+        else:
+            self._rewrite_legacy(version, manifest, dest, target)
         meta = {k: v for k, v in manifest["meta"].items() if k not in ("command_line", "cwd")}
         meta["copied_from"] = str(self.version_dir(version))
         return dest.finalize(target, manifest["world_size"], meta=meta)
+
+    def convert(self, version: int) -> dict | None:
+        """Rewrite a complete version of the old layout (one ``.npz`` per shard) as columns, in place: every
+        shard read (checksums verified), its values checked and written again, the index and a new manifest
+        written, then the ``.npz`` files removed. Values read back identical. The manifest keeps the writer's
+        command line and meta and adds ``converted`` (the old layout and this command). Returns the new manifest,
+        or None when the version is already in the column layout. A stop midway leaves the old version
+        complete (its manifest and shards are untouched until the new manifest replaces it)."""
+        manifest = self.verify(version, checksums=True)
+        if manifest.get("layout") == cols.LAYOUT:
+            return None
+        self._rewrite_legacy(version, manifest, self, version)
+        meta = dict(manifest["meta"])
+        meta.setdefault("command_line", [])  # the writer's command stays the one to rerun (none recorded: [])
+        meta["converted"] = {"from": "npz", "command_line": [str(a) for a in sys.argv], "cwd": os.getcwd(),
+                             "created": manifest.get("created")}
+        return self.finalize(version, manifest["world_size"], meta=meta)
+
+    def _rewrite_legacy(self, version: int, manifest: Mapping, dest: "ShardStore", target: int) -> None:
+        """Each old-layout shard of ``version`` written again as columns into ``dest``'s ``target`` (one shard
+        in memory at a time), with its skip record."""
+        for r, shard in enumerate(manifest["shards"]):
+            ids, offsets, values = self.read_shard(version, shard, manifest)
+            path = self.version_dir(version) / shard["file"]
+            entries = {utt: self._legacy_value(utt, values[offsets[i]:offsets[i + 1]], f"{path} [utterance {utt}]")
+                       for i, utt in enumerate(ids.tolist())}
+            record = self.skipped_path(version, r, manifest["world_size"])
+            skipped = json.loads(record.read_text()) if record.is_file() else None
+            dest.write_shard(target, r, manifest["world_size"], entries, skipped=skipped)
+
+    def _legacy_value(self, utt: str, value: np.ndarray, where: str):
+        """An old-layout value in the form :meth:`write_shard` takes (what :meth:`decode` returns)."""
+        return self.decode(utt, value, where, None)
 
     def invalidate(self, version: int) -> None:
         """Remove a version's manifest (making it incomplete) before it is rewritten."""
@@ -489,10 +562,41 @@ class ShardStore:
                     raise DamagedVersionError(self._damaged(version, manifest, path, problem)) from e
         return arrays[0], arrays[1], arrays[2]
 
-    def load(self, version: int, context: Any = None) -> dict[str, np.ndarray]:
-        """All utterances of a complete version, ``{id: value}``, after checking every shard's sizes and checksums
-        (:meth:`verify`); errors name the version folder or the shard file and how to regenerate it."""
+    def layout(self, version: int) -> str:
+        """``"columns"`` or ``"npz"`` (the old layout) for a complete version."""
+        return self.manifest(version).get("layout", "npz")
+
+    def load(self, version: int, context: Any = None) -> Mapping[str, Any]:
+        """All utterances of a complete version as a read-only ``{id: value}`` mapping, after checking every
+        shard's sizes and checksums (:meth:`verify`); errors name the version folder or the shard file and how to
+        regenerate it. A column-layout version is a :class:`~datamodules.store_columns.StoreView` (memory-mapped;
+        it iterates shard by shard, as the old layout's dict), checked against ``context`` (durations, sample
+        counts: any mapping with ``get``) in one pass here, never later inside a DataLoader worker; an old-layout
+        version a dict, every value decoded and checked."""
         manifest = self.verify(version, checksums=True)
+        if manifest.get("layout") == cols.LAYOUT:
+            view = self.view(version, manifest)
+            if context is not None:
+                for prefix, ids, offsets, columns in view.shards():
+                    where = cols.column_file(self.version_dir(version), prefix, self.columns[0])
+                    for i, utt in enumerate(ids):
+                        self.check_context(f"{where} [utterance {utt}]", utt, columns, int(offsets[i]),
+                                           int(offsets[i + 1]), context)
+            return view
+        return self._load_npz(version, manifest, context)
+
+    def view(self, version: int, manifest: Mapping | None = None) -> cols.StoreView:
+        """A column-layout version as a :class:`~datamodules.store_columns.StoreView`, without the checksum pass
+        of :meth:`load` (sizes only, unless ``manifest`` is given: then nothing is checked)."""
+        manifest = manifest if manifest is not None else self.verify(version)
+        if manifest.get("layout") != cols.LAYOUT:
+            raise StoreError(f"{self.version_dir(version)}: {self.kind} version {version} is in the old layout (one "
+                             f".npz per shard); convert it with `syllablelm store-convert --store {self.root} "
+                             f"--version {version}`")
+        prefixes = [cols.shard_prefix(r, manifest["world_size"]) for r in range(manifest["world_size"])]
+        return cols.StoreView(self.version_dir(version), prefixes, self.columns, self.from_columns)
+
+    def _load_npz(self, version: int, manifest: Mapping, context: Any) -> dict[str, Any]:
         out: dict[str, np.ndarray] = {}
         for shard in manifest["shards"]:
             path = self.version_dir(version) / shard["file"]

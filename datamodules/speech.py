@@ -10,6 +10,24 @@ offline passes of later stages (:meth:`offline_dataloader`) read an unrepeated c
 every utterance is seen exactly once and metrics are exact. Long files are cut at pauses into chunks of at most
 ``chunk_seconds`` for offline passes; each chunk's ``offset`` maps results back to file time.
 
+Manifests are built in ``setup``, which Lightning runs on every rank. With one process, ``prepare_data`` builds them
+first, as before (it runs on the first process of each node, before ``setup``). With a trainer of several processes
+(and ``shared_manifest_cache``, the default) ``prepare_data`` leaves them alone and ``setup`` builds them together:
+every rank lists the files and decodes only its share of those the cache does not cover yet, rank 0 merges the
+shares into the cache between two barriers of the trainer's strategy, and every rank reads the merged cache
+(:mod:`datamodules.manifest_cache`, "Sharded verification"); each file is decoded once in all. The manifest cache folder
+must then be shared by every rank (all nodes), or the ranks stop with an error naming the part or the cache they
+waited for (after at most a minute); with ``shared_manifest_cache=False`` (node-local caches) the first process of
+each node decodes every file in ``prepare_data`` and the others read its cache, as before. Manifests asked for
+later (outside ``setup``, or by a process without a trainer) are built by that process alone.
+
+Manifests, items and the id lookups are columns (:class:`~datamodules.manifest.Manifest`,
+:class:`~datamodules.dataset.Items`): DataLoader workers, forked anew every epoch, share them with the main process
+instead of copying per-file objects, so their private memory does not grow with the corpus. The boundaries the
+datasets hold are a :class:`~datamodules.dataset.Swappable` that forwards to the loaded version's mapping (any
+read-only ``Mapping`` a store returns); the stores validate against the manifests' ``id -> seconds`` and ``id ->
+samples`` views (:class:`~datamodules.manifest.ByIdView`), not dicts over every file.
+
 Checkpoints hold the boundary version in use and the next training batch (:mod:`datamodules.resume`): a run
 restarted from one reads the same version and serves exactly the batches the interrupted run had not trained on.
 Each batch's ``segments`` are cut from the version in use when the batch reaches the model (in the main process),
@@ -18,6 +36,7 @@ never from what a DataLoader worker forked before a regeneration still holds.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Iterator, Literal
 
 import lightning.pytorch as pl
@@ -33,10 +52,10 @@ from syllablelm.runtime.outcome import record_skip
 
 from .boundary_store import BoundaryStore
 from .contracts import SpeechBatch
-from .dataset import CropMode, Item, SpeechDataset, attach_segments, collate, keep_batch, record_unreadable
+from .dataset import CropMode, Items, SpeechDataset, Swappable, attach_segments, collate, keep_batch, record_unreadable
 from .distributed import rank_world, resolve_version
 from .label_store import LabelStore
-from .manifest import Entry, Manifest, Verify, build_manifest, librilight_voice_activity
+from .manifest import ByIdView, Manifest, Ranks, Verify, build_manifest, librilight_voice_activity
 from .resume import ResumableData, SeededLoader
 from .samplers import EvalBatchSampler, TrainBatchSampler
 
@@ -66,6 +85,10 @@ class SpeechDataModule(ResumableData, pl.LightningDataModule):
         max_utterances: at most this many utterances per split (seeded random subset; quick runs).
         verify: ``"decode"`` decodes every file once at manifest time (catches truncation); ``"header"`` only
             reads headers (for huge corpora).
+        manifest_cache: the folder of the manifest caches (default ``$SYLLABLELM_CACHE/manifests``).
+        shared_manifest_cache: under a trainer of several processes, build the manifests in ``setup`` with the
+            decode checks split across the ranks; the cache folder must then be shared by every rank (module
+            docstring). False: the first process of each node checks every file, as for node-local caches.
     """
 
     def __init__(
@@ -94,6 +117,7 @@ class SpeechDataModule(ResumableData, pl.LightningDataModule):
         max_utterances: int | None = None,
         verify: Verify = "decode",
         manifest_cache: str | None = None,
+        shared_manifest_cache: bool = True,
         num_workers: int = 2,
         seed: int = 0,
     ):
@@ -102,12 +126,13 @@ class SpeechDataModule(ResumableData, pl.LightningDataModule):
         self.dirs: dict[str, list[str] | None] = {
             "train": train_dirs, "val": val_dirs, "test": test_dirs, "predict": predict_dirs}
         self.manifests: dict[str, Manifest] = {}
-        self.boundaries: dict[str, np.ndarray] | None = None
+        self.boundaries: Swappable | None = None  # forwards to the version in use (datasets hold this object)
         self.version: int | None = None
-        self.labels: dict[str, np.ndarray] | None = None
+        self.labels: Mapping[str, np.ndarray] | None = None
         self.label_version: int | None = None
         self._alignments: dict[str, dict] = {}
         self._scans: dict[tuple[str, ...], Manifest] = {}  # one scan (and one skip report) per folder list
+        self._ranks: Ranks | None = None  # set while setup() builds the manifests together with the other ranks
 
     # ---- the regeneration contract (datamodules.contracts.RegenerationData) ----------------------------
     @property
@@ -133,22 +158,46 @@ class SpeechDataModule(ResumableData, pl.LightningDataModule):
 
     # ---- setup ----------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        # rank 0 of each node builds (and caches) the manifests once; setup() then reads the cache
-        for split in self.dirs:
-            self._maybe_manifest(split)
+        # one process: it builds (and caches) the manifests here, setup() finds them built. Several processes with a
+        # shared cache: setup() builds them on every rank, each decoding its share (module docstring). Several with
+        # node-local caches: the first process of each node builds them, the node's others read its cache in setup()
+        if self._manifest_ranks() is None:
+            for split in self.dirs:
+                self._maybe_manifest(split)
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
-        for split in self.dirs:
-            self._maybe_manifest(split)
+        self._ranks = self._manifest_ranks()
+        try:
+            for split in self.dirs:
+                self._maybe_manifest(split)
+        finally:
+            self._ranks = None
         if hp.boundary_dir is not None and hp.boundary_version is not None and self.version is None:
             self.set_boundary_version(self._resolve(BoundaryStore(hp.boundary_dir), hp.boundary_version))
         if hp.label_dir is not None and self.labels is None:
             store = LabelStore(hp.label_dir)
             self.label_version = self._resolve(store, "latest" if hp.label_version is None else hp.label_version)
-            num_samples = {e.id: e.num_samples * SAMPLE_RATE // e.sample_rate
-                           for m in self.manifests.values() for e in m.entries}
-            self.labels = store.load(self.label_version, num_samples)
+            self.labels = store.load(self.label_version, self._by_id("samples"))
+
+    def _manifest_ranks(self) -> Ranks | None:
+        """The ranks that build the manifests together: those of a trainer of several processes (whose hooks run
+        on all of them), with a shared cache. None: this process builds them alone (also inside a bare process
+        group, where a single-rank step may ask for a manifest that no other rank builds)."""
+        trainer = self.trainer
+        if not self.hparams.shared_manifest_cache or trainer is None:
+            return None
+        rank, world = rank_world(trainer)
+        return Ranks(rank, world, lambda: trainer.strategy.barrier("manifest")) if world > 1 else None
+
+    def _by_id(self, what: Literal["seconds", "samples"]) -> ByIdView:
+        """``id -> seconds`` or ``id -> samples at 16 kHz`` over every split's manifest (an id in several takes the
+        last split's value, as the dict of every entry this replaces did): what the stores validate against."""
+        manifests = list(self.manifests.values())
+        last: dict[int, Manifest] = {}
+        for m in reversed(manifests):  # a manifest object listed twice (predict = train) counts where it comes last
+            last.setdefault(id(m), m)
+        return ByIdView(list(reversed(last.values())), what, SAMPLE_RATE)
 
     def _resolve(self, store, version) -> int:
         return resolve_version(store, version, self.trainer)
@@ -187,7 +236,8 @@ class SpeechDataModule(ResumableData, pl.LightningDataModule):
         hp, key = self.hparams, tuple(dirs)
         if key not in self._scans:
             self._scans[key] = build_manifest(key, verify=hp.verify, min_seconds=hp.min_seconds,
-                                              cache_dir=hp.manifest_cache, num_workers=max(1, hp.num_workers))
+                                              cache_dir=hp.manifest_cache, num_workers=max(1, hp.num_workers),
+                                              ranks=self._ranks)
         return self._scans[key]
 
     def manifest(self, split: str) -> Manifest:
@@ -198,35 +248,31 @@ class SpeechDataModule(ResumableData, pl.LightningDataModule):
             manifest = self.manifest("train")
             if self.hparams.predict_extra_dirs:
                 extra = self._scan(self.hparams.predict_extra_dirs)
-                seen = {e.id for e in manifest.entries}
-                manifest = Manifest(manifest.entries + [e for e in extra.entries if e.id not in seen],
-                                    {**manifest.skipped, **extra.skipped})
+                new = np.flatnonzero(manifest.indices_of(extra.ids) < 0)  # ids the training set lacks
+                manifest = Manifest.concat([manifest, extra.take(new)])
             self.manifests[split] = manifest
             return manifest
         hp = self.hparams
         manifest = self._scan(self.dirs[split])
-        entries = manifest.entries
         rng = np.random.default_rng([hp.seed, ["train", "val", "test", "predict"].index(split)])
         if split == "train" and hp.train_hours is not None:
-            order = rng.permutation(len(entries))
-            cum = np.cumsum([entries[i].seconds for i in order]) / 3600.0
-            entries = [entries[i] for i in sorted(order[: int(np.searchsorted(cum, hp.train_hours)) + 1])]
-        if hp.max_utterances is not None and len(entries) > hp.max_utterances:
-            entries = [entries[i] for i in sorted(rng.permutation(len(entries))[: hp.max_utterances])]
-        self.manifests[split] = Manifest(entries, manifest.skipped)
-        return self.manifests[split]
+            order = rng.permutation(len(manifest))
+            cum = np.cumsum(manifest.seconds[order]) / 3600.0
+            manifest = manifest.take(np.sort(order[: int(np.searchsorted(cum, hp.train_hours)) + 1]))
+        if hp.max_utterances is not None and len(manifest) > hp.max_utterances:
+            manifest = manifest.take(np.sort(rng.permutation(len(manifest))[: hp.max_utterances]))
+        self.manifests[split] = manifest
+        return manifest
 
     def set_boundary_version(self, version: int) -> None:
         """Load a complete boundary version for every split (the regeneration callback calls this on every
         rank after the version's manifest exists). Existing datasets see it from their next iterator on
         (workers are not persistent), so loaders need not be rebuilt."""
-        durations = {e.id: e.seconds for m in self.manifests.values() for e in m.entries}
-        loaded = BoundaryStore(self.hparams.boundary_dir).load(version, durations)
+        loaded = BoundaryStore(self.hparams.boundary_dir).load(version, self._by_id("seconds"))
         if self.boundaries is None:
-            self.boundaries = loaded
-        else:  # in place: live datasets hold this dict, and each epoch's new iterator ships it to its workers
-            self.boundaries.clear()
-            self.boundaries.update(loaded)
+            self.boundaries = Swappable(loaded)
+        else:  # live datasets hold this object, and each epoch's new iterator ships it to its workers
+            self.boundaries.swap(loaded)
         self.version = version
         log.info("boundary version %d: %d utterances", version, len(self.boundaries))
 
@@ -236,29 +282,32 @@ class SpeechDataModule(ResumableData, pl.LightningDataModule):
             return {}
         if split not in self._alignments:
             index = index_alignments(self.hparams.alignment_dir)
-            entries = self.manifest(split).entries
+            manifest = self.manifest(split)
+            seconds, n = manifest.seconds, len(manifest)
             found = {}
-            for e in tqdm(entries, desc=f"alignments {split}", disable=len(entries) < 2000):
-                if e.id in index:
-                    found[e.id] = load_alignment(index[e.id], duration=e.seconds)
-            if len(found) < len(entries):
-                log.warning("%s: %d of %d utterances have no alignment", split, len(entries) - len(found),
-                            len(entries))
+            for k, utt in enumerate(tqdm(manifest.ids, total=n, desc=f"alignments {split}", disable=n < 2000)):
+                if utt in index:
+                    found[utt] = load_alignment(index[utt], duration=float(seconds[k]))
+            if len(found) < n:
+                log.warning("%s: %d of %d utterances have no alignment", split, n - len(found), n)
             self._alignments[split] = found
         return self._alignments[split]
 
     # ---- datasets -------------------------------------------------------------------------------------
-    def _entries(self, split: str) -> list[Entry]:
-        entries = self.manifest(split).entries
+    def _entries(self, split: str) -> Manifest:
+        manifest = self.manifest(split)
         if self.hparams.require_boundaries and self.boundaries is not None:
-            kept = [e for e in entries if e.id in self.boundaries]
-            if len(kept) < len(entries):
+            boundaries = self.boundaries
+            keep = np.fromiter((utt in boundaries for utt in manifest.ids), dtype=bool, count=len(manifest))
+            kept = int(keep.sum())
+            if kept < len(manifest):
                 log.warning("%s: %d of %d utterances have no boundaries in version %s and are skipped", split,
-                            len(entries) - len(kept), len(entries), self.version)
+                            len(manifest) - kept, len(manifest), self.version)
             if not kept:
                 raise SegmentError(f"boundary version {self.version} covers no utterance of split {split!r}")
-            entries = kept
-        return entries
+            if kept < len(manifest):
+                manifest = manifest.take(np.flatnonzero(keep))
+        return manifest
 
     def dataset(self, split: str, *, rank: int = 0, world_size: int = 1, crop_seconds: float | None = None,
                 crop_mode: CropMode = "first", chunk_seconds: float | None = None) -> SpeechDataset:
@@ -266,23 +315,33 @@ class SpeechDataModule(ResumableData, pl.LightningDataModule):
         longer than ``chunk_seconds`` are cut at pauses into several items."""
         entries = self._entries(split)
         lo, hi = shard_range(len(entries), rank, world_size)
-        items = []
-        for k in range(lo, hi):
-            e = entries[k]
-            if chunk_seconds and e.seconds > chunk_seconds:
-                # LibriLight ships voice activity per file: its pauses spare a pass over the audio
-                vad = librilight_voice_activity(e.path)
-                plan = None if vad is None else chunk_at_pauses(e.seconds, vad, max_seconds=chunk_seconds)
-                if plan is None:
-                    try:
-                        wave = read_audio(e.path, self.hparams.sample_rate)
-                    except AudioError as err:  # broke after the manifest was built: skipped, not fatal
-                        record_skip(err.path, err.problem, f"{split} chunking")
-                        continue
-                    plan = pause_chunks(wave, self.hparams.sample_rate, max_seconds=chunk_seconds)
-                items += [Item(k, a, b - a) for a, b in plan]
-            else:
-                items.append(Item(k, 0.0, e.seconds))
+        seconds = entries.seconds[lo:hi]
+        counts = np.ones(hi - lo, np.int64)  # items per file: one, or its chunks
+        plans: dict[int, list[tuple[float, float]]] = {}
+        for k in (np.flatnonzero(seconds > chunk_seconds) + lo).tolist() if chunk_seconds else ():
+            path, duration = entries.paths[k], float(seconds[k - lo])
+            # LibriLight ships voice activity per file: its pauses spare a pass over the audio
+            vad = librilight_voice_activity(path)
+            plan = None if vad is None else chunk_at_pauses(duration, vad, max_seconds=chunk_seconds)
+            if plan is None:
+                try:
+                    wave = read_audio(path, self.hparams.sample_rate)
+                except AudioError as err:  # broke after the manifest was built: skipped, not fatal
+                    record_skip(err.path, err.problem, f"{split} chunking")
+                    counts[k - lo] = 0
+                    continue
+                plan = pause_chunks(wave, self.hparams.sample_rate, max_seconds=chunk_seconds)
+            plans[k] = plan
+            counts[k - lo] = len(plan)
+        entry = np.repeat(np.arange(lo, hi, dtype=np.int64), counts)
+        offset = np.zeros(len(entry))
+        duration = np.repeat(seconds, counts)
+        first = np.cumsum(counts) - counts  # each file's first item
+        for k, plan in plans.items():
+            at = int(first[k - lo])
+            offset[at:at + len(plan)] = [a for a, _ in plan]
+            duration[at:at + len(plan)] = [b - a for a, b in plan]
+        items = Items(entry, offset, duration)
         return SpeechDataset(entries, items, sample_rate=self.hparams.sample_rate, crop_seconds=crop_seconds,
                              crop_mode=crop_mode, seed=self.hparams.seed, boundaries=self.boundaries,
                              alignments=self.alignments(split) if self.hparams.alignment_dir else None,

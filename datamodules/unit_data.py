@@ -55,13 +55,16 @@ None for a store that does not record one); a separate validation store must hol
 keeps it in its checkpoints so pair scoring can tokenize the same way (:mod:`syllablelm.evaluation.lm_scoring`).
 
 ``vocab_size`` comes from the store manifest; the SpeechLM's ``network.vocab_size`` must equal it (configs
-write it explicitly; the module checks at setup). Memory: the stream is one uint16 array (2 bytes per unit);
-``UnitStore.load`` briefly holds every entry's (n, 3) float64 array while it is built.
+write it explicitly; the module checks at setup). Memory: the stream is never built. :class:`UnitStream` reads
+it on demand from the unit store's memory-mapped unit column (:class:`~datamodules.store_columns.StoreView`),
+holding per utterance its rank in the store's sorted ids and where it starts in the stream (int32 + int64) and
+its unit count (int32, shared by the splits); windows and rows are slices of it, so a batch is identical to one
+cut from the materialized stream. A store of the old layout (one ``.npz`` per shard) is read into memory as
+before (``syllablelm store-convert`` rewrites it as columns).
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Literal
 
 import lightning.pytorch as pl
@@ -74,22 +77,83 @@ from syllablelm.runtime.fileio import shard_range
 from .distributed import rank_world, resolve_version
 from .resume import ResumableData, SeededLoader
 from .samplers import EvalBatchSampler, TokenBudgetBatchSampler, TrainBatchSampler
-from .unit_store import UnitStore
+from .store_columns import StoreView
+from .unit_store import UnitStore, largest_unit
 
 log = logging.getLogger(__name__)
 COLLATES = ("eos_after_each", "authors")  # UnitsDataModule.collate; the first is the default
 
 
-def unit_stream(units: Sequence[np.ndarray], sep: int) -> tuple[np.ndarray, np.ndarray]:
-    """``S u1 .. un S v1 .. S`` and each utterance's start (the index of its leading ``S``); utterance i is
-    ``stream[start_i : start_i + n_i + 2]`` (it shares its closing ``S`` with the next one)."""
-    n = np.array([len(u) for u in units], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(n + 1)[:-1]]).astype(np.int64)
-    dtype = np.uint16 if sep < np.iinfo(np.uint16).max else np.int32
-    stream = np.full(int(n.sum() + len(n) + 1), sep, dtype=dtype)
-    for s, u in zip(starts, units):
-        stream[s + 1:s + 1 + len(u)] = u
-    return stream, starts
+class UnitSource:
+    """The utterances of one loaded unit-store version in sorted id order (what :meth:`UnitStore.load` returned):
+    their unit counts, ids and units on demand. A column-layout version is read from its maps; an old-layout one
+    (a dict) from memory."""
+
+    def __init__(self, loaded):
+        self.view = loaded if isinstance(loaded, StoreView) else None
+        if self.view is not None:
+            self.lengths = np.asarray(self.view.counts(), dtype=np.int32)
+        else:
+            self._ids = sorted(loaded)
+            self._units = [loaded[i][1] for i in self._ids]
+            self.lengths = np.array([len(u) for u in self._units], dtype=np.int32)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def id(self, k: int) -> str:
+        return self.view.id_at(k) if self.view is not None else self._ids[k]
+
+    def units(self, k: int, lo: int, hi: int) -> np.ndarray:
+        """Units ``[lo, hi)`` of the ``k``-th utterance."""
+        return self.view.rows(k, lo, hi, "units") if self.view is not None else self._units[k][lo:hi]
+
+
+class UnitStream:
+    """``S u1 .. un S v1 .. S`` over some utterances of a :class:`UnitSource` (``order``: their ranks, in stream
+    order), as one array would hold it, but read on demand: ``stream[a:b]`` gathers the units it spans
+    (module docstring, Memory). ``starts[i]`` is the index of utterance ``i``'s leading ``S``."""
+
+    def __init__(self, source: UnitSource, order: np.ndarray | None, sep: int):
+        self.source, self.order, self.sep = source, None if order is None else np.asarray(order, np.int32), sep
+        n = self.lengths()
+        # starts[i] = sum over j < i of (n_j + 1), made without int64 temporaries the size of the corpus
+        self.starts = np.zeros(len(n), dtype=np.int64)
+        np.cumsum(n[:-1], dtype=np.int64, out=self.starts[1:])
+        for lo in range(1, len(n), 1 << 20):
+            self.starts[lo:lo + (1 << 20)] += np.arange(lo, min(len(n), lo + (1 << 20)), dtype=np.int64)
+        self.size = int(n.sum(dtype=np.int64)) + len(n) + 1
+        self.dtype = np.dtype(np.uint16 if sep < np.iinfo(np.uint16).max else np.int32)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def ranks(self) -> np.ndarray:
+        """The source ranks of the stream's utterances, in stream order."""
+        return np.arange(len(self.source)) if self.order is None else self.order
+
+    def lengths(self) -> np.ndarray:
+        """Units per utterance, in stream order."""
+        return self.source.lengths if self.order is None else self.source.lengths[self.order]
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[0:self.size]
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, window: slice) -> np.ndarray:
+        a, b, step = window.indices(self.size)
+        if step != 1:
+            raise IndexError("a unit stream is read in contiguous slices")
+        out = np.full(max(0, b - a), self.sep, dtype=self.dtype)
+        i = int(np.searchsorted(self.starts, a, side="right")) - 1  # the utterance whose S is at or before a
+        while i < len(self.starts) and self.starts[i] < b:
+            first = int(self.starts[i]) + 1  # the stream index of its first unit
+            k = i if self.order is None else int(self.order[i])
+            lo, hi = max(a, first), min(b, first + int(self.source.lengths[k]))
+            if hi > lo:
+                out[lo - a:hi - a] = self.source.units(k, lo - first, hi - first)
+            i += 1
+        return out
 
 
 def split_windows(start: int, length: int, context_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,8 +168,8 @@ class UnitWindows(Dataset):
     batch samplers (the batch keeps ``position = (epoch, batch index)``, :mod:`datamodules.resume`);
     a window longer than ``context_length + 1`` is cropped at a random offset seeded by (seed, epoch, index)."""
 
-    def __init__(self, stream: np.ndarray, starts: np.ndarray, lengths: np.ndarray, *, context_length: int,
-                 pad_id: int, seed: int = 0):
+    def __init__(self, stream: np.ndarray | UnitStream, starts: np.ndarray, lengths: np.ndarray, *,
+                 context_length: int, pad_id: int, seed: int = 0):
         self.stream, self.starts, self.lengths = stream, np.asarray(starts), np.asarray(lengths)
         self.context_length, self.pad_id, self.seed = context_length, pad_id, seed
 
@@ -164,21 +228,34 @@ def split_pieces(lengths: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarra
 
 
 class AuthorsUtterances(Dataset):
-    """Training rows of the authors' collate (module docstring): piece ``i`` is the units
-    ``stream[starts[i] : starts[i] + lengths[i]]``. Items are ``(epoch, [piece indices], batch index)`` from the
-    batch sampler; a batch is ``input``, ``target`` and ``padding_mask`` (B, N + 1) each, and its ``position``."""
+    """Training rows of the authors' collate (module docstring): piece ``i`` is the ``lengths[i]`` units that start
+    ``offsets[i]`` units into utterance ``owners[i]`` of the stream, ``stream[starts[i] : starts[i] + lengths[i]]``
+    with ``starts[i] = stream.starts[owners[i]] + 1 + offsets[i]``. ``owners`` None: row ``i`` is utterance ``i``;
+    ``offsets`` None: every row starts at its utterance's first unit (nothing was split), so a million rows cost
+    4 bytes each. Items are ``(epoch, [piece indices], batch index)`` from the batch sampler; a batch is ``input``,
+    ``target`` and ``padding_mask`` (B, N + 1) each, and its ``position``."""
 
-    def __init__(self, stream: np.ndarray, starts: np.ndarray, lengths: np.ndarray, *, stop_id: int):
-        self.stream, self.starts, self.lengths = stream, np.asarray(starts), np.asarray(lengths)
+    def __init__(self, stream: UnitStream, lengths: np.ndarray, *, stop_id: int, owners: np.ndarray | None = None,
+                 offsets: np.ndarray | None = None):
+        self.stream, self.lengths, self.owners, self.offsets = stream, np.asarray(lengths), owners, offsets
         self.stop_id, self.pad_id = stop_id, authors_pad_id(stop_id)
+
+    def start(self, i: int) -> int:
+        owner = i if self.owners is None else int(self.owners[i])
+        return int(self.stream.starts[owner]) + 1 + (0 if self.offsets is None else int(self.offsets[i]))
+
+    @property
+    def starts(self) -> np.ndarray:
+        """Every row's first stream index (made when asked)."""
+        return np.array([self.start(i) for i in range(len(self))], dtype=np.int64)
 
     @property
     def sizes(self) -> np.ndarray:
         """Units per row: what fairseq's ``num_tokens`` counts for the token budget."""
-        return self.lengths.astype(np.float64)
+        return self.lengths
 
     def __len__(self) -> int:
-        return len(self.starts)
+        return len(self.lengths)
 
     def __getitem__(self, item: tuple[int, list[int], int]) -> dict:
         epoch, indices, *index = item
@@ -189,7 +266,7 @@ class AuthorsUtterances(Dataset):
         pad = torch.zeros((B, N + 1), dtype=torch.bool)
         inp[:, 0], tgt[:, N] = self.stop_id, self.stop_id  # BOS first; the stop token in the last column
         for b, (i, m) in enumerate(zip(indices, n)):
-            s = int(self.starts[i])
+            s = self.start(i)
             u = torch.from_numpy(self.stream[s:s + m].astype(np.int64))
             inp[b, 1:m + 1], tgt[b, :m], pad[b, m + 1:] = u, u, True
         return {"input": inp, "target": tgt, "padding_mask": pad,  # (B, N + 1) each
@@ -257,7 +334,7 @@ class UnitsDataModule(ResumableData, pl.LightningDataModule):
         self.save_hyperparameters()
         self.context_length = context_length
         self.datasets: dict[str, UnitWindows | AuthorsUtterances] = {}
-        self.ids: dict[str, list[str]] = {}  # utterances of each split, in stream order
+        self._splits: dict[str, UnitStream] = {}  # the stream of each split
         self._vocab: int | None = None
         self._variant: tuple[str | None] | None = None  # (variant,) once read: None is a valid answer
 
@@ -287,16 +364,20 @@ class UnitsDataModule(ResumableData, pl.LightningDataModule):
         return self._variant[0]
 
     # ---- setup --------------------------------------------------------------------------------------------
-    def _load(self, root: str, version) -> tuple[dict[str, np.ndarray], int, str | None]:
+    @property
+    def ids(self) -> dict[str, list[str]]:
+        """The utterances of each split, in stream order (made when asked: not held)."""
+        return {split: [st.source.id(int(k)) for k in st.ranks()] for split, st in self._splits.items()}
+
+    def _load(self, root: str, version) -> tuple[UnitSource, int, str | None]:
         store = UnitStore(root)
         v = self._resolve(store, version)
-        units = {utt: u for utt, (_, u) in store.load(v).items()}
+        loaded = store.load(v)
         vocab = store.vocab_size(v)
-        bad = [utt for utt, u in units.items() if len(u) and int(u.max()) >= vocab]
-        if bad:
-            raise ValueError(f"{store.version_dir(v)}: {len(bad)} utterances (e.g. {bad[0]!r}) hold unit ids >= "
-                             f"the manifest's vocab_size {vocab}")
-        return units, vocab, store.variant(v)
+        if (top := largest_unit(loaded)) >= vocab:
+            raise ValueError(f"{store.version_dir(v)}: holds unit ids up to {top}, not below the manifest's "
+                             f"vocab_size {vocab}")
+        return UnitSource(loaded), vocab, store.variant(v)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -304,6 +385,7 @@ class UnitsDataModule(ResumableData, pl.LightningDataModule):
         hp = self.hparams
         train, self._vocab, variant = self._load(hp.unit_dir, hp.version)
         self._variant = (variant,)
+        train_order = None  # every utterance, in sorted id order (the store's order)
         if hp.val_unit_dir is not None:
             val, val_vocab, val_variant = self._load(hp.val_unit_dir, hp.val_version)
             if val_vocab != self._vocab:
@@ -311,54 +393,67 @@ class UnitsDataModule(ResumableData, pl.LightningDataModule):
             if None not in (variant, val_variant) and val_variant != variant:
                 raise ValueError(f"validation units are {val_variant!r} units, training units {variant!r} "
                                  "(syllablelm units --variant): write both stores with the same variant")
+            val_order = None
         else:
-            ids = sorted(train)
-            held = np.random.default_rng(hp.seed).permutation(len(ids))[: round(hp.val_fraction * len(ids))]
-            val = {ids[i]: train.pop(ids[i]) for i in sorted(held)}
-        self.ids = {"train": sorted(train), "val": sorted(val)}
-        self.datasets["train"] = self.windows(train, train=True)
-        if val:
+            k = round(hp.val_fraction * len(train))
+            held = np.random.default_rng(hp.seed).permutation(len(train))[:k] if k else np.zeros(0, np.int64)
+            val, val_order = train, np.sort(held).astype(np.int32)
+            train_order = np.delete(np.arange(len(train), dtype=np.int32), held)
+        sep = self.vocab_size
+        self._splits = {"train": UnitStream(train, train_order, sep), "val": UnitStream(val, val_order, sep)}
+        self.datasets["train"] = self.windows(self._splits["train"], train=True)
+        if len(self._splits["val"].starts):
             rank, world = self._rank_world()
-            full = self.windows(val, train=False)
+            full = self.windows(self._splits["val"], train=False)
             lo, hi = shard_range(len(full), rank, world)
             self.datasets["val"] = UnitWindows(full.stream, full.starts[lo:hi], full.lengths[lo:hi],
                                                context_length=hp.context_length, pad_id=self._vocab)
         log.info("units: %d train sequences, %d val windows (this rank), vocab %d, %s units",
                  len(self.datasets["train"]), len(self.datasets.get("val", ())), self._vocab, variant or "unrecorded")
 
-    def windows(self, units: dict[str, np.ndarray], *, train: bool) -> UnitWindows | AuthorsUtterances:
+    def windows(self, stream: UnitStream, *, train: bool) -> UnitWindows | AuthorsUtterances:
         """All windows of a split (utterances sorted by id; see the module docstring); the training rows of
         ``collate="authors"``."""
         C, sep = self.hparams.context_length, self.vocab_size
-        ids = sorted(units)
-        stream, starts = unit_stream([units[i] for i in ids], sep)
+        starts = stream.starts
+        n_units = stream.lengths()
         if train and self.hparams.collate == "authors":
-            return self.authors_rows(stream, starts, np.array([len(units[i]) for i in ids], dtype=np.int64))
+            return self.authors_rows(stream, n_units)
         if self.hparams.pack:
             w_starts, w_lengths = split_windows(0, len(stream), C)
         else:
-            utt_lengths = np.array([len(units[i]) + 2 for i in ids], dtype=np.int64)
+            utt_lengths = n_units.astype(np.int64) + 2
             if train:  # one window each; the dataset crops the long ones at random
                 w_starts, w_lengths = starts, utt_lengths
                 if (cropped := int((utt_lengths > C + 1).sum())):
                     log.warning("%d of %d training utterances are longer than the context (%d) and are cropped",
-                                cropped, len(ids), C)
+                                cropped, len(utt_lengths), C)
             else:
                 parts = [split_windows(s, n, C) for s, n in zip(starts, utt_lengths)]
                 w_starts = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
                 w_lengths = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
         return UnitWindows(stream, w_starts, w_lengths, context_length=C, pad_id=sep, seed=self.hparams.seed)
 
-    def authors_rows(self, stream: np.ndarray, starts: np.ndarray, n_units: np.ndarray) -> AuthorsUtterances:
+    def authors_rows(self, stream: UnitStream, n_units: np.ndarray) -> AuthorsUtterances:
         """One row per utterance, or per piece of one longer than ``min(context_length - 1, max_tokens)`` units."""
         hp = self.hparams
         limit = hp.context_length - 1 if hp.max_tokens is None else min(hp.context_length - 1, hp.max_tokens)
-        owner, offset, length = split_pieces(n_units, limit)
-        if (split := int((n_units > limit).sum())):
-            log.warning("%d of %d training utterances are longer than %d units (min(context_length - 1, max_tokens)): "
-                        "each is cut into consecutive pieces of near-equal length, %d rows in all", split,
-                        len(n_units), limit, len(owner))
-        return AuthorsUtterances(stream, starts[owner] + 1 + offset, length, stop_id=self.vocab_size)
+        n_units = np.asarray(n_units, dtype=np.int32)
+        long = np.flatnonzero(n_units > limit)
+        if not len(long):
+            return AuthorsUtterances(stream, n_units, stop_id=self.vocab_size)
+        # split_pieces over the long utterances only; every other utterance is one row (4 bytes a row per array)
+        owner, offset, length = split_pieces(n_units[long], limit)
+        pieces = np.ones(len(n_units), dtype=np.int32)
+        pieces[long] = np.bincount(owner, minlength=len(long))
+        owners = np.repeat(np.arange(len(n_units), dtype=np.int32), pieces)
+        rows = np.searchsorted(owners, long)[owner] + (np.arange(len(owner)) - np.searchsorted(owner, owner))
+        offsets, lengths = np.zeros(len(owners), dtype=np.int32), n_units[owners]
+        offsets[rows], lengths[rows] = offset, length
+        log.warning("%d of %d training utterances are longer than %d units (min(context_length - 1, max_tokens)): "
+                    "each is cut into consecutive pieces of near-equal length, %d rows in all", len(long),
+                    len(n_units), limit, len(owners))
+        return AuthorsUtterances(stream, lengths, stop_id=self.vocab_size, owners=owners, offsets=offsets)
 
     # ---- loaders ------------------------------------------------------------------------------------------
     def _loader(self, dataset: UnitWindows, sampler, *, training: bool = False) -> DataLoader:

@@ -28,6 +28,8 @@ from syllablelm.audio.alignments import SegmentError, check_segments
 from syllablelm.runtime.fileio import write_json
 from syllablelm.units.quantizer import check_variant
 
+from . import store_columns as cols
+from .boundary_store import check_inside
 from .shard_store import ShardStore, StoreError
 
 VARIANT_FILE = "unit_variant.json"  # beside the shards while a version is written: resumes must not mix variants
@@ -46,6 +48,7 @@ class UnitStore(ShardStore):
     kind = "units"
     empty_shape = (0, 3)
     dtype = np.float64
+    columns = ("segments", "units")  # float64 (m, 2) seconds; unit ids in the smallest unsigned type that holds them
 
     def encode(self, utt: str, value, version: int) -> np.ndarray:
         segments, units = value
@@ -66,8 +69,18 @@ class UnitStore(ShardStore):
         duration = None if durations is None else durations.get(utt)
         return check_segments(value[:, :2], duration=duration, where=where), value[:, 2].astype(np.int64)
 
+    def to_columns(self, joined: np.ndarray) -> dict[str, np.ndarray]:
+        units = joined[:, 2].astype(np.int64)
+        return {"segments": np.ascontiguousarray(joined[:, :2]), "units": units.astype(cols.smallest_unsigned(units))}
+
+    def from_columns(self, columns, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.array(columns["segments"][start:stop]), np.array(columns["units"][start:stop], dtype=np.int64)
+
+    def check_context(self, where, utt, columns, start, stop, durations: Mapping[str, float]) -> None:
+        check_inside(columns["segments"], start, stop, durations.get(utt), where)
+
     def load(self, version: int, durations: Mapping[str, float] | None = None
-             ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+             ) -> Mapping[str, tuple[np.ndarray, np.ndarray]]:
         """``{id: (segments (n, 2) seconds, units (n,) int64)}``."""
         return super().load(version, durations)
 
@@ -95,3 +108,13 @@ class UnitStore(ShardStore):
                                  "write another --version or --out, or remove it")
         if started is None:
             write_json(marker, {"variant": variant})
+
+
+def largest_unit(loaded: Mapping) -> int:
+    """The largest unit id of what :meth:`UnitStore.load` returned (-1 when it holds none): one pass over the unit
+    columns of a column-layout version, over the values of an old-layout one."""
+    if isinstance(loaded, cols.StoreView):
+        tops = [int(c["units"].max()) for _, _, _, c in loaded.shards() if len(c["units"])]
+    else:
+        tops = [int(u.max()) for _, u in loaded.values() if len(u)]
+    return max(tops, default=-1)

@@ -50,6 +50,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                        "a SylBoost student as a transformers model folder (a backbone)"),
     "store-copy": ("experiments.stores:main",
                    "copy a store version (e.g. LossPred's boundaries for a second SylBoost)"),
+    "store-convert": ("experiments.stores:convert",
+                      "rewrite old-layout store versions (.npz shards) as memory-mapped columns, in place"),
     "store-reference": ("experiments.stores:reference",
                         "the reference syllables (optionally noisy) as a boundary version: SylBoost's upper bound"),
     "store-envelope": ("experiments.stores:envelope",

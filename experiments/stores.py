@@ -9,6 +9,16 @@ later versions. Shards are copied atomically and the manifest is written last, s
 incomplete version (never read) and a rerun replaces it. The source must be complete and whole (sizes and
 checksums are verified first); otherwise the store's own error says what is wrong and how to regenerate it.
 
+``syllablelm store-convert``: rewrite store versions of the old layout (one ``.npz`` per shard, written before issue 28)
+as memory-mapped columns, in place, value-identical (``datamodules.shard_store``, ``ShardStore.convert``).
+
+    syllablelm store-convert --store runs/librispeech/units            # every old-layout version of the root
+    syllablelm store-convert --store runs/librispeech/boundaries --version 0 2
+
+Old versions read without it (into memory, as before); converting makes them memory-mapped. A root may mix both
+layouts; versions already in columns are left alone. Each version's new manifest replaces the old one only after
+its columns and index are written, so a stopped conversion leaves every version readable; rerun it to finish.
+
 ``syllablelm store-reference``: the reference segmentation (syllables by default) of every aligned utterance as
 a boundary version, optionally with label noise of a known kind (boundaries dropped, jittered, inserted).
 
@@ -60,6 +70,34 @@ def main(argv: list[str] | None = None) -> int:
     cls = STORE_CLASSES[kind]
     copied = cls(args.store).copy_version(args.version, cls(args.out), args.out_version)
     log.info("copied %s version %d (%d utterances) to %s", kind, args.version, copied["num_utterances"], args.out)
+    return 0
+
+
+def convert_parser() -> argparse.ArgumentParser:
+    p = command_parser("store-convert", "rewrite old-layout store versions (one .npz per shard) as memory-mapped "
+                       "columns, in place and value-identical")
+    p.add_argument("--store", required=True, help="the store root (holds iter_K/ folders)")
+    p.add_argument("--version", type=int, nargs="*", help="the versions to convert (default: every complete one)")
+    return p
+
+
+def convert(argv: list[str] | None = None) -> int:
+    args = convert_parser().parse_args(argv)
+    from datamodules.shard_store import ShardStore
+    from datamodules.store_kinds import open_store
+
+    root = ShardStore(args.store)
+    versions = args.version if args.version else root.versions()
+    if not versions:
+        log.warning("%s: no complete version to convert (%s)", args.store, root.inventory())
+    for v in versions:
+        store = open_store(args.store, version=v)
+        done = store.convert(v)
+        if done is None:
+            log.info("%s: %s version %d is already in columns", args.store, store.kind, v)
+        else:
+            log.info("%s: %s version %d (%d utterances) converted to columns", args.store, store.kind, v,
+                     done["num_utterances"])
     return 0
 
 

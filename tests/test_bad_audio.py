@@ -164,7 +164,7 @@ def test_the_manifest_drops_counts_and_records_bad_files_also_from_its_cache(cor
     assert "skipped 4 of 8 audio files" in caplog.text
     assert all(any(path in line and "(manifest)" in line for line in skip_log) for path in bad)
     outcome.reset_skips()  # a later command in this process: its rescan reads the verdicts from the cache
-    import datamodules.manifest as mod
+    import datamodules.manifest_cache as mod
 
     monkeypatch.setattr(mod, "_check", lambda *a: pytest.fail("the cache was not used"))
     again = build_manifest(root, cache_dir=cache, progress=False)

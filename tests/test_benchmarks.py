@@ -103,18 +103,19 @@ def test_scale_smoke_measures_every_component_and_fits_the_growth(tmp_path):
                               str(tmp_path / "work"), "--out", str(out)], check=True, env=env, cwd=tmp_path,
                              timeout=300, capture_output=True, text=True).stdout
     doc = json.loads(out.read_text())
-    components = ["units_store", "units_datamodule", "boundary_store", "label_store", "speech_datamodule",
-                  "manifest_cold", "manifest_rescan"]
+    components = ["units_store", "units_datamodule", "units_datamodule_authors", "boundary_store", "label_store",
+                  "speech_datamodule", "manifest_cold", "manifest_rescan"]
     sizes = sorted({r["size"] for r in doc["results"]})
     assert len(sizes) >= 2 and max(sizes) <= 10_000
     assert sorted((r["component"], r["size"]) for r in doc["results"]) == sorted((c, n) for c in components
                                                                                  for n in sizes)
     for r in doc["results"]:
-        assert r["time_s"] > 0 and r["held_mb"] > 0 and r["peak_mb"] >= r["held_mb"] > 0, r
+        # held may be ~0 now (memory-mapped stores): only the peak, which includes the held reading, must be positive
+        assert r["time_s"] > 0 and r["peak_mb"] >= r["held_mb"] and r["peak_mb"] > 0, r
         if r["component"].endswith("_store"):
             assert r["utterances"] == r["size"] and r["read_one_n"] >= 3
             assert r["read_one_ms_mean"] > 0 and r["read_one_ms_p95"] > 0, r
-        if r["component"].endswith("_datamodule"):
+        if "_datamodule" in r["component"]:
             assert r["batches"] > 0 and r["worker_private_mb"] > 0 and r["worker_private_first_mb"] > 0, r
         if r["component"].startswith("manifest") or r["component"] == "speech_datamodule":
             assert r["entries"] == r["size"], r
@@ -126,7 +127,7 @@ def test_scale_smoke_measures_every_component_and_fits_the_growth(tmp_path):
         assert f["stage"] and {"time_s", "held_mb", "peak_mb"} <= set(f)
         for metric in ("time_s", "held_mb", "peak_mb"):
             m = f[metric]
-            assert m["exponent"] is not None and (m["slope"] > 0 or metric == "held_mb"), (c, metric, m)
+            assert m["slope"] > 0 or metric != "time_s", (c, metric, m)
             for name, t in targets.items():  # the extrapolation is a + b N at the target's entry count
                 assert m["at"][name] == pytest.approx(m["intercept"] + m["slope"] * t["entries"])
             # the line fits the measured points (two sizes: through them)
@@ -136,3 +137,9 @@ def test_scale_smoke_measures_every_component_and_fits_the_growth(tmp_path):
                     assert m["intercept"] + m["slope"] * r["size"] == pytest.approx(r[metric], rel=1e-6, abs=1e-9)
         assert "read_one_ms_mean" in f if c.endswith("_store") else "worker_private_mb" in f or "manifest" in c
     assert "LibriLight" in printed and all(c in printed for c in components)
+    # each row is judged against the limits that apply to it (e.g. reads <= 5 ms for the stores)
+    from benchmarks.scale import verdicts
+    for r in doc["results"]:
+        judged = verdicts(r)
+        assert judged and all(v.endswith((": ok", ": OVER")) for v in judged), r
+        assert any(v.startswith("read mean <= 5.0 ms") for v in judged) == r["component"].endswith("_store")

@@ -198,7 +198,8 @@ def test_a_report_names_every_missing_section_and_keeps_recorded_timings(tmp_pat
                      "check 'SylBoost iteration 2 beats iteration 1' and its bootstrap",
                      "figure boundaries.png"]
     it2 = report["missing"][0]
-    assert "runs/boundaries/iter_2" in it2 and "shard-00000-of-00001.npz" in it2 and "rerun stage sylboost" in it2
+    assert "runs/boundaries/iter_2" in it2 and "shard-00000-of-00001.offsets.npy" in it2
+    assert "rerun stage sylboost" in it2
     assert "runs/sylboost/checkpoints/last.ckpt is absent; rerun stage sylboost" in report["missing"][1]
     assert report["missing_causes"] == [report["missing"][i] for i in (0, 1, 5)]
     assert set(report["checks"]) == set(report["significance"]) == {"losspred_beats_uniform"}

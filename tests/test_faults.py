@@ -86,13 +86,13 @@ def test_damaged_stores_are_made_again_and_the_report_is_unchanged(tiny_demo, tm
     manifest (version 2): the rerun names each, runs the stages that wrote them again, and ends with the same
     numbers; the other stages are skipped with their recorded timings."""
     wd = copy_demo(tiny_demo, tmp_path)
-    unit = next((wd / "runs/units/iter_0").glob("shard-*.npz"))
+    unit = next((wd / "runs/units/iter_0").glob("shard-*.units.npy"))
     unit.write_bytes(unit.read_bytes()[: unit.stat().st_size // 2])
-    v1 = next((wd / "runs/boundaries/iter_1").glob("shard-*.npz"))
+    v1 = next((wd / "runs/boundaries/iter_1").glob("shard-*.values.npy"))
     data = bytearray(v1.read_bytes())
     data[len(data) // 2] ^= 0x10
     v1.write_bytes(bytes(data))
-    for shard in (wd / "runs/boundaries/iter_2").glob("shard-*.npz"):
+    for shard in (wd / "runs/boundaries/iter_2").glob("shard-*.offsets.npy"):
         shard.unlink()
     assert demo(wd, monkeypatch) == 0
     assert scored(wd) == scored(tiny_demo)

@@ -1,4 +1,5 @@
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -56,10 +57,10 @@ def test_cache_reuses_unchanged_files_and_rechecks_changed_ones(tmp_path, cache_
     make_librispeech(tmp_path / "c", speakers=1, utts=3)
     first = build_manifest(tmp_path / "c", cache_dir=cache_dir, progress=False)
     opened = []
-    import datamodules.manifest as mod
+    import datamodules.manifest_cache as mod
 
     real = mod._check
-    monkeypatch.setattr(mod, "_check", lambda p, v: opened.append(p.name) or real(p, v))
+    monkeypatch.setattr(mod, "_check", lambda p, v: opened.append(os.path.basename(p)) or real(p, v))
     again = build_manifest(tmp_path / "c", cache_dir=cache_dir, progress=False)
     assert opened == [] and again.entries == first.entries
     sf.write(tmp_path / "c" / "1" / "101" / "1-101-0001.flac", np.zeros(100), 16000)  # now too short

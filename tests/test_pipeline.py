@@ -205,12 +205,12 @@ def test_more_shards_than_ranks_resume_shard_by_shard(workspace, monkeypatch, ca
             "--out", "sharded", "--shards", "3", "--device", "cpu"]
     store = LabelStore(workspace / "sharded")
     assert run_command("labels", [*args, "--rank", "1", "--world-size", "2"]) == 0  # rank 1: shard 1 only
-    assert [p.name for p in store.version_dir(0).glob("shard-*")] == ["shard-00001-of-00003.npz"]
+    assert [p.name for p in store.version_dir(0).glob("shard-*.offsets.npy")] == ["shard-00001-of-00003.offsets.npy"]
     assert run_command("labels", [*args, "--rank", "0", "--world-size", "2"]) == 0  # shards 0, 2 + manifest
     full = store.load(0)
     assert len(full) == 6
     (store.version_dir(0) / "manifest.json").unlink()
-    (store.version_dir(0) / "shard-00002-of-00003.npz").unlink()
+    (store.version_dir(0) / "shard-00002-of-00003.offsets.npy").unlink()
     caplog.clear()
     assert run_command("labels", [*args, "--rank", "0", "--world-size", "1"]) == 0
     assert "shard 0 of 3 already done" in caplog.text and "shard 1 of 3 already done" in caplog.text
@@ -246,10 +246,10 @@ def test_first_stages_as_two_simulated_nodes_then_skip_and_resume(workspace):
     train = sorted(p.stem for d in ("train-clean-100", "train-clean-360", "train-other-500", "dev-clean")
                    for p in (workspace / "LibriSpeech" / d).rglob("*.flac"))
     labels = LabelStore(runs / "librispeech/labels")
-    assert len(list(labels.version_dir(0).glob("shard-*-of-00064.npz"))) == 64  # --shards 64, dealt to 2 ranks
+    assert len(list(labels.version_dir(0).glob("shard-*-of-00064.offsets.npy"))) == 64  # --shards 64, dealt to 2 ranks
     assert sorted(labels.load(0)) == train
     bounds = BoundaryStore(runs / "librispeech/boundaries")
-    assert len(list(bounds.version_dir(0).glob("shard-*-of-00002.npz"))) == 2
+    assert len(list(bounds.version_dir(0).glob("shard-*-of-00002.offsets.npy"))) == 2
     segs = bounds.load(0)
     assert sorted(segs) == train and sum(len(s) for s in segs.values()) > len(train)
     for s in segs.values():  # sorted, non-overlapping segments (a random teacher may leave a file empty)
@@ -273,7 +273,7 @@ def test_first_stages_as_two_simulated_nodes_then_skip_and_resume(workspace):
 
     # a rerun skips both; a partial labels stage (rank 1's shard and the manifest lost) redoes only that shard
     (labels.version_dir(0) / "manifest.json").unlink()
-    next(labels.version_dir(0).glob("shard-00003-*")).unlink()  # one of rank 1's
+    next(labels.version_dir(0).glob("shard-00003-*.offsets.npy")).unlink()  # one of rank 1's
     before = bounds.manifest(0)
     logs = _two_nodes(workspace, ["--only", "labels", "losspred"], free_port())
     assert "stage losspred: complete, skipped" in logs[0] and "stage labels: complete, skipped" not in logs[0]
@@ -312,7 +312,7 @@ def test_the_whole_paper_pipeline_as_two_simulated_nodes(workspace, tmp_path):
     from syllablelm.units.tokenizer import Tokenizer
 
     units = UnitStore(runs / "librilight/units")
-    assert len(list(units.version_dir(0).glob("shard-*-of-00004.npz"))) == 4 and len(units.load(0)) == 3
+    assert len(list(units.version_dir(0).glob("shard-*-of-00004.offsets.npy"))) == 4 and len(units.load(0)) == 3
     assert Tokenizer.from_pretrained(runs / "librispeech/tokenizer.ckpt").vocab_size == 8
     for stage in ("quantize", "units", "units_dev", "speechlm"):
         assert (runs / f"pipeline_whole/{stage}.done.json").is_file()

@@ -142,7 +142,7 @@ def test_absent_and_incomplete_versions(kind, tmp_path):
     store.invalidate(VERSION)
     incomplete = _raises(IncompleteVersionError, lambda: store.load(VERSION),
                          f"{store.version_dir(VERSION)}: {store.kind} version {VERSION} is incomplete (no "
-                         "manifest.json; 2 shard file(s) written): it is still being written or its writer stopped "
+                         "manifest.json; 2 shard(s) written): it is still being written or its writer stopped "
                          "early; if no writer is running, rerun ", hint)
     assert store.status(VERSION) == ("incomplete", incomplete)
     assert isinstance(pytest.raises(FileNotFoundError, store.manifest, VERSION).value, IncompleteVersionError)
@@ -152,21 +152,20 @@ def test_absent_and_incomplete_versions(kind, tmp_path):
 
 @pytest.mark.parametrize("kind", STORES)
 def test_manifests_without_sizes_still_load_and_damage_still_names_the_file(kind, tmp_path):
+    """Old-layout versions (one .npz per shard) whose manifests predate recorded sizes."""
+    from tests.legacy_store import write_legacy_version
+
     root = tmp_path / kind
-    store = _write(kind, root, command=False)
-    want = store.load(VERSION)
-    path = store.version_dir(VERSION) / "manifest.json"
-    manifest = json.loads(path.read_text())
-    assert all(set(s["files"]) == {s["file"]} and set(s["files"][s["file"]]) == {"bytes", "crc32"}
-               for s in manifest["shards"])
-    for shard in manifest["shards"]:
-        del shard["files"]
-    manifest["meta"] = {k: v for k, v in manifest["meta"].items() if k not in ("command_line", "cwd")}
-    path.write_text(json.dumps(manifest))
+    cls, meta, hint = STORES[kind]
+    rng = np.random.default_rng(0)
+    shards = [{f"u{r}-{i:02d}": _value(kind, rng) for i in range(40)} for r in range(2)]
+    vdir = write_legacy_version(root, cls.kind, VERSION, shards, meta, sizes=False)
+    store = cls(root)
     got = store.load(VERSION)
-    assert sorted(got) == sorted(want) and store.versions() == [VERSION]
-    hint = f"to regenerate it, rerun {STORES[kind][2]}"
-    shard = store.shard_path(VERSION, 1, 2)
+    assert sorted(got) == sorted([*shards[0], *shards[1]]) and store.versions() == [VERSION]
+    assert store.layout(VERSION) == "npz"
+    hint = f"to regenerate it, rerun {hint}"
+    shard, path = vdir / "shard-00001-of-00002.npz", vdir / "manifest.json"
     data = shard.read_bytes()
     shard.write_bytes(data[:len(data) // 2])  # what a raw zipfile.BadZipFile traceback used to report
     _raises(DamagedVersionError, lambda: store.load(VERSION), f"{shard}: {store.kind} version {VERSION} is damaged: "
@@ -180,6 +179,20 @@ def test_manifests_without_sizes_still_load_and_damage_still_names_the_file(kind
             "its manifest is unreadable (", hint)
 
 
+@pytest.mark.parametrize("kind", STORES)
+def test_column_manifests_record_every_file(kind, tmp_path):
+    store = _write(kind, tmp_path / kind)
+    manifest = json.loads((store.version_dir(VERSION) / "manifest.json").read_text())
+    written = {p.name for p in store.version_dir(VERSION).iterdir()} - {"manifest.json"}
+    recorded = {name for s in [*manifest["shards"], manifest["index"]] for name in s["files"]}
+    assert manifest["layout"] == "columns" and recorded == written
+    assert all(set(rec) == {"bytes", "crc32"} for s in manifest["shards"] for rec in s["files"].values())
+    index = store.version_dir(VERSION) / "index.start.npy"
+    _flip_middle(index)
+    _raises(DamagedVersionError, lambda: store.load(VERSION), f"{index}: {store.kind} version {VERSION} is damaged: "
+            "checksum mismatch")
+
+
 def test_finalize_records_the_command_and_boundary_hints_name_their_step(tmp_path):
     store = BoundaryStore(tmp_path)
     store.write_shard(0, 0, 1, {"a": np.array([[0.0, 0.5]])})
@@ -190,8 +203,8 @@ def test_finalize_records_the_command_and_boundary_hints_name_their_step(tmp_pat
     assert command_text(["/repo/tools/run.py", "-x"]) == "python /repo/tools/run.py -x"
     assert "LossPred's `syllablelm predict`" in store.writer_hint(0)
     assert "SylBoost `syllablelm fit` that writes boundary version 2" in store.writer_hint(2)
-    with pytest.raises(StoreError, match=r"shard-00000-of-00001.npz: a boundary shard written for version 1 is "
-                       r"unreadable \(.*\); delete it and rerun `"):
+    with pytest.raises(StoreError, match=r"shard-00000-of-00001.offsets.npy: a boundary shard written for version 1 "
+                       r"is unreadable \(.*\); delete it and rerun `"):
         store.shard_path(1, 0, 1).parent.mkdir()
         store.shard_path(1, 0, 1).write_bytes(b"not an npz")
         store.finalize(1, 1)

@@ -1,11 +1,12 @@
 """Audio I/O (soundfile), resampling (torchaudio), and the energy detector every stage shares.
 
-Times returned here are seconds in the file's own time. Frames (50 Hz) belong to the algorithms, not here.
+Times returned here are seconds in the file's own time. Frames (50 Hz) belong to the algorithms, not here. Finding
+audio files (:func:`list_audio`, :func:`iter_audio`, :data:`AUDIO_EXTENSIONS`) is :mod:`syllablelm.audio.listing`;
+those names are importable from here too.
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from pathlib import Path
 
@@ -15,68 +16,7 @@ import torch
 import torchaudio.functional as AF
 
 from syllablelm.audio.frames import FRAME_SECONDS, SAMPLE_RATE
-
-AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus")
-
-
-def list_audio(root: str | os.PathLike, limit: int | None = None) -> list[Path]:
-    """Every audio file (:data:`AUDIO_EXTENSIONS`) under ``root``, recursively and sorted; ``[root]`` when ``root``
-    is a file. The one listing of the project: the training manifests and ``syllablelm tokenize`` both use it.
-
-    Symbolic links are followed, to folders and to files (datasets are often linked in on clusters). Real paths
-    are tracked: a folder reached twice (a link to an ancestor, two links to one place) is searched once, so
-    cycles end, and a file reached twice is listed once, under the first path met (depth first, in name order,
-    a folder's files before its sub-folders). Hidden files and folders (``.name``) are skipped, and so are broken
-    links (logged). Paths stay as found under ``root`` (links not resolved), so they are relative to it. Raises
-    ``FileNotFoundError`` when ``root`` does not exist. ``limit``: stop after that many files (a quick look).
-    """
-    root = Path(root)
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such audio folder")
-    log = logging.getLogger(__name__)
-    found: list[Path] = []
-    broken: list[str] = []
-    top = os.path.realpath(root)
-    seen = {top}  # real paths of the folders searched or queued and of the files listed
-    stack = [(str(root), top)]
-    while stack:
-        folder, real = stack.pop()
-        try:
-            with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as e:
-            log.warning("%s: folder not searched (%s)", folder, e.strerror or e)
-            continue
-        subfolders = []
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            try:
-                link = entry.is_symlink()
-                if entry.is_dir():  # follows links
-                    sub = os.path.realpath(entry.path) if link else os.path.join(real, entry.name)
-                    if sub not in seen:
-                        seen.add(sub)
-                        subfolders.append((entry.path, sub))
-                elif entry.name.lower().endswith(AUDIO_EXTENSIONS):
-                    if entry.is_file():
-                        file = os.path.realpath(entry.path) if link else os.path.join(real, entry.name)
-                        if file not in seen:
-                            seen.add(file)
-                            found.append(Path(entry.path))
-                            if limit is not None and len(found) >= limit:
-                                return sorted(found)
-                    elif link and not os.path.exists(entry.path):
-                        broken.append(entry.path)
-            except OSError:  # vanished or unreadable while listing
-                broken.append(entry.path)
-        stack.extend(reversed(subfolders))  # depth first, in name order
-    if broken:
-        log.warning("skipped %d broken links or unreadable entries under %s: %s%s", len(broken), root,
-                    ", ".join(broken[:5]), " ..." if len(broken) > 5 else "")
-    return sorted(found)
+from syllablelm.audio.listing import AUDIO_EXTENSIONS, iter_audio, list_audio  # noqa: F401 (re-exported: imported from here)
 
 
 class AudioError(RuntimeError):
