@@ -37,7 +37,6 @@ every process and DataLoader worker that maps the file and dropped by the kernel
 from __future__ import annotations
 
 import mmap
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -45,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from syllablelm.runtime.fileio import atomic_write
+from syllablelm.runtime.fileio import write_npy
 from syllablelm.runtime.strings import Strings
 
 LAYOUT = "columns"  # the manifest's "layout" for this format; manifests without one hold one .npz per shard
@@ -64,12 +63,6 @@ def shard_prefix(rank: int, world_size: int) -> str:
 
 def column_file(vdir: Path, prefix: str, column: str) -> Path:
     return vdir / f"{prefix}.{column}.npy"
-
-
-def write_npy(path: Path, array: np.ndarray) -> None:
-    """One ``.npy`` file, atomically."""
-    with atomic_write(path, "wb") as f:
-        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def smallest_unsigned(values: np.ndarray) -> np.dtype:
@@ -273,11 +266,3 @@ class StoreView(Mapping):
             ids = iter(read_ids(self.vdir, prefix))
             cols = {c: read_column(column_file(self.vdir, prefix, c)) for c in self.columns}
             yield prefix, ids, read_column(column_file(self.vdir, prefix, MARKER)), cols
-
-
-def open_file_count() -> int:
-    """File descriptors this process holds (``/proc/self/fd``; -1 where there is no procfs)."""
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return -1

@@ -64,6 +64,12 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
         np.savez(f, **arrays)
 
 
+def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write one ``.npy`` file (C order, no pickles) atomically."""
+    with atomic_write(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+
+
 def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     """Contiguous, unrepeated ``[start, stop)`` slice of ``n`` items for ``rank`` of ``world_size``.
 
