@@ -7,6 +7,8 @@
 #   5. benchmarks/matmul_peak.py (the bf16 matmul rate MFU is also reported against),
 #   6. benchmarks/train_speed.py (teacher, SylBoost and SpeechLM training steps: today's settings against fused
 #      AdamW and compiled layers, side by side),
+#   7. benchmarks/continuation_speed.py (issue 29: the paper-size interleaved vocoder LM's fine tokens/s in bf16,
+#      KV cache against none; never measured on a GPU yet),
 # then one table (benchmarks/gpu_table.py -> OUT_DIR/table.md).
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR [WORK_DIR]
@@ -25,7 +27,7 @@ cd "$(dirname "$0")/.."
 $py -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" 2>&1 | tee "$out/env.txt"
 nproc | tee -a "$out/env.txt"
 
-parts=" ${PARTS:-matmul gen train tests smoke} "  # demo (about 3 minutes more) on request: PARTS=demo
+parts=" ${PARTS:-matmul gen train tests smoke speech} "  # demo (about 3 minutes more) on request: PARTS=demo
 parts=${parts//,/ }
 if [[ $parts == *" tests "* ]]; then
 start=$(date +%s)
@@ -64,6 +66,14 @@ start=$(date +%s)
 timeout "${TRAIN_S:-120}" $py benchmarks/train_speed.py --json "$out/train_speed.json" > "$out/train.log" 2>&1
 echo "train: rc $? after $(( $(date +%s) - start )) s" | tee -a "$out/env.txt"
 tail -9 "$out/train.log"
+fi
+
+if [[ $parts == *" speech "* ]]; then
+start=$(date +%s)
+timeout "${SPEECH_S:-120}" $py benchmarks/continuation_speed.py --size paper --device cuda --dtype bfloat16 \
+    --json "$out/continuation_speed.json" > "$out/speech.log" 2>&1
+echo "speech: rc $? after $(( $(date +%s) - start )) s" | tee -a "$out/env.txt"
+tail -6 "$out/speech.log"
 fi
 
 $py benchmarks/gpu_table.py "$out"

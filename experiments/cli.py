@@ -58,6 +58,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
                        "the envelope-minima segmentation as a boundary version (unsupervised labels)"),
     "sylboost-gain": ("experiments.sylboost_gain:main",
                       "what SylBoost's iterations add over their start and LossPred, on held-out voices, by data size"),
+    "resynthesize": ("experiments.speech_commands:resynthesize",
+                     "audio -> syllable units -> fine units -> audio (--from fine: the vocoder's ceiling)"),
+    "continue": ("experiments.speech_commands:continue_speech",
+                 "a spoken continuation of a prompt: SpeechLM -> interleaved LM -> vocoder"),
+    "speech-demo": ("experiments.speech_demo:main",
+                    "speech out on a finished demo workdir: resynthesis PER table, WAVs, continuations"),
     "pipeline": ("experiments.pipeline.runner:main",
                  "every stage in order, resumable, on torchrun/SLURM (--dry-run checks)"),
 }

@@ -101,6 +101,9 @@ def build_report(wd: Path, *, tokenizer: Path, timings: dict | None = None, seco
         "shift_settings": (scores or {}).get("shift_settings"),
         "significance": dict((scores or {}).get("significance") or {}),
     }
+    speech = wd / "runs" / "speech" / "speech_out.json"  # written by syllablelm speech-demo; kept on a rebuild
+    if speech.exists():
+        report["speech_out"] = json.loads(speech.read_text())
     _figures(report, wd, (scores or {}).get("example"), missing)
     report["missing"], report["missing_sections"] = missing.lines(), missing.by_section()
     report["missing_causes"] = [f"{m['what']} ({m['why']})" for m in missing.items if not m["because"]]
@@ -450,6 +453,10 @@ def markdown(r: dict) -> str:
                       "better than chance rather than as a result."]
         lines += ["", "![LM pairs](figures/lm_pairs.png)", ""]
     lines += _missing_lines(r, "lm_pairs")
+    if r.get("speech_out"):  # syllablelm speech-demo's section (issue 29)
+        from experiments.speech_eval import markdown_lines
+
+        lines += markdown_lines(r["speech_out"])
     lines += ["## Stages", "", "Times and memory as recorded when each stage ran (a stage skipped by a rerun keeps "
               "the record of the run that made it).", "",
               "| stage | seconds | peak RSS (MB) | attempt | this run |", "|---|---|---|---|---|"]

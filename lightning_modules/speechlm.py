@@ -39,7 +39,32 @@ log = logging.getLogger(__name__)
 LR_SCHEDULES = ("linear_tri_stage", "warmup_hold_decay")  # SpeechLMModule.lr_schedule; the first is the default
 
 
-class SpeechLMModule(pl.LightningModule):
+class DecoderTraining:
+    """What the SpeechLM and the interleaved vocoder LM train alike: a GPT decoder ``self.net`` on batches
+    ``{"input", "target"[, "padding_mask"]}`` (targets -100 ignored), the optimizer ``self.optimizer`` and the
+    step schedule of ``hparams`` (``lr_schedule``, ``warmup``, ``hold``, ``decay``, ``final_lr_scale``)."""
+
+    def training_step(self, batch, batch_idx):
+        """Mean cross-entropy over this rank's target tokens (padding = -100 excluded). DDP averages gradients
+        over ranks, so the global loss is the mean of per-rank token means; with packed windows every rank
+        holds the same number of tokens per step (bar a padded last window), so that equals the token mean of
+        the global batch. The authors' loss is that same mean of per-GPU means (their model's loss is a token mean,
+        ``sample_size`` 1 per GPU). A batch's ``padding_mask`` (``collate: authors``) hides padded keys."""
+        self.flops_per_batch = flops.training(flops.gpt_forward(*batch["input"].shape, self.config))
+        _, loss = self.net(batch["input"], batch["target"], padding_mask=batch.get("padding_mask"))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input"]))
+        return loss
+
+    def configure_optimizers(self):
+        opt = self.optimizer(self.parameters())
+        hp = self.hparams
+        shape = linear_tri_stage if hp.lr_schedule == "linear_tri_stage" else warmup_hold_decay
+        schedule = shape(hp.warmup, hp.hold, hp.decay, hp.final_lr_scale)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class SpeechLMModule(DecoderTraining, pl.LightningModule):
     """Unit language model.
 
     Args:
@@ -142,17 +167,6 @@ class SpeechLMModule(pl.LightningModule):
         return self.net.generate(prompt, max_new_tokens, **kwargs)
 
     # ---- training -----------------------------------------------------------------------------------------
-    def training_step(self, batch, batch_idx):
-        """Mean cross-entropy over this rank's target tokens (padding = -100 excluded). DDP averages gradients
-        over ranks, so the global loss is the mean of per-rank token means; with packed windows every rank
-        holds the same number of tokens per step (bar a padded last window), so that equals the token mean of
-        the global batch. The authors' loss is that same mean of per-GPU means (their model's loss is a token mean,
-        ``sample_size`` 1 per GPU). A batch's ``padding_mask`` (``collate: authors``) hides padded keys."""
-        self.flops_per_batch = flops.training(flops.gpt_forward(*batch["input"].shape, self.config))
-        _, loss = self.net(batch["input"], batch["target"], padding_mask=batch.get("padding_mask"))
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input"]))
-        return loss
-
     def validation_step(self, batch, batch_idx):
         logits, _ = self.net(batch["input"], padding_mask=batch.get("padding_mask"))
         target = batch["target"]
@@ -172,10 +186,3 @@ class SpeechLMModule(pl.LightningModule):
         self.val_nll.reset()
         self.val_tokens.reset()
 
-    def configure_optimizers(self):
-        opt = self.optimizer(self.parameters())
-        hp = self.hparams
-        shape = linear_tri_stage if hp.lr_schedule == "linear_tri_stage" else warmup_hold_decay
-        schedule = shape(hp.warmup, hp.hold, hp.decay, hp.final_lr_scale)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

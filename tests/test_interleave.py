@@ -63,3 +63,44 @@ def test_bad_input_is_refused():
         interleave([1, 2], [1], [0], [[0, 1]], V)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         interleave([10], [1], [0], [[0, 1]], V)
+
+
+def test_deinterleave_recovers_both_streams():
+    from syllablelm.units.interleave import deinterleave
+
+    rng = np.random.default_rng(1)
+    for grouping in (1, 2, 3):
+        for _ in range(30):
+            n, m = int(rng.integers(0, 15)), int(rng.integers(1, 8))
+            fine = rng.integers(0, 10, n)
+            bounds = np.r_[0, np.sort(rng.choice(np.arange(1, 300), m - 1, replace=False)), 300]
+            syl = rng.integers(0, 5, m)
+            out = interleave(fine, rng.integers(1, 9, n), syl, np.stack([bounds[:-1], bounds[1:]], 1), V,
+                             grouping=grouping)
+            got_fine, got_syl, owner = deinterleave(out.tokens, V, with_owner=True)
+            assert got_fine.tolist() == fine.tolist() and got_syl.tolist() == syl.tolist()
+            assert (np.diff(owner) >= 0).all() and (owner >= 0).all()  # the first group comes before any fine unit
+    # the worked example: 3 4 follow syllable 0, 5 6 follow syllable 1; padding and stops are dropped
+    f, s, o = deinterleave([12, 16, 3, 4, 13, 16, 5, 6, V.pad, V.pad], V, with_owner=True)
+    assert (f.tolist(), s.tolist(), o.tolist()) == ([3, 4, 5, 6], [1, 2], [0, 0, 1, 1])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        deinterleave([18], V)
+
+
+def test_pieces_cut_at_groups_within_the_authors_size():
+    from syllablelm.units.interleave import split_pieces
+
+    # blocks: [12 16 3 4] (size 2 + 3 = 5), [13 16 5 6 7] (3 + 3 = 6), [14 16 8] (1 + 3 = 4)
+    # at 50 Hz: fine midpoints 2, 6 | 9, 11, 13 | 15; syllables start at 12 and 19 (thresholds 7 and 14)
+    out = interleave([3, 4, 5, 6, 7, 8], [4, 4, 2, 2, 2, 2], [1, 2, 3], [[0, 12], [12, 19], [19, 30]], V,
+                     frames_per_fine=1)
+    assert out.tokens.tolist() == [12, 16, 3, 4, 13, 16, 5, 6, 7, 14, 16, 8]
+    whole, lost = split_pieces(out, V, 15)
+    assert lost == 0 and len(whole) == 1 and whole[0].tokens.tolist() == out.tokens.tolist()
+    pieces, lost = split_pieces(out, V, 11)  # 5 + 6 fit, the third block starts a new piece
+    assert [p.tokens.tolist() for p in pieces] == [[12, 16, 3, 4, 13, 16, 5, 6, 7], [14, 16, 8]]
+    assert [p.targets.tolist() for p in pieces] == [[X, 3, 4, 10, X, 5, 6, 7, X], [X, 8, X]]
+    pieces, lost = split_pieces(out, V, 4)  # one syllable (3) and at most one fine unit a piece
+    assert [p.tokens.tolist() for p in pieces] == [[12, 16, 3], [13, 16, 5], [14, 16, 8]] and lost == 3
+    with pytest.raises(ValueError, match="holds no group"):
+        split_pieces(out, V, 2)

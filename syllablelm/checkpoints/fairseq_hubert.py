@@ -14,7 +14,8 @@ fairseq's classes stubbed out — trusted files only):
   ``label_embs_concat`` (every label set's rows, each set's 4 special symbols first);
 * ``"cfg"`` (fairseq >= 0.10: a DictConfig with ``model`` and ``task`` groups) or ``"args"`` (older: an argparse
   Namespace): the settings :func:`hubert_config` reads (defaults for absent ones: :data:`_FAIRSEQ_DEFAULTS`);
-  ``task.normalize`` says whether the audio was normalised, ``label_rate`` must be 50;
+  ``task.normalize`` says whether the audio was normalised, ``label_rate`` must be the CNN's frame rate
+  (50 Hz for HuBERT's CNN; 25 Hz for mHuBERT-25Hz's, one more stride-2 layer: a warning otherwise);
 * ``"task_state"["dictionaries"]``: one pickled ``fairseq.data.dictionary.Dictionary`` per label set
   (``symbols``, ``indices``, ``nspecial`` = 4): where each k-means label's row is in ``label_embs_concat``;
 * ``"optimizer_history"``, ``"extra_state"``, ``"last_optimizer_state"``: fairseq's, ignored.
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from syllablelm.audio.frames import FrameGeometry
 from syllablelm.checkpoints.fairseq import CheckpointError, load_fairseq_state, load_strict, map_key, to_plain
 from syllablelm.models.common import parse_conv_spec
 from syllablelm.models.hubert import HubertTeacher, TeacherConfig
@@ -118,9 +120,11 @@ def load_fairseq_hubert(path: str | Path, *, map_location="cpu", label_set: int 
         raise CheckpointError(f"{path}: target_glu=True checkpoints are not supported")
     if c["activation_fn"] not in ACTIVATIONS:
         raise CheckpointError(f"{path}: unsupported activation_fn {c['activation_fn']!r}")
-    if float(c["label_rate"]) != 50:
-        warnings.warn(f"{path}: label_rate={c['label_rate']} but frames are 50 Hz; labels must be resampled",
-                      stacklevel=2)
+    layers = parse_conv_spec(c["conv_feature_layers"])
+    grid = FrameGeometry.from_conv([k for _, k, _ in layers], [s for _, _, s in layers])
+    if float(c["label_rate"]) != grid.hz:  # mHuBERT-25Hz: an extra stride-2 layer, label_rate 25, hop 640
+        warnings.warn(f"{path}: label_rate={c['label_rate']} but the CNN's frames are {grid.hz:g} Hz (hop "
+                      f"{grid.hop}); labels must be resampled", stacklevel=2)
     sd = dict(state.get("model") or {})
     for key in ("final_proj.weight", "label_embs_concat"):
         if key not in sd:
@@ -134,7 +138,6 @@ def load_fairseq_hubert(path: str | Path, *, map_location="cpu", label_set: int 
     if c["untie_final_proj"] and n_sets > 1:  # one projection chunk per label set
         sd["final_proj.weight"] = sd["final_proj.weight"].chunk(n_sets, 0)[label_set]
         sd["final_proj.bias"] = sd["final_proj.bias"].chunk(n_sets, 0)[label_set]
-    layers = parse_conv_spec(c["conv_feature_layers"])
     embed = int(c["encoder_embed_dim"])
     cfg = TeacherConfig(
         hidden_size=embed, num_hidden_layers=int(c["encoder_layers"]),

@@ -121,3 +121,86 @@ def interleave(fine_units, fine_durations, syllable_units, syllable_segments, vo
             put_group()
     return Interleaved(np.array(tokens, dtype=np.int64), np.array(targets, dtype=np.int64),
                        np.array(is_syl, dtype=bool))
+
+
+def authors_size(num_fine: int, num_syllables: int) -> int:
+    """The authors' size of an utterance for batching (their dataset's ``size``): fine units plus three per syllable
+    (a count from their earlier layouts, which spent three tokens on a syllable; ``interleave_strat`` 5 spends two
+    with one syllable a group). fairseq's ``max_tokens`` budget counts this, rows x the largest size of a batch."""
+    return int(num_fine) + 3 * int(num_syllables)
+
+
+def deinterleave(tokens, vocab: InterleavedVocab, *, with_owner: bool = False):
+    """An interleaved stream -> ``(fine_units, syllable_units)`` in order (stop and padding tokens dropped); with
+    ``with_owner`` also, per fine unit, the index of the last syllable before it (-1 before any). Ids outside the
+    vocabulary are an error."""
+    t = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    if t.size and ((t < 0).any() or (t >= vocab.size).any()):
+        bad = t[(t < 0) | (t >= vocab.size)]
+        raise ValueError(f"token ids {bad[:5].tolist()} are outside the vocabulary of {vocab.size} ids")
+    is_fine = t < vocab.fine
+    is_syl = (t >= vocab.syllable_offset) & (t < vocab.stop_syllable)
+    fine, syllables = t[is_fine], t[is_syl] - vocab.syllable_offset
+    if not with_owner:
+        return fine, syllables
+    owner = (np.cumsum(is_syl) - 1)[is_fine]
+    return fine, syllables, owner
+
+
+def group_starts(tokens, vocab: InterleavedVocab) -> np.ndarray:
+    """Positions where a group of syllables begins: a syllable token not preceded by another syllable token."""
+    t = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    is_syl = (t >= vocab.syllable_offset) & (t < vocab.stop_syllable)
+    return np.flatnonzero(is_syl & ~np.r_[False, is_syl[:-1]])
+
+
+def stretch_lengths(tokens, vocab: InterleavedVocab) -> np.ndarray:
+    """Fine units after each group of an utterance's stream, up to the next group or the end: the last entry is
+    the tail after the last group (the stretch no stop token closes). Empty for a stream without syllables."""
+    t = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    starts = group_starts(t, vocab)
+    fine_before = np.r_[0, np.cumsum(t < vocab.fine)]  # fine units in t[:i]
+    return np.diff(fine_before[np.r_[starts, len(t)]]) if len(starts) else np.zeros(0, np.int64)
+
+
+def split_pieces(stream: Interleaved, vocab: InterleavedVocab, max_size: int) -> tuple[list[Interleaved], int]:
+    """Cut an utterance's stream at group starts into consecutive pieces of :func:`authors_size` at most
+    ``max_size``: whole blocks (a group and the fine units after it) are taken greedily while they fit; a block
+    that alone is larger keeps its first ``max_size - 3 x syllables`` fine units (the rest are dropped). Each piece
+    starts with a group, as an utterance does, and its last position predicts nothing (target
+    :data:`IGNORE`), as an utterance's last does. Returns ``(pieces, fine units dropped)``; the whole stream when it
+    fits."""
+    t = stream.tokens
+    starts = group_starts(t, vocab)
+    if not len(starts) or starts[0] != 0:
+        raise ValueError("a stream to cut must start with a group of syllables")
+    bounds = np.r_[starts, len(t)]
+    n_fine = np.diff(np.r_[0, np.cumsum(t < vocab.fine)][bounds])
+    n_syl = np.diff(np.r_[0, np.cumsum(stream.is_syllable)][bounds])
+    if (3 * n_syl > max_size).any():
+        raise ValueError(f"max_size {max_size} holds no group of {int(n_syl.max())} syllables (3 a syllable)")
+    pieces: list[Interleaved] = []
+    dropped = 0
+
+    def take(lo: int, hi: int) -> None:
+        tokens, targets = t[lo:hi].copy(), stream.targets[lo:hi].copy()
+        targets[-1] = IGNORE
+        pieces.append(Interleaved(tokens, targets, stream.is_syllable[lo:hi].copy()))
+
+    b = 0
+    while b < len(starts):
+        size, e = 0, b
+        while e < len(starts) and size + n_fine[e] + 3 * n_syl[e] <= max_size:
+            size += n_fine[e] + 3 * n_syl[e]
+            e += 1
+        if e == b:  # one block alone is too large: keep its first fine units
+            keep = max_size - 3 * int(n_syl[b])
+            lo = int(bounds[b])
+            fine_pos = lo + np.flatnonzero(t[lo:bounds[b + 1]] < vocab.fine)
+            take(lo, int(fine_pos[keep - 1]) + 1 if keep > 0 else lo + int(n_syl[b]) + 1)
+            dropped += int(n_fine[b]) - keep
+            e = b + 1
+        else:
+            take(int(bounds[b]), int(bounds[e]))
+        b = e
+    return pieces, dropped
