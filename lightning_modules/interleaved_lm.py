@@ -133,7 +133,7 @@ class InterleavedLMModule(DecoderTraining, pl.LightningModule):
         hp = self.hparams
         theirs = {"fine_vocab": dm.vocab.fine, "syllable_vocab": dm.vocab.syllable,
                   "frames_per_fine": dm.frames_per_fine, "lead": dm.hparams.lead, "grouping": dm.hparams.grouping}
-        wrong = [f"model.{k} is {hp[k]} but the data give {v}" for k, v in theirs.items() if hp[k] != v]
+        wrong = [f"the model's {k} is {hp[k]} but the data give {v}" for k, v in theirs.items() if hp[k] != v]
         if wrong:
             raise ValueError("the model and the data disagree: " + "; ".join(wrong) + " (set them equal in the config)")
         if stage == "fit":

@@ -24,6 +24,7 @@ import lightning.pytorch as pl
 import torch
 import torchaudio
 
+from syllablelm.checkpoints import suite
 from syllablelm.evaluation.phone_judge import (
     PHONES,
     FeatureSettings,
@@ -126,9 +127,9 @@ def export(checkpoint: str, out: str, recipe: dict | None = None) -> PhoneJudgeM
     module is rebuilt from the checkpoint's hyper-parameters and state dict directly (Lightning's
     ``load_from_checkpoint`` refuses a class it finds under ``__main__`` when this file runs with ``-m``)."""
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}  # LightningCLI's
+    hparams = {k: v for k, v in ckpt[suite.HYPER_PARAMETERS].items() if not k.startswith("_")}  # LightningCLI's
     module = PhoneJudgeModule(**hparams)  # "_class_path" and the like are not arguments
-    module.load_state_dict(ckpt["state_dict"])
+    module.load_state_dict(ckpt[suite.STATE_DICT])
     meta = {"checkpoint": str(checkpoint), "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step"),
             "hparams": {k: (list(v) if isinstance(v, tuple) else v) for k, v in hparams.items()}}
     save_judge(out, module.net.eval(), PHONES, FeatureSettings(), {**meta, **(recipe or {})})

@@ -65,7 +65,7 @@ class VocoderModule(pl.LightningModule):
         self._originals_logged: set[str] = set()
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = getattr(self.trainer, "datamodule", None)  # setup runs inside a Trainer
         for name in ("num_units", "hop"):
             have = getattr(dm, name, None)
             want = getattr(self.vocoder.config, name)

@@ -56,6 +56,7 @@ FORMATS = {
                        ("label_embs_concat", "final_proj.weight", "dictionaries", "task_state")),
     "fairseq-data2vec2": ("syllablelm/checkpoints/fairseq_data2vec2.py",
                           ("data2vec_multi", "modality_encoders.AUDIO.", "_ema", "task_state")),
+    "phone-judge": ("syllablelm/evaluation/phone_judge.py", ("syllablelm-phone-judge",)),
 }
 # (literal, file) -> why it may appear there. "state_dict" / "hyper_parameters" are Lightning's own names, owned
 # here by suite.py all the same. The Lightning modules produce their checkpoints and name what they record with
@@ -66,6 +67,10 @@ EXCEPTIONS = {
     ("network", "experiments/demo.py"): "a YAML config key (model.init_args.network), not a checkpoint's",
     ("network", "experiments/pipeline/checks.py"): "a YAML config key (model.init_args.network), not a checkpoint's",
     ("segmenter", "experiments/unit_work.py"): "a key of quantize's pooled-features cache, not a checkpoint's",
+    ("network", "experiments/speech_demo.py"): "a YAML config key (model.init_args.network), not a checkpoint's",
+    ("network", "syllablelm/evaluation/phone_judge.py"): "a key of the phone judge's own file format (owned there)",
+    ("state_dict", "syllablelm/evaluation/phone_judge.py"): "a key of the phone judge's own file format (owned "
+                                                           "there)",
 }
 
 

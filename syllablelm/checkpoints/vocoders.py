@@ -29,13 +29,13 @@ from pathlib import Path
 import torch
 
 from syllablelm.checkpoints.fairseq import CheckpointError
+from syllablelm.checkpoints.suite import HYPER_PARAMETERS, STATE_DICT  # Lightning's keys
 from syllablelm.models.code_hifigan import CodeHiFiGAN
 from syllablelm.models.istft_vocoder import ISTFTVocoder, ISTFTVocoderConfig
 from syllablelm.models.vocoder import UnitVocoder
 from syllablelm.runtime.fileio import atomic_write
 
 GENERATOR = "generator"  # textless-lib: the generator's state dict
-STATE_DICT, HYPER_PARAMETERS = "state_dict", "hyper_parameters"  # Lightning's keys
 VOCODER = "vocoder"  # this suite: hyper-parameter (ISTFTVocoderConfig) and state-dict prefix
 CONFIG_SUFFIXES = ("_config.json", "-config.json", ".json")  # TWIST / textless-lib names for the config beside
 
