@@ -217,5 +217,6 @@ def test_the_module_refuses_data_made_with_other_settings(tmp_path):
                                 fine_vocab=F_UNITS, syllable_vocab=S_UNITS + 1, frames_per_fine=2)
     trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    with pytest.raises(ValueError, match=r"syllable_vocab is 8 but the data give 7; the model.s frames_per_fine is 2 but"):
+    with pytest.raises(ValueError,
+                       match=r"syllable_vocab is 8 but the data give 7; the model.s frames_per_fine is 2 but"):
         trainer.fit(model, datamodule=dm)
