@@ -131,7 +131,7 @@ def run_files(files: list[Path], out_dir: str, work, what: str) -> int:
     import numpy as np
     from tqdm.auto import tqdm
 
-    from syllablelm.audio.io import AudioError, write_audio
+    from syllablelm.audio.io import AudioError, read_audio, write_audio
     from syllablelm.runtime.fileio import write_text
     from syllablelm.runtime.outcome import record_skip
 
@@ -139,8 +139,6 @@ def run_files(files: list[Path], out_dir: str, work, what: str) -> int:
     lines, written = [], 0
     for path, name in tqdm(list(zip(files, output_names(files))), desc=what, unit="file"):
         try:
-            from syllablelm.audio.io import read_audio
-
             wave = read_audio(path)
             audio, record = work(wave, Path(name).stem)
         except AudioError as e:
