@@ -9,9 +9,10 @@
 resynthesize: audio -> syllable units -> fine units (the interleaved vocoder LM, syllables given) -> audio.
 ``--from fine`` vocodes the true fine units with their true durations instead (the vocoder's ceiling, time-aligned
 with the input; no tokenizer or interleaved LM needed). continue: prompt -> syllable units -> the SpeechLM's
-continuation -> fine units -> audio; each output WAV is the prompt's audio, a 0.1 s pause, then the generated
-speech (the shipped CPU vocoder has no speaker input: it speaks in the voice the fine units carry; TWIST's
-vocoder in LJ's).
+continuation -> fine units (the interleaved LM continuing the prompt's own syllables and true fine units;
+``--no-prompt-context``: from an empty context) -> audio; each output WAV is the prompt's audio, a 0.1 s pause, then
+the generated speech (the shipped CPU vocoder has no speaker input: it speaks in the voice the fine units carry;
+TWIST's vocoder in LJ's).
 
 Both write ``OUTPUT_DIR/<name>.wav`` (16 kHz, the input file's name; a name met twice gets ``-2``, ``-3``) and
 ``OUTPUT_DIR/units.jsonl``: one line per file with every unit stream (syllable units and segments, the true fine units
@@ -49,6 +50,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                        help="prompt audio files or folders (folders searched recursively)")
         p.add_argument("--seconds", type=float, default=3.0, help="length of the continuation (s; default 3)")
         p.add_argument("--speechlm", required=True, help="a SpeechLM checkpoint (syllablelm fit ... speechlm)")
+        p.add_argument("--no-prompt-context", dest="prompt_context", action="store_false",
+                       help="generate the continuation's fine units from an empty context (default: the interleaved "
+                            "LM continues the prompt's own syllables and true fine units)")
     else:
         p.add_argument("--input", nargs="+", default=[], metavar="PATH",
                        help="audio files or folders (folders searched recursively, symbolic links followed)")
@@ -197,4 +201,5 @@ def continue_speech(argv: list[str] | None = None) -> int:
     models = _models(args, tokenizer=True, interleaved=True, speechlm=True)
     sampling = _sampling(args)
     return run_files(files, args.output_dir, lambda wave, name: so.continue_speech(
-        models, wave, args.seconds, seed=args.seed, name=name, sampling=sampling), "continue")
+        models, wave, args.seconds, seed=args.seed, name=name, sampling=sampling,
+        prompt_context=args.prompt_context), "continue")

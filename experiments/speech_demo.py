@@ -52,17 +52,28 @@ def parser() -> argparse.ArgumentParser:
 
 
 def shipped_fine_labels(label_root: Path) -> bool:
-    """Whether the demo's label store holds the shipped teacher's layer-2 k-means labels (the fine units)."""
-    try:
-        from datamodules.label_store import LabelStore
+    """Whether the demo's label store holds the shipped teacher's layer-2 k-means labels (the fine units). An
+    absent store (no folder, or no complete version) is False: the speech demo writes the fine units itself. A store
+    that is there but cannot be read (a damaged manifest or shard, a manifest whose label model is unreadable)
+    raises :class:`~datamodules.shard_store.StoreError` naming ``label_root`` and the problem, rather than silently
+    computing the fine units again beside a broken store."""
+    from datamodules.label_store import LabelStore
+    from datamodules.shard_store import AbsentVersionError, StoreError
 
-        store = LabelStore(label_root)
+    store = LabelStore(label_root)
+    try:
         meta = store.manifest(store.resolve("latest")).get("meta", {})
-    except Exception:  # absent or damaged: write the fine units here
+    except AbsentVersionError:
         return False
-    return (meta.get("features") == "teacher" and int(meta.get("layer") or -1) == 2
-            and Path(str(meta.get("checkpoint"))).name == "teacher.ckpt"
-            and Path(str(meta.get("kmeans"))).name == "kmeans_layer2.npy")
+    except StoreError as e:
+        raise StoreError(f"{label_root}: the demo's label store cannot be read: {e}") from e
+    try:
+        return (meta.get("features") == "teacher" and int(meta.get("layer") or -1) == 2
+                and Path(str(meta.get("checkpoint"))).name == "teacher.ckpt"
+                and Path(str(meta.get("kmeans"))).name == "kmeans_layer2.npy")
+    except (AttributeError, TypeError, ValueError) as e:  # "meta" not a mapping, "layer" not a number
+        raise StoreError(f"{label_root}: the demo's label store cannot be read: its manifest's label model "
+                         f"({meta!r}) is not readable ({e})") from e
 
 
 def unit_rate(unit_root: Path) -> float:
@@ -102,11 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     evaluation = wd / "data" / "speech_test"
     n, k = (TINY_UTTERANCES, TINY_SPEAKERS) if args.tiny else (EVAL_UTTERANCES, EVAL_SPEAKERS)
     sentences = wd / "data" / "speech_test_sentences.txt"
-    if not sentences.exists():  # the sentences the judge never trained on (lightning_modules.phone_judge)
-        from lightning_modules.phone_judge import judge_sentences
+    if not sentences.exists():  # the sentences the judge never trained on (syllablelm.evaluation.phone_judge)
+        from syllablelm.evaluation.phone_judge import judge_sentences
         from syllablelm.runtime.fileio import write_text
+        from syllablelm.synthesis.plan import load_sentences
 
-        write_text(sentences, "\n".join(judge_sentences()[1]) + "\n")
+        write_text(sentences, "\n".join(judge_sentences(load_sentences())[1]) + "\n")
     try:
         run.run("speech_synth", ["synth", "--out", str(evaluation), "--num-utterances", str(n), "--speakers",
                                  str(k), "--splits", "test=1", "--held-out-variants", "--sentences", str(sentences),

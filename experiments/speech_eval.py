@@ -16,7 +16,9 @@ voices only: ``syllablelm.evaluation.phone_judge``):
 Phone error rate = edit distance / reference phones, summed over utterances; intervals from a paired voice-level
 bootstrap (voices resampled with replacement, every condition on the same draw; ``syllablelm.significance``).
 ``fine`` also gets STOI (pystoi, 16 kHz, against the original trimmed to the same length) and a log-mel distance
-(mean absolute difference of 80-bin natural-log mel spectra, 25 ms / 10 ms frames, floor 1e-5).
+(``syllablelm.audio.spectrogram.log_mel_distance``: mean absolute difference of HiFi-GAN's log-mel spectra, 80
+Slaney bands of the magnitude STFT, ``n_fft`` 1024, hop 256, 0-8 kHz, natural log, floor 1e-5; the vocoder's mel
+loss, so the number is on the scale it trained on).
 """
 from __future__ import annotations
 
@@ -28,23 +30,13 @@ import numpy as np
 import torch
 
 from experiments.speech_out import Sampling, SpeechModels, continue_speech, resynthesize, syllable_units
+from syllablelm.audio.spectrogram import N_MELS, log_mel, log_mel_distance
 from syllablelm.runtime.fileio import write_json, write_text
 
 CONDITIONS = ("original", "fine", "syllable", "uniform", "other")
 EXAMPLES, CONTINUATIONS, PROMPT_SECONDS, CONTINUE_SECONDS = 3, 2, 3.0, 3.0
 SPEECH_DIR = Path("speech")  # WAVs, under the workdir
 FIGURE = "speech_out.png"
-
-
-def log_mel_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean |log mel(a) - log mel(b)| over the frames both have (80 bins, 25 ms / 10 ms, natural log, floor 1e-5)."""
-    import torchaudio
-
-    mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=400, hop_length=160, n_mels=80)
-    n = min(len(a), len(b))
-    ma = torch.log(mel(torch.as_tensor(a[:n], dtype=torch.float32)).clamp_min(1e-5))
-    mb = torch.log(mel(torch.as_tensor(b[:n], dtype=torch.float32)).clamp_min(1e-5))
-    return float((ma - mb).abs().mean())
 
 
 def stoi(reference: np.ndarray, degraded: np.ndarray) -> float:
@@ -180,23 +172,21 @@ def per_table(rows: dict, voices: list[str], seed: int) -> dict:
 
 
 def spectrogram_figure(wd: Path, out_dir: Path, examples: list[str], continuations: list[dict]) -> str:
-    """One figure: log-mel spectrograms of an example (original / from fine units / from syllable units) and of
-    the continuations (prompt | generated, the cut marked)."""
+    """One figure: log-mel spectrograms (``syllablelm.audio.spectrogram.log_mel``) of an example (original / from
+    fine units / from syllable units) and of the continuations (prompt | generated, the cut marked)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import soundfile as sf
-    import torchaudio
 
-    mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=400, hop_length=160, n_mels=80)
     panels = [(f"{n}: {c}", out_dir / f"{n}.{c}.wav", None) for n in examples for c in ("original", "fine", "syllable")]
     panels += [(f"{c['utterance']}: continuation", wd / c["wav"], c["prompt_seconds"]) for c in continuations]
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 1.8 * len(panels)), squeeze=False)
     for ax, (title, path, cut) in zip(axes[:, 0], panels):
         wave, _ = sf.read(path, dtype="float32")
-        spec = torch.log(mel(torch.as_tensor(wave)).clamp_min(1e-5)).numpy()
-        ax.imshow(spec, origin="lower", aspect="auto", extent=(0, len(wave) / 16000, 0, 80), cmap="magma")
+        spec = log_mel(wave).numpy()  # (mel bins, frames)
+        ax.imshow(spec, origin="lower", aspect="auto", extent=(0, len(wave) / 16000, 0, N_MELS), cmap="magma")
         if cut is not None:
             ax.axvline(cut, color="cyan", lw=1.5)
         ax.set_title(title, fontsize=9)
@@ -242,7 +232,8 @@ def markdown_lines(s: dict | None) -> list[str]:
         lines.append(f"- {key}: {_pct(d['value'])} ({_pct(d['low'])} to {_pct(d['high'])})")
     fine = s["fine"]
     lines += ["", f"From fine units: STOI {fine['stoi']:.3f}, log-mel distance {fine['log_mel_distance']:.3f} "
-              "(against the original).", "",
+              "(against the original; HiFi-GAN's log-mel L1, the vocoder's mel loss: 80 Slaney bands, n_fft 1024, "
+              "hop 256, 0-8 kHz, natural log, floor 1e-5).", "",
               "Listen: " + "; ".join(f"{e['utterance']}: [original]({e['original']}), [fine]({e['fine']}), "
                                      f"[syllable]({e['syllable']})" for e in s["examples"]),
               "", "Continuations (prompt, 0.1 s pause, then the generated speech, in whatever voice its fine units "

@@ -6,7 +6,8 @@
 
 :class:`SpeechModels` holds the pieces; :func:`resynthesize` runs one utterance through them (``source="syllables"``:
 the whole loop; ``"fine"``: the true fine units with their true durations, the vocoder's time-aligned ceiling);
-:func:`continue_speech` appends a spoken continuation to a prompt. Every function returns the audio and a record of
+:func:`continue_speech` appends a spoken continuation to a prompt (the interleaved LM continuing the prompt's own
+stream of syllables and true fine units, :func:`prompt_prefix`). Every function returns the audio and a record of
 every unit stream (JSON-ready), which the commands write as JSON lines.
 
 Fine units are the CPU path's by default: the shipped teacher's layer-2 k-means (100 units, 50 Hz), what the shipped
@@ -100,13 +101,35 @@ def load_interleaved(path: str | Path, device: str = "cpu"):
 
 
 def fine_from_syllables(models: SpeechModels, syllables: np.ndarray, generator: torch.Generator,
-                        sampling: Sampling) -> np.ndarray:
-    """The interleaved LM's deduplicated fine units for a syllable unit sequence (syllables given)."""
+                        sampling: Sampling, prefix_tokens: np.ndarray | None = None) -> np.ndarray:
+    """The interleaved LM's deduplicated fine units for a syllable unit sequence (syllables given); with
+    ``prefix_tokens`` (:func:`prompt_prefix`) those of the syllables that continue that stream."""
     if models.interleaved is None:
         raise ValueError("an interleaved vocoder LM is needed to go from syllable units to fine units")
+    kw = {} if prefix_tokens is None else {"prefix_tokens": prefix_tokens}
     return np.asarray(models.interleaved.generate_fine(
         np.asarray(syllables, dtype=np.int64), temperature=sampling.temperature, top_k=sampling.top_k,
-        generator=generator), dtype=np.int64)
+        generator=generator, **kw), dtype=np.int64)
+
+
+def prompt_prefix(models: SpeechModels, fine_units, fine_durations, syllable_units, syllable_segments) -> np.ndarray:
+    """A prompt's interleaved stream for the interleaved LM to continue: its true fine units and durations (from
+    ``models.fine``) with its syllable units and segments (seconds, the tokenizer's), interleaved with the LM's own
+    settings (:meth:`~lightning_modules.interleaved_lm.InterleavedLMModule.prompt_stream`). The fine units' frame
+    must be the one the LM trained on (its ``frames_per_fine`` 50 Hz frames), else the prompt's timing would be
+    misread: refused with both named."""
+    from syllablelm.audio.frames import HOP
+
+    ilm = models.interleaved
+    if ilm is None:
+        raise ValueError("an interleaved vocoder LM is needed to go from syllable units to fine units")
+    hop = int(models.fine.geometry.hop)
+    want = int(ilm.hparams.frames_per_fine)
+    if hop != want * HOP:
+        raise ValueError(f"the interleaved LM trained on fine frames of {want} x 50 Hz frames ({want * HOP} "
+                         f"samples), the fine units here are {hop} samples a frame: use the fine encoder (and pool) "
+                         "it trained with, or --no-prompt-context")
+    return np.asarray(ilm.prompt_stream(fine_units, fine_durations, syllable_units, syllable_segments), np.int64)
 
 
 @torch.inference_mode()
@@ -158,12 +181,19 @@ def units_per_second(models: SpeechModels) -> float:
 
 
 def continue_speech(models: SpeechModels, wave: torch.Tensor, seconds: float, *, seed: int = 0, name: str = "",
-                    sampling: Sampling | None = None) -> tuple[np.ndarray, dict]:
+                    sampling: Sampling | None = None, prompt_context: bool = True) -> tuple[np.ndarray, dict]:
     """The prompt's audio followed by a spoken continuation of about ``seconds`` s: prompt -> syllable units ->
     the SpeechLM's continuation (``seconds`` x the unit rate new units, fewer when it ends the utterance) -> the
     interleaved LM's fine units for the continuation's syllables -> the vocoder, appended to the prompt's audio
     after a 0.1 s pause (the prompt keeps its own audio; the continuation speaks in the voice its fine units carry:
-    the shipped CPU vocoder has no speaker input, TWIST's speaks in LJ's voice)."""
+    the shipped CPU vocoder has no speaker input, TWIST's speaks in LJ's voice).
+
+    ``prompt_context`` (default): the interleaved LM continues the prompt's own stream (its syllables with its true
+    fine units, :func:`prompt_prefix`), so the continuation's fine units condition on the prompt's voice and content,
+    as TWIST-style continuation conditions on its prompt; the record then holds the prompt's fine units and
+    durations and ``conditioned_on_prompt`` true. False: the fine units of the continuation's syllables from an
+    empty context (the earlier behaviour; ``conditioned_on_prompt`` false). The SpeechLM's draws come first from the
+    one generator, so the continuation's syllable units are the same either way."""
     if models.speechlm is None:
         raise ValueError("a SpeechLM checkpoint is needed to continue speech")
     sampling = sampling or Sampling()
@@ -176,11 +206,19 @@ def continue_speech(models: SpeechModels, wave: torch.Tensor, seconds: float, *,
                       stop_at_eos=True)[0, idx.shape[1]:].tolist()
     new = np.asarray(out[:out.index(lm.eos)] if lm.eos in out else out, dtype=np.int64)
     record = {"prompt_segments": np.round(segments, 4).tolist(), "prompt_units": prompt.tolist(),
-              "continuation_units": new.tolist()}
+              "continuation_units": new.tolist(), "conditioned_on_prompt": bool(prompt_context and prompt.size)}
+    prefix = None
+    if prompt_context and not prompt.size:  # no group to start a stream with (training left such utterances out)
+        record["prompt_context_note"] = "the prompt has no syllable units: the fine units start from an empty context"
+    elif prompt_context:
+        fine_u, fine_d = models.fine(wave)
+        record.update(prompt_fine_units=np.asarray(fine_u).tolist(), prompt_fine_durations=np.asarray(fine_d).tolist())
+        if new.size:
+            prefix = prompt_prefix(models, fine_u, fine_d, prompt, segments)
     if new.size == 0:
         record["note"] = "the SpeechLM ended the utterance at once: nothing to add"
         return wave.numpy().astype(np.float32), record
-    fine = fine_from_syllables(models, new, gen, sampling)
+    fine = fine_from_syllables(models, new, gen, sampling, prefix)
     durations = models.vocoder.predict_durations(torch.as_tensor(fine)).cpu().numpy() if fine.size else fine
     record.update(generated_fine_units=fine.tolist(), predicted_durations=np.asarray(durations).tolist())
     speech = vocode(models, fine, durations)

@@ -43,10 +43,11 @@ from lightning.pytorch.cli import OptimizerCallable
 from torchmetrics import SumMetric
 
 from lightning_modules.speechlm import DecoderTraining
+from syllablelm.audio.frames import seconds_to_frames
 from syllablelm.checkpoints import suite
 from syllablelm.models.gpt import GPT, GPTConfig, at_least_float32
 from syllablelm.models.interleaved_generation import FineGeneration, generate_fine
-from syllablelm.units.interleave import IGNORE, InterleavedVocab
+from syllablelm.units.interleave import IGNORE, InterleavedVocab, interleave
 
 log = logging.getLogger(__name__)
 LR_SCHEDULES = ("linear_tri_stage", "warmup_hold_decay")
@@ -163,21 +164,36 @@ class InterleavedLMModule(DecoderTraining, pl.LightningModule):
                 "tail_cap": int(s.get("tail_q90") or DEFAULT_CAP),
                 "max_context": int(s.get("max_piece_tokens") or self.config.block_size)}
 
+    def prompt_stream(self, fine_units, fine_durations, syllable_units, syllable_segments) -> np.ndarray:
+        """A prompt's interleaved tokens, the ``prefix_tokens`` of :meth:`generate_stream`: its true deduplicated
+        fine units with their run lengths (fine frames of this model's ``frames_per_fine`` 50 Hz frames) and its
+        syllable units with their ``(n, 2)`` segments in seconds of file time (the tokenizer's), which go to 50 Hz
+        frames with no offset, as :class:`~datamodules.interleaved_data.InterleavedDataModule` builds its training
+        streams from stored segments and labels counted from sample 0. Same vocabulary, ``lead`` and ``grouping`` as
+        training."""
+        hp = self.hparams
+        return interleave(fine_units, fine_durations, syllable_units,
+                          seconds_to_frames(np.asarray(syllable_segments, dtype=np.float64).reshape(-1, 2)),
+                          self.vocab, frames_per_fine=hp.frames_per_fine, lead=hp.lead, grouping=hp.grouping).tokens
+
     def generate_stream(self, syllables, *, temperature: float = 1.0, top_k: int | None = None,
-                        generator: torch.Generator | None = None, use_cache: bool = True, **caps) -> FineGeneration:
+                        generator: torch.Generator | None = None, use_cache: bool = True, prefix_tokens=None,
+                        **caps) -> FineGeneration:
         """:func:`~syllablelm.models.interleaved_generation.generate_fine` with this model and its caps (``caps``
-        overrides them)."""
+        overrides them); ``prefix_tokens`` (e.g. :meth:`prompt_stream`) is the interleaved stream the syllables
+        continue: the result covers the new syllables only."""
         was_training = self.net.training
         self.net.eval()
         try:
             return generate_fine(self.net, syllables, self.vocab, grouping=self.hparams.grouping,
                                  temperature=temperature, top_k=top_k, generator=generator, use_cache=use_cache,
-                                 **{**self.generation_caps(), **caps})
+                                 prefix_tokens=prefix_tokens, **{**self.generation_caps(), **caps})
         finally:
             self.net.train(was_training)
 
     def generate_fine(self, syllables, **kwargs) -> np.ndarray:
-        """The deduplicated fine units of a syllable unit sequence (kwargs as :meth:`generate_stream`)."""
+        """The deduplicated fine units of a syllable unit sequence (kwargs as :meth:`generate_stream`, ``prefix_tokens``
+        included)."""
         return self.generate_stream(syllables, **kwargs).fine_units
 
     # ---- training -----------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from syllablelm.evaluation.phone_judge import (
     JudgeNetwork,
     PhoneRecognizer,
     greedy_decode,
+    judge_sentences,
     normalize_features,
     save_judge,
 )
@@ -136,24 +137,6 @@ def export(checkpoint: str, out: str, recipe: dict | None = None) -> PhoneJudgeM
     return module
 
 
-RESERVED_EVERY = 4  # every 4th sentence of the synthesiser's list is kept out of the judge's training corpus
-
-
-def judge_sentences(sentences: list[str] | None = None) -> tuple[list[str], list[str]]:
-    """``(training, reserved)`` sentences of the synthesiser's list (or of ``sentences``): every
-    :data:`RESERVED_EVERY`-th one (0-based index divisible by it) is reserved for evaluation sets, the rest may
-    train the judge (minus any sentence that also occurs among the reserved). A corpus synthesised from the
-    reserved ones is new text to the judge as well as new voices, so its PER cannot come from remembered sentences
-    (the synthesiser draws its texts from one list of ~4800 sentences; two corpora made with different seeds share
-    most of them)."""
-    from syllablelm.synthesis.plan import load_sentences
-
-    pool = load_sentences() if sentences is None else list(sentences)
-    reserved = [t for i, t in enumerate(pool) if i % RESERVED_EVERY == 0]
-    held = set(reserved)
-    return [t for i, t in enumerate(pool) if i % RESERVED_EVERY and t not in held], reserved
-
-
 def score(judge_path: str, corpus: str, split: str, out: str | None = None) -> int:
     """Print (and with ``out`` write as JSON) a judge's PER on ``<corpus>/<split>`` and its 95 % voice-level
     bootstrap interval (voices: the utterance ids' speaker field)."""
@@ -198,7 +181,9 @@ def main(argv=None) -> int:
     if args.command == "score":
         return score(args.judge, args.corpus, args.split, args.out)
     if args.command == "sentences":
-        train, reserved = judge_sentences()
+        from syllablelm.synthesis.plan import load_sentences
+
+        train, reserved = judge_sentences(load_sentences())
         write_text(args.train_out, "\n".join(train) + "\n")
         write_text(args.reserved_out, "\n".join(reserved) + "\n")
         print(f"{len(train)} training sentences -> {args.train_out}, {len(reserved)} reserved -> {args.reserved_out}")

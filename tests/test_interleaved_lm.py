@@ -220,3 +220,137 @@ def test_the_module_refuses_data_made_with_other_settings(tmp_path):
     with pytest.raises(ValueError,
                        match=r"syllable_vocab is 8 but the data give 7; the model.s frames_per_fine is 2 but"):
         trainer.fit(model, datamodule=dm)
+
+
+# ---- a prompt prefix (issue 29, "speech out": continuation conditioned on the prompt) --------------------------------
+class Recording(torch.nn.Module):
+    """A decoder wrapped to record every ``idx`` it is fed (the context it reads)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config, self.lm_head = model, model.config, model.lm_head
+        self.fed: list[list[int]] = []
+
+    def forward(self, idx, cache=None):
+        self.fed.append(idx[0].tolist())
+        return self.model(idx, cache=cache)
+
+
+def random_prefix(v, n_syllables, seed):
+    """A prompt's stream as the LM trained on: random runs and segments interleaved (50 Hz fine units)."""
+    from syllablelm.units.interleave import interleave
+
+    rng = np.random.default_rng(seed)
+    durations = rng.integers(1, 5, 4 * n_syllables)
+    fine = rng.integers(0, v.fine, len(durations))
+    fine[1:][fine[1:] == fine[:-1]] = (fine[1:][fine[1:] == fine[:-1]] + 1) % v.fine  # runs: no repeat in a row
+    edges = np.sort(rng.choice(np.arange(1, int(durations.sum())), n_syllables - 1, replace=False))
+    bounds = np.r_[0, edges, durations.sum()]
+    seg = np.stack([bounds[:-1], bounds[1:]], 1)
+    return interleave(fine, durations, rng.integers(0, v.syllable, n_syllables), seg, v, frames_per_fine=1).tokens
+
+
+def test_a_prefix_is_read_first_and_the_result_covers_the_new_syllables_only():
+    v = InterleavedVocab(fine=10, syllable=5)  # stop_fine 10, syllables 11..15, stop_syllable 16
+    prefix = [13, 16, 5, 6]  # one prompt group (syllable 2) and two true fine units
+    for use_cache in (True, False):
+        stub = ForcedLogits(v, plan=[2, 0, 3], rows=v.size)  # n-th group overall: 2, 0, 3, 2, ... fine units
+        out = generate_fine(stub, [4, 0, 1], v, temperature=0, use_cache=use_cache, stretch_cap=8, tail_cap=8,
+                            prefix_tokens=prefix)
+        # the prompt's group is the first: the new groups are the 2nd (0 fine units), 3rd (3) and 4th (2, the tail)
+        assert out.tokens.tolist() == [15, 16, 11, 16, 0, 1, 2, 12, 16, 0, 1]
+        assert out.fine_units.tolist() == [0, 1, 2, 0, 1] and out.syllable_index.tolist() == [1, 1, 1, 2, 2]
+        assert deinterleave(out.tokens, v)[1].tolist() == [4, 0, 1] and out.capped == 0
+    # no prefix: another result (the plan starts over), so the prefix was read
+    stub = ForcedLogits(v, plan=[2, 0, 3], rows=v.size)
+    plain = generate_fine(stub, [4, 0, 1], v, temperature=0, stretch_cap=8, tail_cap=8)
+    assert plain.tokens.tolist() == [15, 16, 0, 1, 11, 16, 12, 16, 0, 1, 2]
+    with pytest.raises(ValueError, match="must start with a group"):
+        generate_fine(stub, [1], v, prefix_tokens=[5, 13, 16])
+    with pytest.raises(ValueError, match=r"prefix_tokens must hold .* got \[10\]"):
+        generate_fine(stub, [1], v, prefix_tokens=[13, 16, 5, 10])  # a fine stop is never written in a stream
+    with pytest.raises(ValueError, match=r"got \[17\]"):
+        generate_fine(stub, [1], v, prefix_tokens=[13, 16, 17])  # padding
+
+
+def test_a_prefix_on_a_random_model_cache_equals_recomputation_and_conditions_the_draws():
+    torch.manual_seed(0)
+    v = InterleavedVocab(fine=9, syllable=6)
+    gpt = GPT(GPTConfig(vocab_size=v.pad, block_size=96, n_layer=2, n_head=2, n_embd=16, dropout=0.0)).eval()
+    prefix = random_prefix(v, 4, seed=1)
+    syl = [3, 1, 4, 1, 5]
+    for kw in ({"temperature": 0}, {"temperature": 1.0}, {"temperature": 1.0, "top_k": 5}):
+        runs, fed = [], []
+        for c in (True, False):
+            model = Recording(gpt)
+            runs.append(generate_fine(model, syl, v, use_cache=c, stretch_cap=6, tail_cap=6, max_context=64,
+                                      generator=torch.Generator().manual_seed(3), prefix_tokens=prefix, **kw))
+            fed.append(model.fed)
+        assert runs[0].tokens.tolist() == runs[1].tokens.tolist()
+        assert runs[0].fine_units.tolist() == runs[1].fine_units.tolist()
+        # the first forward reads the prompt's stream and then the first new group
+        first = prefix.tolist() + [v.syllable_offset + syl[0], v.stop_syllable]
+        assert fed[0][0] == fed[1][0] == first
+        # the result: only the new syllables, each once and in order; owners index them
+        fine, syllables, owner = deinterleave(runs[0].tokens, v, with_owner=True)
+        assert syllables.tolist() == syl
+        assert runs[0].tokens[0] == v.syllable_offset + syl[0]  # the prefix is not in the result
+        assert ((runs[0].syllable_index >= 0) & (runs[0].syllable_index < len(syl))).all()
+        keep = np.r_[True, fine[1:] != fine[:-1]] if fine.size else np.zeros(0, bool)
+        assert runs[0].fine_units.tolist() == fine[keep].tolist()
+        assert runs[0].syllable_index.tolist() == owner[keep].tolist()
+    # the prompt's stream changes what follows the first group: the logits there differ with and without it
+    with_prefix, _ = gpt(torch.tensor([first]))
+    alone, _ = gpt(torch.tensor([first[len(prefix):]]))
+    assert not torch.allclose(with_prefix[0, -1, :v.fine + 1], alone[0, -1, :v.fine + 1])
+
+
+def test_a_long_prefix_is_dropped_whole_blocks_first_and_cache_still_equals_recomputation():
+    from syllablelm.units.interleave import group_starts
+
+    torch.manual_seed(1)
+    v = InterleavedVocab(fine=9, syllable=6)
+    gpt = GPT(GPTConfig(vocab_size=v.pad, block_size=96, n_layer=2, n_head=2, n_embd=16, dropout=0.0)).eval()
+    prefix = random_prefix(v, 12, seed=2)
+    max_context = 24
+    assert len(prefix) > 2 * max_context  # the prompt alone overflows the context
+    syl = [2, 0, 5, 5]
+    runs, fed = [], []
+    for c in (True, False):
+        model = Recording(gpt)
+        runs.append(generate_fine(model, syl, v, use_cache=c, stretch_cap=6, tail_cap=6, max_context=max_context,
+                                  temperature=1.0, generator=torch.Generator().manual_seed(5), prefix_tokens=prefix))
+        fed.append(model.fed)
+    assert runs[0].tokens.tolist() == runs[1].tokens.tolist()
+    assert deinterleave(runs[0].tokens, v)[1].tolist() == syl
+    # the first forward keeps the prompt from its earliest group start that leaves room for the first new group
+    whole = prefix.tolist() + [v.syllable_offset + syl[0], v.stop_syllable]
+    room = len(whole) - max_context
+    start = min([int(s) for s in group_starts(prefix, v) if s >= room] + [len(prefix)])
+    assert fed[0][0] == fed[1][0] == whole[start:]
+    assert len(fed[0][0]) <= max_context and fed[0][0][0] in range(v.syllable_offset, v.stop_syllable)
+    assert 0 < start < len(prefix)  # the prompt's oldest blocks dropped, its newest kept
+    # every context the uncached path reads starts with a group (whole blocks dropped) and fits
+    for idx in fed[1]:
+        assert len(idx) <= max_context and v.syllable_offset <= idx[0] < v.stop_syllable
+
+
+def test_the_module_builds_the_prompt_stream_with_its_own_settings():
+    from lightning_modules.interleaved_lm import InterleavedLMModule
+
+    kw = {"network": GPTConfig.tiny(vocab_size=F_UNITS + S_UNITS + 2, n_layer=1, n_embd=16, n_head=2).to_dict(),
+          "fine_vocab": F_UNITS, "syllable_vocab": S_UNITS, "lead": 5}
+    seg = [[0.0, 0.3], [0.3, 0.6]]  # seconds: 50 Hz frames [0, 15], [15, 30]; the second group may come at 15 - 5
+    fine, dur = [1, 2, 3], [6, 6, 6]
+    # syllable 2 -> 15, syllable 5 -> 18, the syllable stop 20. One 50 Hz frame a fine frame: midpoints 3, 9 <= 10,
+    # then 15 > 10 (the group); two: midpoints 6 <= 10, then 18 > 10
+    m1 = InterleavedLMModule(frames_per_fine=1, **kw)
+    assert m1.prompt_stream(fine, dur, [2, 5], seg).tolist() == [15, 20, 1, 2, 18, 20, 3]
+    m2 = InterleavedLMModule(frames_per_fine=2, **kw)
+    prefix = m2.prompt_stream(fine, dur, [2, 5], seg)
+    assert prefix.tolist() == [15, 20, 1, 18, 20, 2, 3]
+    model = Recording(m2.net)
+    m2.net = model
+    out = m2.generate_stream([4], temperature=1.0, generator=torch.Generator().manual_seed(0), prefix_tokens=prefix)
+    assert model.fed[0] == prefix.tolist() + [F_UNITS + 1 + 4, 20]
+    assert deinterleave(out.tokens, m2.vocab)[1].tolist() == [4] and (out.syllable_index == 0).all()

@@ -188,14 +188,14 @@ def test_bad_inputs_name_the_file(tmp_path):
 
 
 def test_reserved_sentences_never_train_the_judge(tmp_path):
-    from lightning_modules.phone_judge import RESERVED_EVERY, judge_sentences
     from lightning_modules.phone_judge import main as judge_main
+    from syllablelm.evaluation.phone_judge import RESERVED_EVERY, judge_sentences
     from syllablelm.synthesis.plan import load_sentences
 
     pool = ["s0", "s1", "s2", "s3", "s4", "s5", "s0", "s7", "s8"]  # "s0" twice: index 0 (reserved) and 6
     train, reserved = judge_sentences(pool)
     assert RESERVED_EVERY == 4 and reserved == ["s0", "s4", "s8"] and train == ["s1", "s2", "s3", "s5", "s7"]
-    train, reserved = judge_sentences()
+    train, reserved = judge_sentences(load_sentences())
     assert not set(train) & set(reserved) and len(reserved) == -(-len(load_sentences()) // 4)
     out = tmp_path / "t.txt", tmp_path / "r.txt"
     assert judge_main(["sentences", "--train-out", str(out[0]), "--reserved-out", str(out[1])]) == 0

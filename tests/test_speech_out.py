@@ -2,6 +2,7 @@
 demo on the session's tiny demo (a tiny end-to-end resynthesis on the CPU: audio -> syllable units -> interleaved
 LM -> vocoder -> judge)."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -42,6 +43,33 @@ def test_output_names_are_unique():
 
     assert output_names([Path("a/x.flac"), Path("b/x.wav"), Path("c/y.flac"), Path("d/x.flac")]) == [
         "x.wav", "x-2.wav", "y.wav", "x-3.wav"]
+
+
+def test_shipped_fine_labels_absent_is_false_damaged_raises_naming_the_store(tmp_path):
+    from datamodules.label_store import LabelStore, label_model_meta
+    from datamodules.shard_store import StoreError
+    from experiments.speech_demo import shipped_fine_labels
+
+    root = tmp_path / "labels"
+    unreadable = rf"^{re.escape(str(root))}: the demo's label store cannot be read: "
+    assert shipped_fine_labels(root) is False  # no folder
+    (root / "iter_0").mkdir(parents=True)
+    assert shipped_fine_labels(root) is False  # a version still being written (no manifest): no version to read
+    store = LabelStore(root)
+    store.write_shard(0, 0, 1, {"u": np.array([1, 2, 3])})
+    store.finalize(0, 1, meta=label_model_meta("teacher", "somewhere/teacher.ckpt", 2, "x/kmeans_layer2.npy"))
+    assert shipped_fine_labels(root) is True
+    store.write_shard(1, 0, 1, {"u": np.array([1, 2, 3])})
+    store.finalize(1, 1, meta=label_model_meta("teacher", "somewhere/teacher.ckpt", 9, "x/kmeans_layer9.npy"))
+    assert shipped_fine_labels(root) is False  # readable, another label model
+    (root / "iter_1" / "manifest.json").write_text("{not json")  # the newest version's manifest damaged
+    with pytest.raises(StoreError, match=unreadable + ".*manifest is unreadable"):
+        shipped_fine_labels(root)
+    shutil.rmtree(root / "iter_1")
+    shard = next(p for p in (root / "iter_0").iterdir() if p.name.startswith("shard-"))
+    shard.write_bytes(shard.read_bytes()[:-1])  # a truncated shard: damaged too
+    with pytest.raises(StoreError, match=unreadable + ".*damaged"):
+        shipped_fine_labels(root)
 
 
 def test_resynthesize_from_fine_writes_time_aligned_audio_and_streams(tmp_path, synth_corpus, tiny_vocoder):
@@ -166,3 +194,86 @@ def test_continue_and_resynthesize_the_whole_loop(tiny_speech_demo, tmp_path, ca
         main(["continue", "--prompt", str(prompt), "--seconds", "0", "--speechlm", "x", "--output-dir", str(out),
               *models])
     assert "--seconds must be positive" in capsys.readouterr().err
+
+
+# ---- continue: the interleaved LM continues the prompt's own stream (default) or starts empty -----------------------
+class _Fine:
+    """The prompt's fine units stub: four runs (50 Hz, 49 frames: one second)."""
+    geometry = type("Geometry", (), {"hop": 320, "hz": 50.0})()
+
+    def __call__(self, wave):
+        return np.array([3, 5, 3, 7]), np.array([10, 12, 15, 12])
+
+
+class _Vocoder:
+    def predict_durations(self, units):
+        return torch.full_like(units, 2)
+
+    def synthesize(self, units, durations):
+        return torch.full((int(durations.sum()) * 320,), 0.01)
+
+
+class _SpeechLM:
+    bos = eos = 7
+
+    def generate(self, idx, n, **kw):
+        return torch.cat([idx, torch.tensor([[0, 6, 3]])[:, :n]], 1)
+
+
+def _stub_models():
+    """Stubs around a real (random, tiny) interleaved LM: 12 fine units, 7 syllable units, 50 Hz fine frames."""
+    from experiments.speech_out import SpeechModels
+    from lightning_modules.interleaved_lm import InterleavedLMModule
+    from syllablelm.models.gpt import GPTConfig
+
+    torch.manual_seed(0)
+    ilm = InterleavedLMModule(network=GPTConfig.tiny(vocab_size=21, n_layer=1, n_head=2, n_embd=16,
+                                                     block_size=128).to_dict(),
+                              fine_vocab=12, syllable_vocab=7, frames_per_fine=1, lead=5).eval()
+    ilm.generation_stats = {"stretch_max": 4, "tail_q90": 4, "max_piece_tokens": 128}
+    fed = []
+    ilm.net.register_forward_pre_hook(lambda module, args: fed.append(args[0][0].tolist()))
+
+    def tokenizer(wave, sample_rate, deduplicate=True):
+        return np.array([[0.0, 0.2], [0.2, 0.5], [0.5, 1.0]]), np.array([1, 4, 2])
+
+    return SpeechModels(tokenizer, _Fine(), _Vocoder(), ilm, _SpeechLM()), fed
+
+
+def test_continue_conditions_the_fine_units_on_the_prompt_and_the_flag_gives_the_old_behaviour(tmp_path, monkeypatch):
+    from experiments import speech_out as so
+
+    models, fed = _stub_models()
+    wave = torch.zeros(16000)
+    audio, rec = so.continue_speech(models, wave, 1.0, seed=0, name="p")
+    # the prompt's stream by hand (fine ids 0..11, syllable u -> 13 + u, the syllable stop 20; lead 5 frames):
+    # segments [0, 10], [10, 25], [25, 50] frames; runs 3, 5, 3, 7 start at 0, 10, 22, 37 (midpoints 5, 16, 29.5,
+    # 43): group 1; 3 (5 <= 10 - 5); group 4 (16 > 5); 5 (16 <= 20); group 2 (29.5 > 20); 3, 7 (no syllable left).
+    # Then the continuation's first group (unit 0).
+    assert fed[0] == [14, 20, 3, 17, 20, 5, 15, 20, 3, 7] + [13, 20]
+    assert rec["conditioned_on_prompt"] is True
+    assert rec["prompt_fine_units"] == [3, 5, 3, 7] and rec["prompt_fine_durations"] == [10, 12, 15, 12]
+    assert rec["continuation_units"] == [0, 6, 3] and rec["generated_fine_units"]
+    assert len(audio) == 16000 + 1600 + 2 * 320 * len(rec["generated_fine_units"])  # prompt, pause, generated
+    # a fine encoder on another grid than the LM's is refused, naming both
+    models.fine.geometry = type("Geometry", (), {"hop": 640, "hz": 25.0})()
+    with pytest.raises(ValueError, match=r"1 x 50 Hz frames \(320 samples\), the fine units here are 640"):
+        so.continue_speech(models, wave, 1.0, seed=0, name="p")
+    models.fine.geometry = _Fine.geometry
+    # without the prompt's context: the first forward reads the continuation's first group alone
+    fed.clear()
+    audio, old = so.continue_speech(models, wave, 1.0, seed=0, name="p", prompt_context=False)
+    assert fed[0] == [13, 20] and old["conditioned_on_prompt"] is False
+    assert "prompt_fine_units" not in old and "prompt_fine_durations" not in old
+    assert len(audio) == 16000 + 1600 + 2 * 320 * len(old["generated_fine_units"])
+    # the command: default conditioned, --no-prompt-context the old behaviour
+    monkeypatch.setattr(so.SpeechModels, "load", lambda **kw: models)
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "p.wav", np.zeros(16000, np.float32), 16000)
+    args = ["continue", "--prompt", str(tmp_path / "in"), "--seconds", "1", "--speechlm", "lm.ckpt",
+            "--tokenizer", "tok.ckpt", "--interleaved-lm", "ilm.ckpt"]
+    for flag, conditioned in (([], True), (["--no-prompt-context"], False)):
+        out = tmp_path / f"out{len(flag)}"
+        assert main([*args, "--output-dir", str(out), *flag]) == 0
+        line = json.loads((out / "units.jsonl").read_text())
+        assert line["conditioned_on_prompt"] is conditioned and ("prompt_fine_units" in line) is conditioned

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from syllablelm.audio.spectrogram import log_mel_distance
 from syllablelm.checkpoints.fairseq import CheckpointError
 from syllablelm.checkpoints.vocoders import load_textless_vocoder, load_unit_vocoder
 from syllablelm.models.code_hifigan import CodeHiFiGAN
-from syllablelm.models.istft_vocoder import ISTFTVocoder, ISTFTVocoderConfig, log_mel_distance
+from syllablelm.models.istft_vocoder import ISTFTVocoder, ISTFTVocoderConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "experiments/pretrained/vocoder.ckpt"
@@ -28,7 +29,8 @@ TEXTLESS_CFG = {
 
 def textless_state(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     """A generator state dict with textless-lib's names (CodeGenerator / ResBlock / VariancePredictor) and
-    old-style weight norm (``weight_g`` (dim 0 slices, 1, 1), ``weight_v``), random values."""
+    old-style weight norm (``weight_g`` (dim 0 slices, 1, 1), ``weight_v``), random values. Residual blocks as
+    HiFi-GAN names them: resblock "1" three ``convs1`` + three ``convs2``, resblock "2" two ``convs``."""
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape):
@@ -45,9 +47,10 @@ def textless_state(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
         c_in, c_out = ch // 2 ** i, ch // 2 ** (i + 1)
         s.update(wn(f"ups.{i}", (c_in, c_out, kern)))  # ConvTranspose1d weight: (in, out, k)
         s[f"ups.{i}.bias"] = rnd(c_out)
-        for rk, dil in zip(cfg["resblock_kernel_sizes"], cfg["resblock_dilation_sizes"]):
-            for part in ("convs1", "convs2"):
-                for m in range(len(dil)):
+        for rk in cfg["resblock_kernel_sizes"]:
+            parts, n_convs = (("convs1", "convs2"), 3) if str(cfg.get("resblock", "1")) == "1" else (("convs",), 2)
+            for part in parts:
+                for m in range(n_convs):
                     s.update(wn(f"resblocks.{k}.{part}.{m}", (c_out, c_out, rk)))
                     s[f"resblocks.{k}.{part}.{m}.bias"] = rnd(c_out)
             k += 1
@@ -296,3 +299,90 @@ def test_speed_benchmark_prints_both_rtfs():
                          timeout=120, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}).stdout
     rows = [line for line in out.splitlines() if line.startswith(("code HiFi-GAN", "iSTFT"))]
     assert len(rows) == 2 and all(float(r.split()[-3]) > 0 for r in rows), out
+
+
+# HiFi-GAN V3's kind of residual block, two kernels with distinct dilation pairs (catches a swapped dilation/kernel)
+RESBLOCK2_CFG = dict(TEXTLESS_CFG, resblock="2", resblock_kernel_sizes=[3, 5], resblock_dilation_sizes=[[1, 2], [2, 6]])
+
+
+def _plain_weight(state: dict, name: str) -> torch.Tensor:
+    """Weight norm restated: ``w = g * v / ||v||``, the norm over everything but the first dimension."""
+    g, v = state[f"{name}.weight_g"], state[f"{name}.weight_v"]
+    return g * v / v.pow(2).sum(dim=(1, 2), keepdim=True).sqrt()
+
+
+def _plain_resblock2(state: dict, name: str, x: torch.Tensor, kernel: int, dilations) -> torch.Tensor:
+    """HiFi-GAN's ResBlock2 in plain torch ops: for the first two dilations ``d``, ``x = x + conv_d(lrelu(x, 0.1))``
+    with padding ``(k * d - d) // 2``."""
+    for m, d in enumerate(dilations[:2]):
+        y = torch.nn.functional.leaky_relu(x, 0.1)
+        w, b = _plain_weight(state, f"{name}.convs.{m}"), state[f"{name}.convs.{m}.bias"]
+        x = x + torch.nn.functional.conv1d(y, w, b, dilation=d, padding=(kernel * d - d) // 2)
+    return x
+
+
+def _plain_generator(state: dict, cfg: dict, frames: torch.Tensor) -> torch.Tensor:
+    """The whole resblock-"2" generator from the state dict: embedding, conv_pre, per stage lrelu(0.1) + transposed
+    conv + mean of the stage's ResBlock2s, lrelu(0.01), conv_post, tanh."""
+    F = torch.nn.functional
+    x = F.conv1d(state["dict.weight"][frames].transpose(1, 2), _plain_weight(state, "conv_pre"),
+                 state["conv_pre.bias"], padding=3)
+    n_k = len(cfg["resblock_kernel_sizes"])
+    for i, (u, k) in enumerate(zip(cfg["upsample_rates"], cfg["upsample_kernel_sizes"])):
+        x = F.conv_transpose1d(F.leaky_relu(x, 0.1), _plain_weight(state, f"ups.{i}"), state[f"ups.{i}.bias"],
+                               stride=u, padding=(k - u) // 2)
+        x = sum(_plain_resblock2(state, f"resblocks.{i * n_k + j}", x, kk, dd)
+                for j, (kk, dd) in enumerate(zip(cfg["resblock_kernel_sizes"], cfg["resblock_dilation_sizes"]))) / n_k
+    x = F.conv1d(F.leaky_relu(x, 0.01), _plain_weight(state, "conv_post"), state["conv_post.bias"], padding=3)
+    return torch.tanh(x)[:, 0]
+
+
+def test_textless_resblock2_loads_strictly_and_matches_plain_ops(tmp_path):
+    state = textless_state(RESBLOCK2_CFG, seed=3)
+    assert "resblocks.5.convs.1.weight_g" in state and not any(".convs1." in k for k in state)
+    model = load_textless_vocoder(write_textless(tmp_path, RESBLOCK2_CFG, state=state))  # strict key matching
+    own = set(model.state_dict())
+    assert {k.replace(".weight_g", ".weight") for k in state if not k.endswith(".weight_v")} == own
+    # one block on its own: stage 1, kernel 5, dilations (2, 6), 8 channels
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 37)
+    ref = _plain_resblock2(state, "resblocks.3", x, 5, [2, 6])
+    with torch.no_grad():
+        out = model.resblocks[3](x)
+    assert out.shape == x.shape and torch.allclose(out, ref, atol=1e-5)
+    assert not torch.allclose(out, x, atol=1e-3)  # the block does something
+    # the whole generator
+    frames = torch.tensor([[3, 3, 7, 1, 1, 1, 19, 0, 5]])
+    with torch.no_grad():
+        wave = model.frames_to_wave(frames)
+    ref = _plain_generator(state, RESBLOCK2_CFG, frames)
+    assert wave.shape == ref.shape == (1, 9 * 320) and ref.abs().max() > 1e-3
+    assert torch.allclose(wave, ref, atol=1e-5)
+    assert model.synthesize([3, 7, 1], [2, 1, 3]).shape == (6 * 320,)
+    # HiFi-GAN's ResBlock2 reads two dilations: a longer list in the config still loads the two-conv weights
+    cfg3 = dict(RESBLOCK2_CFG, resblock_dilation_sizes=[[1, 2, 4], [2, 6, 12]])
+    again = load_textless_vocoder(write_textless(tmp_path, cfg3, state=state, name="longer"))
+    with torch.no_grad():
+        assert torch.allclose(again.frames_to_wave(frames), wave, atol=1e-6)
+
+
+def test_textless_resblock_kind_errors_and_weights_decide(tmp_path):
+    with pytest.raises(CheckpointError, match=r"badkind_config\.json: resblock '3' is not .*'1'.*'2'"):
+        load_textless_vocoder(write_textless(tmp_path, dict(RESBLOCK2_CFG, resblock="3"), name="badkind"))
+    short = dict(RESBLOCK2_CFG, resblock_dilation_sizes=[[1], [2, 6]])
+    with pytest.raises(CheckpointError, match=r"short_config\.json: resblock '2' needs 2 dilations.*kernel 3"):
+        load_textless_vocoder(write_textless(tmp_path, short, state=textless_state(RESBLOCK2_CFG), name="short"))
+    # textless-lib builds ResBlock1 whatever the config says: ResBlock1 weights under a "2" config load as ResBlock1
+    frames = torch.tensor([[4, 4, 9, 2]])
+    ref1 = load_textless_vocoder(write_textless(tmp_path, TEXTLESS_CFG, name="one")).frames_to_wave(frames)
+    with pytest.warns(UserWarning, match=r"mislabel_config\.json: resblock '2'.*ResBlock1"):
+        model = load_textless_vocoder(write_textless(tmp_path, dict(TEXTLESS_CFG, resblock="2"),
+                                                     state=textless_state(TEXTLESS_CFG), name="mislabel"))
+    assert torch.equal(model.frames_to_wave(frames), ref1)
+    # and ResBlock2 weights under a "1" config load as ResBlock2 (what speech-resynthesis trained)
+    state2 = textless_state(RESBLOCK2_CFG)
+    with pytest.warns(UserWarning, match="ResBlock2"):
+        model = load_textless_vocoder(write_textless(tmp_path, dict(RESBLOCK2_CFG, resblock="1"), state=state2,
+                                                     name="mislabel2"))
+    with torch.no_grad():
+        assert torch.allclose(model.frames_to_wave(frames), _plain_generator(state2, RESBLOCK2_CFG, frames), atol=1e-5)

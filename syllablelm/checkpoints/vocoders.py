@@ -13,6 +13,12 @@ textless-lib / speech-resynthesis format (what TWIST released as ``hifigan_lj_mh
   ``num_embeddings``, ``embedding_dim``, ``model_in_dim``, ``dur_predictor_params`` {``encoder_embed_dim``,
   ``var_pred_hidden_dim``, ``var_pred_kernel_size``, ``var_pred_dropout``}, ``sampling_rate``, ...).
 
+Residual-block kind: the config's ``resblock`` ("1" or "2"; anything else is a :class:`CheckpointError` naming the
+config file) picks ResBlock1 (``convs1``/``convs2`` keys) or ResBlock2 (``convs`` keys). textless-lib's generator
+ignores that field and always builds ResBlock1, so a file it runs can carry a config saying "2" over ResBlock1
+weights; when the weights' key names show one kind and the config names the other, the weights decide (with a
+warning naming both files).
+
 Weight norm is folded once at load: ``weight = g * v / ||v||``, the norm over every dimension but the first (torch's
 ``weight_norm(dim=0)``, for transposed convolutions too); weights already folded (``weight``) or in torch's
 parametrized form (``parametrizations.weight.original0`` = g, ``original1`` = v) load as well.
@@ -24,13 +30,15 @@ a Lightning checkpoint with ``hyper_parameters["vocoder"]`` (the :class:`ISTFTVo
 from __future__ import annotations
 
 import json
+import re
+import warnings
 from pathlib import Path
 
 import torch
 
 from syllablelm.checkpoints.fairseq import CheckpointError
 from syllablelm.checkpoints.suite import HYPER_PARAMETERS, STATE_DICT  # Lightning's keys
-from syllablelm.models.code_hifigan import CodeHiFiGAN
+from syllablelm.models.code_hifigan import CodeHiFiGAN, check_resblock
 from syllablelm.models.istft_vocoder import ISTFTVocoder, ISTFTVocoderConfig
 from syllablelm.models.vocoder import UnitVocoder
 from syllablelm.runtime.fileio import atomic_write
@@ -38,6 +46,8 @@ from syllablelm.runtime.fileio import atomic_write
 GENERATOR = "generator"  # textless-lib: the generator's state dict
 VOCODER = "vocoder"  # this suite: hyper-parameter (ISTFTVocoderConfig) and state-dict prefix
 CONFIG_SUFFIXES = ("_config.json", "-config.json", ".json")  # TWIST / textless-lib names for the config beside
+# generator state keys that only one residual-block kind has: ResBlock1 "convs1"/"convs2", ResBlock2 "convs"
+RESBLOCK_KEYS = {"1": re.compile(r"^resblocks\.\d+\.convs[12]\."), "2": re.compile(r"^resblocks\.\d+\.convs\.")}
 
 
 def _read(path: str | Path) -> dict:
@@ -130,15 +140,32 @@ def _textless_from(ckpt: dict, cfg: dict, path, config_path) -> CodeHiFiGAN:
         raise CheckpointError(f"{path}: no generator state under {GENERATOR!r} (keys {sorted(ckpt)[:10]}); not a "
                               "textless-lib / speech-resynthesis vocoder checkpoint")
     try:
-        model = CodeHiFiGAN(cfg)
+        kind = check_resblock(cfg)  # a bad value is refused whatever the weights hold; the rest when building
     except ValueError as e:
         raise CheckpointError(f"{config_path}: {e}") from e
     try:
         state = fold_weight_norm(ckpt[GENERATOR])
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from e
+    held = weights_resblock(state)
+    if held is not None and held != kind:
+        warnings.warn(f"{config_path}: resblock {cfg.get('resblock')!r}, but the weights in {path} are ResBlock{held} "
+                      f"(keys {'convs1/convs2' if held == '1' else 'convs'}); building ResBlock{held} from the weights "
+                      "(textless-lib ignores the config's resblock)", stacklevel=3)
+        cfg = dict(cfg, resblock=held)
+    try:
+        model = CodeHiFiGAN(cfg)
+    except ValueError as e:
+        raise CheckpointError(f"{config_path}: {e}") from e
     _load_strict(model, state, path)
     return model.eval()
+
+
+def weights_resblock(state: dict) -> str | None:
+    """The residual-block kind ("1" or "2") a generator state dict holds, from its key names; ``None`` when it has
+    no residual-block keys or keys of both kinds (then the strict load reports the mismatch)."""
+    kinds = {kind for k in state for kind, pattern in RESBLOCK_KEYS.items() if pattern.match(k)}
+    return kinds.pop() if len(kinds) == 1 else None
 
 
 def load_suite_vocoder(ckpt: dict, path) -> ISTFTVocoder:

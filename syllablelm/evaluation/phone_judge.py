@@ -295,6 +295,23 @@ def score_utterances(judge: PhoneJudge, items: Sequence[tuple[str, str | os.Path
     return out
 
 
+RESERVED_EVERY = 4  # every 4th sentence of the synthesiser's list is kept out of the judge's training corpus
+
+
+def judge_sentences(sentences: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(training, reserved)`` sentences of a sentence list (the synthesiser's:
+    ``syllablelm.synthesis.plan.load_sentences()``, passed in because evaluation and synthesis are independent
+    layers): every :data:`RESERVED_EVERY`-th one (0-based index divisible by it) is reserved for evaluation sets,
+    the rest may train the judge (minus any sentence that also occurs among the reserved). A corpus synthesised from
+    the reserved ones is new text to the judge as well as new voices, so its PER cannot come from remembered
+    sentences (the synthesiser draws its texts from one list of ~4800 sentences; two corpora made with different
+    seeds share most of them)."""
+    pool = list(sentences)
+    reserved = [t for i, t in enumerate(pool) if i % RESERVED_EVERY == 0]
+    held = set(reserved)
+    return [t for i, t in enumerate(pool) if i % RESERVED_EVERY and t not in held], reserved
+
+
 def save_judge(path: str | os.PathLike, model: PhoneRecognizer, phones: Sequence[str] = PHONES,
                features: FeatureSettings = FeatureSettings(), recipe: Mapping | None = None) -> None:
     """Write the judge file atomically: weights in float16, inventory, feature and network settings, and

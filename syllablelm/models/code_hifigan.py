@@ -13,9 +13,15 @@ Architecture, as textless-lib's ``CodeGenerator`` (after speech-resynthesis / Hi
 - leaky ReLU with PyTorch's default slope 0.01 (not 0.1: textless-lib's generator calls it without a slope and the
   released weights were trained that way), ``conv_post`` (``-> 1`` channel, kernel 7), ``tanh``.
 
-Residual block "1" (HiFi-GAN's ResBlock1): for each dilation ``d`` of ``resblock_dilation_sizes[j]``: ``x += c2(
-lrelu(c1(lrelu(x))))`` with ``c1`` dilated by ``d`` and ``c2`` undilated (``convs1``, ``convs2``); block "2"
-(ResBlock2): ``x += c(lrelu(x))`` per dilation (``convs``). The output has ``T * prod(upsample_rates)`` samples for
+Residual blocks, chosen by the config's ``resblock`` ("1" or "2", HiFi-GAN's two kinds; anything else is refused):
+"1" (ResBlock1, HiFi-GAN V1/V2): for each of the first three dilations ``d`` of ``resblock_dilation_sizes[j]``:
+``x += c2(lrelu(c1(lrelu(x))))`` with ``c1`` dilated by ``d`` and ``c2`` undilated (``convs1``, ``convs2``); "2"
+(ResBlock2, HiFi-GAN V3): for each of the first two dilations ``d``: ``x += c(lrelu(x))`` with ``c`` dilated by ``d``
+(``convs``). Kernel ``resblock_kernel_sizes[j]``, padding ``(k * d - d) / 2`` (length kept), slope 0.1, every
+convolution weight-normed in the files. HiFi-GAN and speech-resynthesis read exactly three (resp. two) dilations per
+block, so longer lists are cut to that and shorter ones refused. textless-lib's own generator always builds
+ResBlock1 whatever ``resblock`` says; :mod:`syllablelm.checkpoints.vocoders` therefore lets the weights' key names
+decide when they disagree with the config. The output has ``T * prod(upsample_rates)`` samples for
 ``T`` frames: ``prod = 320`` for 50 Hz units, 640 for 25 Hz ones, at ``sampling_rate`` 16 kHz.
 
 Weights: textless-lib trains with (old-style) weight norm and stores ``weight_g`` / ``weight_v``; this module has
@@ -44,8 +50,13 @@ def _pad(kernel: int, dilation: int = 1) -> int:
 
 
 class ResBlock1(nn.Module):
+    """HiFi-GAN's ResBlock1: three (dilated conv, plain conv) pairs, each behind a leaky ReLU, residual per pair."""
+
+    NUM_DILATIONS = 3  # HiFi-GAN / textless-lib index dilation[0..2]
+
     def __init__(self, channels: int, kernel: int, dilations):
         super().__init__()
+        dilations = list(dilations)[:self.NUM_DILATIONS]
         self.convs1 = nn.ModuleList(nn.Conv1d(channels, channels, kernel, dilation=d, padding=_pad(kernel, d))
                                     for d in dilations)
         self.convs2 = nn.ModuleList(nn.Conv1d(channels, channels, kernel, padding=_pad(kernel)) for _ in dilations)
@@ -57,8 +68,15 @@ class ResBlock1(nn.Module):
 
 
 class ResBlock2(nn.Module):
+    """HiFi-GAN's ResBlock2 (its V3 generator): two dilated convolutions (``convs.0``, ``convs.1``), each applied to
+    the leaky-ReLU'd input (slope 0.1) and added back: ``x = x + conv_d(lrelu(x))`` for ``d`` in the first two
+    dilations; the padding keeps the length."""
+
+    NUM_DILATIONS = 2  # HiFi-GAN / speech-resynthesis index dilation[0..1]
+
     def __init__(self, channels: int, kernel: int, dilations):
         super().__init__()
+        dilations = list(dilations)[:self.NUM_DILATIONS]
         self.convs = nn.ModuleList(nn.Conv1d(channels, channels, kernel, dilation=d, padding=_pad(kernel, d))
                                    for d in dilations)
 
@@ -66,6 +84,18 @@ class ResBlock2(nn.Module):
         for c in self.convs:
             x = x + c(F.leaky_relu(x, LRELU_SLOPE))
         return x
+
+
+RESBLOCKS = {"1": ResBlock1, "2": ResBlock2}  # the config's "resblock" -> block class
+
+
+def check_resblock(cfg: dict) -> str:
+    """The config's residual-block kind, ``"1"`` or ``"2"`` (default ``"1"``); ``ValueError`` for anything else."""
+    kind = str(cfg.get("resblock", "1"))
+    if kind not in RESBLOCKS:
+        raise ValueError(f"resblock {cfg.get('resblock')!r} is not a HiFi-GAN residual block kind: '1' (ResBlock1) "
+                         "or '2' (ResBlock2)")
+    return kind
 
 
 def check_config(cfg: dict) -> None:
@@ -88,8 +118,11 @@ def check_config(cfg: dict) -> None:
     if int(cfg.get("model_in_dim", 80)) != int(cfg["embedding_dim"]):
         raise ValueError(f"model_in_dim {cfg.get('model_in_dim', 80)} != embedding_dim {cfg['embedding_dim']}: "
                          "extra conditioning channels are not supported")
-    if str(cfg.get("resblock", "1")) not in ("1", "2"):
-        raise ValueError(f"resblock must be '1' or '2', got {cfg.get('resblock')!r}")
+    kind = check_resblock(cfg)
+    need_d = RESBLOCKS[kind].NUM_DILATIONS
+    for k, dd in zip(cfg["resblock_kernel_sizes"], cfg["resblock_dilation_sizes"]):
+        if len(dd) < need_d:
+            raise ValueError(f"resblock {kind!r} needs {need_d} dilations per kernel, kernel {k} has {list(dd)}")
     hop = math.prod(int(u) for u in cfg["upsample_rates"])
     if "code_hop_size" in cfg and int(cfg["code_hop_size"]) != hop:
         raise ValueError(f"code_hop_size {cfg['code_hop_size']} != prod(upsample_rates) {hop}")
@@ -108,7 +141,7 @@ class CodeHiFiGAN(UnitVocoder):
         self.hop = math.prod(int(u) for u in cfg["upsample_rates"])
         ch = int(cfg["upsample_initial_channel"])
         kernels, dilations = cfg["resblock_kernel_sizes"], cfg["resblock_dilation_sizes"]
-        block = ResBlock1 if str(cfg.get("resblock", "1")) == "1" else ResBlock2
+        block = RESBLOCKS[str(cfg.get("resblock", "1"))]
         self.num_kernels = len(kernels)
         self.dict = nn.Embedding(self.num_units, int(cfg["embedding_dim"]))
         self.conv_pre = nn.Conv1d(int(cfg["embedding_dim"]), ch, 7, 1, padding=3)

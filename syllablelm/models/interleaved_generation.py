@@ -15,6 +15,20 @@ Context. The LM trained on pieces of at most a few hundred tokens that start wit
 context: when the next tokens would not fit, the oldest whole blocks (a group and its fine units) are dropped so the
 context again starts with a group, and the cache is rebuilt from what is kept (one forward over it).
 
+Prompt prefix. ``prefix_tokens`` is an already-interleaved stream that comes before the new syllables: a prompt's
+syllable groups with its true deduplicated fine units (:func:`syllablelm.units.interleave.interleave` with the
+vocabulary, ``frames_per_fine``, ``lead`` and ``grouping`` the LM trained with). It must start with a group, as
+every training piece does, and holds only fine units, syllables and syllable stops (no fine stop, no padding: a
+stream never writes them). It is the context of the first feed, prefix and first new group in one forward, so the
+new fine units condition on the prompt's voice and content. Boundary: the prefix's last position (after its last
+fine unit, or after its last group when its fine units ran out first) is followed directly by the first new group;
+in training the position before a group predicts the fine stop and the group follows, and here, as for every group,
+that stop is not written, so nothing is drawn at the prefix's end and the stream reads as one utterance that goes on.
+The prefix's group starts join the block starts: when the context overflows, the prefix's oldest whole blocks go
+first (the whole prefix when the new tokens need the room), and the cached path rebuilds its cache as it does
+otherwise. The result holds only what follows the prefix: ``tokens`` is the new part of the stream, ``fine_units``
+the new fine units (consecutive repeats collapsed among them only) and ``syllable_index`` indexes the new syllables.
+
 This module sits below :mod:`syllablelm.units` (import-linter layers), so the vocabulary is any object with
 :class:`~syllablelm.units.interleave.InterleavedVocab`'s fields (:class:`InterleavedLayout`).
 """
@@ -49,7 +63,7 @@ class InterleavedLayout(Protocol):
 class FineGeneration:
     fine_units: np.ndarray  # (n,) int64 deduplicated fine units in order
     syllable_index: np.ndarray  # (n,) int64: the index (into the given syllables) of the last syllable before each
-    tokens: np.ndarray  # the whole generated stream (groups and fine units, as drawn: before deduplication)
+    tokens: np.ndarray  # the generated stream after any prefix (groups and fine units, as drawn: before deduplication)
     capped: int  # stretches (the tail included) that a cap ended rather than a predicted stop
 
 
@@ -66,21 +80,50 @@ def _choose(logits: torch.Tensor, temperature: float, top_k: int | None, generat
     return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
 
 
+def _check_prefix(prefix_tokens, vocab: InterleavedLayout) -> np.ndarray:
+    """``prefix_tokens`` as int64 (empty for None), refused unless it is an interleaved stream that starts with a
+    group and holds only fine units, syllables and syllable stops."""
+    if prefix_tokens is None:
+        return np.zeros(0, np.int64)
+    prefix = np.asarray(prefix_tokens, dtype=np.int64).reshape(-1)
+    if not prefix.size:
+        return prefix
+    bad = (prefix < 0) | (prefix > vocab.stop_syllable) | (prefix == vocab.stop_fine)
+    if bad.any():
+        raise ValueError(f"prefix_tokens must hold fine units 0 .. {vocab.fine - 1}, syllables "
+                         f"{vocab.syllable_offset} .. {vocab.stop_syllable - 1} and the syllable stop "
+                         f"{vocab.stop_syllable}; got {prefix[bad][:5].tolist()}")
+    if not vocab.syllable_offset <= prefix[0] < vocab.stop_syllable:
+        raise ValueError(f"prefix_tokens must start with a group of syllables (as an interleaved stream does), got "
+                         f"id {int(prefix[0])} first")
+    return prefix
+
+
+def _group_starts(tokens: np.ndarray, vocab: InterleavedLayout) -> list[int]:
+    """Positions where a group begins: a syllable id not preceded by another syllable id (the rule of
+    :func:`syllablelm.units.interleave.group_starts`, restated here below the units layer)."""
+    is_syl = (tokens >= vocab.syllable_offset) & (tokens < vocab.stop_syllable)
+    return np.flatnonzero(is_syl & ~np.r_[False, is_syl[:-1]]).tolist()
+
+
 @torch.no_grad()
 def generate_fine(model, syllables, vocab: InterleavedLayout, *, grouping: int = 1, temperature: float = 1.0,
                   top_k: int | None = None, generator: torch.Generator | None = None, use_cache: bool = True,
-                  stretch_cap: int = 64, tail_cap: int = 64, max_context: int | None = None) -> FineGeneration:
+                  stretch_cap: int = 64, tail_cap: int = 64, max_context: int | None = None,
+                  prefix_tokens=None) -> FineGeneration:
     """The fine units of ``syllables`` (syllable unit ids ``0 .. S - 1``) under ``model`` (a
     :class:`~syllablelm.models.gpt.GPT`-like decoder: ``model(idx, cache=...) -> (logits, _)``, ``model.config``,
     ``model.lm_head``), module docstring. ``temperature`` 0 is greedy. ``use_cache`` False recomputes the whole
     context every step (the reference the cached path must equal). ``max_context``: tokens the model reads at most
-    (default its ``block_size``)."""
+    (default its ``block_size``). ``prefix_tokens``: an interleaved stream the new syllables continue (module
+    docstring, "Prompt prefix"); the result covers the new syllables only."""
     syl = np.asarray(syllables, dtype=np.int64).reshape(-1)
     if syl.size and (syl.min() < 0 or syl.max() >= vocab.syllable):
         raise ValueError(f"syllable units must be 0 .. {vocab.syllable - 1}, got ids from {int(syl.min())} to "
                          f"{int(syl.max())}")
     if grouping < 1 or stretch_cap < 0 or tail_cap < 0:
         raise ValueError(f"need grouping >= 1 and caps >= 0, got {grouping}, {stretch_cap}, {tail_cap}")
+    prefix = _check_prefix(prefix_tokens, vocab)
     if not syl.size:
         return FineGeneration(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
     block = model.config.block_size
@@ -94,8 +137,8 @@ def generate_fine(model, syllables, vocab: InterleavedLayout, *, grouping: int =
     weight = model.lm_head.weight
     device = weight.device
 
-    stream: list[int] = []  # everything generated so far
-    block_starts: list[int] = []  # where each group begins in ``stream``
+    stream: list[int] = []  # the prefix, then everything generated so far
+    block_starts: list[int] = _group_starts(prefix, vocab)  # where each group begins in ``stream``
     owner: list[int] = []  # per fine unit: the last syllable before it
     ctx = 0  # ``stream[ctx:]`` is the context the model reads
     cache = KVCache(model.config, 1, max_context, device, weight.dtype) if use_cache else None
@@ -119,11 +162,13 @@ def generate_fine(model, syllables, vocab: InterleavedLayout, *, grouping: int =
         return logits[0, -1, :allowed]
 
     capped = 0
+    carry = prefix.tolist()  # goes in with the first group: one forward reads the prefix and that group
     for g, group in enumerate(groups):
         last = g == len(groups) - 1
         cap = tail_cap if last else stretch_cap
-        block_starts.append(len(stream))
-        logits = feed(group)
+        block_starts.append(len(stream) + len(carry))
+        logits = feed(carry + group)
+        carry = []
         count = 0
         while True:
             if count >= cap:
@@ -139,7 +184,7 @@ def generate_fine(model, syllables, vocab: InterleavedLayout, *, grouping: int =
                 capped += 1
                 break
             logits = feed([nxt])
-    tokens = np.asarray(stream, dtype=np.int64)
+    tokens = np.asarray(stream[len(prefix):], dtype=np.int64)
     fine = tokens[tokens < vocab.fine]
     own = np.asarray(owner, dtype=np.int64)
     keep = np.r_[True, fine[1:] != fine[:-1]] if fine.size else np.zeros(0, bool)  # consecutive repeats collapsed

@@ -19,7 +19,9 @@ Losses (:class:`VocoderLosses`): HiFi-GAN's mel loss (L1 between log-mel spectro
 hop 256, 0-8 kHz, magnitudes clamped at 1e-5 before the log), the multi-resolution STFT loss of Parallel WaveGAN
 (spectral convergence + L1 log magnitude at (512, 50, 240), (1024, 120, 600), (2048, 240, 1200) = FFT size, hop,
 window) and, for the duration predictor, the MSE on ``log(1 + d)`` (speech-resynthesis's duration loss). No
-adversarial term. :func:`log_mel` / :func:`log_mel_distance` are the evaluation's log-mel L1 distance too.
+adversarial term. The log-mel spectrogram (:class:`~syllablelm.audio.spectrogram.LogMel`) and the evaluation's
+log-mel distance (:func:`~syllablelm.audio.spectrogram.log_mel_distance`) are :mod:`syllablelm.audio.spectrogram`'s,
+one definition for the loss and the measurement.
 """
 from __future__ import annotations
 
@@ -27,9 +29,9 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
-import torchaudio
 from torch import nn
 
+from syllablelm.audio.spectrogram import LogMel
 from syllablelm.models.vocoder import DurationPredictor, UnitVocoder
 
 
@@ -134,37 +136,6 @@ class ISTFTVocoder(UnitVocoder):
 
 
 # ---- losses -------------------------------------------------------------------------------------------------
-class LogMel(nn.Module):
-    """HiFi-GAN's log-mel spectrogram at 16 kHz: 80 Slaney mel bands of the magnitude STFT (``n_fft`` 1024, hop 256,
-    window 1024, 0-8 kHz), ``log(max(x, 1e-5))``. ``(B, S) -> (B, 80, frames)``."""
-
-    def __init__(self, sample_rate: int = 16_000, n_fft: int = 1024, hop: int = 256, n_mels: int = 80):
-        super().__init__()
-        self.mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n_fft, win_length=n_fft, hop_length=hop,
-                                                        f_min=0.0, f_max=sample_rate / 2, n_mels=n_mels, power=1.0,
-                                                        norm="slaney", mel_scale="slaney", center=True)
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return torch.log(torch.clamp(self.mel(wave.float()), min=1e-5))
-
-
-_LOG_MEL: LogMel | None = None
-
-
-def log_mel(wave: torch.Tensor) -> torch.Tensor:
-    """:class:`LogMel` of a wave ``(S,)`` or ``(B, S)`` (one shared module)."""
-    global _LOG_MEL
-    if _LOG_MEL is None:
-        _LOG_MEL = LogMel()
-    return _LOG_MEL.to(wave.device)(wave)
-
-
-def log_mel_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean absolute difference of the log-mel spectrograms of two waves of the same rate (the shorter length)."""
-    n = min(a.shape[-1], b.shape[-1])
-    return float((log_mel(a[..., :n]) - log_mel(b[..., :n])).abs().mean())
-
-
 class MultiResolutionSTFTLoss(nn.Module):
     """Parallel WaveGAN's loss: mean over resolutions of spectral convergence ``||S - S'||_F / ||S||_F`` plus the
     L1 distance of log magnitudes (magnitudes clamped at 1e-7). Returns ``(spectral convergence, log magnitude)``."""
