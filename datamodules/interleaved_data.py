@@ -35,233 +35,45 @@ a target), ``padding_mask`` (True = padding: the model hides those keys, as the 
 
 :attr:`InterleavedDataModule.generation_stats` (training split, whole utterances) gives the generation caps the LM
 keeps in its checkpoints: fine units per stretch between two groups, after the last group, and the longest piece.
-Memory: setup makes one pass over the utterances of each split (each one's stream made, cut into pieces,
-:attr:`generation_stats` counted in histograms, the tokens let go) and keeps, per piece, 7 int32 (its utterance,
-its label rows and syllable rows in the stores, its token count and its authors' size: 28 bytes) and, per utterance
-with pieces, its rank in the unit store and in the label store (8 bytes): flat in the length of the utterances, the
-pieces about 4 a LibriSpeech-length utterance at ``max_size`` 128. A batch rebuilds its pieces
-(:class:`OnDemandPieces`) from the stores' memory-mapped columns
-(:class:`~datamodules.store_columns.StoreView`, shared page cache; picklable, so DataLoader workers map the files
-again), reading only each piece's own label and syllable rows: O(the piece), however long its utterance. The
-batches are those of ``materialize=True`` (every piece built at setup, int32 tokens and targets: about 4 KB a piece
-held, for small stores), the same pieces, sizes, order and padding. A store of the old layout (one ``.npz`` per
-shard) is in memory already and is read from there.
+
+The parts: the piece datasets, and what a split holds in memory (Memory), are in
+:mod:`datamodules.interleaved_pieces`; the pass that indexes the pieces, its pool and its on-disk cache (Persistent
+index: ``index_cache``, ``index_workers``) in :mod:`datamodules.interleaved_index`.
 """
 from __future__ import annotations
 
-import array
-import bisect
+import hashlib
+import json
 import logging
-import math
+from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from syllablelm.audio.frames import HOP, seconds_to_frames
+from syllablelm.audio.frames import HOP
 from syllablelm.runtime.fileio import shard_range
-from syllablelm.units.fine import pool_labels, runs
-from syllablelm.units.interleave import (
-    IGNORE,
-    Interleaved,
-    InterleavedVocab,
-    authors_size,
-    group_starts,
-    interleave,
-    split_pieces,
-    stretch_lengths,
-)
+from syllablelm.units.interleave import InterleavedVocab
 
 from .distributed import rank_world, resolve_version
+from .interleaved_index import (
+    INDEX_FORMAT,
+    PassSettings,
+    generation_caps,
+    parallel_pass,
+    read_cached_index,
+    store_identity,
+    write_cached_index,
+)
+from .interleaved_pieces import InterleavedPieces, MaterializedPieces, OnDemandPieces, StoreRows
 from .label_store import LabelStore
 from .resume import ResumableData, SeededLoader
 from .samplers import EvalBatchSampler, TokenBudgetBatchSampler, TrainBatchSampler
-from .store_columns import StoreView
 from .unit_store import UnitStore
 
 log = logging.getLogger(__name__)
-
-
-class InterleavedPieces(Dataset):
-    """A split's pieces as the batch samplers see them: ``sizes`` (the authors' size of each piece, what the token
-    budget counts), ``lengths`` (tokens) and :meth:`piece`; items are ``(epoch, [piece indices], batch index)`` and
-    become one padded batch. :class:`MaterializedPieces` holds the tokens, :class:`OnDemandPieces` rebuilds them."""
-
-    sizes: np.ndarray
-    pad: int
-
-    @property
-    def lengths(self) -> np.ndarray:
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        return len(self.sizes)
-
-    def piece(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Piece ``i``'s tokens and targets (int64)."""
-        raise NotImplementedError
-
-    def subset(self, lo: int, hi: int) -> "InterleavedPieces":
-        """Pieces ``[lo, hi)`` (a rank's share of the validation pieces)."""
-        raise NotImplementedError
-
-    def __getitem__(self, item: tuple[int, list[int], int]) -> dict:
-        epoch, indices, *index = item
-        rows = [self.piece(i) for i in indices]
-        T = max(len(t) for t, _ in rows)
-        inp = torch.full((len(rows), T), self.pad, dtype=torch.long)
-        tgt = torch.full((len(rows), T), IGNORE, dtype=torch.long)
-        for b, (t, y) in enumerate(rows):
-            inp[b, :len(t)], tgt[b, :len(t)] = torch.from_numpy(t), torch.from_numpy(y)
-        return {"input": inp, "target": tgt, "padding_mask": inp == self.pad,  # (B, T) each
-                "position": (int(epoch), int(index[0]) if index else -1)}
-
-
-class MaterializedPieces(InterleavedPieces):
-    """Every piece built: one token array and one target array (int32) with offsets (``materialize=True``)."""
-
-    def __init__(self, tokens: np.ndarray, targets: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, pad: int):
-        self.tokens, self.targets, self.offsets = tokens, targets, offsets
-        self.sizes = np.asarray(sizes)
-        self.pad = pad
-
-    @classmethod
-    def build(cls, pieces, vocab: InterleavedVocab) -> "MaterializedPieces":
-        lengths = np.array([len(p.tokens) for p in pieces], dtype=np.int64)
-        offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
-        cat = (lambda xs: np.concatenate(xs).astype(np.int32)) if pieces else (lambda xs: np.zeros(0, np.int32))
-        sizes = np.array([authors_size(int((p.tokens < vocab.fine).sum()), int(p.is_syllable.sum())) for p in pieces],
-                         dtype=np.int32)
-        return cls(cat([p.tokens for p in pieces]), cat([p.targets for p in pieces]), offsets, sizes, vocab.pad)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def piece(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
-        return self.tokens[lo:hi].astype(np.int64), self.targets[lo:hi].astype(np.int64)
-
-    def subset(self, lo: int, hi: int) -> "MaterializedPieces":
-        o = self.offsets
-        return MaterializedPieces(self.tokens[o[lo]:o[hi]], self.targets[o[lo]:o[hi]], o[lo:hi + 1] - o[lo],
-                                  self.sizes[lo:hi], self.pad)
-
-
-class StoreRows:
-    """The utterances of one loaded store version addressed by rank in sorted id order: rows ``[lo, hi)`` of a
-    column of one utterance. A column-layout version (:class:`~datamodules.store_columns.StoreView`) is read from
-    its maps (a view, no copy; picklable, a DataLoader worker maps the files again); an old-layout one (a dict,
-    already in memory) from its values, ``columns`` naming the parts of a value (one column: the value itself)."""
-
-    def __init__(self, loaded, columns: tuple[str, ...]):
-        self.loaded, self.columns = loaded, columns
-        self.view = loaded if isinstance(loaded, StoreView) else None
-        if self.view is None:
-            self._ids = sorted(loaded)
-
-    def rank(self, utt: str) -> int:
-        if self.view is not None:
-            return int(self.view.position(utt))
-        return bisect.bisect_left(self._ids, utt)
-
-    def rows(self, k: int, lo: int, hi: int, column: str) -> np.ndarray:
-        if self.view is not None:
-            return self.view.rows(k, lo, hi, column)
-        value = self.loaded[self._ids[k]]
-        return (value if len(self.columns) == 1 else value[self.columns.index(column)])[lo:hi]
-
-
-# the columns of OnDemandPieces.index: the utterance (a row of ``ranks``), its label rows [label_lo, label_hi), its
-# syllable rows [syllable_lo, syllable_hi) (the piece's syllables and the next one, when there is one), the tokens
-INDEX = ("utterance", "label_lo", "label_hi", "syllable_lo", "syllable_hi", "length")
-
-
-class OnDemandPieces(InterleavedPieces):
-    """Pieces rebuilt from the memory-mapped stores when a batch asks for them (the default; module docstring,
-    Memory). Per piece ``index`` (int32, columns :data:`INDEX`) and ``sizes`` (int32); per utterance ``ranks``
-    ``(n, 2)`` int32, its rank in the unit store and in the label store.
-
-    A piece starts with a group at syllable ``j0`` and fine unit ``i0`` of its utterance, after
-    ``p0 = durations[:i0].sum()`` fine frames. Its fine units are the runs of its own label rows (the pooled frames
-    ``[p0, p1)`` start and end runs, and pooling works on blocks aligned to the utterance's start, so pooling and
-    run-finding the rows alone gives the same units and durations); the interleaving rule placed its tokens by
-    comparing fine midpoints with syllable starts, both measured from the utterance's start, so the same tokens
-    come out of :func:`~syllablelm.units.interleave.interleave` given the piece's fine units, its syllables and the
-    next one (the next group's start decides where the piece's last fine units go), with the syllable frames moved
-    back by ``p0 x frames_per_fine`` (integers, exact; a fine unit lasts at least one frame, so the clip at 0 of
-    "start minus lead" never decides differently). The first ``length`` tokens are the piece; its last target is
-    :data:`~syllablelm.units.interleave.IGNORE`, as :func:`~syllablelm.units.interleave.split_pieces` sets it.
-    Reading and rebuilding cost O(the piece), whatever the utterance's length."""
-
-    def __init__(self, units: StoreRows, labels: StoreRows, ranks: np.ndarray, index: np.ndarray, sizes: np.ndarray,
-                 vocab: InterleavedVocab, *, fine_pool: int, frames_per_fine: int, lead: float, grouping: int):
-        self.units, self.labels, self.ranks, self.index = units, labels, ranks, index
-        self.sizes = np.asarray(sizes)
-        self.vocab, self.pad = vocab, vocab.pad
-        self.fine_pool, self.frames_per_fine, self.lead, self.grouping = fine_pool, frames_per_fine, lead, grouping
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return self.index[:, INDEX.index("length")].astype(np.int64)
-
-    def piece(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        u, l_lo, l_hi, s_lo, s_hi, length = (int(x) for x in self.index[i])
-        unit_rank, label_rank = (int(x) for x in self.ranks[u])
-        labels = np.asarray(self.labels.rows(label_rank, l_lo, l_hi, "values"), dtype=np.int64)
-        fine, durations = runs(pool_labels(labels, self.fine_pool))
-        syllables = np.asarray(self.units.rows(unit_rank, s_lo, s_hi, "units"), dtype=np.int64)
-        frames = seconds_to_frames(self.units.rows(unit_rank, s_lo, s_hi, "segments"))
-        frames = frames - (l_lo // self.fine_pool) * self.frames_per_fine
-        stream = interleave(fine, durations, syllables, frames, self.vocab, frames_per_fine=self.frames_per_fine,
-                            lead=self.lead, grouping=self.grouping)
-        tokens, targets = stream.tokens[:length], stream.targets[:length].copy()
-        targets[-1] = IGNORE
-        return tokens, targets
-
-    def subset(self, lo: int, hi: int) -> "OnDemandPieces":
-        return OnDemandPieces(self.units, self.labels, self.ranks, self.index[lo:hi], self.sizes[lo:hi], self.vocab,
-                              fine_pool=self.fine_pool, frames_per_fine=self.frames_per_fine, lead=self.lead,
-                              grouping=self.grouping)
-
-
-def piece_index(stream: Interleaved, pieces: list[Interleaved], durations: np.ndarray, num_labels: int,
-                num_syllables: int, vocab: InterleavedVocab, fine_pool: int) -> np.ndarray:
-    """The :data:`INDEX` rows (without the utterance column) of ``pieces``, the consecutive pieces
-    :func:`~syllablelm.units.interleave.split_pieces` cut from ``stream`` (or ``[stream]``): ``(len(pieces), 5)``
-    int64. A piece starts at the group of its first syllable (syllables are never dropped, so that is the count of
-    the pieces before it), its first fine unit is the number of fine tokens before that group in ``stream``."""
-    t = stream.tokens
-    starts = group_starts(t, vocab)
-    syllables_before = np.r_[0, np.cumsum(stream.is_syllable)][starts]  # syllables before each group
-    fine_before = np.r_[0, np.cumsum(t < vocab.fine)]
-    frames_before = np.r_[0, np.cumsum(durations)]  # pooled fine frames before each fine unit
-    out = np.zeros((len(pieces), 5), dtype=np.int64)
-    s_lo = 0
-    for k, p in enumerate(pieces):
-        n_fine, n_syl = int((p.tokens < vocab.fine).sum()), int(p.is_syllable.sum())
-        g = int(np.searchsorted(syllables_before, s_lo))
-        i0 = int(fine_before[starts[g]])
-        out[k] = (frames_before[i0] * fine_pool, min(int(frames_before[i0 + n_fine]) * fine_pool, num_labels),
-                  s_lo, min(s_lo + n_syl + 1, num_syllables), len(p.tokens))
-        s_lo += n_syl
-    return out
-
-
-def quantile_of_counts(counts: np.ndarray, q: float) -> float:
-    """``np.quantile(values, q)`` (its default, linear interpolation) of the values a histogram holds (``counts[v]``:
-    how many equal ``v``, at least one in all), without the values: the index ``(n - 1) q``, the two order
-    statistics around it and numpy's interpolation between them (``a + (b - a) t``, or ``b - (b - a) (1 - t)`` from
-    ``t = 0.5`` on), in float64 as numpy computes them, so the result is the same number."""
-    n = int(counts.sum())
-    v = np.float64(n - 1) * np.float64(q)
-    lo = min(int(np.floor(v)), n - 1)
-    t = v - np.float64(lo)
-    cum = np.cumsum(counts)
-    a, b = (np.float64(int(np.searchsorted(cum, r, side="right"))) for r in (lo, min(lo + 1, n - 1)))
-    return float(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t)
 
 
 class InterleavedDataModule(ResumableData, pl.LightningDataModule):
@@ -284,7 +96,11 @@ class InterleavedDataModule(ResumableData, pl.LightningDataModule):
         batch_multiple: with ``max_tokens``, fairseq's ``required_batch_size_multiple``.
         materialize: build every piece at setup and hold them (int32 tokens and targets); the default (False)
             holds a small index per piece and rebuilds each piece from the memory-mapped stores when a batch asks
-            for it: the same batches, memory flat in the corpus size (module docstring, Memory).
+            for it: the same batches, memory flat in the corpus size (:mod:`datamodules.interleaved_pieces`, Memory).
+        index_cache: a folder for the piece index of each split: built once (:meth:`prepare_data`, or the first
+            :meth:`setup`) and then memory-mapped, under a key of everything it depends on
+            (:mod:`datamodules.interleaved_index`, Persistent index). None: every setup makes the pass.
+        index_workers: processes of the pass (0: in this process); the same index either way.
     """
 
     def __init__(
@@ -311,6 +127,8 @@ class InterleavedDataModule(ResumableData, pl.LightningDataModule):
         seed: int = 0,
         manifest_cache: str | None = None,
         materialize: bool = False,
+        index_cache: str | None = None,
+        index_workers: int = 0,
     ):
         super().__init__()
         if fine_pool < 1 or label_hop < 1 or label_hop % HOP or grouping < 1:
@@ -324,6 +142,9 @@ class InterleavedDataModule(ResumableData, pl.LightningDataModule):
             raise ValueError(f"need max_tokens >= 1 and batch_multiple >= 1, got {max_tokens}, {batch_multiple}")
         if val_data is not None and train_data is None:
             raise ValueError("val_data needs train_data (the utterances of the training folders)")
+        if index_workers < 0 or (index_cache is not None and materialize):
+            raise ValueError(f"need index_workers >= 0 (got {index_workers}) and no index_cache with materialize "
+                             f"(the cache holds the on-demand index)")
         self.save_hyperparameters()
         self.datasets: dict[str, InterleavedPieces] = {}
         self._vocab: InterleavedVocab | None = None
@@ -353,7 +174,9 @@ class InterleavedDataModule(ResumableData, pl.LightningDataModule):
         return self._vocab
 
     # ---- setup --------------------------------------------------------------------------------------------
-    def _split_ids(self, unit_ids: list[str]) -> tuple[list[str], list[str]]:
+    def _split_ids(self, unit_ids) -> tuple[list[str], list[str]]:
+        """The training and validation ids; ``unit_ids()`` lists the unit store's sorted ids (called only without
+        ``train_data``: at LibriLight scale a list of every id is millions of strings)."""
         hp = self.hparams
         if hp.train_data is not None:
             from .manifest import build_manifest
@@ -363,131 +186,127 @@ class InterleavedDataModule(ResumableData, pl.LightningDataModule):
                 return sorted(build_manifest(folders, verify="header", cache_dir=hp.manifest_cache,
                                              progress=False).ids)
             return ids_of(hp.train_data), ids_of(hp.val_data) if hp.val_data else []
+        unit_ids = unit_ids()
         k = round(hp.val_fraction * len(unit_ids))
         held = set(np.random.default_rng(hp.seed).permutation(len(unit_ids))[:k].tolist()) if k else set()
         return ([u for i, u in enumerate(unit_ids) if i not in held], [u for i, u in enumerate(unit_ids) if i in held])
+
+    def _open(self, trainer, *, collective: bool = True) -> dict:
+        """The resolved store versions, their loaded contents, their readers and the splits' ids. ``collective``:
+        ``"latest"`` resolved on rank 0 and broadcast (:func:`~datamodules.distributed.resolve_version`); without
+        it (:meth:`prepare_data`, which other ranks do not call) each caller resolves it itself."""
+        hp = self.hparams
+        units, labels = UnitStore(hp.unit_dir), LabelStore(hp.label_dir)
+        if collective:
+            uv, lv = (resolve_version(s, v, trainer) for s, v in ((units, hp.unit_version),
+                                                                  (labels, hp.label_version)))
+        else:
+            uv, lv = units.resolve(hp.unit_version), labels.resolve(hp.label_version)
+        unit_loaded, label_loaded = units.load(uv), labels.load(lv)
+        train_ids, val_ids = self._split_ids(lambda: sorted(unit_loaded))
+        if not train_ids:
+            raise ValueError("no training utterances")
+        return {"units": units, "labels": labels, "uv": uv, "lv": lv, "loaded": (unit_loaded, label_loaded),
+                "sources": (StoreRows(unit_loaded, UnitStore.columns), StoreRows(label_loaded, LabelStore.columns)),
+                "splits": (("train", train_ids), ("val", val_ids))}
+
+    def _pass(self, split: str, ids: list[str], ctx: dict) -> dict:
+        """Check that both stores hold ``ids``, then one pass over them
+        (:func:`~datamodules.interleaved_index.parallel_pass`); the pass's warnings logged, its sums turned into
+        :attr:`generation_stats` (training) and examples (validation)."""
+        hp = self.hparams
+        wheres = (ctx["units"].version_dir(ctx["uv"]), ctx["labels"].version_dir(ctx["lv"]))
+        for store, loaded in zip(wheres, ctx["loaded"]):
+            missing = [u for u in ids if u not in loaded]
+            if missing:
+                raise ValueError(f"{store}: {len(missing)} of the {len(ids)} {split} utterances are not in this "
+                                 f"store: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+        limit = hp.max_size if hp.max_size is not None else hp.max_tokens
+        settings = PassSettings(vocab=self.vocab, fine_pool=hp.fine_pool, frames_per_fine=self.frames_per_fine,
+                                label_hop=hp.label_hop, lead=hp.lead, grouping=hp.grouping, limit=limit,
+                                train=split == "train", materialize=hp.materialize, unit_where=str(wheres[0]),
+                                label_where=str(wheres[1]))
+        result = parallel_pass(ids, ctx["sources"], settings, hp.index_workers)
+        if result["skipped"]:
+            log.warning("%d %s utterances have no syllable units and are left out", result["skipped"],
+                        "training" if split == "train" else "validation")
+        if result["dropped"]:
+            log.warning("%d fine units dropped: a group and its fine units alone exceed max_size %s",
+                        result["dropped"], limit)
+        result["generation_stats"] = generation_caps(result, hp.label_hop) if split == "train" else {}
+        return result
+
+    def index_key(self, split: str, ids: list[str], ctx: dict) -> str:
+        """The name of a split's cached index: a hash of everything the index depends on (the two store versions'
+        manifests, the split's utterance ids, every setting of the pass,
+        :data:`~datamodules.interleaved_index.INDEX_FORMAT`)."""
+        hp, vocab = self.hparams, self.vocab
+        settings = {"format": INDEX_FORMAT, "split": split, "units": store_identity(ctx["units"], ctx["uv"]),
+                    "labels": store_identity(ctx["labels"], ctx["lv"]), "fine_pool": hp.fine_pool,
+                    "label_hop": hp.label_hop, "lead": float(hp.lead), "grouping": hp.grouping,
+                    "max_size": hp.max_size if hp.max_size is not None else hp.max_tokens,
+                    "fine_vocab": vocab.fine, "syllable_vocab": vocab.syllable}
+        h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+        for u in ids:
+            h.update(u.encode() + b"\0")
+        return f"{split}-{h.hexdigest()[:32]}"
+
+    def _cached(self, split: str, ids: list[str], ctx: dict) -> dict:
+        """A split's index from ``index_cache``: read (memory-mapped) when its key's folder exists, otherwise built
+        by a pass, written and read back."""
+        folder = Path(self.hparams.index_cache) / self.index_key(split, ids, ctx)
+        if not folder.exists():
+            result = self._pass(split, ids, ctx)
+            examples = [{"id": e["id"], **{k: np.asarray(e[k]).tolist() for k in e if k != "id"}}
+                        for e in result["examples"]]
+            write_cached_index(folder, result, {"generation_stats": result["generation_stats"],
+                                                "val_examples": examples, "utterances": len(ids)})
+            log.info("interleaved: wrote the %s piece index (%d pieces) to %s", split, len(result["sizes"]), folder)
+        else:
+            log.info("interleaved: reading the cached %s piece index %s", split, folder)
+        cached = read_cached_index(folder)
+        cached["examples"] = [{"id": e["id"], **{k: np.asarray(e[k], dtype=np.int64) for k in e if k != "id"}}
+                              for e in cached["val_examples"]]
+        return cached
+
+    def prepare_data(self) -> None:
+        """With ``index_cache``: build each split's index unless cached (Lightning calls this once per node, on
+        local rank 0, before any rank's :meth:`setup`; ``"latest"`` store versions are resolved here alone)."""
+        if self.hparams.index_cache is None:
+            return
+        ctx = self._open(None, collective=False)
+        for split, ids in ctx["splits"]:
+            if ids:
+                self._cached(split, ids, ctx)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         hp = self.hparams
-        units, labels = UnitStore(hp.unit_dir), LabelStore(hp.label_dir)
-        uv, lv = resolve_version(units, hp.unit_version, self.trainer), resolve_version(labels, hp.label_version,
-                                                                                       self.trainer)
-        unit_loaded, label_loaded = units.load(uv), labels.load(lv)
-        train_ids, val_ids = self._split_ids(sorted(unit_loaded))
-        for split, ids in (("train", train_ids), ("val", val_ids)):
-            for store, loaded in ((units.version_dir(uv), unit_loaded), (labels.version_dir(lv), label_loaded)):
-                missing = [u for u in ids if u not in loaded]
-                if missing:
-                    raise ValueError(f"{store}: {len(missing)} of the {len(ids)} {split} utterances are not in this "
-                                     f"store: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
-        if not train_ids:
-            raise ValueError("no training utterances")
+        ctx = self._open(self.trainer)
         vocab = self.vocab
-        sources = (StoreRows(unit_loaded, UnitStore.columns), StoreRows(label_loaded, LabelStore.columns))
-        self.datasets["train"] = self._build(train_ids, sources, units.version_dir(uv), labels.version_dir(lv),
-                                             train=True)
-        if len(val_ids):
-            full = self._build(val_ids, sources, units.version_dir(uv), labels.version_dir(lv), train=False)
-            if len(full):
-                rank, world = rank_world(self.trainer)
-                self.datasets["val"] = full.subset(*shard_range(len(full), rank, world))
+        for split, ids in ctx["splits"]:
+            if not ids:
+                continue
+            result = self._cached(split, ids, ctx) if hp.index_cache is not None else self._pass(split, ids, ctx)
+            if hp.materialize:
+                pieces = MaterializedPieces.build(result["built"], vocab)
+            else:
+                pieces = OnDemandPieces(*ctx["sources"], result["ranks"], result["index"], result["sizes"], vocab,
+                                        fine_pool=hp.fine_pool, frames_per_fine=self.frames_per_fine, lead=hp.lead,
+                                        grouping=hp.grouping)
+            if split == "train":
+                self.datasets["train"] = pieces
+                self.generation_stats = result["generation_stats"]
+            else:
+                self._val_examples = list(result["examples"])
+                if len(pieces):
+                    rank, world = rank_world(self.trainer)
+                    self.datasets["val"] = pieces.subset(*shard_range(len(pieces), rank, world))
         log.info("interleaved: %d train pieces, %d val pieces (this rank), %d fine + %d syllable units, "
                  "%d 50 Hz frames per fine frame, pieces %s", len(self.datasets["train"]),
                  len(self.datasets.get("val", ())), vocab.fine, vocab.syllable, self.frames_per_fine,
                  "built" if hp.materialize else "read on demand")
-
-    def _build(self, ids, sources: tuple[StoreRows, StoreRows], unit_where, label_where, *,
-               train: bool) -> InterleavedPieces:
-        """The pieces of ``ids`` in one pass over their utterances (each one's stream made, cut and, unless
-        ``materialize``, indexed and let go); on the training split also :attr:`generation_stats` (from histograms
-        of the stretch and tail lengths, so the pass holds no per-group arrays); on the validation split the first
-        utterances as :meth:`val_examples`."""
-        hp, vocab = self.hparams, self.vocab
-        unit_rows, label_rows = sources
-        limit = hp.max_size if hp.max_size is not None else hp.max_tokens
-        built: list[Interleaved] = []  # materialize only
-        columns = {c: array.array("q") for c in (*INDEX, "size")}  # grows without a Python object per piece
-        ranks = {"unit": array.array("q"), "label": array.array("q")}
-        stretch_counts, tail_counts = np.zeros(1, np.int64), np.zeros(1, np.int64)
-        stretch_sum, skipped, dropped, seconds, n_syl, longest = 0, 0, 0, 0.0, 0, 0
-
-        def add_counts(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
-            c = np.bincount(values, minlength=len(counts))
-            c[:len(counts)] += counts
-            return c
-
-        for utt in ids:
-            segments, syl = unit_rows.loaded[utt]
-            labels = np.asarray(label_rows.loaded[utt], dtype=np.int64)
-            if len(syl) and (syl.max() >= vocab.syllable):
-                raise ValueError(f"{unit_where}: utterance {utt!r} holds syllable unit {int(syl.max())}, not below "
-                                 f"the vocabulary's {vocab.syllable}")
-            if len(labels) and labels.max() >= vocab.fine:
-                raise ValueError(f"{label_where}: utterance {utt!r} holds label {int(labels.max())}, not below the "
-                                 f"vocabulary's {vocab.fine} fine units")
-            if not len(syl):
-                skipped += 1
-                continue
-            fine, durations = runs(pool_labels(labels, hp.fine_pool))
-            stream = interleave(fine, durations, syl, seconds_to_frames(segments), vocab,
-                                frames_per_fine=self.frames_per_fine, lead=hp.lead, grouping=hp.grouping)
-            if train:
-                lengths = stretch_lengths(stream.tokens, vocab)
-                stretch_counts = add_counts(stretch_counts, lengths[:-1])
-                tail_counts = add_counts(tail_counts, lengths[-1:])
-                stretch_sum += int(lengths[:-1].sum())
-                seconds += len(labels) * hp.label_hop / 16000
-                n_syl += len(syl)
-            elif len(self._val_examples) < 4:
-                self._val_examples.append({"id": utt, "syllables": np.asarray(syl), "fine_units": fine,
-                                           "fine_durations": durations})
-            if limit is None:
-                cut = [stream]
-            else:
-                cut, lost = split_pieces(stream, vocab, limit)
-                dropped += lost
-            longest = max([longest, *(len(p.tokens) for p in cut)])
-            if hp.materialize:
-                built.extend(cut)
-                continue
-            rows = piece_index(stream, cut, durations, len(labels), len(syl), vocab, hp.fine_pool)
-            for c, values in zip(INDEX[1:], rows.T):
-                columns[c].extend(values.tolist())
-            columns["utterance"].extend([len(ranks["unit"])] * len(cut))
-            columns["size"].extend(authors_size(int((p.tokens < vocab.fine).sum()), int(p.is_syllable.sum()))
-                                   for p in cut)
-            ranks["unit"].append(unit_rows.rank(utt))
-            ranks["label"].append(label_rows.rank(utt))
-        if skipped:
-            log.warning("%d %s utterances have no syllable units and are left out", skipped,
-                        "training" if train else "validation")
-        if dropped:
-            log.warning("%d fine units dropped: a group and its fine units alone exceed max_size %s", dropped, limit)
-        if train:
-            n_stretch, n_tail = int(stretch_counts.sum()), int(tail_counts.sum())
-            self.generation_stats = {
-                "stretch_max": int(np.flatnonzero(stretch_counts).max()) if n_stretch else 0,
-                "stretch_q99": int(math.ceil(quantile_of_counts(stretch_counts, 0.99))) if n_stretch else 0,
-                "tail_q90": int(math.ceil(quantile_of_counts(tail_counts, 0.9))) if n_tail else 0,
-                "max_piece_tokens": longest,
-                "syllables_per_second": n_syl / seconds if seconds else 0.0,
-                "fine_per_syllable": stretch_sum / n_stretch if n_stretch else 0.0,
-            }
-        if hp.materialize:
-            return MaterializedPieces.build(built, vocab)
-
-        def as_int32(values: array.array) -> np.ndarray:
-            x = np.frombuffer(values, dtype=np.int64) if len(values) else np.zeros(0, np.int64)
-            if x.size and x.max() > np.iinfo(np.int32).max:
-                raise ValueError(f"{unit_where}, {label_where}: an index value {int(x.max())} does not fit int32")
-            return x.astype(np.int32)
-        index = np.stack([as_int32(columns[c]) for c in INDEX], 1) if len(columns["size"]) else \
-            np.zeros((0, len(INDEX)), np.int32)
-        return OnDemandPieces(unit_rows, label_rows, np.stack([as_int32(ranks["unit"]), as_int32(ranks["label"])], 1),
-                              index, as_int32(columns["size"]), vocab, fine_pool=hp.fine_pool,
-                              frames_per_fine=self.frames_per_fine, lead=hp.lead, grouping=hp.grouping)
 
     def val_examples(self, n: int = 2) -> list[dict]:
         """The first ``n`` validation utterances (at most 4): ``id``, ``syllables``, ``fine_units``,

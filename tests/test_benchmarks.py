@@ -1,5 +1,6 @@
 """The GPU smoke script's CPU path: every stage runs through the real CLI and reports a throughput."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -127,7 +128,9 @@ def test_scale_smoke_measures_every_component_and_fits_the_growth(tmp_path):
         assert f["stage"] and {"time_s", "held_mb", "peak_mb"} <= set(f)
         for metric in ("time_s", "held_mb", "peak_mb"):
             m = f[metric]
-            assert m["slope"] > 0 or metric != "time_s", (c, metric, m)
+            # no sign check on the time slope: at smoke sizes (<= 10k) a busy machine can time the larger size faster
+            # (a CI run saw -1.3e-5 s an utterance); the benchmark's own verdicts judge the growth, not this test
+            assert math.isfinite(m["slope"]) and math.isfinite(m["intercept"]), (c, metric, m)
             for name, t in targets.items():  # the extrapolation is a + b N at the target's entry count
                 assert m["at"][name] == pytest.approx(m["intercept"] + m["slope"] * t["entries"])
             # the line fits the measured points (two sizes: through them)

@@ -80,7 +80,7 @@ SETTINGS = [dict(fine_pool=2), dict(fine_pool=1, lead=0, max_size=40), dict(fine
 
 @pytest.mark.parametrize("kw", SETTINGS)
 def test_on_demand_pieces_and_batches_equal_the_built_ones(tmp_path, kw):
-    from datamodules.interleaved_data import MaterializedPieces, OnDemandPieces
+    from datamodules.interleaved_pieces import MaterializedPieces, OnDemandPieces
     from syllablelm.audio.frames import seconds_to_frames
     from syllablelm.units.fine import pool_labels, runs
 
@@ -130,7 +130,7 @@ def test_workers_serve_the_same_batches(tmp_path):
 
 
 def test_stores_of_the_old_layout_read_the_same(tmp_path):
-    from datamodules.interleaved_data import StoreRows
+    from datamodules.interleaved_pieces import StoreRows
 
     utts = utterances(8, seed=1)
     columns = make(*write_stores(tmp_path / "columns", utts), fine_pool=2)
@@ -145,7 +145,7 @@ def test_stores_of_the_old_layout_read_the_same(tmp_path):
 
 
 def test_histogram_quantiles_equal_numpys():
-    from datamodules.interleaved_data import quantile_of_counts
+    from datamodules.interleaved_index import quantile_of_counts
 
     rng = np.random.default_rng(0)
     for trial in range(300):
@@ -165,3 +165,127 @@ def test_setup_holds_an_index_not_the_tokens(tmp_path):
     assert train.index.shape == (len(train), 6) and train.ranks.shape[1] == 2
     assert not any(isinstance(v, np.ndarray) and v.size > 6 * len(train) for v in vars(train).values())
     assert InterleavedVocab(F_UNITS, S_UNITS) == train.vocab
+
+
+# ---- the persistent piece index (index_cache, index_workers) --------------------------------------------------
+def same_index(a, b):
+    """Two data modules hold the same pieces: index, sizes, ranks of both splits, caps and validation examples."""
+    assert a.generation_stats == b.generation_stats and a.generation_stats
+    for split in ("train", "val"):
+        x, y = a.datasets[split], b.datasets[split]
+        for k in ("index", "sizes", "ranks"):
+            assert getattr(x, k).dtype == getattr(y, k).dtype == np.int32, (split, k)
+            assert np.array_equal(getattr(x, k), getattr(y, k)), (split, k)
+    ex, ey = a.val_examples(4), b.val_examples(4)
+    assert len(ex) == len(ey) > 0
+    for e, f in zip(ex, ey):
+        assert e["id"] == f["id"] and all(np.array_equal(e[k], f[k]) for k in ("syllables", "fine_units",
+                                                                                 "fine_durations"))
+
+
+def test_cached_index_equals_the_pass_and_is_read_mapped(tmp_path):
+    from datamodules.interleaved_pieces import OnDemandPieces
+
+    stores = write_stores(tmp_path, utterances())
+    plain = make(*stores, fine_pool=2)
+    first = make(*stores, fine_pool=2, index_cache=str(tmp_path / "cache"))  # builds and writes, then reads
+    second = make(*stores, fine_pool=2, index_cache=str(tmp_path / "cache"))  # reads
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == ["train", "val"]
+    for dm in (first, second):
+        same_index(dm, plain)
+        assert isinstance(dm.datasets["train"], OnDemandPieces) and isinstance(dm.datasets["train"].index, np.memmap)
+        assert_same_batches(batches(dm.train_dataloader()), batches(plain.train_dataloader()))
+        assert_same_batches(list(dm.val_dataloader()), list(plain.val_dataloader()))
+
+
+def test_prepare_data_builds_once_and_setup_only_reads(tmp_path, monkeypatch):
+    import datamodules.interleaved_data as idata
+    import datamodules.interleaved_index as iindex
+
+    stores = write_stores(tmp_path, utterances())
+    kw = {"val_fraction": 0.25, "seed": 3, "max_tokens": 64, "batch_size": None, "batch_multiple": 1, "fine_pool": 2,
+          "index_cache": str(tmp_path / "cache")}
+    dm = idata.InterleavedDataModule(unit_dir=stores[0], label_dir=stores[1], **kw)
+    dm.prepare_data()
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+    def refuse(*a, **k):
+        raise AssertionError("the pass ran again")
+    monkeypatch.setattr(iindex, "index_pass", refuse)
+    dm.setup("fit")
+    again = idata.InterleavedDataModule(unit_dir=stores[0], label_dir=stores[1], **kw)
+    again.prepare_data()  # found: nothing to build
+    again.setup("fit")
+    monkeypatch.undo()
+    same_index(again, make(*stores, fine_pool=2))
+    with pytest.raises(AssertionError, match="ran again"):  # another setting is another key: a pass
+        monkeypatch.setattr(iindex, "index_pass", refuse)
+        make(*stores, fine_pool=2, max_size=40, index_cache=str(tmp_path / "cache"))
+
+
+def test_a_new_setting_or_store_version_is_a_new_index(tmp_path):
+    from datamodules.label_store import LabelStore
+
+    utts = utterances()
+    stores = write_stores(tmp_path, utts)
+    cache = tmp_path / "cache"
+    make(*stores, fine_pool=2, index_cache=str(cache))
+    names = {p.name for p in cache.iterdir()}
+    make(*stores, fine_pool=2, max_size=40, index_cache=str(cache))
+    assert len({p.name for p in cache.iterdir()} - names) == 2  # train and val, both rebuilt
+    names = {p.name for p in cache.iterdir()}
+    # label store version 1: other labels for every utterance (the ids and every setting unchanged)
+    labels = LabelStore(stores[1])
+    changed = {u: (np.asarray(v[2]) + 1) % F_UNITS for u, v in utts.items()}
+    labels.write_shard(1, 0, 1, changed)
+    labels.finalize(1, 1, meta={"num_labels": F_UNITS})
+    new = make(*stores, fine_pool=2, max_size=40, index_cache=str(cache))
+    assert len({p.name for p in cache.iterdir()} - names) == 2
+    same_index(new, make(*stores, fine_pool=2, max_size=40))
+    assert_same_batches(batches(new.train_dataloader(), (0,)), batches(make(*stores, fine_pool=2, max_size=40)
+                                                                        .train_dataloader(), (0,)))
+
+
+@pytest.mark.parametrize("kw", [dict(fine_pool=2), dict(fine_pool=1, lead=0, max_size=40)])
+def test_a_pool_builds_the_same_index(tmp_path, kw):
+    stores = write_stores(tmp_path, utterances(30, seed=2))
+    serial, pooled = make(*stores, **kw), make(*stores, index_workers=2, **kw)
+    same_index(pooled, serial)
+    assert len(set(serial.datasets["train"].index[:, 0].tolist())) > 8  # several chunks' utterances
+
+
+def test_merged_chunks_equal_one_pass(tmp_path):
+    """Every way of cutting the ids into contiguous chunks merges to the one pass's result."""
+    from datamodules.interleaved_index import PassSettings, index_pass, merge_passes
+
+    dm = make(*write_stores(tmp_path, utterances(20, seed=4)), fine_pool=2)
+    ctx = dm._open(None)
+    ids = ctx["splits"][0][1]
+    s = PassSettings(vocab=dm.vocab, fine_pool=2, frames_per_fine=2, label_hop=320, lead=5, grouping=1, limit=64,
+                     train=True, materialize=False, unit_where="u", label_where="l")
+    whole = index_pass(ids, ctx["sources"], s)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        cuts = sorted(rng.choice(np.arange(1, len(ids)), int(rng.integers(1, 6)), replace=False).tolist())
+        parts = [index_pass(ids[a:b], ctx["sources"], s) for a, b in zip([0, *cuts], [*cuts, len(ids)])]
+        merged = merge_passes(parts)
+        for k in ("index", "sizes", "ranks"):
+            assert merged[k].dtype == np.int32 and np.array_equal(merged[k], whole[k]), k
+        for k in ("stretch_counts", "tail_counts"):  # histograms: equal up to trailing empty bins
+            assert np.array_equal(np.trim_zeros(merged[k], "b"), np.trim_zeros(whole[k], "b")), k
+        for k in ("stretch_sum", "labels", "syllables", "longest", "skipped", "dropped"):
+            assert merged[k] == whole[k], k
+
+
+@pytest.mark.parametrize("victim", ["index.npy", "ranks.npy", "meta.json"])
+def test_a_damaged_cache_names_its_file(tmp_path, victim):
+    from datamodules.interleaved_index import IndexCacheError
+
+    stores = write_stores(tmp_path, utterances())
+    cache = tmp_path / "cache"
+    make(*stores, fine_pool=2, index_cache=str(cache))
+    path = next(cache.glob("train-*")) / victim
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(IndexCacheError, match=f"{path}: damaged cached piece index"):
+        make(*stores, fine_pool=2, index_cache=str(cache))
