@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from syllablelm.audio.io import read_audio
-from syllablelm.checkpoints import load_kmeans_centroids
+from syllablelm.checkpoints import KMeansLabeler
 from syllablelm.evaluation.phone_judge import PAUSE_LABELS, PHONES, phone_errors, phones_of_alignment, strip_stress
 from syllablelm.units.frame_labels import HiddenFeatures, mfcc_features
 
@@ -161,10 +161,11 @@ def main(argv=None) -> None:
             rows = [(cand + " (continuous)", "-", [((x - mu) / sd).astype(np.float32) for x in tx],
                      [((x - mu) / sd).astype(np.float32) for x in dx], None)]
         elif cand == "layer2-shipped":
-            c = torch.as_tensor(load_kmeans_centroids(SHIPPED / "kmeans_layer2.npy")).float()
+            km = KMeansLabeler.from_file(SHIPPED / "kmeans_layer2.npy")  # the shipped fine units' labeler
             tx, dx = feats("layer2")
-            tl, dl = ([torch.cdist(torch.as_tensor(x), c).argmin(1).numpy() for x in xs] for xs in (tx, dx))
-            rows = [("layer2 kmeans_layer2.npy (shipped)", c.shape[0], tl, dl, c.shape[0])]
+            tl, dl = ([km(torch.as_tensor(x)).numpy() for x in xs] for xs in (tx, dx))
+            k = int(km.centroids.shape[0])
+            rows = [("layer2 kmeans_layer2.npy (shipped)", k, tl, dl, k)]
         else:
             base = cand[:-2]
             tx, dx = feats(base)

@@ -26,10 +26,9 @@ import torchaudio
 from sklearn.cluster import MiniBatchKMeans
 
 from syllablelm.audio.io import read_audio
-from syllablelm.checkpoints import load_kmeans_centroids
 from syllablelm.evaluation.phone_judge import load_judge, phone_errors, phones_of_alignment
 from syllablelm.models.istft_vocoder import ISTFTVocoder, ISTFTVocoderConfig, VocoderLosses
-from syllablelm.units.frame_labels import HiddenFeatures
+from syllablelm.units.frame_labels import FrameLabeler
 
 SHIPPED = Path(__file__).resolve().parents[1] / "experiments" / "pretrained"
 HOP, CROP, BATCH = 320, 48, 8
@@ -37,10 +36,10 @@ HOP, CROP, BATCH = 320, 48, 8
 
 def unit_function(candidate: str, train_waves: list[torch.Tensor], k: int):
     """A wave -> frame-level unit ids ``(T,)`` (``T * 320 <= len(wave)``), and the number of units."""
-    if candidate == "shipped":
-        feats = HiddenFeatures(SHIPPED / "teacher.ckpt", 2)
-        c = torch.as_tensor(load_kmeans_centroids(SHIPPED / "kmeans_layer2.npy")).float()
-        return (lambda w: torch.cdist(feats(w), c).argmin(1)), c.shape[0]
+    if candidate == "shipped":  # the labeler the shipped fine units come from (syllablelm.units.fine)
+        labeler = FrameLabeler.build("teacher", SHIPPED / "kmeans_layer2.npy", checkpoint=SHIPPED / "teacher.ckpt",
+                                     layer=2)
+        return labeler, labeler.num_labels
     mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=400, hop_length=HOP, n_mels=80, center=False)
 
     def logmel(w):
