@@ -31,9 +31,28 @@ from torch.nn import functional as F
 from syllablelm.audio.io import read_audio
 from syllablelm.checkpoints import KMeansLabeler
 from syllablelm.evaluation.phone_judge import PAUSE_LABELS, PHONES, phone_errors, phones_of_alignment, strip_stress
+from syllablelm.units.fine import FineUnitEncoder
 from syllablelm.units.frame_labels import HiddenFeatures, mfcc_features
 
 SHIPPED = Path(__file__).resolve().parents[1] / "experiments" / "pretrained"
+
+
+class TeacherInputs:
+    """What the shipped teacher's transformer reads, per 20 ms frame: ``layer0`` = HF ``hidden_states[0]`` (the
+    projected CNN features after the positional convolution, 128 dims), ``cnn`` = the CNN's output (64 channels).
+    :class:`HiddenFeatures` starts at layer 1 (the suite's feature layers), so these are read here."""
+
+    def __init__(self, which: str):
+        from syllablelm.checkpoints import load_encoder
+
+        self.encoder, self.which = load_encoder(SHIPPED / "teacher.ckpt", layer=1).eval(), which
+
+    @torch.inference_mode()
+    def __call__(self, wave: torch.Tensor) -> torch.Tensor:
+        model, x = self.encoder.model, wave[None].float()
+        if self.which == "cnn":
+            return model.feature_extractor(x)[0].T
+        return model(x, output_hidden_states=True).hidden_states[0][0]
 
 
 def frame_phones(alignment: Path, num_frames: int) -> np.ndarray:
@@ -131,8 +150,10 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--sizes", default="100,500", help="k-means sizes fitted here")
     p.add_argument("--candidates", default="logmel,layer2,layer2-shipped,layer2-k,layer1-k,mfcc-k",
-                   help="comma list: logmel, layer1, layer2 (continuous), layer2-shipped (kmeans_layer2.npy), "
-                        "layer1-k / layer2-k / mfcc-k (k-means of --sizes fitted on the training corpus)")
+                   help="comma list: logmel, layer1, layer2, layer0 (the transformer's input), cnn (the CNN's "
+                        "output) (continuous), layer2-shipped (kmeans_layer2.npy), logmel-shipped "
+                        "(kmeans_logmel.npy on the suite's log-mel frames), layer1-k / layer2-k / mfcc-k / logmel-k "
+                        "(k-means of --sizes fitted on the training corpus)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -142,7 +163,8 @@ def main(argv=None) -> None:
     mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=400, hop_length=320, n_mels=80)
     features = {"logmel": lambda w: torch.log(mel(w).clamp_min(1e-5)).T, "mfcc": mfcc_features,
                 "layer1": HiddenFeatures(SHIPPED / "teacher.ckpt", 1),
-                "layer2": HiddenFeatures(SHIPPED / "teacher.ckpt", 2)}
+                "layer2": HiddenFeatures(SHIPPED / "teacher.ckpt", 2),
+                "layer0": TeacherInputs("layer0"), "cnn": TeacherInputs("cnn")}
     cache: dict[str, tuple[list, list]] = {}
 
     def feats(name):
@@ -155,11 +177,15 @@ def main(argv=None) -> None:
     print(f"train {len(train)} utterances, dev {len(dev)}; {args.steps} probe steps each", flush=True)
     print(f"{'candidate':<38}{'k':>6}{'frame acc':>11}{'PER':>8}{'s':>6}", flush=True)
     for cand in args.candidates.split(","):
-        if cand in ("logmel", "layer1", "layer2", "mfcc"):
+        if cand in ("logmel", "layer1", "layer2", "layer0", "cnn", "mfcc"):
             tx, dx = feats(cand)
             mu, sd = np.concatenate(tx).mean(0), np.concatenate(tx).std(0) + 1e-5
             rows = [(cand + " (continuous)", "-", [((x - mu) / sd).astype(np.float32) for x in tx],
                      [((x - mu) / sd).astype(np.float32) for x in dx], None)]
+        elif cand == "logmel-shipped":
+            enc = FineUnitEncoder.build(SHIPPED / "kmeans_logmel.npy", features="logmel")  # the option's labeler
+            tl, dl = ([enc.labels(waves[f]) for f, _ in part] for part in (train, dev))
+            rows = [("logmel kmeans_logmel.npy (shipped)", enc.num_units, tl, dl, enc.num_units)]
         elif cand == "layer2-shipped":
             km = KMeansLabeler.from_file(SHIPPED / "kmeans_layer2.npy")  # the shipped fine units' labeler
             tx, dx = feats("layer2")

@@ -45,12 +45,15 @@ def _file_key(path: Path) -> str:
     return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 
 
-def cache_fingerprint(files: list[Path], kmeans, checkpoint, layer: int, pool: int) -> str:
-    """What the cached units depend on: every audio file (path, size, mtime) and the label model's files."""
+def cache_fingerprint(files: list[Path], kmeans, checkpoint, layer: int | None, pool: int,
+                      features: str = "teacher") -> str:
+    """What the cached units depend on: every audio file (path, size, mtime), the label model's files and settings
+    (a teacher's checkpoint and layer; the feature kind when it is not a teacher's)."""
     h = hashlib.sha256()
-    for p in [*files, Path(kmeans), Path(checkpoint)]:
+    for p in [*files, Path(kmeans), *([Path(checkpoint)] if features == "teacher" else [])]:
         h.update(_file_key(p).encode())
-    h.update(f"layer={int(layer)}|pool={int(pool)}".encode())
+    h.update((f"layer={int(layer)}|pool={int(pool)}" if features == "teacher" else
+              f"features={features}|pool={int(pool)}").encode())
     return h.hexdigest()
 
 
@@ -142,18 +145,26 @@ class VocoderDataModule(pl.LightningDataModule):
     Args:
         audio_dirs: folders (or files) of one voice's audio; every file is used (train + dev).
         cache: the ``.npz`` holding the fine units (computed when missing or stale).
-        kmeans / checkpoint / layer / pool: the fine-unit model (:meth:`FineUnitEncoder.build`).
+        kmeans / features / checkpoint / layer / pool: the fine-unit model (:meth:`FineUnitEncoder.build`;
+            ``features: logmel`` needs no checkpoint or layer).
         dev_utterances: this many files, spread evenly over the sorted listing, are the dev set.
         crop_frames: fine frames per training crop; batch_size: crops per batch.
     """
 
     def __init__(self, audio_dirs: list[str], cache: str, kmeans: str = "experiments/pretrained/kmeans_layer2.npy",
-                 checkpoint: str = "experiments/pretrained/teacher.ckpt", layer: int = 2, pool: int = 1,
+                 checkpoint: str | None = "experiments/pretrained/teacher.ckpt", layer: int | None = 2,
+                 pool: int = 1, features: str = "teacher",
                  dev_utterances: int = 8, crop_frames: int = 48, batch_size: int = 8, num_workers: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.audio_dirs, self.cache = [str(d) for d in audio_dirs], Path(cache)
-        self.kmeans, self.checkpoint, self.layer, self.pool = str(kmeans), str(checkpoint), int(layer), int(pool)
+        self.features = str(features)
+        if self.features == "teacher" and (checkpoint is None or layer is None):
+            raise ValueError("teacher fine units need a checkpoint and a layer")
+        teacher = self.features == "teacher"
+        self.kmeans, self.pool = str(kmeans), int(pool)
+        self.checkpoint = str(checkpoint) if teacher else None
+        self.layer = int(layer) if teacher else None
         self.dev_utterances, self.crop_frames = int(dev_utterances), int(crop_frames)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.hop: int | None = None
@@ -169,7 +180,7 @@ class VocoderDataModule(pl.LightningDataModule):
 
     def load_units(self, files: list[Path]) -> list[np.ndarray]:
         """The cached fine units, recomputed (and the cache rewritten atomically) when missing or stale."""
-        fp = cache_fingerprint(files, self.kmeans, self.checkpoint, self.layer, self.pool)
+        fp = cache_fingerprint(files, self.kmeans, self.checkpoint, self.layer, self.pool, self.features)
         if self.cache.exists():
             with np.load(self.cache, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
@@ -178,11 +189,13 @@ class VocoderDataModule(pl.LightningDataModule):
                     lengths, flat = z["lengths"], z["labels"]
                     return np.split(flat, np.cumsum(lengths)[:-1])
             log.info("%s: stale fine-unit cache, recomputing", self.cache)
-        encoder = FineUnitEncoder.build(self.kmeans, checkpoint=self.checkpoint, layer=self.layer, pool=self.pool)
+        encoder = FineUnitEncoder.build(self.kmeans, features=self.features, checkpoint=self.checkpoint,
+                                        layer=self.layer, pool=self.pool)
         self.hop, self.num_units = encoder.geometry.hop, encoder.num_units
         labels = compute_fine_units(files, encoder)
         meta = {"fingerprint": fp, "hop": self.hop, "num_units": self.num_units, "files": [str(f) for f in files],
-                "kmeans": self.kmeans, "checkpoint": self.checkpoint, "layer": self.layer, "pool": self.pool}
+                "kmeans": self.kmeans, "features": self.features, "checkpoint": self.checkpoint, "layer": self.layer,
+                "pool": self.pool}
         self.cache.parent.mkdir(parents=True, exist_ok=True)
         write_npz(self.cache, labels=np.concatenate(labels), lengths=np.array([x.size for x in labels]),
                   meta=np.array(json.dumps(meta)))

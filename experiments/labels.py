@@ -35,8 +35,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", required=True, help="audio folders (LibriSpeech/LibriLight layout)")
     p.add_argument("--out", required=True, help="label store root")
     p.add_argument("--version", type=int, default=0, help="the label-store version to write")
-    p.add_argument("--features", choices=["mfcc", "teacher"], default="mfcc",
-                   help="frame features clustered: MFCCs (the first iteration) or a teacher's hidden layer")
+    p.add_argument("--features", choices=["mfcc", "teacher", "logmel"], default="mfcc",
+                   help="frame features clustered: MFCCs (the first iteration), a teacher's hidden layer, or 80 "
+                        "log mel bands (spectral fine units for speech out, not masked-prediction targets)")
     p.add_argument("--checkpoint", help="teacher: fairseq .pt, HF model dir or this project's .ckpt")
     p.add_argument("--layer", type=int, help="teacher layer (HF convention; the paper: HuBERT-Base 9)")
     p.add_argument("--kmeans", help="existing centroids (.npy or fairseq/joblib k-means model)")

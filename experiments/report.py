@@ -101,9 +101,12 @@ def build_report(wd: Path, *, tokenizer: Path, timings: dict | None = None, seco
         "shift_settings": (scores or {}).get("shift_settings"),
         "significance": dict((scores or {}).get("significance") or {}),
     }
-    speech = wd / "runs" / "speech" / "speech_out.json"  # written by syllablelm speech-demo; kept on a rebuild
-    if speech.exists():
-        report["speech_out"] = json.loads(speech.read_text())
+    from experiments.speech_eval import FINE_VARIANTS
+
+    for variant in FINE_VARIANTS:  # written by syllablelm speech-demo (one per fine-unit kind); kept on a rebuild
+        speech = wd / variant.runs / "speech_out.json"
+        if speech.exists():
+            report[variant.key] = json.loads(speech.read_text())
     _figures(report, wd, (scores or {}).get("example"), missing)
     report["missing"], report["missing_sections"] = missing.lines(), missing.by_section()
     report["missing_causes"] = [f"{m['what']} ({m['why']})" for m in missing.items if not m["because"]]
@@ -453,10 +456,11 @@ def markdown(r: dict) -> str:
                       "better than chance rather than as a result."]
         lines += ["", "![LM pairs](figures/lm_pairs.png)", ""]
     lines += _missing_lines(r, "lm_pairs")
-    if r.get("speech_out"):  # syllablelm speech-demo's section (issue 29)
-        from experiments.speech_eval import markdown_lines
+    from experiments.speech_eval import FINE_VARIANTS, markdown_lines
 
-        lines += markdown_lines(r["speech_out"])
+    for variant in FINE_VARIANTS:  # syllablelm speech-demo's sections (issue 29), one per fine-unit kind run
+        if r.get(variant.key):
+            lines += markdown_lines(r[variant.key])
     lines += ["## Stages", "", "Times and memory as recorded when each stage ran (a stage skipped by a rerun keeps "
               "the record of the run that made it).", "",
               "| stage | seconds | peak RSS (MB) | attempt | this run |", "|---|---|---|---|---|"]

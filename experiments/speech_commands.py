@@ -18,7 +18,10 @@ Both write ``OUTPUT_DIR/<name>.wav`` (16 kHz, the input file's name; a name met 
 ``OUTPUT_DIR/units.jsonl``: one line per file with every unit stream (syllable units and segments, the true fine units
 and durations, the generated fine units and predicted durations, the continuation's units). Fine units default to
 the CPU path's (the shipped teacher's layer-2 k-means, 50 Hz), which the shipped vocoder reads
-(``experiments/pretrained/vocoder.ckpt``); ``--fine-checkpoint/--fine-layer/--fine-kmeans`` choose another encoder
+(``experiments/pretrained/vocoder.ckpt``); ``--fine-features logmel`` takes the shipped log-mel k-means (1000
+units, 50 Hz: spectral units, GSLM's LogMel baseline, not SSL units) and the vocoder trained on them
+(``vocoder_logmel.ckpt``; the interleaved LM must be trained on the same units);
+``--fine-checkpoint/--fine-layer/--fine-kmeans`` choose another encoder
 (its frame rate follows its CNN: 25 Hz for mHuBERT-25Hz) and ``--vocoder`` another vocoder (a textless-lib code
 HiFi-GAN checkpoint file with its JSON config beside it, or this suite's).
 
@@ -63,10 +66,15 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True, help="folder for the WAVs and units.jsonl (created)")
     p.add_argument("--tokenizer", help="a tokenizer checkpoint (syllablelm quantize)")
     p.add_argument("--interleaved-lm", help="an interleaved vocoder LM checkpoint")
-    p.add_argument("--vocoder", help="a unit vocoder (default: the shipped experiments/pretrained/vocoder.ckpt)")
-    p.add_argument("--fine-checkpoint", help="the fine units' encoder (default: the shipped teacher.ckpt)")
+    p.add_argument("--fine-features", choices=("teacher", "logmel"), default="teacher",
+                   help="fine units: a teacher layer's k-means (default: the shipped teacher.ckpt layer 2, "
+                        "kmeans_layer2.npy, vocoder.ckpt) or 80-band log-mel k-means (spectral, not SSL units: the "
+                        "shipped kmeans_logmel.npy and vocoder_logmel.ckpt)")
+    p.add_argument("--vocoder", help="a unit vocoder (default: the shipped one of --fine-features)")
+    p.add_argument("--fine-checkpoint", help="teacher fine units' encoder (default: the shipped teacher.ckpt)")
     p.add_argument("--fine-layer", type=int, help="its layer (default 2)")
-    p.add_argument("--fine-kmeans", help="its k-means centroids (default: the shipped kmeans_layer2.npy)")
+    p.add_argument("--fine-kmeans", help="the fine units' k-means centroids (default: the shipped one of "
+                                         "--fine-features)")
     p.add_argument("--temperature", type=float, default=1.0, help="the LMs' sampling temperature (0: greedy)")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely units (0: all)")
     p.add_argument("--seed", type=int, default=0, help=SEED)
@@ -118,7 +126,7 @@ def output_names(files: list[Path]) -> list[str]:
 def _models(args, *, tokenizer: bool, interleaved: bool, speechlm: bool):
     from experiments import speech_out as so
 
-    kw = {}
+    kw = {"fine_features": args.fine_features}
     for key, value in (("vocoder", args.vocoder), ("fine_checkpoint", args.fine_checkpoint),
                        ("fine_layer", args.fine_layer), ("fine_kmeans", args.fine_kmeans)):
         if value is not None:

@@ -35,8 +35,43 @@ from syllablelm.runtime.fileio import write_json, write_text
 
 CONDITIONS = ("original", "fine", "syllable", "uniform", "other")
 EXAMPLES, CONTINUATIONS, PROMPT_SECONDS, CONTINUE_SECONDS = 3, 2, 3.0, 3.0
-SPEECH_DIR = Path("speech")  # WAVs, under the workdir
-FIGURE = "speech_out.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class FineVariant:
+    """Where a speech-demo run on one kind of fine units writes, so the two kinds never share a stage, a WAV or a
+    report section: the teacher's layer-2 units (the CPU path the issue specifies) under ``runs/speech``, ``speech/``,
+    ``figures/speech_out.png`` and report key ``speech_out``; the log-mel units (the spectral CPU option) under the
+    same names suffixed ``_logmel``."""
+    features: str
+
+    @property
+    def suffix(self) -> str:
+        return "" if self.features == "teacher" else f"_{self.features}"
+
+    @property
+    def runs(self) -> Path:  # stages and speech_out.json, under the workdir
+        return Path("runs") / f"speech{self.suffix}"
+
+    @property
+    def wavs(self) -> Path:  # WAVs, under the workdir
+        return Path(f"speech{self.suffix}")
+
+    @property
+    def figure(self) -> str:
+        return f"speech_out{self.suffix}.png"
+
+    @property
+    def key(self) -> str:  # report.json
+        return f"speech_out{self.suffix}"
+
+    @property
+    def title(self) -> str:
+        return "Speech out" if self.features == "teacher" else f"Speech out ({FINE_LABELS[self.features]})"
+
+
+FINE_LABELS = {"teacher": "the teacher's layer-2 fine units", "logmel": "log-mel fine units"}
+FINE_VARIANTS = tuple(FineVariant(f) for f in FINE_LABELS)
 
 
 def stoi(reference: np.ndarray, degraded: np.ndarray) -> float:
@@ -67,9 +102,11 @@ def first_of_each_voice(names: list[str]) -> list[str]:
 
 def evaluate_speech(wd: Path, *, evaluation: Path, tokenizer: Path, uniform_tokenizer: Path, ilms: dict,
                     speechlm: Path, vocoder: Path, judge: Path, seed: int, uniform_frames: int, unit_rate: float,
-                    tiny: bool) -> dict:
-    """The table, the examples and the continuations (module docstring); writes WAVs under ``wd/speech``, the
-    figure under ``wd/figures`` and the result to ``wd/runs/speech/speech_out.json``; returns the result."""
+                    tiny: bool, variant: FineVariant = FineVariant("teacher"), fine_kmeans: Path | None = None
+                    ) -> dict:
+    """The table, the examples and the continuations (module docstring) with ``variant``'s fine units (k-means
+    ``fine_kmeans``, default the shipped one); writes WAVs under ``wd/<variant.wavs>``, the figure under
+    ``wd/figures`` and the result to ``wd/<variant.runs>/speech_out.json``; returns the result."""
     from tqdm.auto import tqdm
 
     from syllablelm.audio.io import read_audio, write_audio
@@ -79,11 +116,12 @@ def evaluate_speech(wd: Path, *, evaluation: Path, tokenizer: Path, uniform_toke
 
     torch.manual_seed(seed)
     judge_model = load_judge(judge)
+    fine = {"fine_features": variant.features, "fine_kmeans": fine_kmeans}
     syl = SpeechModels.load(tokenizer=str(tokenizer), interleaved=str(ilms["syllable"]), speechlm=str(speechlm),
-                            vocoder=vocoder)
+                            vocoder=vocoder, **fine)
     uni = dataclasses.replace(syl, tokenizer=Tokenizer.from_pretrained(uniform_tokenizer),
-                              interleaved=SpeechModels.load(interleaved=str(ilms["uniform"]), vocoder=vocoder
-                                                            ).interleaved)
+                              interleaved=SpeechModels.load(interleaved=str(ilms["uniform"]), vocoder=vocoder,
+                                                            **fine).interleaved)
     files = sorted(evaluation.rglob("*.flac"), key=lambda p: p.stem)
     align_root = evaluation.parent / "alignments" / evaluation.name
     aligns = {p.stem: p for p in align_root.rglob("*.json")}
@@ -91,7 +129,7 @@ def evaluate_speech(wd: Path, *, evaluation: Path, tokenizer: Path, uniform_toke
     waves = {f.stem: read_audio(f) for f in files}
     syllables = {n: syllable_units(syl, waves[n])[1] for n in names}
     sampling = Sampling()
-    out_dir = wd / SPEECH_DIR
+    out_dir = wd / variant.wavs
     chosen = first_of_each_voice(names)  # the examples and the prompts: one utterance per voice
     audios: dict[str, list] = {c: [] for c in CONDITIONS}
     refs: list[list[str]] = []
@@ -131,22 +169,24 @@ def evaluate_speech(wd: Path, *, evaluation: Path, tokenizer: Path, uniform_toke
         prompt = waves[name][:int(round(cut * 16000))]
         audio, record = continue_speech(syl, prompt, CONTINUE_SECONDS, seed=seed, name=name, sampling=sampling)
         write_audio(out_dir / f"{name}.continuation.wav", np.clip(audio, -1, 1), 16000)
-        continuations.append({"utterance": name, "prompt_seconds": round(cut, 3), "wav": f"{SPEECH_DIR}/{name}."
+        continuations.append({"utterance": name, "prompt_seconds": round(cut, 3), "wav": f"{variant.wavs}/{name}."
                               "continuation.wav", "prompt_units": record["prompt_units"],
                               "continuation_units": record["continuation_units"],
                               "seconds": round(len(audio) / 16000, 2)})
-    figure = spectrogram_figure(wd, out_dir, examples[:1], continuations)
+    figure = spectrogram_figure(wd, out_dir, examples[:1], continuations, variant.figure)
     result = {
         "utterances": len(names), "voices": len(set(voices)), "evaluation_set": str(evaluation.relative_to(wd)),
         "uniform_frames": uniform_frames, "unit_rate_hz": round(unit_rate, 3), "tiny": tiny, "seed": seed,
+        "fine_features": variant.features, "fine_units": syl.fine.num_units,
         "per": table, "fine": {"stoi": round(float(np.mean(stoi_values)), 4),
                                "log_mel_distance": round(float(np.mean(mel_values)), 4)},
-        "examples": [{"utterance": n, **{c: f"{SPEECH_DIR}/{n}.{c}.wav" for c in ("original", "fine", "syllable")}}
+        "examples": [{"utterance": n, **{c: f"{variant.wavs}/{n}.{c}.wav" for c in ("original", "fine", "syllable")}}
                      for n in examples],
         "continuations": continuations, "figure": figure,
-        "models": {"vocoder": str(vocoder), "judge": str(judge), "interleaved": {k: str(v) for k, v in ilms.items()}},
+        "models": {"vocoder": str(vocoder), "judge": str(judge), "interleaved": {k: str(v) for k, v in ilms.items()},
+                   "fine_kmeans": str(fine_kmeans or "shipped")},
     }
-    write_json(wd / "runs" / "speech" / "speech_out.json", result, indent=1)
+    write_json(wd / variant.runs / "speech_out.json", result, indent=1)
     return result
 
 
@@ -171,7 +211,8 @@ def per_table(rows: dict, voices: list[str], seed: int) -> dict:
     return out
 
 
-def spectrogram_figure(wd: Path, out_dir: Path, examples: list[str], continuations: list[dict]) -> str:
+def spectrogram_figure(wd: Path, out_dir: Path, examples: list[str], continuations: list[dict],
+                       name: str = "speech_out.png") -> str:
     """One figure: log-mel spectrograms (``syllablelm.audio.spectrogram.log_mel``) of an example (original / from
     fine units / from syllable units) and of the continuations (prompt | generated, the cut marked)."""
     import matplotlib
@@ -193,14 +234,14 @@ def spectrogram_figure(wd: Path, out_dir: Path, examples: list[str], continuatio
         ax.set_ylabel("mel bin")
     axes[-1, 0].set_xlabel("seconds")
     fig.tight_layout()
-    path = wd / "figures" / FIGURE
+    path = wd / "figures" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     from syllablelm.runtime.fileio import atomic_write
 
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=80)
     plt.close(fig)
-    return f"figures/{FIGURE}"
+    return f"figures/{name}"
 
 
 def _pct(x: float) -> str:
@@ -216,7 +257,9 @@ def markdown_lines(s: dict | None) -> list[str]:
               "syllable": "from syllable units (the whole loop)",
               "uniform": f"from uniform segments ({s['uniform_frames']} frames), same rate and quantization",
               "other": "another utterance's syllable units (nonsense floor)"}
-    lines = ["## Speech out", "",
+    variant = FineVariant(s.get("fine_features", "teacher"))
+    lines = [f"## {variant.title}", "",
+             f"Fine units: {FINE_LABELS[variant.features]} ({s.get('fine_units', '?')} units, 50 Hz). "
              f"{s['utterances']} utterances by {s['voices']} held-out voices (reserved eSpeak variants that no model "
              "here heard, reading sentences the judge never trained on), transcribed by the shipped CTC phone judge. "
              "Phone error rate (%), 95 % interval from a voice-level bootstrap:", "",
@@ -244,10 +287,11 @@ def markdown_lines(s: dict | None) -> list[str]:
 
 
 def update_report(wd: Path, result: dict) -> None:
-    """Put the result into the demo's report.json (key ``speech_out``) and rewrite report.md from it."""
+    """Put the result into the demo's report.json (its variant's key: ``speech_out``, ``speech_out_logmel``) and
+    rewrite report.md from it."""
     from experiments.report import markdown
 
     report = json.loads((wd / "report.json").read_text())
-    report["speech_out"] = result
+    report[FineVariant(result.get("fine_features", "teacher")).key] = result
     write_text(wd / "report.md", markdown(report))
     write_json(wd / "report.json", report, indent=1)

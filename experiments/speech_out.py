@@ -11,9 +11,11 @@ stream of syllables and true fine units, :func:`prompt_prefix`). Every function 
 every unit stream (JSON-ready), which the commands write as JSON lines.
 
 Fine units are the CPU path's by default: the shipped teacher's layer-2 k-means (100 units, 50 Hz), what the shipped
-vocoder and the interleaved LM were trained on (docs/algorithms.md, "Speech out"). Random draws (sampling the LMs)
-come from one ``torch.Generator`` seeded per utterance from ``seed`` and the utterance's name, so a file's output does
-not depend on which other files are in the run.
+vocoder and the interleaved LM were trained on (docs/algorithms.md, "Speech out"); ``fine_features="logmel"`` takes
+the shipped log-mel k-means (1000 units, 50 Hz; spectral, not SSL units) and the vocoder trained on them.
+
+Random draws (sampling the LMs) come from one ``torch.Generator`` seeded per utterance from ``seed`` and the
+utterance's name, so a file's output does not depend on which other files are in the run.
 """
 from __future__ import annotations
 
@@ -30,6 +32,9 @@ FINE_CHECKPOINT = SHIPPED / "teacher.ckpt"
 FINE_KMEANS = SHIPPED / "kmeans_layer2.npy"
 FINE_LAYER = 2
 VOCODER = SHIPPED / "vocoder.ckpt"
+# the shipped fine units and the vocoder trained on them, per feature kind (``--fine-features``)
+SHIPPED_FINE = {"teacher": (FINE_KMEANS, VOCODER),
+                "logmel": (SHIPPED / "kmeans_logmel.npy", SHIPPED / "vocoder_logmel.ckpt")}
 
 
 def utterance_seed(seed: int, name: str) -> int:
@@ -57,22 +62,34 @@ class SpeechModels:
     deduplicate: bool = True  # the tokenizer's unit variant the LMs were trained on
 
     @classmethod
-    def load(cls, *, tokenizer: str | None = None, interleaved: str | None = None, vocoder: str | Path = VOCODER,
-             speechlm: str | None = None, fine_checkpoint: str | Path = FINE_CHECKPOINT,
-             fine_kmeans: str | Path = FINE_KMEANS, fine_layer: int = FINE_LAYER, fine_pool: int = 1,
+    def load(cls, *, tokenizer: str | None = None, interleaved: str | None = None, vocoder: str | Path | None = None,
+             speechlm: str | None = None, fine_features: str = "teacher",
+             fine_checkpoint: str | Path = FINE_CHECKPOINT, fine_kmeans: str | Path | None = None,
+             fine_layer: int = FINE_LAYER, fine_pool: int = 1,
              device: str = "cpu") -> "SpeechModels":
+        """The models; ``fine_kmeans`` and ``vocoder`` default to the shipped ones of ``fine_features``
+        (:data:`SHIPPED_FINE`: the teacher's layer-2 units, or the log-mel units); ``fine_checkpoint`` and
+        ``fine_layer`` are read for ``teacher`` features only."""
         from syllablelm.checkpoints.vocoders import load_unit_vocoder
         from syllablelm.units.fine import FineUnitEncoder
 
-        fine = FineUnitEncoder.build(fine_kmeans, checkpoint=fine_checkpoint, layer=fine_layer, pool=fine_pool,
-                                     device=device)
+        shipped_kmeans, shipped_vocoder = SHIPPED_FINE.get(fine_features, (None, None))
+        fine_kmeans, vocoder = fine_kmeans or shipped_kmeans, vocoder or shipped_vocoder
+        if fine_kmeans is None or vocoder is None:
+            raise ValueError(f"fine features {fine_features!r} have no shipped k-means or vocoder: give both "
+                             f"(shipped: {', '.join(SHIPPED_FINE)})")
+        teacher = fine_features == "teacher"
+        fine = FineUnitEncoder.build(fine_kmeans, features=fine_features,
+                                     checkpoint=fine_checkpoint if teacher else None,
+                                     layer=fine_layer if teacher else None, pool=fine_pool, device=device)
+        source = f"{fine_checkpoint} layer {fine_layer}" if teacher else f"{fine_features} frames"
         voc = load_unit_vocoder(vocoder)
         if voc.num_units != fine.num_units:
             raise ValueError(f"{vocoder}: the vocoder reads {voc.num_units} fine units, the fine-unit k-means "
                              f"{fine_kmeans} has {fine.num_units}")
         if voc.hop != fine.geometry.hop:
             raise ValueError(f"{vocoder}: the vocoder's fine frames are {voc.hop} samples, the fine units' "
-                             f"{fine.geometry.hop} ({fine_checkpoint} layer {fine_layer}, pool {fine_pool})")
+                             f"{fine.geometry.hop} ({source}, pool {fine_pool})")
         tok = ilm = lm = None
         variant = None
         if tokenizer:

@@ -61,6 +61,20 @@ def tiny_demo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_speech_demo(tiny_demo, tmp_path_factory) -> Path:
+    """``syllablelm speech-demo --tiny`` on a copy of the session's tiny demo, with the shipped vocoder and judge (the
+    teacher's fine units); tests may add the log-mel run to the same workdir (its own stages and section)."""
+    import shutil
+
+    from experiments.cli import main
+
+    wd = tmp_path_factory.mktemp("speech") / "demo"
+    shutil.copytree(tiny_demo, wd, symlinks=True)
+    assert main(["speech-demo", "--workdir", str(wd), "--tiny"]) == 0
+    return wd
+
+
+@pytest.fixture(scope="session")
 def synth_corpus(tmp_path_factory) -> Path:
     """A small eSpeak corpus (train/dev/test + alignments), made once per test session."""
     from syllablelm.synthesis.corpus import synthesize_corpus

@@ -133,15 +133,6 @@ def test_resynthesize_bad_inputs(tmp_path, synth_corpus, tiny_vocoder, capsys, c
     assert "7 fine units" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def tiny_speech_demo(tiny_demo, tmp_path_factory):
-    """``syllablelm speech-demo --tiny`` on a copy of the session's tiny demo, with the shipped vocoder and judge."""
-    wd = tmp_path_factory.mktemp("speech") / "demo"
-    shutil.copytree(tiny_demo, wd, symlinks=True)
-    assert main(["speech-demo", "--workdir", str(wd), "--tiny"]) == 0
-    return wd
-
-
 @pytest.mark.slow
 def test_speech_demo_tiny_end_to_end(tiny_speech_demo):
     wd = tiny_speech_demo

@@ -3,7 +3,10 @@
 The vocoders and the interleaved vocoder LM read *fine* units: one k-means id per encoder frame, deduplicated into
 runs ``(unit, duration in fine frames)``. The paper's path is TWIST's mHuBERT (25 Hz, layer 11, 500 units); the CPU
 path is the shipped teacher's layer-2 k-means (``experiments/pretrained/kmeans_layer2.npy``, 100 units) on the 50 Hz
-grid, which the ``labels`` stage already stores for every utterance (whole files, 50 Hz, starting at sample 0).
+grid, which the ``labels`` stage already stores for every utterance (whole files, 50 Hz, starting at sample 0). A
+CPU option that is not an SSL layer: k-means of 80-band log-mel frames (``features="logmel"``,
+``experiments/pretrained/kmeans_logmel.npy``, 1000 units, 50 Hz; GSLM's "LogMel" units), which keep the phones the
+tiny teacher's layers lose (docs/results.md, "Where the phones go").
 
 - :func:`runs` / :func:`expand`: frame labels <-> runs (exact inverses; ``expand(*runs(x)) == x``);
 - :func:`pool_labels`: 50 Hz labels -> a coarser grid by majority vote over each block of ``factor`` frames (ties to
@@ -94,13 +97,16 @@ class FineUnitEncoder:
                                       geometry.receptive_field + geometry.hop * (self.pool - 1))
 
     @classmethod
-    def build(cls, kmeans: str | Path, *, checkpoint: str | Path, layer: int, pool: int = 1,
-              device: str | torch.device = "cpu") -> "FineUnitEncoder":
-        """Hidden-layer k-means labels of ``checkpoint`` (any backbone the suite loads), on its CNN's grid."""
+    def build(cls, kmeans: str | Path, *, features: str = "teacher", checkpoint: str | Path | None = None,
+              layer: int | None = None, pool: int = 1, device: str | torch.device = "cpu") -> "FineUnitEncoder":
+        """k-means labels of ``features`` (:data:`~syllablelm.units.frame_labels.FEATURE_KINDS`): ``teacher``, a
+        hidden layer of ``checkpoint`` (any backbone the suite loads) on its CNN's grid; ``logmel`` / ``mfcc``,
+        spectral frames on the 50 Hz grid (no checkpoint)."""
         from syllablelm.units.frame_labels import FrameLabeler
 
-        labeler = FrameLabeler.build("teacher", kmeans, checkpoint=checkpoint, layer=layer, device=device)
-        return cls(labeler, encoder_geometry(labeler.features.encoder), pool)
+        labeler = FrameLabeler.build(features, kmeans, checkpoint=checkpoint, layer=layer, device=device)
+        geometry = encoder_geometry(labeler.features.encoder) if features == "teacher" else FIFTY_HZ
+        return cls(labeler, geometry, pool)
 
     @property
     def num_units(self) -> int:
