@@ -259,7 +259,8 @@ def markdown_lines(s: dict | None) -> list[str]:
               "other": "another utterance's syllable units (nonsense floor)"}
     variant = FineVariant(s.get("fine_features", "teacher"))
     lines = [f"## {variant.title}", "",
-             f"Fine units: {FINE_LABELS[variant.features]} ({s.get('fine_units', '?')} units, 50 Hz). "
+             f"Fine units: {FINE_LABELS[variant.features]}"
+             + (f" ({s['fine_units']} units, 50 Hz). " if s.get("fine_units") else ". ") +
              f"{s['utterances']} utterances by {s['voices']} held-out voices (reserved eSpeak variants that no model "
              "here heard, reading sentences the judge never trained on), transcribed by the shipped CTC phone judge. "
              "Phone error rate (%), 95 % interval from a voice-level bootstrap:", "",
