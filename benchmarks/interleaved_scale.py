@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.scale import (  # noqa: E402
+from benchmarks.scale_stores import (  # noqa: E402
     PeakSampler,
     anon_shmem_kb,
     build_labels,

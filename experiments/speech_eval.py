@@ -290,7 +290,7 @@ def markdown_lines(s: dict | None) -> list[str]:
 def update_report(wd: Path, result: dict) -> None:
     """Put the result into the demo's report.json (its variant's key: ``speech_out``, ``speech_out_logmel``) and
     rewrite report.md from it."""
-    from experiments.report import markdown
+    from experiments.report_markdown import markdown
 
     report = json.loads((wd / "report.json").read_text())
     report[FineVariant(result.get("fine_features", "teacher")).key] = result

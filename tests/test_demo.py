@@ -41,7 +41,7 @@ def test_tiny_demo_writes_a_report_and_a_working_tokenizer(tiny_demo, tmp_path):
     # SylBoost's untrained start is the shipped backbone, cut as SylBoost cuts: the same scores from the folder
     from datamodules.aligned import load_split
     from experiments.demo import SHIPPED
-    from experiments.report import SYLBOOST_START
+    from experiments.demo_scores import SYLBOOST_START
     from syllablelm.boundaries.segmenter import Segmenter, SegmenterConfig
     from syllablelm.checkpoints import load_encoder
     from syllablelm.evaluation.scoring import tuned_scores

@@ -34,7 +34,7 @@ def _row(label: str, res: dict) -> str:
 def assert_report_is_the_json(wd: Path) -> tuple[dict, str]:
     """Every number of ``wd/report.json`` and ``report.md`` is the one in ``wd``'s evaluate.json and scores.json."""
     from experiments.demo_scores import CHECK_LABELS
-    from experiments.report import baseline_label
+    from experiments.report_markdown import baseline_label
 
     report = json.loads((wd / "report.json").read_text())
     md = (wd / "report.md").read_text()
